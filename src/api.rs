@@ -1,0 +1,158 @@
+//! The HTTP API on the client port: `POST /api/broadcast` for back-ends, and `/health`,
+//! `/ready`, `/metrics` for operators.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::auth::{bearer, constant_time_eq};
+use crate::channel;
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// Most channels one broadcast call may name.
+const MAX_CHANNELS_PER_CALL: usize = 100;
+/// Longest event name accepted.
+const MAX_EVENT_LENGTH: usize = 200;
+
+/// Counts API calls by route and status.
+pub async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    node.metrics
+        .api_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Checks the bearer API key against every configured key.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer <api key>"))?;
+    // Compare with every key, without stopping early, so timing says nothing about which matched.
+    let matched = node
+        .config
+        .api_keys
+        .iter()
+        .fold(false, |found, key| constant_time_eq(key.as_bytes(), given.as_bytes()) | found);
+    if matched {
+        Ok(())
+    } else {
+        node.metrics.auth_failures.with_label_values(&["api_key"]).inc();
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key"))
+    }
+}
+
+/// Reads a JSON body within the size limit.
+fn json_body<'a, T: Deserialize<'a>>(node: &Node, body: &'a Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let limit = node.config.max_message_size;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body is larger than {limit} bytes"),
+        )
+    };
+    let body = match body {
+        Ok(body) if body.len() > limit => return Err(too_large()),
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+        Err(rejection) => return Err(ApiError::bad_request(rejection.body_text())),
+    };
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The body of `POST /api/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastRequest<'a> {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    event: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    socket_id: Option<String>,
+}
+
+/// `POST /api/broadcast`: publishes an event to channels on every node.
+pub async fn broadcast(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let request: BroadcastRequest<'_> = json_body(&node, &body)?;
+    let channels = match (request.channel, request.channels) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() => many,
+        (None, Some(_)) => return Err(ApiError::bad_request("`channels` is empty")),
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give `channel` or `channels`, not both")),
+        (None, None) => return Err(ApiError::bad_request("missing `channel` or `channels`")),
+    };
+    if channels.len() > MAX_CHANNELS_PER_CALL {
+        return Err(ApiError::bad_request(format!("more than {MAX_CHANNELS_PER_CALL} channels")));
+    }
+    for name in &channels {
+        channel::validate(name, node.config.max_channel_length)
+            .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))?;
+    }
+    if request.event.is_empty() || request.event.len() > MAX_EVENT_LENGTH || request.event.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`event` must be 1 to {MAX_EVENT_LENGTH} bytes without control characters"
+        )));
+    }
+    let data = request.data.unwrap_or(RawValue::NULL);
+    let except = request.socket_id.as_deref().filter(|s| !s.is_empty());
+    for name in &channels {
+        node.publish(name, &request.event, data, except).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())
+        })?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "channels": channels.len()}))).into_response())
+}
+
+/// `GET /health`: the process is up.
+pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "node_id": node.config.node_id}))
+}
+
+/// `GET /ready`: the bus is reachable and the node is not draining.
+pub async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let body = json!({
+        "ready": node.is_ready(),
+        "bus": if node.bus.is_healthy() { "up" } else { "down" },
+        "draining": node.is_draining(),
+        "node_id": node.config.node_id,
+    });
+    let status = if node.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        node.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,260 @@
+//! Who a client is: JWT verification into a [`Principal`], and where the token is found.
+//!
+//! The algorithm is pinned by configuration, so a token cannot choose how it is checked
+//! (`alg: none`, or an HMAC made with a public RSA key, are refused before any crypto runs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// An authenticated user, as their token describes them.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user id (`sub`, else `userId`), as a string.
+    pub user_id: Arc<str>,
+    /// The `role` claim, if any.
+    pub role: Option<String>,
+    /// The `name` claim, if any.
+    pub name: Option<String>,
+}
+
+/// Why a token was refused; the text is what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token in any of the places we look.
+    #[error("missing token")]
+    Missing,
+    /// Not three base64url parts with JSON inside.
+    #[error("invalid token: malformed")]
+    Malformed,
+    /// The header names another algorithm than the configured one (including `none`).
+    #[error("invalid token: algorithm not allowed")]
+    Algorithm,
+    /// The signature does not verify.
+    #[error("invalid token: bad signature")]
+    Signature,
+    /// `exp` is in the past.
+    #[error("invalid token: expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("invalid token: not yet valid")]
+    NotYetValid,
+    /// No usable user id claim.
+    #[error("invalid token: no user id (sub or userId)")]
+    NoSubject,
+}
+
+impl TokenError {
+    /// A short label for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Algorithm => "algorithm",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::NoSubject => "no_subject",
+        }
+    }
+}
+
+/// Checks tokens with one key and one algorithm.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("JwtVerifier")
+            .field("algorithm", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<Value>,
+    #[serde(rename = "userId")]
+    user_id: Option<Value>,
+    role: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+impl JwtVerifier {
+    /// A verifier for HMAC tokens.
+    pub fn hmac(secret: &[u8], algorithm: Algorithm) -> Result<Self, String> {
+        if !matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(format!("{algorithm:?} needs a public key, not a secret"));
+        }
+        Ok(Self::new(DecodingKey::from_secret(secret), algorithm))
+    }
+
+    /// A verifier for public-key tokens, from a PEM file's contents.
+    pub fn public_key(pem: &[u8], algorithm: Algorithm) -> Result<Self, String> {
+        let key = match algorithm {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+                DecodingKey::from_rsa_pem(pem)
+            }
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+            other => return Err(format!("{other:?} needs a secret, not a public key")),
+        }
+        .map_err(|e| format!("not a {algorithm:?} public key in PEM format ({e})"))?;
+        Ok(Self::new(key, algorithm))
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.validate_nbf = true;
+        // Tokens without `exp` are accepted (as Centrifugo does); when present it is enforced.
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+        Self { key, validation }
+    }
+
+    /// Sets the tolerated clock skew.
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.validation.leeway = leeway.as_secs();
+        self
+    }
+
+    /// Verifies a token and reads the user from it.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header = token.split('.').next().ok_or(TokenError::Malformed)?;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .map_err(|_| TokenError::Malformed)?;
+        let header: Header = serde_json::from_slice(&header).map_err(|_| TokenError::Malformed)?;
+        let expected = self.validation.algorithms.first().copied();
+        if header.alg.parse::<Algorithm>().ok() != expected {
+            return Err(TokenError::Algorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature => TokenError::Signature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+                _ => TokenError::Malformed,
+            }
+        })?;
+        let claims = data.claims;
+        let user_id = claims
+            .sub
+            .and_then(id_string)
+            .or_else(|| claims.user_id.and_then(id_string))
+            .ok_or(TokenError::NoSubject)?;
+        Ok(Principal {
+            user_id: user_id.into(),
+            role: claims.role,
+            name: claims.name,
+        })
+    }
+}
+
+/// A user id claim as a string: strings and integers are accepted; it must be usable in a
+/// channel name (`private-user.{id}`).
+fn id_string(value: Value) -> Option<String> {
+    let id = match value {
+        Value::String(s) => s,
+        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        _ => return None,
+    };
+    let usable = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:=".contains(c));
+    usable.then_some(id)
+}
+
+/// Strips `Bearer ` from an Authorization header value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Compares secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header as JwtHeader, encode};
+    use serde_json::json;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn token(secret: &str, claims: Value) -> String {
+        encode(&JwtHeader::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encode")
+    }
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::hmac(b"s3cret", Algorithm::HS256).expect("hmac")
+    }
+
+    #[test]
+    fn accepts_good_tokens() {
+        let p = verifier()
+            .verify(&token("s3cret", json!({"sub": 42, "role": "admin", "name": "Ann", "exp": now() + 60})))
+            .expect("valid");
+        assert_eq!((&*p.user_id, p.role.as_deref(), p.name.as_deref()), ("42", Some("admin"), Some("Ann")));
+        let p = verifier().verify(&token("s3cret", json!({"userId": "u-7"}))).expect("userId claim");
+        assert_eq!(&*p.user_id, "u-7");
+    }
+
+    #[test]
+    fn refuses_bad_tokens_with_reasons() {
+        let v = verifier();
+        assert_eq!(v.verify(&token("s3cret", json!({"sub": 1, "exp": now() - 100}))).err(), Some(TokenError::Expired));
+        assert_eq!(v.verify(&token("s3cret", json!({"sub": 1, "nbf": now() + 100}))).err(), Some(TokenError::NotYetValid));
+        assert_eq!(v.verify(&token("other", json!({"sub": 1}))).err(), Some(TokenError::Signature));
+        assert_eq!(v.verify(&token("s3cret", json!({"name": "x"}))).err(), Some(TokenError::NoSubject));
+        assert_eq!(v.verify(&token("s3cret", json!({"sub": "a b"}))).err(), Some(TokenError::NoSubject));
+        assert_eq!(v.verify("garbage").err(), Some(TokenError::Malformed));
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(json!({"sub": 1})));
+        assert_eq!(v.verify(&none).err(), Some(TokenError::Algorithm));
+        let hs512 = encode(
+            &JwtHeader::new(Algorithm::HS512),
+            &json!({"sub": 1}),
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("encode");
+        assert_eq!(v.verify(&hs512).err(), Some(TokenError::Algorithm));
+    }
+
+    #[test]
+    fn bearer_and_comparison() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kez"));
+        assert!(!constant_time_eq(b"key", b"keys"));
+    }
+}

@@ -1,0 +1,244 @@
+//! The Redis bus: `PUBLISH` through a pooled command connection, and one dedicated pub/sub
+//! connection that SUBSCRIBEs to exactly the channels this node's sockets need.
+//!
+//! When Redis goes away the node keeps serving its sockets: the subscriber reconnects with
+//! backoff, re-subscribes every channel still wanted and logs each step. Messages published
+//! while it was away are lost, as with any Redis pub/sub consumer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::mpsc;
+
+use super::BusError;
+use crate::hub::Ready;
+use crate::node::Node;
+
+/// How long a command may wait for a pooled connection, or to connect.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Subscribe this many channels per command when re-subscribing after a reconnect.
+const RESUBSCRIBE_CHUNK: usize = 500;
+
+enum Command {
+    Subscribe(Arc<str>, Arc<Ready>),
+    Unsubscribe(Arc<str>),
+}
+
+/// A bus over Redis pub/sub.
+pub struct RedisBus {
+    pool: Pool,
+    prefix: String,
+    commands: mpsc::UnboundedSender<Command>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl RedisBus {
+    /// Creates the command pool and starts the subscriber task (which connects in the background).
+    pub fn start(
+        client: redis::Client,
+        url: &str,
+        prefix: String,
+        node: Weak<Node>,
+    ) -> Result<Self, BusError> {
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(PoolConfig {
+            timeouts: Timeouts {
+                wait: Some(COMMAND_TIMEOUT),
+                create: Some(COMMAND_TIMEOUT),
+                recycle: Some(COMMAND_TIMEOUT),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| BusError(format!("cannot create the Redis pool: {e}")))?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber {
+            client,
+            prefix: prefix.clone(),
+            node,
+            healthy: healthy.clone(),
+            wanted: HashMap::new(),
+        };
+        tokio::spawn(subscriber.run(rx));
+        Ok(Self {
+            pool,
+            prefix,
+            commands,
+            healthy,
+        })
+    }
+
+    /// Publishes one envelope.
+    pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| BusError(format!("no Redis connection: {e}")))?;
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(format!("{}{channel}", self.prefix)).arg(&payload[..]);
+        let publish = command.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError(format!("PUBLISH failed: {e}"))),
+            Err(_) => Err(BusError("PUBLISH timed out".into())),
+        }
+    }
+
+    /// Asks the subscriber to SUBSCRIBE; the handle resolves once Redis confirms.
+    pub fn subscribe(&self, channel: Arc<str>) -> Arc<Ready> {
+        let ready = Arc::new(Ready::default());
+        // The receiver only goes away with the runtime; then nothing waits on `ready` either.
+        let _ = self.commands.send(Command::Subscribe(channel, ready.clone()));
+        ready
+    }
+
+    /// Asks the subscriber to UNSUBSCRIBE.
+    pub fn unsubscribe(&self, channel: Arc<str>) {
+        let _ = self.commands.send(Command::Unsubscribe(channel));
+    }
+
+    /// Whether the pub/sub connection is up.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
+
+/// The task owning the pub/sub connection and the set of channels this node needs.
+struct Subscriber {
+    client: redis::Client,
+    prefix: String,
+    node: Weak<Node>,
+    healthy: Arc<AtomicBool>,
+    /// Channels wanted, with the handle of the latest subscribe waiting for confirmation.
+    wanted: HashMap<Arc<str>, Arc<Ready>>,
+}
+
+impl Subscriber {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (mut sink, mut stream) = match self.connect().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    self.healthy.store(false, Ordering::Release);
+                    tracing::warn!(attempt, retry_in = ?backoff, error = %e, "redis subscriber: cannot connect");
+                    // Keep the wanted set current while waiting, so a reconnect subscribes the right channels.
+                    let sleep = tokio::time::sleep(backoff);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            () = &mut sleep => break,
+                            command = commands.recv() => match command {
+                                Some(command) => self.record(command),
+                                None => return,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if let Err(e) = self.resubscribe(&mut sink).await {
+                tracing::warn!(error = %e, "redis subscriber: re-subscribe failed; reconnecting");
+                continue;
+            }
+            tracing::info!(attempt, channels = self.wanted.len(), "redis subscriber: connected and subscribed");
+            self.healthy.store(true, Ordering::Release);
+            backoff = BACKOFF_MIN;
+            attempt = 0;
+
+            loop {
+                tokio::select! {
+                    command = commands.recv() => {
+                        let Some(command) = command else { return };
+                        if let Err(e) = self.apply(&mut sink, command).await {
+                            tracing::warn!(error = %e, "redis subscriber: command failed; reconnecting");
+                            break;
+                        }
+                    }
+                    message = stream.next() => {
+                        let Some(message) = message else {
+                            tracing::warn!("redis subscriber: connection lost; reconnecting");
+                            break;
+                        };
+                        let Some(node) = self.node.upgrade() else { return };
+                        let name = message.get_channel_name();
+                        let channel = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
+                        node.on_bus_message(channel, message.get_payload_bytes());
+                    }
+                }
+            }
+            self.healthy.store(false, Ordering::Release);
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+        let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
+        Ok(pubsub.split())
+    }
+
+    fn prefixed(&self, channel: &str) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+
+    /// Updates the wanted set without touching Redis (while disconnected).
+    fn record(&mut self, command: Command) {
+        match command {
+            Command::Subscribe(channel, ready) => {
+                self.wanted.insert(channel, ready);
+            }
+            Command::Unsubscribe(channel) => {
+                self.wanted.remove(&channel);
+            }
+        }
+    }
+
+    async fn apply(&mut self, sink: &mut PubSubSink, command: Command) -> redis::RedisResult<()> {
+        match command {
+            Command::Subscribe(channel, ready) => {
+                let name = self.prefixed(&channel);
+                self.wanted.insert(channel, ready.clone());
+                sink.subscribe(name).await?;
+                ready.set();
+            }
+            Command::Unsubscribe(channel) => {
+                let name = self.prefixed(&channel);
+                self.wanted.remove(&channel);
+                sink.unsubscribe(name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn resubscribe(&mut self, sink: &mut PubSubSink) -> redis::RedisResult<()> {
+        let channels: Vec<(String, Arc<Ready>)> = self
+            .wanted
+            .iter()
+            .map(|(channel, ready)| (self.prefixed(channel), ready.clone()))
+            .collect();
+        for chunk in channels.chunks(RESUBSCRIBE_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(|(name, _)| name.as_str()).collect();
+            sink.subscribe(names).await?;
+            for (_, ready) in chunk {
+                ready.set();
+            }
+        }
+        Ok(())
+    }
+}

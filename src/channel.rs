@@ -1,0 +1,116 @@
+//! Channel names: what is a valid name, what kind of channel it is, and who may join it.
+//!
+//! Names follow Laravel's conventions: `private-…` and `presence-…` need authorization,
+//! anything else is public. Names are limited in length and to a charset that cannot break
+//! a Redis channel name or a glob pattern.
+
+use crate::auth::Principal;
+
+/// The kinds of channel, by name prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Anyone may subscribe.
+    Public,
+    /// `private-…`: only authorized users.
+    Private,
+    /// `presence-…`: authorized users, whose membership is shared.
+    Presence,
+}
+
+/// The kind of a channel name.
+pub fn kind(name: &str) -> Kind {
+    if name.starts_with("private-") {
+        Kind::Private
+    } else if name.starts_with("presence-") {
+        Kind::Presence
+    } else {
+        Kind::Public
+    }
+}
+
+/// The channel every socket of a user joins at connect.
+pub fn user_channel(user_id: &str) -> String {
+    format!("private-user.{user_id}")
+}
+
+/// Checks a channel name; the error says what is wrong with it.
+pub fn validate(name: &str, max_len: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("channel name is empty".into());
+    }
+    if name.len() > max_len {
+        return Err(format!("channel name is longer than {max_len} bytes"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:=@,;#+/".contains(*c)))
+    {
+        return Err(format!(
+            "channel name contains {bad:?}; allowed are letters, digits and - _ . : = @ , ; # + /"
+        ));
+    }
+    Ok(())
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The name is not acceptable.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The user may not join this channel.
+    #[error("forbidden")]
+    Forbidden,
+}
+
+/// The built-in policy: public channels are open, `private-user.{id}` is its user's only,
+/// every other private or presence channel is refused.
+pub fn authorize(principal: &Principal, name: &str) -> Result<(), Refusal> {
+    match kind(name) {
+        Kind::Public => Ok(()),
+        Kind::Private if name.strip_prefix("private-user.") == Some(&principal.user_id) => Ok(()),
+        Kind::Private | Kind::Presence => Err(Refusal::Forbidden),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> Principal {
+        Principal {
+            user_id: id.into(),
+            role: None,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind("news"), Kind::Public);
+        assert_eq!(kind("public.news"), Kind::Public);
+        assert_eq!(kind("private-user.1"), Kind::Private);
+        assert_eq!(kind("presence-chat.1"), Kind::Presence);
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate("private-App.Models.User.1", 200).is_ok());
+        assert!(validate("room:42", 200).is_ok());
+        assert!(validate("", 200).is_err());
+        assert!(validate("a b", 200).is_err());
+        assert!(validate("news*", 200).is_err());
+        assert!(validate("news\n", 200).is_err());
+        assert!(validate(&"a".repeat(201), 200).is_err());
+    }
+
+    #[test]
+    fn default_policy() {
+        assert_eq!(authorize(&user("1"), "news"), Ok(()));
+        assert_eq!(authorize(&user("1"), "private-user.1"), Ok(()));
+        assert_eq!(authorize(&user("1"), "private-user.2"), Err(Refusal::Forbidden));
+        assert_eq!(authorize(&user("1"), "private-user.10"), Err(Refusal::Forbidden));
+        assert_eq!(authorize(&user("1"), "private-orders.1"), Err(Refusal::Forbidden));
+        assert_eq!(authorize(&user("1"), "presence-chat.1"), Err(Refusal::Forbidden));
+    }
+}

@@ -1,0 +1,480 @@
+//! Every setting, its default and its validation, in one place.
+//!
+//! A setting has one name: the flag `--ping-interval`, the variable `SWITCHBOARD_PING_INTERVAL`
+//! and the key `ping_interval` in the `--config` TOML file. Precedence: flag, then variable,
+//! then file, then default. [`Args`] is what the user typed; [`Config`] is the checked result
+//! the rest of the node reads.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use jsonwebtoken::Algorithm;
+
+use crate::auth::JwtVerifier;
+
+/// The secret `--dev` signs and verifies tokens with. Public on purpose: never use it in production.
+pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
+
+/// Command line, environment and file settings of a node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard", version, about = "Real-time gateway: Socket.IO v4 and WebSocket clients, Redis pub/sub fan-out")]
+pub struct Args {
+    /// TOML file with any of these settings (keys as the flag names, with `_` for `-`)
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Run with a fixed, public development JWT secret when no key is configured
+    #[arg(long, env = "SWITCHBOARD_DEV")]
+    pub dev: bool,
+
+    /// Address and port to listen on
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:6001")]
+    pub listen: String,
+
+    /// Redis URL for the cluster bus (redis://host:port/db); unset = single node, in-process bus
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel name (Laravel's default is `laravel_database_`)
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// HMAC secret for HS256/HS384/HS512 tokens
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the public key for RS*/PS*/ES*/EdDSA tokens
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key]
+    #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Comma-separated bearer keys for the HTTP API (empty = API refuses every call)
+    #[arg(long, env = "SWITCHBOARD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// Comma-separated origins allowed to connect, e.g. https://app.example.com (empty = any)
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// This node's name in logs, metrics and Redis keys [default: host name]
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Interval between Engine.IO pings
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Time a client has to answer a ping before it is disconnected
+    #[arg(long, env = "SWITCHBOARD_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// Time a new session has to connect to a namespace before it is closed
+    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Most client sessions this node holds at once
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Largest message or HTTP body accepted, in bytes (Engine.IO's maxPayload)
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", default_value_t = 1_000_000)]
+    pub max_message_size: usize,
+
+    /// Most channels one socket may be subscribed to
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Longest channel name accepted, in bytes
+    #[arg(long, env = "SWITCHBOARD_MAX_CHANNEL_LENGTH", default_value_t = 200)]
+    pub max_channel_length: usize,
+
+    /// Bytes queued for one socket before it is disconnected as a slow consumer
+    #[arg(long, env = "SWITCHBOARD_SEND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub send_queue_bytes: usize,
+
+    /// Time given to clients to leave on shutdown before the process exits
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
+    pub drain_time: Duration,
+
+    /// Log format
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that failed validation: the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable of the setting.
+    pub setting: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, problem: impl Into<String>) -> Self {
+        Self {
+            setting: format!("SWITCHBOARD_{}", setting.to_uppercase()),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Checked configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The Redis bus, when clustered.
+    pub redis: Option<redis::Client>,
+    /// The Redis URL, kept for the command pool.
+    pub redis_url: Option<String>,
+    /// Prefix of Redis channel names.
+    pub redis_prefix: String,
+    /// Token verification.
+    pub jwt: JwtVerifier,
+    /// Whether the public development secret is in use.
+    pub dev: bool,
+    /// Accepted API keys.
+    pub api_keys: Vec<String>,
+    /// Allowed origins; empty means any.
+    pub allowed_origins: HashSet<String>,
+    /// This node's name.
+    pub node_id: String,
+    /// Engine.IO ping interval.
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout.
+    pub ping_timeout: Duration,
+    /// Namespace connect timeout.
+    pub connect_timeout: Duration,
+    /// Session cap.
+    pub max_connections: usize,
+    /// Message and body size cap.
+    pub max_message_size: usize,
+    /// Subscriptions per socket.
+    pub max_subscriptions: usize,
+    /// Channel name length cap.
+    pub max_channel_length: usize,
+    /// Outgoing queue cap per socket, in bytes.
+    pub send_queue_bytes: usize,
+    /// Shutdown drain time.
+    pub drain_time: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// Parses flags and environment, then fills unset settings from the `--config` file.
+    pub fn load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Self::command().try_get_matches_from(&argv)?;
+        let first = Self::from_arg_matches(&matches)?;
+        let Some(path) = first.config.clone() else {
+            return Ok(first);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Self::command().error(
+                clap::error::ErrorKind::Io,
+                format!("SWITCHBOARD_CONFIG: cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let table: toml::Table = text.parse().map_err(|e| {
+            Self::command().error(
+                clap::error::ErrorKind::InvalidValue,
+                format!("SWITCHBOARD_CONFIG: {} is not valid TOML: {e}", path.display()),
+            )
+        })?;
+        let known: HashSet<String> = Self::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for (key, value) in table {
+            if !known.contains(&key) || key == "config" {
+                return Err(Self::command().error(
+                    clap::error::ErrorKind::UnknownArgument,
+                    format!("SWITCHBOARD_CONFIG: unknown setting `{key}` in {}", path.display()),
+                ));
+            }
+            // Flags and variables win over the file.
+            if !matches!(matches.value_source(&key), None | Some(ValueSource::DefaultValue)) {
+                continue;
+            }
+            let flag = format!("--{}", key.replace('_', "-"));
+            match value {
+                toml::Value::Boolean(true) => argv.push(flag.into()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => argv.push(format!("{flag}={s}").into()),
+                toml::Value::Integer(i) => argv.push(format!("{flag}={i}").into()),
+                toml::Value::Array(items) => {
+                    let joined: Vec<String> = items
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .collect();
+                    argv.push(format!("{flag}={}", joined.join(",")).into());
+                }
+                other => {
+                    return Err(Self::command().error(
+                        clap::error::ErrorKind::InvalidValue,
+                        format!("SWITCHBOARD_CONFIG: `{key}` cannot be {}", other.type_str()),
+                    ));
+                }
+            }
+        }
+        Self::try_parse_from(argv)
+    }
+
+    /// Checks every setting and resolves keys, URLs and names.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::new("listen", format!("`{}` is not host:port ({e})", self.listen)))?;
+
+        let jwt = self.jwt()?;
+        let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
+        let redis = redis_url
+            .as_deref()
+            .map(|url| {
+                redis::Client::open(url)
+                    .map_err(|e| ConfigError::new("redis_url", format!("cannot use `{}`: {e}", redact_url(url))))
+            })
+            .transpose()?;
+        if self.redis_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new("redis_prefix", "must not contain spaces or control characters"));
+        }
+
+        for (name, value) in [
+            ("max_connections", self.max_connections),
+            ("max_message_size", self.max_message_size),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_channel_length", self.max_channel_length),
+            ("send_queue_bytes", self.send_queue_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be greater than 0"));
+            }
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError::new("ping_interval", "must be greater than 0"));
+        }
+        if self.ping_timeout.is_zero() {
+            return Err(ConfigError::new("ping_timeout", "must be greater than 0"));
+        }
+
+        let api_keys: Vec<String> = self
+            .api_keys
+            .into_iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        let node_id = match self.node_id.filter(|n| !n.trim().is_empty()) {
+            Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) => id,
+            Some(id) => {
+                return Err(ConfigError::new(
+                    "node_id",
+                    format!("`{id}` may contain only letters, digits and - _ . :"),
+                ));
+            }
+            None => host_name(),
+        };
+
+        Ok(Config {
+            listen,
+            redis,
+            redis_url,
+            redis_prefix: self.redis_prefix,
+            jwt,
+            dev: self.dev,
+            api_keys,
+            allowed_origins,
+            node_id,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            connect_timeout: self.connect_timeout,
+            max_connections: self.max_connections,
+            max_message_size: self.max_message_size,
+            max_subscriptions: self.max_subscriptions,
+            max_channel_length: self.max_channel_length,
+            send_queue_bytes: self.send_queue_bytes,
+            drain_time: self.drain_time,
+            log_format: self.log_format,
+        })
+    }
+
+    fn jwt(&self) -> Result<JwtVerifier, ConfigError> {
+        let algorithm = self
+            .jwt_algorithm
+            .as_deref()
+            .map(|name| {
+                name.trim()
+                    .to_uppercase()
+                    .parse::<Algorithm>()
+                    .map_err(|_| ConfigError::new("jwt_algorithm", format!("unknown algorithm `{name}`")))
+            })
+            .transpose()?;
+        let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let verifier = match (secret, &self.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "jwt_secret",
+                    "set either SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY, not both",
+                ));
+            }
+            (Some(secret), None) => JwtVerifier::hmac(secret.as_bytes(), algorithm.unwrap_or(Algorithm::HS256))
+                .map_err(|e| ConfigError::new("jwt_algorithm", e))?,
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::new("jwt_public_key", format!("cannot read {}: {e}", path.display()))
+                })?;
+                JwtVerifier::public_key(&pem, algorithm.unwrap_or(Algorithm::RS256))
+                    .map_err(|e| ConfigError::new("jwt_public_key", format!("{}: {e}", path.display())))?
+            }
+            (None, None) if self.dev => JwtVerifier::hmac(DEV_JWT_SECRET.as_bytes(), Algorithm::HS256)
+                .map_err(|e| ConfigError::new("jwt_algorithm", e))?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "jwt_secret",
+                    "no JWT key: set SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY (or pass --dev to use a public development secret)",
+                ));
+            }
+        };
+        Ok(verifier.with_leeway(self.jwt_leeway))
+    }
+}
+
+/// Parses `250ms`, `25s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 25s, 2m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Hides the password of a URL before it is shown.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The machine's host name, which Kubernetes sets to the pod name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchboard".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["switchboard"];
+        argv.extend_from_slice(extra);
+        Args::load_from(argv)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn no_key_without_dev_is_refused() {
+        let err = args(&[]).expect("parses").validate().expect_err("no key");
+        assert_eq!(err.setting, "SWITCHBOARD_JWT_SECRET");
+        assert!(args(&["--dev"]).expect("parses").validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let err = args(&["--dev", "--redis-url", "nonsense://x"]).expect("parses").validate();
+        assert_eq!(err.expect_err("bad url").setting, "SWITCHBOARD_REDIS_URL");
+        let err = args(&["--jwt-public-key", "/nonexistent.pem"]).expect("parses").validate();
+        assert_eq!(err.expect_err("bad key").setting, "SWITCHBOARD_JWT_PUBLIC_KEY");
+        let err = args(&["--jwt-secret", "s", "--jwt-algorithm", "none"]).expect("parses").validate();
+        assert_eq!(err.expect_err("bad alg").setting, "SWITCHBOARD_JWT_ALGORITHM");
+        let err = args(&["--dev", "--listen", "nowhere"]).expect("parses").validate();
+        assert_eq!(err.expect_err("bad listen").setting, "SWITCHBOARD_LISTEN");
+    }
+
+    #[test]
+    fn file_fills_unset_settings_only() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "dev = true\nmax_subscriptions = 7\nping_interval = \"5s\"\napi_keys = [\"a\", \"b\"]\nredis_prefix = \"p_\"\n",
+        )
+        .expect("write");
+        let path_arg = path.to_string_lossy().into_owned();
+        let loaded = args(&["--config", &path_arg, "--redis-prefix", "cli_"]).expect("loads");
+        assert!(loaded.dev);
+        assert_eq!(loaded.max_subscriptions, 7);
+        assert_eq!(loaded.ping_interval, Duration::from_secs(5));
+        assert_eq!(loaded.api_keys, vec!["a", "b"]);
+        assert_eq!(loaded.redis_prefix, "cli_");
+
+        std::fs::write(&path, "no_such_thing = 1\n").expect("write");
+        let err = args(&["--config", &path_arg]).expect_err("unknown key");
+        assert!(err.to_string().contains("no_such_thing"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:secret@host:6379"), "redis://***@host:6379");
+        assert_eq!(redact_url("redis://host"), "redis://host");
+    }
+}

@@ -1,0 +1,763 @@
+//! The Engine.IO v4 server: sessions over HTTP long-polling and websocket, the upgrade from
+//! one to the other, and ping/pong. Text messages go up to [`crate::socketio`].
+//!
+//! A websocket session is served by one task that reads, writes and keeps the heartbeat.
+//! A polling session has a small heartbeat task and is otherwise driven by its HTTP requests;
+//! when it upgrades, the websocket task takes over. Whoever ends a session calls [`finish`],
+//! which is idempotent.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::auth::bearer;
+use crate::node::Node;
+use crate::outbox::{CloseReason, Drained, Frame, Outbox};
+use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
+use crate::socketio;
+
+/// Per-connection websocket read buffer: small, because tungstenite zero-fills it on every read.
+const WS_READ_BUFFER: usize = 4096;
+/// Time a client has to finish the upgrade once it starts probing.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time given to write the close frame to a leaving websocket.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The transport a session currently uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Transport {
+    /// HTTP long-polling.
+    Polling = 0,
+    /// Long-polling, with a websocket probing to take over.
+    Upgrading = 1,
+    /// Websocket.
+    WebSocket = 2,
+}
+
+impl Transport {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Polling | Self::Upgrading => "polling",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+/// What the handshake request carried that the Socket.IO connect may need.
+#[derive(Debug)]
+pub struct HandshakeInfo {
+    /// `Authorization: Bearer` of the first request.
+    pub bearer: Option<String>,
+    /// `?token=` of the first request.
+    pub query_token: Option<String>,
+    /// The peer address.
+    pub remote: SocketAddr,
+}
+
+/// One Engine.IO session.
+#[derive(Debug)]
+pub struct Session {
+    /// The session id.
+    pub sid: Arc<str>,
+    /// Frames waiting to be sent, whatever the transport.
+    pub outbox: Arc<Outbox>,
+    /// What the handshake carried.
+    pub handshake: HandshakeInfo,
+    /// The Socket.IO sockets riding on this session.
+    pub sockets: socketio::Sockets,
+    transport: AtomicU8,
+    pong: AtomicBool,
+    polling: AtomicBool,
+    created: Instant,
+}
+
+impl Session {
+    /// The current transport.
+    pub fn transport(&self) -> Transport {
+        match self.transport.load(Ordering::Acquire) {
+            0 => Transport::Polling,
+            1 => Transport::Upgrading,
+            _ => Transport::WebSocket,
+        }
+    }
+
+    fn set_transport(&self, transport: Transport) {
+        self.transport.store(transport as u8, Ordering::Release);
+    }
+
+    /// Queues a frame; a full queue closes the session as a slow consumer.
+    pub fn send(&self, frame: Frame) {
+        // A refused push has already closed the session, which its owner task will notice.
+        let _ = self.outbox.push(frame);
+    }
+
+    /// Closes the session.
+    pub fn close(&self, reason: CloseReason) {
+        self.outbox.close(reason);
+    }
+}
+
+/// The node's live sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: DashMap<Arc<str>, Arc<Session>>,
+}
+
+impl Sessions {
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<Session>> {
+        self.map.get(sid).map(|s| s.clone())
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for session in self.map.iter() {
+            session.close(reason);
+        }
+    }
+}
+
+/// The query string of an Engine.IO request.
+#[derive(Debug, Deserialize)]
+pub struct EngineQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+    token: Option<String>,
+}
+
+/// An Engine.IO error answer: `{"code": N, "message": ...}`.
+struct EngineError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: Option<String>,
+}
+
+impl EngineError {
+    fn new(code: ErrorCode) -> Self {
+        let status = match code {
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            code,
+            message: None,
+        }
+    }
+
+    fn with(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: Some(message.into()),
+        }
+    }
+
+    fn response(self, cors: &Cors) -> Response {
+        let body = serde_json::json!({
+            "code": self.code as u8,
+            "message": self.message.as_deref().unwrap_or(self.code.message()),
+        });
+        cors.apply((self.status, axum::Json(body)).into_response())
+    }
+}
+
+/// The CORS answer for a request's Origin.
+enum Cors {
+    /// No Origin header (not a browser): no CORS headers needed.
+    None,
+    /// An allowed origin, echoed back.
+    Allow(HeaderValue),
+}
+
+impl Cors {
+    fn check(node: &Node, headers: &HeaderMap) -> Result<Self, EngineError> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(Self::None);
+        };
+        let allowed = &node.config.allowed_origins;
+        let text = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if allowed.is_empty() || allowed.contains(text) || allowed.contains("*") {
+            Ok(Self::Allow(origin.clone()))
+        } else {
+            node.metrics.errors.with_label_values(&["origin_refused"]).inc();
+            Err(EngineError::with(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed"))
+        }
+    }
+
+    fn apply(&self, mut response: Response) -> Response {
+        if let Self::Allow(origin) = self {
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        response
+    }
+}
+
+fn text_response(cors: &Cors, body: String) -> Response {
+    cors.apply(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response())
+}
+
+/// `OPTIONS /socket.io/`: the CORS preflight of browsers' polling requests.
+pub async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let cors = match Cors::check(&node, &headers) {
+        Ok(cors) => cors,
+        Err(e) => return e.response(&Cors::None),
+    };
+    let mut response = cors.apply(StatusCode::NO_CONTENT.into_response());
+    let out = response.headers_mut();
+    out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    response
+}
+
+fn check_query(query: Result<Query<EngineQuery>, QueryRejection>) -> Result<EngineQuery, EngineError> {
+    let Query(query) = query.map_err(|_| EngineError::new(ErrorCode::BadRequest))?;
+    if query.eio.as_deref() != Some("4") {
+        return Err(EngineError::new(ErrorCode::UnsupportedProtocolVersion));
+    }
+    Ok(query)
+}
+
+/// `GET /socket.io/`: a handshake, a poll, or a websocket upgrade.
+pub async fn get(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    query: Result<Query<EngineQuery>, QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let cors = match Cors::check(&node, &headers) {
+        Ok(cors) => cors,
+        Err(e) => return e.response(&Cors::None),
+    };
+    let result = async {
+        let query = check_query(query)?;
+        match query.transport.as_deref() {
+            Some("websocket") => {
+                let ws = ws.map_err(|_| EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "expected a websocket upgrade"))?;
+                websocket(node.clone(), ws, query, &headers, remote)
+            }
+            Some("polling") => match &query.sid {
+                None => handshake_polling(&node, query, &headers, remote),
+                Some(sid) => poll(&node, sid).await,
+            },
+            _ => Err(EngineError::new(ErrorCode::UnknownTransport)),
+        }
+    }
+    .await;
+    match result {
+        Ok(response) => cors.apply(response),
+        Err(e) => e.response(&cors),
+    }
+}
+
+/// `POST /socket.io/`: packets from a polling client.
+pub async fn post(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<EngineQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let cors = match Cors::check(&node, &headers) {
+        Ok(cors) => cors,
+        Err(e) => return e.response(&Cors::None),
+    };
+    match receive_polling(&node, query, body).await {
+        Ok(()) => cors.apply(([(header::CONTENT_TYPE, "text/html")], "ok").into_response()),
+        Err(e) => e.response(&cors),
+    }
+}
+
+fn random_id() -> Result<Arc<str>, EngineError> {
+    crate::socketio::random_id()
+        .map_err(|_| EngineError::with(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::BadRequest, "no randomness available"))
+}
+
+/// Registers a new session, enforcing the node's connection limit.
+fn open_session(
+    node: &Node,
+    transport: Transport,
+    query: &EngineQuery,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<Arc<Session>, EngineError> {
+    if node.is_draining() {
+        return Err(EngineError::with(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Forbidden, "node is shutting down"));
+    }
+    if node.sessions.len() >= node.config.max_connections {
+        node.metrics.errors.with_label_values(&["connection_limit"]).inc();
+        return Err(EngineError::with(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Forbidden, "node is at its connection limit"));
+    }
+    let session = Arc::new(Session {
+        sid: random_id()?,
+        outbox: Arc::new(Outbox::new(node.config.send_queue_bytes)),
+        handshake: HandshakeInfo {
+            bearer: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer)
+                .map(str::to_owned),
+            query_token: query.token.clone().filter(|t| !t.is_empty()),
+            remote,
+        },
+        sockets: socketio::Sockets::default(),
+        transport: AtomicU8::new(transport as u8),
+        pong: AtomicBool::new(false),
+        polling: AtomicBool::new(false),
+        created: Instant::now(),
+    });
+    node.sessions.map.insert(session.sid.clone(), session.clone());
+    node.metrics.connections.with_label_values(&[transport.label()]).inc();
+    node.metrics.connections_opened.with_label_values(&[transport.label()]).inc();
+    Ok(session)
+}
+
+/// Ends a session once: unregisters it, closes its queue and its sockets.
+fn finish(node: &Node, session: &Session, reason: CloseReason) {
+    if node.sessions.map.remove(&session.sid).is_none() {
+        return;
+    }
+    session.close(reason);
+    // The queue may have been closed earlier with a more precise reason (e.g. slow consumer).
+    let reason = session.outbox.close_reason().unwrap_or(reason);
+    socketio::on_close(node, session);
+    let metrics = &node.metrics;
+    metrics.connections.with_label_values(&[session.transport().label()]).dec();
+    metrics.connections_closed.with_label_values(&[reason.label()]).inc();
+    if reason == CloseReason::SlowConsumer {
+        metrics.slow_consumers.inc();
+    }
+    match reason {
+        CloseReason::ClientClosed | CloseReason::ShuttingDown => {
+            tracing::debug!(sid = %session.sid, reason = reason.label(), "session closed");
+        }
+        _ => tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = reason.label(), "session closed"),
+    }
+}
+
+fn handshake_packet(node: &Node, sid: &str, upgrades: &[&str]) -> String {
+    Handshake {
+        sid,
+        upgrades,
+        ping_interval: node.config.ping_interval.as_millis() as u64,
+        ping_timeout: node.config.ping_timeout.as_millis() as u64,
+        max_payload: node.config.max_message_size,
+    }
+    .encode()
+}
+
+fn handshake_polling(
+    node: &Arc<Node>,
+    query: EngineQuery,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<Response, EngineError> {
+    let session = open_session(node, Transport::Polling, &query, headers, remote)?;
+    let open = handshake_packet(node, &session.sid, &["websocket"]);
+    tokio::spawn(polling_heartbeat(node.clone(), session));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], open).into_response())
+}
+
+/// Clears a session's "a GET is in flight" flag even if the request is dropped.
+struct PollGuard<'a>(&'a AtomicBool);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
+    let session = node.sessions.get(sid).ok_or(EngineError::new(ErrorCode::UnknownSid))?;
+    if session.transport() == Transport::WebSocket {
+        return Err(EngineError::new(ErrorCode::BadRequest));
+    }
+    if session.polling.swap(true, Ordering::AcqRel) {
+        // Two concurrent polls break the protocol's ordering: end the session as Engine.IO does.
+        session.close(CloseReason::ProtocolError);
+        return Err(EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "overlapping poll"));
+    }
+    let _guard = PollGuard(&session.polling);
+    let mut frames = Vec::new();
+    let body = match session.outbox.drain(&mut frames).await {
+        Drained::Frames => engineio::encode_payload(frames.iter().map(Frame::as_str)),
+        Drained::Closed(_) => engineio::CLOSE.to_owned(),
+    };
+    Ok(text_response(&Cors::None, body))
+}
+
+async fn receive_polling(
+    node: &Node,
+    query: Result<Query<EngineQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(), EngineError> {
+    let query = check_query(query)?;
+    let sid = query.sid.as_deref().ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
+    let session = node.sessions.get(sid).ok_or(EngineError::new(ErrorCode::UnknownSid))?;
+    if session.transport() == Transport::WebSocket {
+        return Err(EngineError::new(ErrorCode::BadRequest));
+    }
+    let body = match body {
+        Ok(body) if body.len() <= node.config.max_message_size => body,
+        _ => {
+            node.metrics.errors.with_label_values(&["message_too_large"]).inc();
+            tracing::info!(sid, "closing a polling session: payload over the size limit");
+            session.close(CloseReason::MessageTooLarge);
+            return Err(EngineError::with(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BadRequest, "payload too large"));
+        }
+    };
+    let protocol_error = |what: &str| {
+        node.metrics.errors.with_label_values(&["protocol"]).inc();
+        tracing::info!(sid, problem = what, "closing a polling session: protocol error");
+        session.close(CloseReason::ProtocolError);
+        EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, what.to_owned())
+    };
+    let text = std::str::from_utf8(&body).map_err(|_| protocol_error("payload is not UTF-8"))?;
+    for packet in engineio::decode_payload(text) {
+        let packet = packet.map_err(|e| protocol_error(&e.to_string()))?;
+        match on_packet(node, &session, packet).await {
+            Ok(()) => {}
+            Err(reason) => {
+                session.close(reason);
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Handles one packet from the client, whatever the transport. An error closes the session.
+async fn on_packet(node: &Node, session: &Session, packet: Packet<'_>) -> Result<(), CloseReason> {
+    match packet {
+        Packet::Pong(_) => {
+            session.pong.store(true, Ordering::Release);
+            Ok(())
+        }
+        Packet::Message(text) => socketio::on_message(node, session, text).await,
+        Packet::Binary(data) => socketio::on_binary(node, session, &data),
+        Packet::Close => Err(CloseReason::ClientClosed),
+        Packet::Noop | Packet::Upgrade | Packet::Ping(_) => Ok(()),
+        Packet::Open => {
+            node.metrics.errors.with_label_values(&["protocol"]).inc();
+            tracing::info!(sid = %session.sid, "client sent an open packet");
+            Err(CloseReason::ProtocolError)
+        }
+    }
+}
+
+/// What the heartbeat asks for when its timer fires.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// Send a ping now.
+    Ping,
+    /// Nothing yet.
+    Wait,
+    /// The client did not answer the last ping in time.
+    TimedOut,
+}
+
+/// Engine.IO's server-side heartbeat: a ping every interval, a pong expected within the timeout.
+#[derive(Debug)]
+pub struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    next_ping: Instant,
+    awaiting_since: Option<Instant>,
+}
+
+impl Heartbeat {
+    /// A heartbeat whose first ping is due at `first_ping`.
+    pub fn new(first_ping: Instant, interval: Duration, timeout: Duration) -> Self {
+        Self {
+            interval,
+            timeout,
+            next_ping: first_ping,
+            awaiting_since: None,
+        }
+    }
+
+    /// When the timer should fire next.
+    pub fn deadline(&self) -> Instant {
+        self.awaiting_since
+            .map_or(self.next_ping, |sent| sent + self.timeout)
+    }
+
+    /// Advances the heartbeat; `pong` is cleared when a ping is sent.
+    pub fn on_timer(&mut self, now: Instant, pong: &AtomicBool) -> Beat {
+        if let Some(sent) = self.awaiting_since {
+            if now < sent + self.timeout {
+                return Beat::Wait;
+            }
+            if !pong.load(Ordering::Acquire) {
+                return Beat::TimedOut;
+            }
+            self.awaiting_since = None;
+            self.next_ping = sent + self.interval;
+        }
+        if now < self.next_ping {
+            return Beat::Wait;
+        }
+        pong.store(false, Ordering::Release);
+        self.awaiting_since = Some(now);
+        Beat::Ping
+    }
+}
+
+/// Runs a heartbeat step and the connect timeout; returns a reason to close, if any.
+fn beat(node: &Node, session: &Session, heartbeat: &mut Heartbeat) -> Option<CloseReason> {
+    let now = Instant::now();
+    if !session.sockets.ever_connected() && now.duration_since(session.created) >= node.config.connect_timeout {
+        return Some(CloseReason::ConnectTimeout);
+    }
+    match heartbeat.on_timer(now, &session.pong) {
+        Beat::Ping => {
+            session.send(Frame::from(engineio::PING));
+            None
+        }
+        Beat::Wait => None,
+        Beat::TimedOut => Some(CloseReason::PingTimeout),
+    }
+}
+
+/// Keeps a polling session's heartbeat until it closes or a websocket takes it over.
+async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
+    let config = &node.config;
+    let mut heartbeat = Heartbeat::new(Instant::now() + config.ping_interval, config.ping_interval, config.ping_timeout);
+    let reason = loop {
+        tokio::select! {
+            reason = session.outbox.closed() => break reason,
+            () = tokio::time::sleep_until(heartbeat.deadline()) => {
+                if session.transport() == Transport::WebSocket {
+                    return;
+                }
+                if let Some(reason) = beat(&node, &session, &mut heartbeat) {
+                    break reason;
+                }
+            }
+        }
+    };
+    if session.transport() != Transport::WebSocket {
+        finish(&node, &session, reason);
+    }
+}
+
+fn websocket(
+    node: Arc<Node>,
+    ws: WebSocketUpgrade,
+    query: EngineQuery,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<Response, EngineError> {
+    let ws = ws
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(node.config.max_message_size)
+        .max_frame_size(node.config.max_message_size);
+    let response = match &query.sid {
+        None => {
+            let session = open_session(&node, Transport::WebSocket, &query, headers, remote)?;
+            ws.on_failed_upgrade({
+                let (node, session) = (node.clone(), session.clone());
+                move |e| {
+                    tracing::info!(error = %e, "websocket upgrade failed");
+                    finish(&node, &session, CloseReason::TransportError);
+                }
+            })
+            .on_upgrade(move |socket| serve_websocket(node, session, socket))
+        }
+        Some(sid) => {
+            let session = node.sessions.get(sid).ok_or(EngineError::new(ErrorCode::UnknownSid))?;
+            if session.transport() != Transport::Polling {
+                return Err(EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "session is not upgradable"));
+            }
+            ws.on_upgrade(move |socket| upgrade(node, session, socket))
+        }
+    };
+    Ok(response)
+}
+
+/// A fresh websocket session: open packet first, then the session loop.
+async fn serve_websocket(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) {
+    let open = handshake_packet(&node, &session.sid, &[]);
+    if socket.send(Message::Text(open.into())).await.is_err() {
+        finish(&node, &session, CloseReason::TransportError);
+        return;
+    }
+    let config = &node.config;
+    let heartbeat = Heartbeat::new(Instant::now() + config.ping_interval, config.ping_interval, config.ping_timeout);
+    run_websocket(&node, &session, socket, heartbeat).await;
+}
+
+/// A polling session moving to a websocket: `2probe` → `3probe`, release the pending poll with
+/// a noop, then `5` switches the session over.
+async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) {
+    session.set_transport(Transport::Upgrading);
+    let probe = async {
+        let mut probed = false;
+        while let Some(Ok(message)) = socket.recv().await {
+            let Message::Text(text) = message else { continue };
+            match engineio::decode(&text) {
+                Ok(Packet::Ping("probe")) if !probed => {
+                    socket.send(Message::Text(engineio::PONG_PROBE.into())).await.ok()?;
+                    session.send(Frame::from(engineio::NOOP));
+                    probed = true;
+                }
+                Ok(Packet::Upgrade) if probed => return Some(()),
+                _ => return None,
+            }
+        }
+        None
+    };
+    let upgraded = tokio::select! {
+        result = tokio::time::timeout(UPGRADE_TIMEOUT, probe) => matches!(result, Ok(Some(()))),
+        _ = session.outbox.closed() => false,
+    };
+    if !upgraded || session.outbox.close_reason().is_some() {
+        session.set_transport(Transport::Polling);
+        tracing::debug!(sid = %session.sid, "upgrade abandoned; staying on polling");
+        return;
+    }
+    session.set_transport(Transport::WebSocket);
+    node.metrics.connections.with_label_values(&["polling"]).dec();
+    node.metrics.connections.with_label_values(&["websocket"]).inc();
+    // The polling heartbeat stops now; ping at once so the client's timer never runs out.
+    let config = &node.config;
+    let heartbeat = Heartbeat::new(Instant::now(), config.ping_interval, config.ping_timeout);
+    run_websocket(&node, &session, socket, heartbeat).await;
+}
+
+/// The websocket session loop: write what is queued (all of it in one flush), read packets,
+/// keep the heartbeat. Ends the session when it returns.
+async fn run_websocket(node: &Node, session: &Session, mut socket: WebSocket, mut heartbeat: Heartbeat) {
+    let mut batch = Vec::new();
+    let reason = loop {
+        tokio::select! {
+            drained = session.outbox.drain(&mut batch) => match drained {
+                Drained::Frames => {
+                    let write = async {
+                        for frame in batch.drain(..) {
+                            socket.feed(Message::Text(frame.0)).await?;
+                        }
+                        socket.flush().await
+                    };
+                    // A slow consumer is cut off even while its socket refuses to take more bytes.
+                    let written = tokio::select! {
+                        result = write => result.is_ok(),
+                        _ = session.outbox.closed() => false,
+                    };
+                    batch.clear();
+                    if !written {
+                        break session.outbox.close_reason().unwrap_or(CloseReason::TransportError);
+                    }
+                }
+                Drained::Closed(reason) => break reason,
+            },
+            message = socket.recv() => {
+                let result = match message {
+                    Some(Ok(Message::Text(text))) => match engineio::decode(&text) {
+                        Ok(packet) => on_packet(node, session, packet).await,
+                        Err(e) => {
+                            node.metrics.errors.with_label_values(&["protocol"]).inc();
+                            tracing::info!(sid = %session.sid, error = %e, "closing a websocket session: bad packet");
+                            Err(CloseReason::ProtocolError)
+                        }
+                    },
+                    Some(Ok(Message::Binary(data))) => socketio::on_binary(node, session, &data),
+                    Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Err(e)) => {
+                        // Resets are routine on mobile networks; oversized frames land here too.
+                        tracing::debug!(sid = %session.sid, error = %e, "closing a websocket session: read failed");
+                        Err(CloseReason::TransportError)
+                    }
+                };
+                if let Err(reason) = result {
+                    session.close(reason);
+                }
+            },
+            () = tokio::time::sleep_until(heartbeat.deadline()) => {
+                if let Some(reason) = beat(node, session, &mut heartbeat) {
+                    session.close(reason);
+                }
+            },
+        }
+    };
+    if reason.flushes() {
+        // Tell the client why; code 1001 (going away) and 1008/1009 make socket.io-client reconnect.
+        let code = match reason {
+            CloseReason::ShuttingDown => 1001,
+            CloseReason::MessageTooLarge => 1009,
+            _ => 1008,
+        };
+        let frame = CloseFrame {
+            code,
+            reason: reason.label().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    }
+    finish(node, session, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_pings_then_expects_a_pong() {
+        let start = Instant::now();
+        let (interval, timeout) = (Duration::from_secs(25), Duration::from_secs(20));
+        let pong = AtomicBool::new(false);
+        let mut hb = Heartbeat::new(start + interval, interval, timeout);
+        assert_eq!(hb.deadline(), start + interval);
+        assert_eq!(hb.on_timer(start, &pong), Beat::Wait);
+        assert_eq!(hb.on_timer(start + interval, &pong), Beat::Ping);
+        assert_eq!(hb.deadline(), start + interval + timeout);
+        pong.store(true, Ordering::Release);
+        // The pong came: the next ping is one interval after the last one.
+        assert_eq!(hb.on_timer(start + interval + timeout, &pong), Beat::Wait);
+        assert_eq!(hb.deadline(), start + interval * 2);
+        assert_eq!(hb.on_timer(start + interval * 2, &pong), Beat::Ping);
+        assert!(!pong.load(Ordering::Acquire), "sending a ping clears the pong");
+        assert_eq!(hb.on_timer(start + interval * 2 + timeout, &pong), Beat::TimedOut);
+    }
+
+    #[test]
+    fn heartbeat_with_timeout_longer_than_interval() {
+        let start = Instant::now();
+        let pong = AtomicBool::new(false);
+        let mut hb = Heartbeat::new(start, Duration::from_secs(1), Duration::from_secs(3));
+        assert_eq!(hb.on_timer(start, &pong), Beat::Ping);
+        pong.store(true, Ordering::Release);
+        assert_eq!(hb.on_timer(start + Duration::from_secs(3), &pong), Beat::Ping);
+    }
+}

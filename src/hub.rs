@@ -1,0 +1,337 @@
+//! The node's local state: its sockets and which channels they are in, and nothing else.
+//!
+//! The hub reports the first member of a channel and the last one to leave, so the node
+//! subscribes to the bus exactly for the channels its sockets need. A broadcast is encoded
+//! once per codec and the same bytes are queued to every local member; the hub never
+//! waits on a socket.
+
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::outbox::{Frame, Outbox, PushError};
+
+/// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
+pub type SocketId = Arc<str>;
+
+/// The wire formats a broadcast can be encoded in, one per kind of client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Socket.IO v5 on the `/` namespace: `42["event","channel",data]`.
+    SocketIo,
+}
+
+const CODECS: usize = 1;
+
+/// A socket as the hub sees it: where to queue its frames and which channels it is in.
+#[derive(Debug)]
+pub struct Member {
+    /// The socket id.
+    pub id: SocketId,
+    /// The user the socket belongs to.
+    pub user_id: Arc<str>,
+    /// How broadcasts are encoded for it.
+    pub codec: Codec,
+    /// Its outgoing queue.
+    pub outbox: Arc<Outbox>,
+    channels: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Member {
+    /// A member with no channels yet.
+    pub fn new(id: SocketId, user_id: Arc<str>, codec: Codec, outbox: Arc<Outbox>) -> Self {
+        Self {
+            id,
+            user_id,
+            codec,
+            outbox,
+            channels: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the socket is in `channel`.
+    pub fn is_in(&self, channel: &str) -> bool {
+        self.channels().contains(channel)
+    }
+}
+
+/// Resolves once the bus confirms its subscription to a channel.
+#[derive(Debug, Default)]
+pub struct Ready {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Ready {
+    /// Marks the subscription confirmed.
+    pub fn set(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits for the confirmation; false if it did not come in time.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.done.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+#[derive(Debug)]
+struct Channel {
+    members: HashMap<SocketId, Arc<Member>>,
+    ready: Arc<Ready>,
+}
+
+/// What a subscribe changed.
+#[derive(Debug)]
+pub struct Joined {
+    /// Whether the socket was already in the channel.
+    pub already: bool,
+    /// The bus subscription of the channel.
+    pub ready: Arc<Ready>,
+}
+
+/// Why the hub refused a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The socket is at its subscription limit.
+    #[error("too many subscriptions (limit {0})")]
+    TooMany(usize),
+}
+
+/// One message to deliver, with its encodings made lazily, once each.
+pub struct Broadcast<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The event name.
+    pub event: &'a str,
+    /// The event data, raw JSON.
+    pub data: &'a serde_json::value::RawValue,
+    /// A socket to leave out (the sender of a whisper, or Laravel's `toOthers()`).
+    pub except: Option<&'a str>,
+    encoded: [OnceCell<Frame>; CODECS],
+}
+
+impl<'a> Broadcast<'a> {
+    /// A message not yet encoded.
+    pub fn new(
+        channel: &'a str,
+        event: &'a str,
+        data: &'a serde_json::value::RawValue,
+        except: Option<&'a str>,
+    ) -> Self {
+        Self {
+            channel,
+            event,
+            data,
+            except,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The frame for `codec`, encoded on first use.
+    pub fn frame(&self, codec: Codec) -> &Frame {
+        self.encoded[codec as usize].get_or_init(|| match codec {
+            Codec::SocketIo => {
+                let mut out = crate::protocol::engineio::message(
+                    self.event.len() + self.channel.len() + self.data.get().len() + 16,
+                );
+                crate::protocol::socketio::write_broadcast(&mut out, "/", self.event, self.channel, self.data);
+                Frame::from(out)
+            }
+        })
+    }
+}
+
+/// What a broadcast reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Sockets the frame was queued to.
+    pub delivered: usize,
+    /// Sockets dropped because their queue overflowed.
+    pub slow: usize,
+}
+
+/// Local sockets and channel memberships.
+#[derive(Debug, Default)]
+pub struct Hub {
+    channels: DashMap<Arc<str>, Channel>,
+}
+
+impl Hub {
+    /// Adds `member` to `channel`. `on_first` runs, under the channel's lock, when the
+    /// channel gains its first local member, so bus subscribe and unsubscribe stay ordered.
+    pub fn join(
+        &self,
+        member: &Arc<Member>,
+        channel: &str,
+        limit: usize,
+        on_first: impl FnOnce(&Arc<str>) -> Arc<Ready>,
+    ) -> Result<Joined, JoinError> {
+        let name: Arc<str> = {
+            let mut channels = member.channels();
+            if let Some(existing) = channels.get(channel) {
+                existing.clone()
+            } else {
+                if channels.len() >= limit {
+                    return Err(JoinError::TooMany(limit));
+                }
+                let name: Arc<str> = channel.into();
+                channels.insert(name.clone());
+                name
+            }
+        };
+        let mut entry = self.channels.entry(name.clone()).or_insert_with(|| Channel {
+            members: HashMap::new(),
+            ready: on_first(&name),
+        });
+        let already = entry.members.insert(member.id.clone(), member.clone()).is_some();
+        Ok(Joined {
+            already,
+            ready: entry.ready.clone(),
+        })
+    }
+
+    /// Removes `member` from `channel`; `on_last` runs, under the lock, when the channel
+    /// loses its last local member. Returns whether the member was in the channel.
+    pub fn leave(&self, member: &Member, channel: &str, on_last: impl FnOnce(&Arc<str>)) -> bool {
+        if !member.channels().remove(channel) {
+            return false;
+        }
+        self.channels
+            .remove_if_mut(channel, |name, entry| {
+                entry.members.remove(&member.id);
+                if entry.members.is_empty() {
+                    on_last(name);
+                    true
+                } else {
+                    false
+                }
+            });
+        true
+    }
+
+    /// Removes `member` from all its channels (at disconnect); returns how many.
+    pub fn leave_all(&self, member: &Member, mut on_last: impl FnMut(&Arc<str>)) -> usize {
+        let channels: Vec<Arc<str>> = member.channels().iter().cloned().collect();
+        channels
+            .iter()
+            .filter(|channel| self.leave(member, channel, &mut on_last))
+            .count()
+    }
+
+    /// Queues a broadcast to every local member of its channel but the excluded one.
+    pub fn broadcast(&self, message: &Broadcast<'_>) -> Fanout {
+        let mut fanout = Fanout::default();
+        let Some(entry) = self.channels.get(message.channel) else {
+            return fanout;
+        };
+        for member in entry.members.values() {
+            if message.except == Some(&*member.id) {
+                continue;
+            }
+            match member.outbox.push(message.frame(member.codec).clone()) {
+                Ok(()) => fanout.delivered += 1,
+                Err(PushError::Overflow) => fanout.slow += 1,
+                Err(PushError::Closed) => {}
+            }
+        }
+        fanout
+    }
+
+    /// How many channels have local members.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// How many local members `channel` has.
+    pub fn member_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |c| c.members.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Drained;
+    use serde_json::value::RawValue;
+
+    fn member(id: &str) -> Arc<Member> {
+        Arc::new(Member::new(id.into(), "u".into(), Codec::SocketIo, Arc::new(Outbox::new(1 << 20))))
+    }
+
+    fn ready() -> Arc<Ready> {
+        Arc::new(Ready::default())
+    }
+
+    #[test]
+    fn reports_first_and_last_member() {
+        let hub = Hub::default();
+        let (a, b) = (member("a"), member("b"));
+        let mut firsts = 0;
+        hub.join(&a, "news", 10, |_| {
+            firsts += 1;
+            ready()
+        })
+        .expect("join");
+        hub.join(&b, "news", 10, |_| {
+            firsts += 1;
+            ready()
+        })
+        .expect("join");
+        assert_eq!(firsts, 1);
+        assert_eq!(hub.member_count("news"), 2);
+
+        let mut lasts = 0;
+        assert!(hub.leave(&a, "news", |_| lasts += 1));
+        assert_eq!(lasts, 0);
+        assert!(!hub.leave(&a, "news", |_| lasts += 1), "leaving twice is a no-op");
+        assert_eq!(hub.leave_all(&b, |_| lasts += 1), 1);
+        assert_eq!(lasts, 1);
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn enforces_the_subscription_limit() {
+        let hub = Hub::default();
+        let a = member("a");
+        hub.join(&a, "one", 1, |_| ready()).expect("first");
+        assert!(hub.join(&a, "one", 1, |_| ready()).expect("again").already);
+        assert_eq!(hub.join(&a, "two", 1, |_| ready()).err(), Some(JoinError::TooMany(1)));
+        assert!(!a.is_in("two"));
+    }
+
+    #[test]
+    fn broadcast_encodes_once_and_skips_the_sender() {
+        let hub = Hub::default();
+        let (a, b) = (member("a"), member("b"));
+        hub.join(&a, "news", 10, |_| ready()).expect("join");
+        hub.join(&b, "news", 10, |_| ready()).expect("join");
+        let data = RawValue::from_string(r#"{"x":1}"#.into()).expect("json");
+        let message = Broadcast::new("news", "update", &data, Some("a"));
+        assert_eq!(hub.broadcast(&message), Fanout { delivered: 1, slow: 0 });
+        let mut out = Vec::new();
+        assert_eq!(b.outbox.try_drain(&mut out), Some(Drained::Frames));
+        assert_eq!(out[0].as_str(), r#"42["update","news",{"x":1}]"#);
+        assert_eq!(a.outbox.try_drain(&mut out), None);
+    }
+}

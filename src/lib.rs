@@ -1,0 +1,36 @@
+//! Switchboard: a real-time gateway node.
+//!
+//! ```text
+//! client socket ──► protocol codec ──► node ──► hub (local: channel → sockets)
+//!                                        │
+//!                                        ▼
+//!                                bus (Redis pub/sub | in-process)
+//!                                        │  every node, this one included
+//!                                        ▼
+//!          node ──► hub ──► encode once per codec ──► each socket's bounded outbox ──► socket
+//! HTTP API / Laravel PUBLISH ──► bus (the same path; nothing shortcuts to the hub)
+//! ```
+//!
+//! - [`config`]: every setting, its default and validation.
+//! - [`server`]: the router and the serve loop with graceful drain.
+//! - [`engine`]: Engine.IO sessions over polling and websocket; [`socketio`] on top of it.
+//! - [`protocol`]: pure codecs (Engine.IO, Socket.IO).
+//! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and the default channel policy.
+//! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue.
+//! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
+//! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
+
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod channel;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod protocol;
+pub mod server;
+pub mod socketio;

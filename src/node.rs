@@ -1,0 +1,199 @@
+//! The node: hub, bus and sessions composed. The first local member of a channel makes the
+//! node subscribe to it on the bus, the last one leaving unsubscribes; every message from the
+//! bus is decoded once here and handed to the hub.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::bus::memory::MemoryBus;
+use crate::bus::redis::RedisBus;
+use crate::bus::{Bus, BusError, Envelope};
+use crate::config::Config;
+use crate::engine::Sessions;
+use crate::hub::{Broadcast, Hub, JoinError, Member};
+use crate::metrics::Metrics;
+use crate::outbox::CloseReason;
+
+/// How long a subscribe waits for the bus to confirm, when the bus is up.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+/// One gateway node.
+pub struct Node {
+    /// Checked configuration.
+    pub config: Config,
+    /// Local channel memberships.
+    pub hub: Hub,
+    /// The way to the other nodes.
+    pub bus: Bus,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Live Engine.IO sessions.
+    pub sessions: Sessions,
+    draining: AtomicBool,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The metrics registry refused a metric (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The Redis bus could not be set up.
+    #[error("SWITCHBOARD_REDIS_URL: {0}")]
+    Bus(#[from] BusError),
+}
+
+impl Node {
+    /// Builds the node and starts its bus; must run inside a tokio runtime.
+    pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        let metrics = Metrics::new()?;
+        let mut bus_error = None;
+        let node = Arc::new_cyclic(|weak| {
+            let bus = match (&config.redis, &config.redis_url) {
+                (Some(client), Some(url)) => {
+                    match RedisBus::start(client.clone(), url, config.redis_prefix.clone(), weak.clone()) {
+                        Ok(bus) => Bus::Redis(bus),
+                        Err(e) => {
+                            bus_error = Some(e);
+                            Bus::Memory(MemoryBus::new(weak.clone()))
+                        }
+                    }
+                }
+                _ => Bus::Memory(MemoryBus::new(weak.clone())),
+            };
+            Self {
+                sessions: Sessions::default(),
+                hub: Hub::default(),
+                bus,
+                metrics,
+                config,
+                draining: AtomicBool::new(false),
+            }
+        });
+        match bus_error {
+            Some(e) => Err(e.into()),
+            None => Ok(node),
+        }
+    }
+
+    /// Ready for traffic: the bus is reachable and the node is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.bus.is_healthy() && !self.is_draining()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Delivers a bus message to the local members of its channel.
+    pub fn on_bus_message(&self, channel: &str, payload: &[u8]) {
+        self.metrics.bus_receives.inc();
+        let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["bus_envelope"]).inc();
+                tracing::warn!(channel, error = %e, "ignoring a bus message that is not a broadcast envelope");
+                return;
+            }
+        };
+        let data = envelope.data.unwrap_or(RawValue::NULL);
+        let message = Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
+        let fanout = self.hub.broadcast(&message);
+        self.metrics.fanout.observe(fanout.delivered as f64);
+        self.metrics
+            .messages_out
+            .with_label_values(&["broadcast"])
+            .inc_by(fanout.delivered as u64);
+        if fanout.slow > 0 {
+            tracing::warn!(channel, sockets = fanout.slow, "disconnecting slow consumers");
+        }
+    }
+
+    /// Adds a socket to a channel, subscribing the bus on the first local member, and waits
+    /// until the bus delivers that channel. Returns whether it was already a member.
+    pub async fn join(&self, member: &Arc<Member>, channel: &str) -> Result<bool, JoinError> {
+        let joined = self.hub.join(member, channel, self.config.max_subscriptions, |name| {
+            self.metrics.channels.inc();
+            self.bus.subscribe(name.clone())
+        })?;
+        if joined.already {
+            return Ok(true);
+        }
+        self.metrics.subscriptions.inc();
+        // While the bus is down the subscription is recorded and made on reconnect; waiting would only stall the client.
+        if self.bus.is_healthy() && !joined.ready.wait(SUBSCRIBE_WAIT).await {
+            tracing::warn!(channel, "bus did not confirm the subscription in time");
+        }
+        Ok(false)
+    }
+
+    /// Removes a socket from a channel; returns whether it was a member.
+    pub fn leave(&self, member: &Member, channel: &str) -> bool {
+        let left = self.hub.leave(member, channel, |name| self.on_last(name));
+        if left {
+            self.metrics.subscriptions.dec();
+        }
+        left
+    }
+
+    /// Removes a socket from every channel.
+    pub fn leave_all(&self, member: &Member) {
+        let left = self.hub.leave_all(member, |name| self.on_last(name));
+        self.metrics.subscriptions.sub(left as i64);
+    }
+
+    fn on_last(&self, channel: &Arc<str>) {
+        self.metrics.channels.dec();
+        self.bus.unsubscribe(channel.clone());
+    }
+
+    /// Publishes an event to a channel on every node.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &RawValue,
+        except: Option<&str>,
+    ) -> Result<(), BusError> {
+        let payload = Envelope {
+            event: event.into(),
+            data: Some(data),
+            socket: except.map(Into::into),
+        }
+        .to_bytes();
+        match self.bus.publish(channel, payload).await {
+            Ok(()) => {
+                self.metrics.bus_publishes.inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.bus_errors.with_label_values(&["publish"]).inc();
+                tracing::warn!(channel, error = %e, "publish failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts shutdown: tells every client to reconnect elsewhere and waits, up to the
+    /// drain time, for them to leave.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        let open = self.sessions.len();
+        tracing::info!(sessions = open, drain_time = ?self.config.drain_time, "draining: asking clients to reconnect");
+        self.sessions.close_all(CloseReason::ShuttingDown);
+        let deadline = tokio::time::Instant::now() + self.config.drain_time;
+        while !self.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.sessions.len();
+        if left > 0 {
+            tracing::warn!(sessions = left, "drain time over; exiting with sessions still open");
+        } else {
+            tracing::info!("drained");
+        }
+    }
+}

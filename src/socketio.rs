@@ -1,0 +1,340 @@
+//! The Socket.IO layer: namespace connects with JWT authentication, and the events of
+//! Laravel Echo's socket.io conventions (`subscribe`, `unsubscribe`, `client event`, `ping`).
+//!
+//! It sits on an Engine.IO [`Session`]; each connected namespace is a [`Socket`], which is a
+//! hub member. Answers are queued on the session's outbox like any broadcast.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::auth::{Principal, TokenError, bearer};
+use crate::channel::{self, Kind, Refusal};
+use crate::engine::Session;
+use crate::hub::{Codec, JoinError, Member};
+use crate::node::Node;
+use crate::outbox::{CloseReason, Frame};
+use crate::protocol::engineio;
+use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
+
+/// The namespace served today.
+pub const ROOT: &str = "/";
+
+/// A socket connected to a namespace.
+#[derive(Debug)]
+pub struct Socket {
+    /// Its hub membership (id, outbox, channels).
+    pub member: Arc<Member>,
+    /// Who it is.
+    pub principal: Principal,
+}
+
+/// The Socket.IO state of one Engine.IO session.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    root: Mutex<Option<Arc<Socket>>>,
+    ever_connected: AtomicBool,
+    /// Binary attachments still to discard after a refused binary packet.
+    discard: AtomicUsize,
+}
+
+impl Sockets {
+    fn root(&self) -> Option<Arc<Socket>> {
+        self.root.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_root(&self, socket: Option<Arc<Socket>>) -> Option<Arc<Socket>> {
+        std::mem::replace(&mut *self.root.lock().unwrap_or_else(|p| p.into_inner()), socket)
+    }
+
+    /// Whether any namespace was ever connected (the connect timeout stops then).
+    pub fn ever_connected(&self) -> bool {
+        self.ever_connected.load(Ordering::Acquire)
+    }
+}
+
+/// A random id: 120 bits, URL-safe.
+pub fn random_id() -> Result<Arc<str>, getrandom::Error> {
+    let mut bytes = [0u8; 15];
+    getrandom::fill(&mut bytes)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes).into())
+}
+
+/// Queues a Socket.IO packet built by `write`.
+fn send(session: &Session, write: impl FnOnce(&mut String)) {
+    let mut out = engineio::message(64);
+    write(&mut out);
+    session.send(Frame::from(out));
+}
+
+/// Emits `event` with one argument.
+fn emit(session: &Session, event: &str, value: &Value) {
+    send(session, |out| codec::write_event_value(out, ROOT, event, value));
+}
+
+/// Answers a request: the acknowledgement when the client asked for one, else the event.
+fn answer(session: &Session, ack: Option<u64>, event: &str, value: &Value) {
+    match ack {
+        Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, value)),
+        None => emit(session, event, value),
+    }
+}
+
+/// Handles one Socket.IO packet; an error closes the session.
+pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<(), CloseReason> {
+    if session.sockets.discard.load(Ordering::Acquire) > 0 {
+        return protocol_error(node, session, "text packet while binary attachments were expected");
+    }
+    let packet = match codec::decode(text) {
+        Ok(packet) => packet,
+        Err(e) => return protocol_error(node, session, &e.to_string()),
+    };
+    match packet.kind {
+        PacketKind::Connect => {
+            connect(node, session, &packet).await;
+            Ok(())
+        }
+        PacketKind::Disconnect => {
+            if packet.namespace == ROOT
+                && let Some(socket) = session.sockets.set_root(None)
+            {
+                node.leave_all(&socket.member);
+            }
+            Ok(())
+        }
+        PacketKind::Event => {
+            let Some(socket) = session.sockets.root().filter(|_| packet.namespace == ROOT) else {
+                // Socket.IO ignores packets for namespaces the client has not joined.
+                return Ok(());
+            };
+            let event = match packet.event() {
+                Ok(event) => event,
+                Err(e) => return protocol_error(node, session, &e.to_string()),
+            };
+            on_event(node, session, &socket, &event.name, &event.args, packet.ack).await;
+            Ok(())
+        }
+        // We never ask clients for acknowledgements.
+        PacketKind::Ack => Ok(()),
+        PacketKind::BinaryEvent | PacketKind::BinaryAck => {
+            node.metrics.errors.with_label_values(&["binary_refused"]).inc();
+            session.sockets.discard.store(packet.attachments, Ordering::Release);
+            if let (PacketKind::BinaryEvent, Some(id)) = (packet.kind, packet.ack) {
+                let error = json!({"error": "binary attachments are not supported"});
+                send(session, |out| codec::write_ack(out, packet.namespace, id, &error));
+            }
+            Ok(())
+        }
+        PacketKind::ConnectError => protocol_error(node, session, "clients may not send CONNECT_ERROR"),
+    }
+}
+
+/// Discards the attachments of a refused binary packet; any other binary is a protocol error.
+pub fn on_binary(node: &Node, session: &Session, _data: &[u8]) -> Result<(), CloseReason> {
+    let discard = &session.sockets.discard;
+    if discard
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Ok(());
+    }
+    protocol_error(node, session, "unexpected binary message")
+}
+
+fn protocol_error(node: &Node, session: &Session, problem: &str) -> Result<(), CloseReason> {
+    node.metrics.errors.with_label_values(&["protocol"]).inc();
+    tracing::info!(sid = %session.sid, remote = %session.handshake.remote, problem, "closing session: malformed Socket.IO packet");
+    Err(CloseReason::ProtocolError)
+}
+
+/// The handshake auth object: `{token}`, or Laravel Echo's `{headers: {Authorization}}`.
+#[derive(Debug, Default, Deserialize)]
+struct ConnectAuth {
+    token: Option<String>,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+}
+
+fn find_token<'a>(auth: &'a ConnectAuth, session: &'a Session) -> Option<&'a str> {
+    auth.token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            auth.headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+                .and_then(|(_, value)| bearer(value))
+        })
+        .or(session.handshake.bearer.as_deref())
+        .or(session.handshake.query_token.as_deref())
+}
+
+async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
+    let namespace = packet.namespace;
+    if namespace != ROOT {
+        send(session, |out| codec::write_connect_error(out, namespace, "Invalid namespace"));
+        return;
+    }
+    if session.sockets.root().is_some() {
+        return;
+    }
+    if node.is_draining() {
+        send(session, |out| codec::write_connect_error(out, namespace, "server shutting down"));
+        return;
+    }
+    let auth: ConnectAuth = match packet.data.map(serde_json::from_str).transpose() {
+        Ok(auth) => auth.unwrap_or_default(),
+        Err(_) => {
+            node.metrics.auth_failures.with_label_values(&["malformed"]).inc();
+            send(session, |out| codec::write_connect_error(out, namespace, "invalid auth payload"));
+            return;
+        }
+    };
+    let principal = match find_token(&auth, session)
+        .ok_or(TokenError::Missing)
+        .and_then(|token| node.config.jwt.verify(token))
+    {
+        Ok(principal) => principal,
+        Err(e) => {
+            node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+            tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = e.reason(), "connection refused: bad token");
+            send(session, |out| codec::write_connect_error(out, namespace, &e.to_string()));
+            return;
+        }
+    };
+    let Ok(id) = random_id() else {
+        send(session, |out| codec::write_connect_error(out, namespace, "server error"));
+        return;
+    };
+    let member = Arc::new(Member::new(id, principal.user_id.clone(), Codec::SocketIo, session.outbox.clone()));
+    let socket = Arc::new(Socket { member, principal });
+    session.sockets.set_root(Some(socket.clone()));
+    session.sockets.ever_connected.store(true, Ordering::Release);
+    send(session, |out| codec::write_connect(out, ROOT, &socket.member.id));
+    tracing::debug!(sid = %session.sid, socket = %socket.member.id, user = %socket.principal.user_id, "socket connected");
+
+    let own = channel::user_channel(&socket.principal.user_id);
+    match node.join(&socket.member, &own).await {
+        Ok(_) => emit(session, "subscribed", &json!({"channel": own, "status": "auto"})),
+        Err(e) => emit(session, "subscription_error", &json!({"channel": own, "error": e.to_string()})),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelRequest {
+    channel: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Whisper<'a> {
+    channel: Option<String>,
+    event: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+fn first_arg<'a, T: Deserialize<'a>>(args: &[&'a RawValue]) -> Option<T> {
+    args.first().and_then(|raw| serde_json::from_str(raw.get()).ok())
+}
+
+async fn on_event(node: &Node, session: &Session, socket: &Socket, name: &str, args: &[&RawValue], ack: Option<u64>) {
+    let kind = match name {
+        "subscribe" => "subscribe",
+        "unsubscribe" => "unsubscribe",
+        "client event" => "client_event",
+        "ping" => "ping",
+        _ => "other",
+    };
+    node.metrics.messages_in.with_label_values(&[kind]).inc();
+    match name {
+        "subscribe" => subscribe(node, session, socket, args, ack).await,
+        "unsubscribe" => {
+            let Some(channel) = first_arg::<ChannelRequest>(args).and_then(|r| r.channel) else {
+                let error = json!({"channel": null, "error": "expected {channel}"});
+                return answer(session, ack, "subscription_error", &error);
+            };
+            node.leave(&socket.member, &channel);
+            answer(session, ack, "unsubscribed", &json!({"channel": channel}));
+        }
+        "client event" => whisper(node, session, socket, args, ack).await,
+        "ping" => match ack {
+            Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, &"pong")),
+            None => send(session, |out| codec::write_event(out, ROOT, "pong", &[])),
+        },
+        _ => {
+            node.metrics.errors.with_label_values(&["unknown_event"]).inc();
+            if let Some(id) = ack {
+                let error = json!({"error": format!("unknown event `{name}`")});
+                send(session, |out| codec::write_ack(out, ROOT, id, &error));
+            }
+        }
+    }
+}
+
+async fn subscribe(node: &Node, session: &Session, socket: &Socket, args: &[&RawValue], ack: Option<u64>) {
+    let Some(channel) = first_arg::<ChannelRequest>(args).and_then(|r| r.channel) else {
+        let error = json!({"channel": null, "error": "expected {channel, auth?}"});
+        return answer(session, ack, "subscription_error", &error);
+    };
+    let result = async {
+        channel::validate(&channel, node.config.max_channel_length).map_err(Refusal::InvalidName)?;
+        channel::authorize(&socket.principal, &channel)?;
+        node.join(&socket.member, &channel)
+            .await
+            .map_err(|JoinError::TooMany(limit)| Refusal::InvalidName(format!("too many subscriptions (limit {limit})")))
+    }
+    .await;
+    match result {
+        Ok(_) => answer(session, ack, "subscribed", &json!({"channel": channel, "status": "success"})),
+        Err(refusal) => {
+            node.metrics.errors.with_label_values(&["subscription_refused"]).inc();
+            answer(session, ack, "subscription_error", &json!({"channel": channel, "error": refusal.to_string()}));
+        }
+    }
+}
+
+async fn whisper(node: &Node, session: &Session, socket: &Socket, args: &[&RawValue], ack: Option<u64>) {
+    let refuse = |channel: Option<&str>, message: &str| {
+        let error = json!({"event": "client event", "channel": channel, "error": message});
+        answer(session, ack, "error", &error);
+    };
+    let Some(Whisper {
+        channel: Some(channel),
+        event: Some(event),
+        data,
+    }) = first_arg::<Whisper>(args)
+    else {
+        return refuse(None, "expected {channel, event, data}");
+    };
+    if !event.starts_with("client-") {
+        return refuse(Some(&channel), "client events must be named client-*");
+    }
+    if channel::kind(&channel) == Kind::Public {
+        return refuse(Some(&channel), "client events are only allowed on private and presence channels");
+    }
+    if !socket.member.is_in(&channel) {
+        return refuse(Some(&channel), "not subscribed to this channel");
+    }
+    let data = data.unwrap_or(RawValue::NULL);
+    match node.publish(&channel, &event, data, Some(&socket.member.id)).await {
+        Ok(()) => {
+            if let Some(id) = ack {
+                send(session, |out| codec::write_ack(out, ROOT, id, &json!({"ok": true})));
+            }
+        }
+        Err(_) => refuse(Some(&channel), "bus unavailable, try again"),
+    }
+}
+
+/// Releases the session's sockets when the session ends.
+pub fn on_close(node: &Node, session: &Session) {
+    if let Some(socket) = session.sockets.set_root(None) {
+        node.leave_all(&socket.member);
+        tracing::debug!(socket = %socket.member.id, "socket disconnected");
+    }
+}
