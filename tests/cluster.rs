@@ -1,0 +1,166 @@
+//! Two nodes sharing a throwaway Redis: Laravel's PUBLISH format with a prefix, socket
+//! exclusion, whispers across nodes, and surviving a Redis restart.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "switchboard-dev-secret";
+const API_KEY: &str = "test-key";
+const PREFIX: &str = "laravel_database_";
+
+fn token(sub: u64) -> String {
+    jwt_hs256(SECRET, json!({"sub": sub}))
+}
+
+async fn cluster(redis: &RedisServer) -> (Node, Node) {
+    let url = redis.url();
+    let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url, "--redis-prefix", PREFIX];
+    let one = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "one")]).await;
+    let two = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "two")]).await;
+    for node in [&one, &two] {
+        wait_ready(node, true).await;
+    }
+    (one, two)
+}
+
+async fn ready(node: &Node) -> bool {
+    try_http("GET", &format!("{}/ready", node.url()), &[], b"")
+        .await
+        .map(|r| r.status == 200)
+        .unwrap_or(false)
+}
+
+async fn wait_ready(node: &Node, want: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ready(node).await != want {
+        assert!(tokio::time::Instant::now() < deadline, "/ready never became {want}:\n{}", node.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client(node: &Node, user: u64, transports: &[&str]) -> (Agent, String) {
+    let mut agent = Agent::spawn(json!({"url": node.url(), "auth": {"token": token(user)}, "transports": transports}));
+    let id = agent.expect_connect(TIMEOUT).await;
+    agent.expect_event("subscribed", TIMEOUT).await;
+    (agent, id)
+}
+
+async fn subscribe(agent: &mut Agent, channel: &str) {
+    let answer = agent.emit_ack("subscribe", json!([{"channel": channel}])).await;
+    assert_eq!(answer[0]["status"], "success", "{answer}");
+}
+
+async fn api_broadcast(node: &Node, body: Value) -> HttpResponse {
+    http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn laravel_publish_reaches_both_nodes_and_respects_socket_exclusion() {
+    let redis = RedisServer::start().await;
+    let (one, two) = cluster(&redis).await;
+    let (mut a, a_id) = client(&one, 1, &["websocket"]).await;
+    let (mut b, _) = client(&two, 2, &["polling"]).await;
+    subscribe(&mut a, "orders").await;
+    subscribe(&mut b, "orders").await;
+
+    // Exactly what Laravel's RedisBroadcaster writes (data keeps its own `socket` key).
+    let payload = json!({"event": "App\\Events\\OrderShipped", "data": {"id": 5, "socket": null}, "socket": null});
+    let receivers = redis.publish(&format!("{PREFIX}orders"), payload.to_string()).await;
+    assert_eq!(receivers, 2, "each node subscribes once to the channel");
+    for agent in [&mut a, &mut b] {
+        let args = agent.expect_event("App\\Events\\OrderShipped", TIMEOUT).await;
+        assert_eq!(args, vec![json!("orders"), json!({"id": 5, "socket": null})]);
+    }
+
+    // broadcast(...)->toOthers(): Laravel puts the sender's socket id in `socket`.
+    let payload = json!({"event": "Updated", "data": {"n": 1}, "socket": a_id});
+    redis.publish(&format!("{PREFIX}orders"), payload.to_string()).await;
+    assert_eq!(b.expect_event("Updated", TIMEOUT).await, vec![json!("orders"), json!({"n": 1})]);
+    a.assert_no_event("Updated", Duration::from_millis(300)).await;
+
+    // Without the prefix nothing arrives: the channel names are exactly prefix + channel.
+    redis.publish("orders", json!({"event": "Unprefixed", "data": 1}).to_string()).await;
+    b.assert_no_event("Unprefixed", Duration::from_millis(300)).await;
+
+    // The HTTP API of one node reaches the other through Redis too.
+    let response = api_broadcast(&one, json!({"channels": ["orders"], "event": "ViaApi", "data": [1, 2]})).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    assert_eq!(b.expect_event("ViaApi", TIMEOUT).await, vec![json!("orders"), json!([1, 2])]);
+
+    // The last local subscriber leaving unsubscribes the node from Redis.
+    a.emit_ack("unsubscribe", json!([{"channel": "orders"}])).await;
+    let receivers = redis.publish(&format!("{PREFIX}orders"), payload.to_string()).await;
+    assert_eq!(receivers, 1, "only node two still needs `orders`");
+}
+
+#[tokio::test]
+async fn whisper_crosses_nodes_and_is_not_echoed() {
+    let redis = RedisServer::start().await;
+    let (one, two) = cluster(&redis).await;
+    // Two tabs of user 5 on different nodes share private-user.5.
+    let (mut a, _) = client(&one, 5, &["websocket"]).await;
+    let (mut b, _) = client(&two, 5, &["websocket"]).await;
+    let sent = a
+        .emit_ack("client event", json!([{"channel": "private-user.5", "event": "client-typing", "data": {"typing": true}}]))
+        .await;
+    assert_eq!(sent, json!([{"ok": true}]));
+    let args = b.expect_event("client-typing", TIMEOUT).await;
+    assert_eq!(args, vec![json!("private-user.5"), json!({"typing": true})]);
+    a.assert_no_event("client-typing", Duration::from_millis(300)).await;
+
+    // Refusals: a channel not joined, and an event not named client-*.
+    let refused = a
+        .emit_ack("client event", json!([{"channel": "private-user.6", "event": "client-x", "data": 1}]))
+        .await;
+    assert_eq!(refused[0]["error"], "not subscribed to this channel");
+    a.emit("client event", json!([{"channel": "private-user.5", "event": "typing", "data": 1}])).await;
+    let error = a.expect_event("error", TIMEOUT).await;
+    assert_eq!(error[0]["error"], "client events must be named client-*");
+}
+
+#[tokio::test]
+async fn redis_restart_is_survived() {
+    let mut redis = RedisServer::start().await;
+    let (one, two) = cluster(&redis).await;
+    let (mut a, _) = client(&one, 1, &["websocket"]).await;
+    let (mut b, _) = client(&two, 2, &["polling"]).await;
+    subscribe(&mut a, "news").await;
+    subscribe(&mut b, "news").await;
+
+    redis.kill().await;
+    wait_ready(&one, false).await;
+    wait_ready(&two, false).await;
+    let refused = api_broadcast(&one, json!({"channel": "news", "event": "lost", "data": 0})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "bus_unavailable");
+    // Sockets stay up meanwhile.
+    assert_eq!(a.emit_ack("ping", json!([])).await, json!(["pong"]));
+    assert_eq!(b.emit_ack("ping", json!([])).await, json!(["pong"]));
+
+    redis.restart().await;
+    wait_ready(&one, true).await;
+    wait_ready(&two, true).await;
+    let response = api_broadcast(&two, json!({"channel": "news", "event": "back", "data": 1})).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    for agent in [&mut a, &mut b] {
+        assert_eq!(agent.expect_event("back", TIMEOUT).await, vec![json!("news"), json!(1)]);
+    }
+    let payload = json!({"event": "laravel-back", "data": 2, "socket": null});
+    assert_eq!(redis.publish(&format!("{PREFIX}news"), payload.to_string()).await, 2);
+    for agent in [&mut a, &mut b] {
+        agent.expect_event("laravel-back", TIMEOUT).await;
+    }
+    let logs = one.logs();
+    assert!(logs.contains("connection lost"), "{logs}");
+    assert!(logs.contains("connected and subscribed"), "{logs}");
+}
