@@ -1,0 +1,347 @@
+//! Exact wire behaviour with raw clients: bad input, limits, slow consumers, heartbeats,
+//! origins and CORS, Engine.IO error answers, and the HTTP API's errors.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const SECRET: &str = "switchboard-dev-secret";
+const API_KEY: &str = "test-key";
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn token(sub: u64) -> String {
+    jwt_hs256(SECRET, json!({"sub": sub}))
+}
+
+async fn connect_ws(node: &Node, origin: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
+    let mut request = url.into_client_request()?;
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().expect("header value"));
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(ws)
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return text.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Opens a websocket session and connects to `/` as `user`; returns the socket id.
+async fn socket(node: &Node, user: u64) -> (Ws, String) {
+    let mut ws = connect_ws(node, None).await.expect("websocket handshake");
+    let open = next_text(&mut ws).await;
+    assert!(open.starts_with("0{\"sid\":"), "{open}");
+    ws.send(Message::text(format!("40{}", json!({"token": token(user)})))).await.expect("send");
+    let connected = next_text(&mut ws).await;
+    let sid: Value = serde_json::from_str(connected.strip_prefix("40").expect("CONNECT")).expect("json");
+    let auto = next_text(&mut ws).await;
+    assert_eq!(auto, format!(r#"42["subscribed",{{"channel":"private-user.{user}","status":"auto"}}]"#));
+    (ws, sid["sid"].as_str().expect("sid").to_owned())
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str) {
+    ws.send(Message::text(format!(r#"42["subscribe",{{"channel":"{channel}"}}]"#))).await.expect("send");
+    assert_eq!(next_text(ws).await, format!(r#"42["subscribed",{{"channel":"{channel}","status":"success"}}]"#));
+}
+
+/// Whether the server closes the connection within the timeout.
+async fn closes(ws: &mut Ws) -> bool {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+async fn api(node: &Node, key: Option<&str>, body: &[u8]) -> HttpResponse {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    http("POST", &format!("{}/api/broadcast", node.url()), &headers, body).await
+}
+
+async fn metric(node: &Node, name: &str) -> f64 {
+    let text = http("GET", &format!("{}/metrics", node.url()), &[], b"").await.text();
+    text.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn exact_broadcast_frame() {
+    let node = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
+    let (mut ws, _) = socket(&node, 1).await;
+    subscribe(&mut ws, "news").await;
+    let body = json!({"channel": "news", "event": "App\\Events\\Posted", "data": {"title": "é\"x"}});
+    assert_eq!(api(&node, Some(API_KEY), body.to_string().as_bytes()).await.status, 202);
+    assert_eq!(next_text(&mut ws).await, r#"42["App\\Events\\Posted","news",{"title":"é\"x"}]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_dropped_while_others_keep_receiving() {
+    let node = Node::spawn(&["--dev", "--api-keys", API_KEY, "--send-queue-bytes", "2000000"], &[]).await;
+    let (mut stuck, _) = socket(&node, 1).await;
+    let (mut healthy, _) = socket(&node, 2).await;
+    subscribe(&mut stuck, "flood").await;
+    subscribe(&mut healthy, "flood").await;
+
+    const MESSAGES: usize = 400;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let received = received.clone();
+        async move {
+            while received.load(std::sync::atomic::Ordering::Acquire) < MESSAGES {
+                let text = next_text(&mut healthy).await;
+                if text.starts_with(r#"42["chunk""#) {
+                    received.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+            }
+        }
+    });
+    // 400 × 100 KB is far more than loopback socket buffers hold for a reader that never
+    // reads. The healthy reader is never more than 10 messages (1 MB) behind, under its limit.
+    let body = json!({"channel": "flood", "event": "chunk", "data": "x".repeat(100_000)}).to_string();
+    for sent in 0..MESSAGES {
+        while sent > received.load(std::sync::atomic::Ordering::Acquire) + 10 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(api(&node, Some(API_KEY), body.as_bytes()).await.status, 202);
+    }
+    tokio::time::timeout(TIMEOUT, reader).await.expect("healthy reader gets everything").expect("reader");
+    assert_eq!(metric(&node, "switchboard_slow_consumer_disconnects_total").await, 1.0);
+    assert!(closes(&mut stuck).await, "the stuck socket is closed");
+    assert!(node.logs().contains("slow_consumer"), "{}", node.logs());
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_that_socket() {
+    let node = Node::spawn(&["--dev", "--max-message-size", "2048"], &[]).await;
+    let (mut bystander, _) = socket(&node, 9).await;
+
+    let cases: [(&str, String); 5] = [
+        ("unknown engine packet", "9hello".into()),
+        ("bad socket.io packet", "4x".into()),
+        ("event that is not an array", r#"42{"not":"an array"}"#.into()),
+        ("empty frame", String::new()),
+        ("oversized frame", format!(r#"42["ping","{}"]"#, "y".repeat(4096))),
+    ];
+    for (what, frame) in cases {
+        let (mut ws, _) = socket(&node, 1).await;
+        ws.send(Message::text(frame)).await.expect("send");
+        assert!(closes(&mut ws).await, "{what}: socket closed");
+    }
+    // Binary frames outside a binary packet are a protocol error too.
+    let (mut ws, _) = socket(&node, 1).await;
+    ws.send(Message::binary(vec![1, 2, 3])).await.expect("send");
+    assert!(closes(&mut ws).await, "stray binary closes");
+
+    // The node and the other socket carry on.
+    bystander.send(Message::text(r#"421["ping"]"#)).await.expect("send");
+    assert_eq!(next_text(&mut bystander).await, r#"431["pong"]"#);
+    assert!(metric(&node, "switchboard_errors_total{kind=\"protocol\"}").await >= 4.0);
+    let logs = node.logs();
+    assert!(logs.contains("malformed Socket.IO packet"), "{logs}");
+}
+
+#[tokio::test]
+async fn binary_attachments_are_refused_cleanly() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let (mut ws, _) = socket(&node, 1).await;
+    ws.send(Message::text(r#"451-7["upload",{"_placeholder":true,"num":0}]"#)).await.expect("send");
+    ws.send(Message::binary(vec![0u8; 16])).await.expect("send");
+    assert_eq!(next_text(&mut ws).await, r#"437[{"error":"binary attachments are not supported"}]"#);
+    // The connection is still usable.
+    ws.send(Message::text(r#"428["ping"]"#)).await.expect("send");
+    assert_eq!(next_text(&mut ws).await, r#"438["pong"]"#);
+}
+
+#[tokio::test]
+async fn unanswered_pings_close_the_session() {
+    let node = Node::spawn(&["--dev", "--ping-interval", "200ms", "--ping-timeout", "300ms"], &[]).await;
+    let (mut silent, _) = socket(&node, 1).await;
+    let (mut polite, _) = socket(&node, 2).await;
+    let started = tokio::time::Instant::now();
+    // The polite client answers three pings; the silent one is closed after its first.
+    let mut pongs = 0;
+    while pongs < 3 {
+        if next_text(&mut polite).await == "2" {
+            polite.send(Message::text("3")).await.expect("pong");
+            pongs += 1;
+        }
+    }
+    assert!(closes(&mut silent).await, "no pong, no session");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(metric(&node, "switchboard_connections_closed_total{reason=\"ping_timeout\"}").await, 1.0);
+    polite.send(Message::text(r#"421["ping"]"#)).await.expect("send");
+    loop {
+        let text = next_text(&mut polite).await;
+        if text == "2" {
+            polite.send(Message::text("3")).await.expect("pong");
+            continue;
+        }
+        assert_eq!(text, r#"431["pong"]"#);
+        break;
+    }
+}
+
+#[tokio::test]
+async fn connection_limit() {
+    let node = Node::spawn(&["--dev", "--max-connections", "1"], &[]).await;
+    let (_first, _) = socket(&node, 1).await;
+    let refused = connect_ws(&node, None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    let poll = http("GET", &format!("{}/socket.io/?EIO=4&transport=polling", node.url()), &[], b"").await;
+    assert_eq!(poll.status, 503);
+    assert_eq!(poll.json()["message"], "node is at its connection limit");
+}
+
+#[tokio::test]
+async fn origins_and_cors() {
+    let node = Node::spawn(&["--dev", "--allowed-origins", "https://app.example,https://admin.example"], &[]).await;
+    assert!(connect_ws(&node, Some("https://app.example")).await.is_ok());
+    assert!(connect_ws(&node, None).await.is_ok(), "non-browser clients send no Origin");
+    match connect_ws(&node, Some("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+
+    let handshake = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
+    let ok = http("GET", &handshake, &[("origin", "https://admin.example")], b"").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://admin.example"));
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    let refused = http("GET", &handshake, &[("origin", "https://evil.example")], b"").await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json(), json!({"code": 4, "message": "origin not allowed"}));
+    let preflight = http(
+        "OPTIONS",
+        &handshake,
+        &[("origin", "https://app.example"), ("access-control-request-headers", "authorization")],
+        b"",
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(preflight.header("access-control-allow-headers"), Some("authorization"));
+    assert!(preflight.header("access-control-allow-methods").unwrap_or_default().contains("POST"));
+}
+
+#[tokio::test]
+async fn engine_io_errors_and_polling_limits() {
+    let node = Node::spawn(&["--dev", "--max-message-size", "1024", "--ping-interval", "1s"], &[]).await;
+    let base = format!("{}/socket.io/", node.url());
+    let cases = [
+        ("?EIO=3&transport=polling", 5),
+        ("?EIO=4&transport=carrier-pigeon", 0),
+        ("?EIO=4&transport=polling&sid=nope", 1),
+    ];
+    for (query, code) in cases {
+        let response = http("GET", &format!("{base}{query}"), &[], b"").await;
+        assert_eq!(response.status, 400, "{query}");
+        assert_eq!(response.json()["code"], code, "{query}");
+    }
+
+    // A polling session: handshake, connect, an oversized POST closes it with 413.
+    let open = http("GET", &format!("{base}?EIO=4&transport=polling"), &[], b"").await.text();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).expect("json");
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 1000);
+    assert_eq!(open["maxPayload"], 1024);
+    let sid = open["sid"].as_str().expect("sid");
+    let session = format!("{base}?EIO=4&transport=polling&sid={sid}");
+    let connect = format!("40{}", json!({"token": token(1)}));
+    assert_eq!(http("POST", &session, &[], connect.as_bytes()).await.text(), "ok");
+    let answers = http("GET", &session, &[], b"").await.text();
+    let packets: Vec<&str> = answers.split('\u{1e}').collect();
+    assert!(packets[0].starts_with("40{\"sid\":"), "{answers}");
+    let too_large = http("POST", &session, &[], "4".repeat(2000).as_bytes()).await;
+    assert_eq!(too_large.status, 413);
+    let gone = http("GET", &session, &[], b"").await;
+    assert!(gone.status == 400 || gone.text() == "1", "closed session: {} {}", gone.status, gone.text());
+}
+
+#[tokio::test]
+async fn broadcast_api_errors() {
+    let node = Node::spawn(&["--dev", "--api-keys", "first,second", "--max-message-size", "4096"], &[]).await;
+    let good = json!({"channel": "news", "event": "e", "data": 1}).to_string();
+    assert_eq!(api(&node, Some("second"), good.as_bytes()).await.status, 202);
+
+    let missing = api(&node, None, good.as_bytes()).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.json()["error"]["code"], "unauthorized");
+    assert_eq!(api(&node, Some("wrong"), good.as_bytes()).await.status, 401);
+    assert_eq!(api(&node, Some("firs"), good.as_bytes()).await.status, 401);
+
+    let bad_bodies = [
+        ("not json", "invalid JSON body"),
+        (r#"{"event":"e"}"#, "missing `channel` or `channels`"),
+        (r#"{"channel":"a","channels":["b"],"event":"e"}"#, "not both"),
+        (r#"{"channels":[],"event":"e"}"#, "`channels` is empty"),
+        (r#"{"channel":"a b","event":"e"}"#, "channel `a b`"),
+        (r#"{"channel":"a","event":""}"#, "`event` must be"),
+        (r#"{"channel":"a","event":"e","chanel":"x"}"#, "unknown field `chanel`"),
+        (r#"{"channel":"a"}"#, "missing field `event`"),
+    ];
+    for (body, problem) in bad_bodies {
+        let response = api(&node, Some("first"), body.as_bytes()).await;
+        assert_eq!(response.status, 400, "{body}");
+        let message = response.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(problem), "{body}: {message}");
+    }
+
+    let huge = json!({"channel": "news", "event": "e", "data": "z".repeat(5000)}).to_string();
+    let too_large = api(&node, Some("first"), huge.as_bytes()).await;
+    assert_eq!(too_large.status, 413);
+    assert_eq!(too_large.json()["error"]["code"], "payload_too_large");
+    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await.text();
+    assert!(metrics.contains(r#"switchboard_http_api_requests_total{route="/api/broadcast",status="401"} 3"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let node = Node::spawn(&["--dev"], &[("SWITCHBOARD_NODE_ID", "node-a")]).await;
+    let health = http("GET", &format!("{}/health", node.url()), &[], b"").await;
+    assert_eq!(health.json(), json!({"status": "ok", "node_id": "node-a"}));
+    let ready = http("GET", &format!("{}/ready", node.url()), &[], b"").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["bus"], "up");
+    let (_ws, _) = socket(&node, 1).await;
+    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await;
+    assert!(metrics.header("content-type").unwrap_or_default().starts_with("text/plain"));
+    let text = metrics.text();
+    for series in [
+        "switchboard_connections{transport=\"websocket\"} 1",
+        "switchboard_subscriptions 1",
+        "switchboard_channels 1",
+        "switchboard_connections_opened_total{transport=\"websocket\"} 1",
+        "switchboard_broadcast_fanout_bucket",
+        "switchboard_bus_publishes_total 0",
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+}
