@@ -40,8 +40,8 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Prefix of every Redis channel name (Laravel's default is `laravel_database_`)
-    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "")]
+    /// Prefix of every Redis channel name [default: none] (Laravel's is `laravel_database_`)
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "", hide_default_value = true)]
     pub redis_prefix: String,
 
     /// HMAC secret for HS256/HS384/HS512 tokens
@@ -371,6 +371,25 @@ impl Args {
         };
         Ok(verifier.with_leeway(self.jwt_leeway))
     }
+}
+
+/// Formats a command-line error as one line naming the setting's variable, e.g.
+/// `SWITCHBOARD_PING_INTERVAL: invalid value 'soon' …`. Help and version output pass through.
+pub fn describe_arg_error(error: &clap::Error) -> Option<String> {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return None;
+    }
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+    let names_a_setting = matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation);
+    let setting = Some(first.as_str())
+        .filter(|_| names_a_setting)
+        .and_then(|line| line.split("'--").nth(1))
+        .and_then(|rest| rest.split([' ', '\'']).next())
+        .map(|flag| format!("SWITCHBOARD_{}: ", flag.replace('-', "_").to_uppercase()))
+        .unwrap_or_default();
+    Some(format!("{setting}{first}"))
 }
 
 /// Parses `250ms`, `25s`, `2m`, `1h`, or a bare number of seconds.

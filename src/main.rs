@@ -2,14 +2,20 @@
 
 use std::process::ExitCode;
 
-use switchboard::config::{Args, LogFormat};
+use switchboard::config::{Args, LogFormat, describe_arg_error};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = match Args::load_from(std::env::args_os()) {
         Ok(args) => args,
-        Err(e) => e.exit(),
+        Err(e) => match describe_arg_error(&e) {
+            Some(line) => {
+                eprintln!("switchboard: invalid configuration: {line}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
     };
     let config = match args.validate() {
         Ok(config) => config,
