@@ -44,23 +44,37 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer <api key>"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing Authorization: Bearer <api key>",
+            )
+        })?;
     // Compare with every key, without stopping early, so timing says nothing about which matched.
-    let matched = node
-        .config
-        .api_keys
-        .iter()
-        .fold(false, |found, key| constant_time_eq(key.as_bytes(), given.as_bytes()) | found);
+    let matched = node.config.api_keys.iter().fold(false, |found, key| {
+        constant_time_eq(key.as_bytes(), given.as_bytes()) | found
+    });
     if matched {
         Ok(())
     } else {
-        node.metrics.auth_failures.with_label_values(&["api_key"]).inc();
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key"))
+        node.metrics
+            .auth_failures
+            .with_label_values(&["api_key"])
+            .inc();
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key",
+        ))
     }
 }
 
 /// Reads a JSON body within the size limit.
-fn json_body<'a, T: Deserialize<'a>>(node: &Node, body: &'a Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn json_body<'a, T: Deserialize<'a>>(
+    node: &Node,
+    body: &'a Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let limit = node.config.max_message_size;
     let too_large = || {
         ApiError::new(
@@ -72,10 +86,13 @@ fn json_body<'a, T: Deserialize<'a>>(node: &Node, body: &'a Result<Bytes, BytesR
     let body = match body {
         Ok(body) if body.len() > limit => return Err(too_large()),
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(too_large());
+        }
         Err(rejection) => return Err(ApiError::bad_request(rejection.body_text())),
     };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The body of `POST /api/broadcast`.
@@ -102,17 +119,26 @@ pub async fn broadcast(
         (Some(one), None) => vec![one],
         (None, Some(many)) if !many.is_empty() => many,
         (None, Some(_)) => return Err(ApiError::bad_request("`channels` is empty")),
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give `channel` or `channels`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give `channel` or `channels`, not both",
+            ));
+        }
         (None, None) => return Err(ApiError::bad_request("missing `channel` or `channels`")),
     };
     if channels.len() > MAX_CHANNELS_PER_CALL {
-        return Err(ApiError::bad_request(format!("more than {MAX_CHANNELS_PER_CALL} channels")));
+        return Err(ApiError::bad_request(format!(
+            "more than {MAX_CHANNELS_PER_CALL} channels"
+        )));
     }
     for name in &channels {
         channel::validate(name, node.config.max_channel_length)
             .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))?;
     }
-    if request.event.is_empty() || request.event.len() > MAX_EVENT_LENGTH || request.event.chars().any(char::is_control) {
+    if request.event.is_empty()
+        || request.event.len() > MAX_EVENT_LENGTH
+        || request.event.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(format!(
             "`event` must be 1 to {MAX_EVENT_LENGTH} bytes without control characters"
         )));
@@ -120,11 +146,21 @@ pub async fn broadcast(
     let data = request.data.unwrap_or(RawValue::NULL);
     let except = request.socket_id.as_deref().filter(|s| !s.is_empty());
     for name in &channels {
-        node.publish(name, &request.event, data, except).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", e.to_string())
-        })?;
+        node.publish(name, &request.event, data, except)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bus_unavailable",
+                    e.to_string(),
+                )
+            })?;
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "channels": channels.len()}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "accepted", "channels": channels.len()})),
+    )
+        .into_response())
 }
 
 /// `GET /health`: the process is up.
@@ -151,7 +187,10 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         node.metrics.render(),
     )
         .into_response()

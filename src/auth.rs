@@ -97,7 +97,10 @@ struct Header {
 impl JwtVerifier {
     /// A verifier for HMAC tokens.
     pub fn hmac(secret: &[u8], algorithm: Algorithm) -> Result<Self, String> {
-        if !matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        if !matches!(
+            algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
             return Err(format!("{algorithm:?} needs a public key, not a secret"));
         }
         Ok(Self::new(DecodingKey::from_secret(secret), algorithm))
@@ -106,9 +109,12 @@ impl JwtVerifier {
     /// A verifier for public-key tokens, from a PEM file's contents.
     pub fn public_key(pem: &[u8], algorithm: Algorithm) -> Result<Self, String> {
         let key = match algorithm {
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-                DecodingKey::from_rsa_pem(pem)
-            }
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => DecodingKey::from_rsa_pem(pem),
             Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
             Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
             other => return Err(format!("{other:?} needs a secret, not a public key")),
@@ -143,15 +149,15 @@ impl JwtVerifier {
         if header.alg.parse::<Algorithm>().ok() != expected {
             return Err(TokenError::Algorithm);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidSignature => TokenError::Signature,
                 ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
                 _ => TokenError::Malformed,
-            }
-        })?;
+            },
+        )?;
         let claims = data.claims;
         let user_id = claims
             .sub
@@ -176,14 +182,19 @@ fn id_string(value: Value) -> Option<String> {
     };
     let usable = !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:=".contains(c));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@:=".contains(c));
     usable.then_some(id)
 }
 
 /// Strips `Bearer ` from an Authorization header value.
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares secrets in time that depends only on their lengths.
@@ -209,7 +220,12 @@ mod tests {
     }
 
     fn token(secret: &str, claims: Value) -> String {
-        encode(&JwtHeader::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encode")
+        encode(
+            &JwtHeader::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("encode")
     }
 
     fn verifier() -> JwtVerifier {
@@ -219,24 +235,53 @@ mod tests {
     #[test]
     fn accepts_good_tokens() {
         let p = verifier()
-            .verify(&token("s3cret", json!({"sub": 42, "role": "admin", "name": "Ann", "exp": now() + 60})))
+            .verify(&token(
+                "s3cret",
+                json!({"sub": 42, "role": "admin", "name": "Ann", "exp": now() + 60}),
+            ))
             .expect("valid");
-        assert_eq!((&*p.user_id, p.role.as_deref(), p.name.as_deref()), ("42", Some("admin"), Some("Ann")));
-        let p = verifier().verify(&token("s3cret", json!({"userId": "u-7"}))).expect("userId claim");
+        assert_eq!(
+            (&*p.user_id, p.role.as_deref(), p.name.as_deref()),
+            ("42", Some("admin"), Some("Ann"))
+        );
+        let p = verifier()
+            .verify(&token("s3cret", json!({"userId": "u-7"})))
+            .expect("userId claim");
         assert_eq!(&*p.user_id, "u-7");
     }
 
     #[test]
     fn refuses_bad_tokens_with_reasons() {
         let v = verifier();
-        assert_eq!(v.verify(&token("s3cret", json!({"sub": 1, "exp": now() - 100}))).err(), Some(TokenError::Expired));
-        assert_eq!(v.verify(&token("s3cret", json!({"sub": 1, "nbf": now() + 100}))).err(), Some(TokenError::NotYetValid));
-        assert_eq!(v.verify(&token("other", json!({"sub": 1}))).err(), Some(TokenError::Signature));
-        assert_eq!(v.verify(&token("s3cret", json!({"name": "x"}))).err(), Some(TokenError::NoSubject));
-        assert_eq!(v.verify(&token("s3cret", json!({"sub": "a b"}))).err(), Some(TokenError::NoSubject));
+        assert_eq!(
+            v.verify(&token("s3cret", json!({"sub": 1, "exp": now() - 100})))
+                .err(),
+            Some(TokenError::Expired)
+        );
+        assert_eq!(
+            v.verify(&token("s3cret", json!({"sub": 1, "nbf": now() + 100})))
+                .err(),
+            Some(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            v.verify(&token("other", json!({"sub": 1}))).err(),
+            Some(TokenError::Signature)
+        );
+        assert_eq!(
+            v.verify(&token("s3cret", json!({"name": "x"}))).err(),
+            Some(TokenError::NoSubject)
+        );
+        assert_eq!(
+            v.verify(&token("s3cret", json!({"sub": "a b"}))).err(),
+            Some(TokenError::NoSubject)
+        );
         assert_eq!(v.verify("garbage").err(), Some(TokenError::Malformed));
         let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        let none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(json!({"sub": 1})));
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(json!({"sub": 1}))
+        );
         assert_eq!(v.verify(&none).err(), Some(TokenError::Algorithm));
         let hs512 = encode(
             &JwtHeader::new(Algorithm::HS512),

@@ -108,9 +108,21 @@ mod tests {
     fn default_policy() {
         assert_eq!(authorize(&user("1"), "news"), Ok(()));
         assert_eq!(authorize(&user("1"), "private-user.1"), Ok(()));
-        assert_eq!(authorize(&user("1"), "private-user.2"), Err(Refusal::Forbidden));
-        assert_eq!(authorize(&user("1"), "private-user.10"), Err(Refusal::Forbidden));
-        assert_eq!(authorize(&user("1"), "private-orders.1"), Err(Refusal::Forbidden));
-        assert_eq!(authorize(&user("1"), "presence-chat.1"), Err(Refusal::Forbidden));
+        assert_eq!(
+            authorize(&user("1"), "private-user.2"),
+            Err(Refusal::Forbidden)
+        );
+        assert_eq!(
+            authorize(&user("1"), "private-user.10"),
+            Err(Refusal::Forbidden)
+        );
+        assert_eq!(
+            authorize(&user("1"), "private-orders.1"),
+            Err(Refusal::Forbidden)
+        );
+        assert_eq!(
+            authorize(&user("1"), "presence-chat.1"),
+            Err(Refusal::Forbidden)
+        );
     }
 }

@@ -22,7 +22,11 @@ pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
 
 /// Command line, environment and file settings of a node.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchboard", version, about = "Real-time gateway: Socket.IO v4 and WebSocket clients, Redis pub/sub fan-out")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time gateway: Socket.IO v4 and WebSocket clients, Redis pub/sub fan-out"
+)]
 pub struct Args {
     /// TOML file with any of these settings (keys as the flag names, with `_` for `-`)
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
@@ -41,7 +45,12 @@ pub struct Args {
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis channel name [default: none] (Laravel's is `laravel_database_`)
-    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "", hide_default_value = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REDIS_PREFIX",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub redis_prefix: String,
 
     /// HMAC secret for HS256/HS384/HS512 tokens
@@ -61,7 +70,12 @@ pub struct Args {
     pub jwt_leeway: Duration,
 
     /// Comma-separated bearer keys for the HTTP API (empty = API refuses every call)
-    #[arg(long, env = "SWITCHBOARD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// Comma-separated origins allowed to connect, e.g. https://app.example.com (empty = any)
@@ -89,7 +103,11 @@ pub struct Args {
     pub max_connections: usize,
 
     /// Largest message or HTTP body accepted, in bytes (Engine.IO's maxPayload)
-    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_MESSAGE_SIZE",
+        default_value_t = 1_000_000
+    )]
     pub max_message_size: usize,
 
     /// Most channels one socket may be subscribed to
@@ -206,7 +224,10 @@ impl Args {
         let table: toml::Table = text.parse().map_err(|e| {
             Self::command().error(
                 clap::error::ErrorKind::InvalidValue,
-                format!("SWITCHBOARD_CONFIG: {} is not valid TOML: {e}", path.display()),
+                format!(
+                    "SWITCHBOARD_CONFIG: {} is not valid TOML: {e}",
+                    path.display()
+                ),
             )
         })?;
         let known: HashSet<String> = Self::command()
@@ -217,11 +238,17 @@ impl Args {
             if !known.contains(&key) || key == "config" {
                 return Err(Self::command().error(
                     clap::error::ErrorKind::UnknownArgument,
-                    format!("SWITCHBOARD_CONFIG: unknown setting `{key}` in {}", path.display()),
+                    format!(
+                        "SWITCHBOARD_CONFIG: unknown setting `{key}` in {}",
+                        path.display()
+                    ),
                 ));
             }
             // Flags and variables win over the file.
-            if !matches!(matches.value_source(&key), None | Some(ValueSource::DefaultValue)) {
+            if !matches!(
+                matches.value_source(&key),
+                None | Some(ValueSource::DefaultValue)
+            ) {
                 continue;
             }
             let flag = format!("--{}", key.replace('_', "-"));
@@ -250,22 +277,35 @@ impl Args {
 
     /// Checks every setting and resolves keys, URLs and names.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let listen: SocketAddr = self
-            .listen
-            .parse()
-            .map_err(|e| ConfigError::new("listen", format!("`{}` is not host:port ({e})", self.listen)))?;
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            ConfigError::new(
+                "listen",
+                format!("`{}` is not host:port ({e})", self.listen),
+            )
+        })?;
 
         let jwt = self.jwt()?;
         let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
         let redis = redis_url
             .as_deref()
             .map(|url| {
-                redis::Client::open(url)
-                    .map_err(|e| ConfigError::new("redis_url", format!("cannot use `{}`: {e}", redact_url(url))))
+                redis::Client::open(url).map_err(|e| {
+                    ConfigError::new(
+                        "redis_url",
+                        format!("cannot use `{}`: {e}", redact_url(url)),
+                    )
+                })
             })
             .transpose()?;
-        if self.redis_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ConfigError::new("redis_prefix", "must not contain spaces or control characters"));
+        if self
+            .redis_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::new(
+                "redis_prefix",
+                "must not contain spaces or control characters",
+            ));
         }
 
         for (name, value) in [
@@ -299,7 +339,13 @@ impl Args {
             .filter(|o| !o.is_empty())
             .collect();
         let node_id = match self.node_id.filter(|n| !n.trim().is_empty()) {
-            Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) => id,
+            Some(id)
+                if id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) =>
+            {
+                id
+            }
             Some(id) => {
                 return Err(ConfigError::new(
                     "node_id",
@@ -340,7 +386,9 @@ impl Args {
                 name.trim()
                     .to_uppercase()
                     .parse::<Algorithm>()
-                    .map_err(|_| ConfigError::new("jwt_algorithm", format!("unknown algorithm `{name}`")))
+                    .map_err(|_| {
+                        ConfigError::new("jwt_algorithm", format!("unknown algorithm `{name}`"))
+                    })
             })
             .transpose()?;
         let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
@@ -351,17 +399,25 @@ impl Args {
                     "set either SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY, not both",
                 ));
             }
-            (Some(secret), None) => JwtVerifier::hmac(secret.as_bytes(), algorithm.unwrap_or(Algorithm::HS256))
-                .map_err(|e| ConfigError::new("jwt_algorithm", e))?,
+            (Some(secret), None) => {
+                JwtVerifier::hmac(secret.as_bytes(), algorithm.unwrap_or(Algorithm::HS256))
+                    .map_err(|e| ConfigError::new("jwt_algorithm", e))?
+            }
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError::new("jwt_public_key", format!("cannot read {}: {e}", path.display()))
+                    ConfigError::new(
+                        "jwt_public_key",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
-                JwtVerifier::public_key(&pem, algorithm.unwrap_or(Algorithm::RS256))
-                    .map_err(|e| ConfigError::new("jwt_public_key", format!("{}: {e}", path.display())))?
+                JwtVerifier::public_key(&pem, algorithm.unwrap_or(Algorithm::RS256)).map_err(
+                    |e| ConfigError::new("jwt_public_key", format!("{}: {e}", path.display())),
+                )?
             }
-            (None, None) if self.dev => JwtVerifier::hmac(DEV_JWT_SECRET.as_bytes(), Algorithm::HS256)
-                .map_err(|e| ConfigError::new("jwt_algorithm", e))?,
+            (None, None) if self.dev => {
+                JwtVerifier::hmac(DEV_JWT_SECRET.as_bytes(), Algorithm::HS256)
+                    .map_err(|e| ConfigError::new("jwt_algorithm", e))?
+            }
             (None, None) => {
                 return Err(ConfigError::new(
                     "jwt_secret",
@@ -377,12 +433,23 @@ impl Args {
 /// `SWITCHBOARD_PING_INTERVAL: invalid value 'soon' …`. Help and version output pass through.
 pub fn describe_arg_error(error: &clap::Error) -> Option<String> {
     use clap::error::ErrorKind;
-    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
         return None;
     }
     let text = error.to_string();
-    let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
-    let names_a_setting = matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation);
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    let names_a_setting = matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    );
     let setting = Some(first.as_str())
         .filter(|_| names_a_setting)
         .and_then(|line| line.split("'--").nth(1))
@@ -395,7 +462,9 @@ pub fn describe_arg_error(error: &clap::Error) -> Option<String> {
 /// Parses `250ms`, `25s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -405,7 +474,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -413,7 +486,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Hides the password of a URL before it is shown.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -457,13 +532,27 @@ mod tests {
 
     #[test]
     fn bad_settings_name_themselves() {
-        let err = args(&["--dev", "--redis-url", "nonsense://x"]).expect("parses").validate();
+        let err = args(&["--dev", "--redis-url", "nonsense://x"])
+            .expect("parses")
+            .validate();
         assert_eq!(err.expect_err("bad url").setting, "SWITCHBOARD_REDIS_URL");
-        let err = args(&["--jwt-public-key", "/nonexistent.pem"]).expect("parses").validate();
-        assert_eq!(err.expect_err("bad key").setting, "SWITCHBOARD_JWT_PUBLIC_KEY");
-        let err = args(&["--jwt-secret", "s", "--jwt-algorithm", "none"]).expect("parses").validate();
-        assert_eq!(err.expect_err("bad alg").setting, "SWITCHBOARD_JWT_ALGORITHM");
-        let err = args(&["--dev", "--listen", "nowhere"]).expect("parses").validate();
+        let err = args(&["--jwt-public-key", "/nonexistent.pem"])
+            .expect("parses")
+            .validate();
+        assert_eq!(
+            err.expect_err("bad key").setting,
+            "SWITCHBOARD_JWT_PUBLIC_KEY"
+        );
+        let err = args(&["--jwt-secret", "s", "--jwt-algorithm", "none"])
+            .expect("parses")
+            .validate();
+        assert_eq!(
+            err.expect_err("bad alg").setting,
+            "SWITCHBOARD_JWT_ALGORITHM"
+        );
+        let err = args(&["--dev", "--listen", "nowhere"])
+            .expect("parses")
+            .validate();
         assert_eq!(err.expect_err("bad listen").setting, "SWITCHBOARD_LISTEN");
     }
 
@@ -493,7 +582,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("redis://:secret@host:6379"), "redis://***@host:6379");
+        assert_eq!(
+            redact_url("redis://:secret@host:6379"),
+            "redis://***@host:6379"
+        );
         assert_eq!(redact_url("redis://host"), "redis://host");
     }
 }

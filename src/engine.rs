@@ -7,13 +7,15 @@
 //! which is idempotent.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -205,8 +207,15 @@ impl Cors {
         if allowed.is_empty() || allowed.contains(text) || allowed.contains("*") {
             Ok(Self::Allow(origin.clone()))
         } else {
-            node.metrics.errors.with_label_values(&["origin_refused"]).inc();
-            Err(EngineError::with(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed"))
+            node.metrics
+                .errors
+                .with_label_values(&["origin_refused"])
+                .inc();
+            Err(EngineError::with(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "origin not allowed",
+            ))
         }
     }
 
@@ -214,7 +223,10 @@ impl Cors {
         if let Self::Allow(origin) = self {
             let headers = response.headers_mut();
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
         response
@@ -233,15 +245,23 @@ pub async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Res
     };
     let mut response = cors.apply(StatusCode::NO_CONTENT.into_response());
     let out = response.headers_mut();
-    out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
     if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
         out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
     }
-    out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     response
 }
 
-fn check_query(query: Result<Query<EngineQuery>, QueryRejection>) -> Result<EngineQuery, EngineError> {
+fn check_query(
+    query: Result<Query<EngineQuery>, QueryRejection>,
+) -> Result<EngineQuery, EngineError> {
     let Query(query) = query.map_err(|_| EngineError::new(ErrorCode::BadRequest))?;
     if query.eio.as_deref() != Some("4") {
         return Err(EngineError::new(ErrorCode::UnsupportedProtocolVersion));
@@ -265,7 +285,13 @@ pub async fn get(
         let query = check_query(query)?;
         match query.transport.as_deref() {
             Some("websocket") => {
-                let ws = ws.map_err(|_| EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "expected a websocket upgrade"))?;
+                let ws = ws.map_err(|_| {
+                    EngineError::with(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadRequest,
+                        "expected a websocket upgrade",
+                    )
+                })?;
                 websocket(node.clone(), ws, query, &headers, remote)
             }
             Some("polling") => match &query.sid {
@@ -300,8 +326,13 @@ pub async fn post(
 }
 
 fn random_id() -> Result<Arc<str>, EngineError> {
-    crate::socketio::random_id()
-        .map_err(|_| EngineError::with(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::BadRequest, "no randomness available"))
+    crate::socketio::random_id().map_err(|_| {
+        EngineError::with(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BadRequest,
+            "no randomness available",
+        )
+    })
 }
 
 /// Registers a new session, enforcing the node's connection limit.
@@ -313,11 +344,22 @@ fn open_session(
     remote: SocketAddr,
 ) -> Result<Arc<Session>, EngineError> {
     if node.is_draining() {
-        return Err(EngineError::with(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Forbidden, "node is shutting down"));
+        return Err(EngineError::with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Forbidden,
+            "node is shutting down",
+        ));
     }
     if node.sessions.len() >= node.config.max_connections {
-        node.metrics.errors.with_label_values(&["connection_limit"]).inc();
-        return Err(EngineError::with(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Forbidden, "node is at its connection limit"));
+        node.metrics
+            .errors
+            .with_label_values(&["connection_limit"])
+            .inc();
+        return Err(EngineError::with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Forbidden,
+            "node is at its connection limit",
+        ));
     }
     let session = Arc::new(Session {
         sid: random_id()?,
@@ -337,9 +379,17 @@ fn open_session(
         polling: AtomicBool::new(false),
         created: Instant::now(),
     });
-    node.sessions.map.insert(session.sid.clone(), session.clone());
-    node.metrics.connections.with_label_values(&[transport.label()]).inc();
-    node.metrics.connections_opened.with_label_values(&[transport.label()]).inc();
+    node.sessions
+        .map
+        .insert(session.sid.clone(), session.clone());
+    node.metrics
+        .connections
+        .with_label_values(&[transport.label()])
+        .inc();
+    node.metrics
+        .connections_opened
+        .with_label_values(&[transport.label()])
+        .inc();
     Ok(session)
 }
 
@@ -353,8 +403,14 @@ fn finish(node: &Node, session: &Session, reason: CloseReason) {
     let reason = session.outbox.close_reason().unwrap_or(reason);
     socketio::on_close(node, session);
     let metrics = &node.metrics;
-    metrics.connections.with_label_values(&[session.transport().label()]).dec();
-    metrics.connections_closed.with_label_values(&[reason.label()]).inc();
+    metrics
+        .connections
+        .with_label_values(&[session.transport().label()])
+        .dec();
+    metrics
+        .connections_closed
+        .with_label_values(&[reason.label()])
+        .inc();
     if reason == CloseReason::SlowConsumer {
         metrics.slow_consumers.inc();
     }
@@ -362,7 +418,9 @@ fn finish(node: &Node, session: &Session, reason: CloseReason) {
         CloseReason::ClientClosed | CloseReason::ShuttingDown => {
             tracing::debug!(sid = %session.sid, reason = reason.label(), "session closed");
         }
-        _ => tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = reason.label(), "session closed"),
+        _ => {
+            tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = reason.label(), "session closed")
+        }
     }
 }
 
@@ -399,14 +457,21 @@ impl Drop for PollGuard<'_> {
 }
 
 async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
-    let session = node.sessions.get(sid).ok_or(EngineError::new(ErrorCode::UnknownSid))?;
+    let session = node
+        .sessions
+        .get(sid)
+        .ok_or(EngineError::new(ErrorCode::UnknownSid))?;
     if session.transport() == Transport::WebSocket {
         return Err(EngineError::new(ErrorCode::BadRequest));
     }
     if session.polling.swap(true, Ordering::AcqRel) {
         // Two concurrent polls break the protocol's ordering: end the session as Engine.IO does.
         session.close(CloseReason::ProtocolError);
-        return Err(EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "overlapping poll"));
+        return Err(EngineError::with(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "overlapping poll",
+        ));
     }
     let _guard = PollGuard(&session.polling);
     let mut frames = Vec::new();
@@ -423,25 +488,49 @@ async fn receive_polling(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(), EngineError> {
     let query = check_query(query)?;
-    let sid = query.sid.as_deref().ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
-    let session = node.sessions.get(sid).ok_or(EngineError::new(ErrorCode::UnknownSid))?;
+    let sid = query
+        .sid
+        .as_deref()
+        .ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
+    let session = node
+        .sessions
+        .get(sid)
+        .ok_or(EngineError::new(ErrorCode::UnknownSid))?;
     if session.transport() == Transport::WebSocket {
         return Err(EngineError::new(ErrorCode::BadRequest));
     }
     let body = match body {
         Ok(body) if body.len() <= node.config.max_message_size => body,
         _ => {
-            node.metrics.errors.with_label_values(&["message_too_large"]).inc();
-            tracing::info!(sid, "closing a polling session: payload over the size limit");
+            node.metrics
+                .errors
+                .with_label_values(&["message_too_large"])
+                .inc();
+            tracing::info!(
+                sid,
+                "closing a polling session: payload over the size limit"
+            );
             session.close(CloseReason::MessageTooLarge);
-            return Err(EngineError::with(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BadRequest, "payload too large"));
+            return Err(EngineError::with(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadRequest,
+                "payload too large",
+            ));
         }
     };
     let protocol_error = |what: &str| {
         node.metrics.errors.with_label_values(&["protocol"]).inc();
-        tracing::info!(sid, problem = what, "closing a polling session: protocol error");
+        tracing::info!(
+            sid,
+            problem = what,
+            "closing a polling session: protocol error"
+        );
         session.close(CloseReason::ProtocolError);
-        EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, what.to_owned())
+        EngineError::with(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            what.to_owned(),
+        )
     };
     let text = std::str::from_utf8(&body).map_err(|_| protocol_error("payload is not UTF-8"))?;
     for packet in engineio::decode_payload(text) {
@@ -537,7 +626,9 @@ impl Heartbeat {
 /// Runs a heartbeat step and the connect timeout; returns a reason to close, if any.
 fn beat(node: &Node, session: &Session, heartbeat: &mut Heartbeat) -> Option<CloseReason> {
     let now = Instant::now();
-    if !session.sockets.ever_connected() && now.duration_since(session.created) >= node.config.connect_timeout {
+    if !session.sockets.ever_connected()
+        && now.duration_since(session.created) >= node.config.connect_timeout
+    {
         return Some(CloseReason::ConnectTimeout);
     }
     match heartbeat.on_timer(now, &session.pong) {
@@ -553,7 +644,11 @@ fn beat(node: &Node, session: &Session, heartbeat: &mut Heartbeat) -> Option<Clo
 /// Keeps a polling session's heartbeat until it closes or a websocket takes it over.
 async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
     let config = &node.config;
-    let mut heartbeat = Heartbeat::new(Instant::now() + config.ping_interval, config.ping_interval, config.ping_timeout);
+    let mut heartbeat = Heartbeat::new(
+        Instant::now() + config.ping_interval,
+        config.ping_interval,
+        config.ping_timeout,
+    );
     let reason = loop {
         tokio::select! {
             reason = session.outbox.closed() => break reason,
@@ -596,9 +691,16 @@ fn websocket(
             .on_upgrade(move |socket| serve_websocket(node, session, socket))
         }
         Some(sid) => {
-            let session = node.sessions.get(sid).ok_or(EngineError::new(ErrorCode::UnknownSid))?;
+            let session = node
+                .sessions
+                .get(sid)
+                .ok_or(EngineError::new(ErrorCode::UnknownSid))?;
             if session.transport() != Transport::Polling {
-                return Err(EngineError::with(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "session is not upgradable"));
+                return Err(EngineError::with(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "session is not upgradable",
+                ));
             }
             ws.on_upgrade(move |socket| upgrade(node, session, socket))
         }
@@ -614,7 +716,11 @@ async fn serve_websocket(node: Arc<Node>, session: Arc<Session>, mut socket: Web
         return;
     }
     let config = &node.config;
-    let heartbeat = Heartbeat::new(Instant::now() + config.ping_interval, config.ping_interval, config.ping_timeout);
+    let heartbeat = Heartbeat::new(
+        Instant::now() + config.ping_interval,
+        config.ping_interval,
+        config.ping_timeout,
+    );
     run_websocket(&node, &session, socket, heartbeat).await;
 }
 
@@ -625,10 +731,15 @@ async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) 
     let probe = async {
         let mut probed = false;
         while let Some(Ok(message)) = socket.recv().await {
-            let Message::Text(text) = message else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
             match engineio::decode(&text) {
                 Ok(Packet::Ping("probe")) if !probed => {
-                    socket.send(Message::Text(engineio::PONG_PROBE.into())).await.ok()?;
+                    socket
+                        .send(Message::Text(engineio::PONG_PROBE.into()))
+                        .await
+                        .ok()?;
                     session.send(Frame::from(engineio::NOOP));
                     probed = true;
                 }
@@ -648,8 +759,14 @@ async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) 
         return;
     }
     session.set_transport(Transport::WebSocket);
-    node.metrics.connections.with_label_values(&["polling"]).dec();
-    node.metrics.connections.with_label_values(&["websocket"]).inc();
+    node.metrics
+        .connections
+        .with_label_values(&["polling"])
+        .dec();
+    node.metrics
+        .connections
+        .with_label_values(&["websocket"])
+        .inc();
     // The polling heartbeat stops now; ping at once so the client's timer never runs out.
     let config = &node.config;
     let heartbeat = Heartbeat::new(Instant::now(), config.ping_interval, config.ping_timeout);
@@ -658,7 +775,12 @@ async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) 
 
 /// The websocket session loop: write what is queued (all of it in one flush), read packets,
 /// keep the heartbeat. Ends the session when it returns.
-async fn run_websocket(node: &Node, session: &Session, mut socket: WebSocket, mut heartbeat: Heartbeat) {
+async fn run_websocket(
+    node: &Node,
+    session: &Session,
+    mut socket: WebSocket,
+    mut heartbeat: Heartbeat,
+) {
     let mut batch = Vec::new();
     let reason = loop {
         tokio::select! {
@@ -723,7 +845,11 @@ async fn run_websocket(node: &Node, session: &Session, mut socket: WebSocket, mu
             code,
             reason: reason.label().into(),
         };
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(
+            CLOSE_WRITE_TIMEOUT,
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
     finish(node, session, reason);
 }
@@ -747,8 +873,14 @@ mod tests {
         assert_eq!(hb.on_timer(start + interval + timeout, &pong), Beat::Wait);
         assert_eq!(hb.deadline(), start + interval * 2);
         assert_eq!(hb.on_timer(start + interval * 2, &pong), Beat::Ping);
-        assert!(!pong.load(Ordering::Acquire), "sending a ping clears the pong");
-        assert_eq!(hb.on_timer(start + interval * 2 + timeout, &pong), Beat::TimedOut);
+        assert!(
+            !pong.load(Ordering::Acquire),
+            "sending a ping clears the pong"
+        );
+        assert_eq!(
+            hb.on_timer(start + interval * 2 + timeout, &pong),
+            Beat::TimedOut
+        );
     }
 
     #[test]
@@ -758,6 +890,9 @@ mod tests {
         let mut hb = Heartbeat::new(start, Duration::from_secs(1), Duration::from_secs(3));
         assert_eq!(hb.on_timer(start, &pong), Beat::Ping);
         pong.store(true, Ordering::Release);
-        assert_eq!(hb.on_timer(start + Duration::from_secs(3), &pong), Beat::Ping);
+        assert_eq!(
+            hb.on_timer(start + Duration::from_secs(3), &pong),
+            Beat::Ping
+        );
     }
 }

@@ -155,7 +155,13 @@ impl<'a> Broadcast<'a> {
                 let mut out = crate::protocol::engineio::message(
                     self.event.len() + self.channel.len() + self.data.get().len() + 16,
                 );
-                crate::protocol::socketio::write_broadcast(&mut out, "/", self.event, self.channel, self.data);
+                crate::protocol::socketio::write_broadcast(
+                    &mut out,
+                    "/",
+                    self.event,
+                    self.channel,
+                    self.data,
+                );
                 Frame::from(out)
             }
         })
@@ -200,11 +206,17 @@ impl Hub {
                 name
             }
         };
-        let mut entry = self.channels.entry(name.clone()).or_insert_with(|| Channel {
-            members: HashMap::new(),
-            ready: on_first(&name),
-        });
-        let already = entry.members.insert(member.id.clone(), member.clone()).is_some();
+        let mut entry = self
+            .channels
+            .entry(name.clone())
+            .or_insert_with(|| Channel {
+                members: HashMap::new(),
+                ready: on_first(&name),
+            });
+        let already = entry
+            .members
+            .insert(member.id.clone(), member.clone())
+            .is_some();
         Ok(Joined {
             already,
             ready: entry.ready.clone(),
@@ -217,16 +229,15 @@ impl Hub {
         if !member.channels().remove(channel) {
             return false;
         }
-        self.channels
-            .remove_if_mut(channel, |name, entry| {
-                entry.members.remove(&member.id);
-                if entry.members.is_empty() {
-                    on_last(name);
-                    true
-                } else {
-                    false
-                }
-            });
+        self.channels.remove_if_mut(channel, |name, entry| {
+            entry.members.remove(&member.id);
+            if entry.members.is_empty() {
+                on_last(name);
+                true
+            } else {
+                false
+            }
+        });
         true
     }
 
@@ -276,7 +287,12 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn member(id: &str) -> Arc<Member> {
-        Arc::new(Member::new(id.into(), "u".into(), Codec::SocketIo, Arc::new(Outbox::new(1 << 20))))
+        Arc::new(Member::new(
+            id.into(),
+            "u".into(),
+            Codec::SocketIo,
+            Arc::new(Outbox::new(1 << 20)),
+        ))
     }
 
     fn ready() -> Arc<Ready> {
@@ -304,7 +320,10 @@ mod tests {
         let mut lasts = 0;
         assert!(hub.leave(&a, "news", |_| lasts += 1));
         assert_eq!(lasts, 0);
-        assert!(!hub.leave(&a, "news", |_| lasts += 1), "leaving twice is a no-op");
+        assert!(
+            !hub.leave(&a, "news", |_| lasts += 1),
+            "leaving twice is a no-op"
+        );
         assert_eq!(hub.leave_all(&b, |_| lasts += 1), 1);
         assert_eq!(lasts, 1);
         assert_eq!(hub.channel_count(), 0);
@@ -316,7 +335,10 @@ mod tests {
         let a = member("a");
         hub.join(&a, "one", 1, |_| ready()).expect("first");
         assert!(hub.join(&a, "one", 1, |_| ready()).expect("again").already);
-        assert_eq!(hub.join(&a, "two", 1, |_| ready()).err(), Some(JoinError::TooMany(1)));
+        assert_eq!(
+            hub.join(&a, "two", 1, |_| ready()).err(),
+            Some(JoinError::TooMany(1))
+        );
         assert!(!a.is_in("two"));
     }
 
@@ -328,7 +350,13 @@ mod tests {
         hub.join(&b, "news", 10, |_| ready()).expect("join");
         let data = RawValue::from_string(r#"{"x":1}"#.into()).expect("json");
         let message = Broadcast::new("news", "update", &data, Some("a"));
-        assert_eq!(hub.broadcast(&message), Fanout { delivered: 1, slow: 0 });
+        assert_eq!(
+            hub.broadcast(&message),
+            Fanout {
+                delivered: 1,
+                slow: 0
+            }
+        );
         let mut out = Vec::new();
         assert_eq!(b.outbox.try_drain(&mut out), Some(Drained::Frames));
         assert_eq!(out[0].as_str(), r#"42["update","news",{"x":1}]"#);

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     };
     init_logging(config.log_format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("switchboard: cannot start the runtime: {e}");
@@ -37,7 +40,10 @@ fn main() -> ExitCode {
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
             Err(e) => {
-                eprintln!("switchboard: SWITCHBOARD_LISTEN: cannot listen on {}: {e}", config.listen);
+                eprintln!(
+                    "switchboard: SWITCHBOARD_LISTEN: cannot listen on {}: {e}",
+                    config.listen
+                );
                 return ExitCode::FAILURE;
             }
         };
@@ -53,7 +59,9 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

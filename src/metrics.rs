@@ -2,8 +2,8 @@
 //! do not share counters). Labels are what operators filter on; never user ids or channel names.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the node exports.
@@ -45,16 +45,18 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("switchboard".into()), None)?;
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(m.clone()))?;
-            Ok(m)
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let m = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(m.clone()))?;
-            Ok(m)
-        };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(m.clone()))?;
+                Ok(m)
+            };
         let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
             let m = IntCounter::new(name, help)?;
             registry.register(Box::new(m.clone()))?;
@@ -73,20 +75,43 @@ impl Metrics {
 
         Ok(Self {
             connections: gauge_vec("connections", "Open client sessions", &["transport"])?,
-            connections_opened: counter_vec("connections_opened_total", "Client sessions opened", &["transport"])?,
-            connections_closed: counter_vec("connections_closed_total", "Client sessions closed", &["reason"])?,
+            connections_opened: counter_vec(
+                "connections_opened_total",
+                "Client sessions opened",
+                &["transport"],
+            )?,
+            connections_closed: counter_vec(
+                "connections_closed_total",
+                "Client sessions closed",
+                &["reason"],
+            )?,
             subscriptions: gauge("subscriptions", "Socket subscriptions to channels")?,
             channels: gauge("channels", "Channels with local subscribers")?,
-            messages_in: counter_vec("messages_in_total", "Messages received from clients", &["kind"])?,
-            messages_out: counter_vec("messages_out_total", "Messages queued to clients", &["kind"])?,
+            messages_in: counter_vec(
+                "messages_in_total",
+                "Messages received from clients",
+                &["kind"],
+            )?,
+            messages_out: counter_vec(
+                "messages_out_total",
+                "Messages queued to clients",
+                &["kind"],
+            )?,
             bus_publishes: counter("bus_publishes_total", "Messages published to the bus")?,
             bus_receives: counter("bus_receives_total", "Messages received from the bus")?,
             bus_errors: counter_vec("bus_errors_total", "Bus failures", &["op"])?,
             fanout,
-            slow_consumers: counter("slow_consumer_disconnects_total", "Sockets dropped for a full send queue")?,
+            slow_consumers: counter(
+                "slow_consumer_disconnects_total",
+                "Sockets dropped for a full send queue",
+            )?,
             auth_failures: counter_vec("auth_failures_total", "Refused tokens", &["reason"])?,
             errors: counter_vec("errors_total", "Protocol and input errors", &["kind"])?,
-            api_requests: counter_vec("http_api_requests_total", "HTTP API calls", &["route", "status"])?,
+            api_requests: counter_vec(
+                "http_api_requests_total",
+                "HTTP API calls",
+                &["route", "status"],
+            )?,
             registry,
         })
     }

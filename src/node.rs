@@ -2,8 +2,8 @@
 //! node subscribe to it on the bus, the last one leaving unsubscribes; every message from the
 //! bus is decoded once here and handed to the hub.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -54,7 +54,12 @@ impl Node {
         let node = Arc::new_cyclic(|weak| {
             let bus = match (&config.redis, &config.redis_url) {
                 (Some(client), Some(url)) => {
-                    match RedisBus::start(client.clone(), url, config.redis_prefix.clone(), weak.clone()) {
+                    match RedisBus::start(
+                        client.clone(),
+                        url,
+                        config.redis_prefix.clone(),
+                        weak.clone(),
+                    ) {
                         Ok(bus) => Bus::Redis(bus),
                         Err(e) => {
                             bus_error = Some(e);
@@ -95,7 +100,10 @@ impl Node {
         let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
-                self.metrics.errors.with_label_values(&["bus_envelope"]).inc();
+                self.metrics
+                    .errors
+                    .with_label_values(&["bus_envelope"])
+                    .inc();
                 tracing::warn!(channel, error = %e, "ignoring a bus message that is not a broadcast envelope");
                 return;
             }
@@ -109,17 +117,23 @@ impl Node {
             .with_label_values(&["broadcast"])
             .inc_by(fanout.delivered as u64);
         if fanout.slow > 0 {
-            tracing::warn!(channel, sockets = fanout.slow, "disconnecting slow consumers");
+            tracing::warn!(
+                channel,
+                sockets = fanout.slow,
+                "disconnecting slow consumers"
+            );
         }
     }
 
     /// Adds a socket to a channel, subscribing the bus on the first local member, and waits
     /// until the bus delivers that channel. Returns whether it was already a member.
     pub async fn join(&self, member: &Arc<Member>, channel: &str) -> Result<bool, JoinError> {
-        let joined = self.hub.join(member, channel, self.config.max_subscriptions, |name| {
-            self.metrics.channels.inc();
-            self.bus.subscribe(name.clone())
-        })?;
+        let joined = self
+            .hub
+            .join(member, channel, self.config.max_subscriptions, |name| {
+                self.metrics.channels.inc();
+                self.bus.subscribe(name.clone())
+            })?;
         if joined.already {
             return Ok(true);
         }
@@ -171,7 +185,10 @@ impl Node {
                 Ok(())
             }
             Err(e) => {
-                self.metrics.bus_errors.with_label_values(&["publish"]).inc();
+                self.metrics
+                    .bus_errors
+                    .with_label_values(&["publish"])
+                    .inc();
                 tracing::warn!(channel, error = %e, "publish failed");
                 Err(e)
             }
@@ -191,7 +208,10 @@ impl Node {
         }
         let left = self.sessions.len();
         if left > 0 {
-            tracing::warn!(sessions = left, "drain time over; exiting with sessions still open");
+            tracing::warn!(
+                sessions = left,
+                "drain time over; exiting with sessions still open"
+            );
         } else {
             tracing::info!("drained");
         }

@@ -72,7 +72,10 @@ impl CloseReason {
 
     /// Whether frames still queued should be written before closing.
     pub fn flushes(self) -> bool {
-        !matches!(self, Self::SlowConsumer | Self::TransportError | Self::ClientClosed)
+        !matches!(
+            self,
+            Self::SlowConsumer | Self::TransportError | Self::ClientClosed
+        )
     }
 }
 
@@ -231,18 +234,29 @@ mod tests {
     async fn overflow_closes_as_slow_consumer() {
         let outbox = Outbox::new(10);
         outbox.push(Frame::from("x".repeat(8))).expect("fits");
-        assert_eq!(outbox.push(Frame::from("y".repeat(8))), Err(PushError::Overflow));
+        assert_eq!(
+            outbox.push(Frame::from("y".repeat(8))),
+            Err(PushError::Overflow)
+        );
         assert_eq!(outbox.push("z".into()), Err(PushError::Closed));
         assert_eq!(outbox.closed().await, CloseReason::SlowConsumer);
         let mut out = Vec::new();
-        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(CloseReason::SlowConsumer));
-        assert!(out.is_empty(), "a slow consumer's backlog is dropped, not written");
+        assert_eq!(
+            outbox.drain(&mut out).await,
+            Drained::Closed(CloseReason::SlowConsumer)
+        );
+        assert!(
+            out.is_empty(),
+            "a slow consumer's backlog is dropped, not written"
+        );
     }
 
     #[tokio::test]
     async fn a_frame_larger_than_the_limit_still_goes_to_an_empty_queue() {
         let outbox = Outbox::new(4);
-        outbox.push(Frame::from("x".repeat(8))).expect("an empty queue takes one frame");
+        outbox
+            .push(Frame::from("x".repeat(8)))
+            .expect("an empty queue takes one frame");
     }
 
     #[tokio::test]
@@ -252,7 +266,10 @@ mod tests {
         outbox.close(CloseReason::ShuttingDown);
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
-        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(CloseReason::ShuttingDown));
+        assert_eq!(
+            outbox.drain(&mut out).await,
+            Drained::Closed(CloseReason::ShuttingDown)
+        );
     }
 
     #[tokio::test]

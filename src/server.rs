@@ -22,7 +22,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .options(engine::preflight);
     let api_routes = Router::new()
         .route("/api/broadcast", post(api::broadcast))
-        .route_layer(axum::middleware::from_fn_with_state(node.clone(), api::track));
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            api::track,
+        ));
     Router::new()
         .route("/socket.io/", engine_routes.clone())
         .route("/socket.io", engine_routes)
@@ -41,7 +44,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if config.dev {
-        tracing::warn!("DEVELOPMENT MODE: tokens are checked with the public development secret; never run --dev in production");
+        tracing::warn!(
+            "DEVELOPMENT MODE: tokens are checked with the public development secret; never run --dev in production"
+        );
     }
     let node = Node::start(config)?;
     let address = listener.local_addr()?;

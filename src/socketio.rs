@@ -49,7 +49,10 @@ impl Sockets {
     }
 
     fn set_root(&self, socket: Option<Arc<Socket>>) -> Option<Arc<Socket>> {
-        std::mem::replace(&mut *self.root.lock().unwrap_or_else(|p| p.into_inner()), socket)
+        std::mem::replace(
+            &mut *self.root.lock().unwrap_or_else(|p| p.into_inner()),
+            socket,
+        )
     }
 
     /// Whether any namespace was ever connected (the connect timeout stops then).
@@ -62,7 +65,9 @@ impl Sockets {
 pub fn random_id() -> Result<Arc<str>, getrandom::Error> {
     let mut bytes = [0u8; 15];
     getrandom::fill(&mut bytes)?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes).into())
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(bytes)
+        .into())
 }
 
 /// Queues a Socket.IO packet built by `write`.
@@ -74,7 +79,9 @@ fn send(session: &Session, write: impl FnOnce(&mut String)) {
 
 /// Emits `event` with one argument.
 fn emit(session: &Session, event: &str, value: &Value) {
-    send(session, |out| codec::write_event_value(out, ROOT, event, value));
+    send(session, |out| {
+        codec::write_event_value(out, ROOT, event, value)
+    });
 }
 
 /// Answers a request: the acknowledgement when the client asked for one, else the event.
@@ -88,7 +95,11 @@ fn answer(session: &Session, ack: Option<u64>, event: &str, value: &Value) {
 /// Handles one Socket.IO packet; an error closes the session.
 pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<(), CloseReason> {
     if session.sockets.discard.load(Ordering::Acquire) > 0 {
-        return protocol_error(node, session, "text packet while binary attachments were expected");
+        return protocol_error(
+            node,
+            session,
+            "text packet while binary attachments were expected",
+        );
     }
     let packet = match codec::decode(text) {
         Ok(packet) => packet,
@@ -122,15 +133,25 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
         // We never ask clients for acknowledgements.
         PacketKind::Ack => Ok(()),
         PacketKind::BinaryEvent | PacketKind::BinaryAck => {
-            node.metrics.errors.with_label_values(&["binary_refused"]).inc();
-            session.sockets.discard.store(packet.attachments, Ordering::Release);
+            node.metrics
+                .errors
+                .with_label_values(&["binary_refused"])
+                .inc();
+            session
+                .sockets
+                .discard
+                .store(packet.attachments, Ordering::Release);
             if let (PacketKind::BinaryEvent, Some(id)) = (packet.kind, packet.ack) {
                 let error = json!({"error": "binary attachments are not supported"});
-                send(session, |out| codec::write_ack(out, packet.namespace, id, &error));
+                send(session, |out| {
+                    codec::write_ack(out, packet.namespace, id, &error)
+                });
             }
             Ok(())
         }
-        PacketKind::ConnectError => protocol_error(node, session, "clients may not send CONNECT_ERROR"),
+        PacketKind::ConnectError => {
+            protocol_error(node, session, "clients may not send CONNECT_ERROR")
+        }
     }
 }
 
@@ -177,21 +198,30 @@ fn find_token<'a>(auth: &'a ConnectAuth, session: &'a Session) -> Option<&'a str
 async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
     let namespace = packet.namespace;
     if namespace != ROOT {
-        send(session, |out| codec::write_connect_error(out, namespace, "Invalid namespace"));
+        send(session, |out| {
+            codec::write_connect_error(out, namespace, "Invalid namespace")
+        });
         return;
     }
     if session.sockets.root().is_some() {
         return;
     }
     if node.is_draining() {
-        send(session, |out| codec::write_connect_error(out, namespace, "server shutting down"));
+        send(session, |out| {
+            codec::write_connect_error(out, namespace, "server shutting down")
+        });
         return;
     }
     let auth: ConnectAuth = match packet.data.map(serde_json::from_str).transpose() {
         Ok(auth) => auth.unwrap_or_default(),
         Err(_) => {
-            node.metrics.auth_failures.with_label_values(&["malformed"]).inc();
-            send(session, |out| codec::write_connect_error(out, namespace, "invalid auth payload"));
+            node.metrics
+                .auth_failures
+                .with_label_values(&["malformed"])
+                .inc();
+            send(session, |out| {
+                codec::write_connect_error(out, namespace, "invalid auth payload")
+            });
             return;
         }
     };
@@ -201,27 +231,52 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
     {
         Ok(principal) => principal,
         Err(e) => {
-            node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+            node.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
             tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = e.reason(), "connection refused: bad token");
-            send(session, |out| codec::write_connect_error(out, namespace, &e.to_string()));
+            send(session, |out| {
+                codec::write_connect_error(out, namespace, &e.to_string())
+            });
             return;
         }
     };
     let Ok(id) = random_id() else {
-        send(session, |out| codec::write_connect_error(out, namespace, "server error"));
+        send(session, |out| {
+            codec::write_connect_error(out, namespace, "server error")
+        });
         return;
     };
-    let member = Arc::new(Member::new(id, principal.user_id.clone(), Codec::SocketIo, session.outbox.clone()));
+    let member = Arc::new(Member::new(
+        id,
+        principal.user_id.clone(),
+        Codec::SocketIo,
+        session.outbox.clone(),
+    ));
     let socket = Arc::new(Socket { member, principal });
     session.sockets.set_root(Some(socket.clone()));
-    session.sockets.ever_connected.store(true, Ordering::Release);
-    send(session, |out| codec::write_connect(out, ROOT, &socket.member.id));
+    session
+        .sockets
+        .ever_connected
+        .store(true, Ordering::Release);
+    send(session, |out| {
+        codec::write_connect(out, ROOT, &socket.member.id)
+    });
     tracing::debug!(sid = %session.sid, socket = %socket.member.id, user = %socket.principal.user_id, "socket connected");
 
     let own = channel::user_channel(&socket.principal.user_id);
     match node.join(&socket.member, &own).await {
-        Ok(_) => emit(session, "subscribed", &json!({"channel": own, "status": "auto"})),
-        Err(e) => emit(session, "subscription_error", &json!({"channel": own, "error": e.to_string()})),
+        Ok(_) => emit(
+            session,
+            "subscribed",
+            &json!({"channel": own, "status": "auto"}),
+        ),
+        Err(e) => emit(
+            session,
+            "subscription_error",
+            &json!({"channel": own, "error": e.to_string()}),
+        ),
     }
 }
 
@@ -239,10 +294,18 @@ struct Whisper<'a> {
 }
 
 fn first_arg<'a, T: Deserialize<'a>>(args: &[&'a RawValue]) -> Option<T> {
-    args.first().and_then(|raw| serde_json::from_str(raw.get()).ok())
+    args.first()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
 }
 
-async fn on_event(node: &Node, session: &Session, socket: &Socket, name: &str, args: &[&RawValue], ack: Option<u64>) {
+async fn on_event(
+    node: &Node,
+    session: &Session,
+    socket: &Socket,
+    name: &str,
+    args: &[&RawValue],
+    ack: Option<u64>,
+) {
     let kind = match name {
         "subscribe" => "subscribe",
         "unsubscribe" => "unsubscribe",
@@ -267,7 +330,10 @@ async fn on_event(node: &Node, session: &Session, socket: &Socket, name: &str, a
             None => send(session, |out| codec::write_event(out, ROOT, "pong", &[])),
         },
         _ => {
-            node.metrics.errors.with_label_values(&["unknown_event"]).inc();
+            node.metrics
+                .errors
+                .with_label_values(&["unknown_event"])
+                .inc();
             if let Some(id) = ack {
                 let error = json!({"error": format!("unknown event `{name}`")});
                 send(session, |out| codec::write_ack(out, ROOT, id, &error));
@@ -276,29 +342,57 @@ async fn on_event(node: &Node, session: &Session, socket: &Socket, name: &str, a
     }
 }
 
-async fn subscribe(node: &Node, session: &Session, socket: &Socket, args: &[&RawValue], ack: Option<u64>) {
+async fn subscribe(
+    node: &Node,
+    session: &Session,
+    socket: &Socket,
+    args: &[&RawValue],
+    ack: Option<u64>,
+) {
     let Some(channel) = first_arg::<ChannelRequest>(args).and_then(|r| r.channel) else {
         let error = json!({"channel": null, "error": "expected {channel, auth?}"});
         return answer(session, ack, "subscription_error", &error);
     };
     let result = async {
-        channel::validate(&channel, node.config.max_channel_length).map_err(Refusal::InvalidName)?;
+        channel::validate(&channel, node.config.max_channel_length)
+            .map_err(Refusal::InvalidName)?;
         channel::authorize(&socket.principal, &channel)?;
         node.join(&socket.member, &channel)
             .await
-            .map_err(|JoinError::TooMany(limit)| Refusal::InvalidName(format!("too many subscriptions (limit {limit})")))
+            .map_err(|JoinError::TooMany(limit)| {
+                Refusal::InvalidName(format!("too many subscriptions (limit {limit})"))
+            })
     }
     .await;
     match result {
-        Ok(_) => answer(session, ack, "subscribed", &json!({"channel": channel, "status": "success"})),
+        Ok(_) => answer(
+            session,
+            ack,
+            "subscribed",
+            &json!({"channel": channel, "status": "success"}),
+        ),
         Err(refusal) => {
-            node.metrics.errors.with_label_values(&["subscription_refused"]).inc();
-            answer(session, ack, "subscription_error", &json!({"channel": channel, "error": refusal.to_string()}));
+            node.metrics
+                .errors
+                .with_label_values(&["subscription_refused"])
+                .inc();
+            answer(
+                session,
+                ack,
+                "subscription_error",
+                &json!({"channel": channel, "error": refusal.to_string()}),
+            );
         }
     }
 }
 
-async fn whisper(node: &Node, session: &Session, socket: &Socket, args: &[&RawValue], ack: Option<u64>) {
+async fn whisper(
+    node: &Node,
+    session: &Session,
+    socket: &Socket,
+    args: &[&RawValue],
+    ack: Option<u64>,
+) {
     let refuse = |channel: Option<&str>, message: &str| {
         let error = json!({"event": "client event", "channel": channel, "error": message});
         answer(session, ack, "error", &error);
@@ -315,16 +409,24 @@ async fn whisper(node: &Node, session: &Session, socket: &Socket, args: &[&RawVa
         return refuse(Some(&channel), "client events must be named client-*");
     }
     if channel::kind(&channel) == Kind::Public {
-        return refuse(Some(&channel), "client events are only allowed on private and presence channels");
+        return refuse(
+            Some(&channel),
+            "client events are only allowed on private and presence channels",
+        );
     }
     if !socket.member.is_in(&channel) {
         return refuse(Some(&channel), "not subscribed to this channel");
     }
     let data = data.unwrap_or(RawValue::NULL);
-    match node.publish(&channel, &event, data, Some(&socket.member.id)).await {
+    match node
+        .publish(&channel, &event, data, Some(&socket.member.id))
+        .await
+    {
         Ok(()) => {
             if let Some(id) = ack {
-                send(session, |out| codec::write_ack(out, ROOT, id, &json!({"ok": true})));
+                send(session, |out| {
+                    codec::write_ack(out, ROOT, id, &json!({"ok": true}))
+                });
             }
         }
         Err(_) => refuse(Some(&channel), "bus unavailable, try again"),

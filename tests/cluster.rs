@@ -18,7 +18,15 @@ fn token(sub: u64) -> String {
 
 async fn cluster(redis: &RedisServer) -> (Node, Node) {
     let url = redis.url();
-    let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url, "--redis-prefix", PREFIX];
+    let args = [
+        "--dev",
+        "--api-keys",
+        API_KEY,
+        "--redis-url",
+        &url,
+        "--redis-prefix",
+        PREFIX,
+    ];
     let one = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "one")]).await;
     let two = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "two")]).await;
     for node in [&one, &two] {
@@ -37,20 +45,28 @@ async fn ready(node: &Node) -> bool {
 async fn wait_ready(node: &Node, want: bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while ready(node).await != want {
-        assert!(tokio::time::Instant::now() < deadline, "/ready never became {want}:\n{}", node.logs());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never became {want}:\n{}",
+            node.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn client(node: &Node, user: u64, transports: &[&str]) -> (Agent, String) {
-    let mut agent = Agent::spawn(json!({"url": node.url(), "auth": {"token": token(user)}, "transports": transports}));
+    let mut agent = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token(user)}, "transports": transports}),
+    );
     let id = agent.expect_connect(TIMEOUT).await;
     agent.expect_event("subscribed", TIMEOUT).await;
     (agent, id)
 }
 
 async fn subscribe(agent: &mut Agent, channel: &str) {
-    let answer = agent.emit_ack("subscribe", json!([{"channel": channel}])).await;
+    let answer = agent
+        .emit_ack("subscribe", json!([{"channel": channel}]))
+        .await;
     assert_eq!(answer[0]["status"], "success", "{answer}");
 }
 
@@ -75,31 +91,60 @@ async fn laravel_publish_reaches_both_nodes_and_respects_socket_exclusion() {
 
     // Exactly what Laravel's RedisBroadcaster writes (data keeps its own `socket` key).
     let payload = json!({"event": "App\\Events\\OrderShipped", "data": {"id": 5, "socket": null}, "socket": null});
-    let receivers = redis.publish(&format!("{PREFIX}orders"), payload.to_string()).await;
+    let receivers = redis
+        .publish(&format!("{PREFIX}orders"), payload.to_string())
+        .await;
     assert_eq!(receivers, 2, "each node subscribes once to the channel");
     for agent in [&mut a, &mut b] {
-        let args = agent.expect_event("App\\Events\\OrderShipped", TIMEOUT).await;
-        assert_eq!(args, vec![json!("orders"), json!({"id": 5, "socket": null})]);
+        let args = agent
+            .expect_event("App\\Events\\OrderShipped", TIMEOUT)
+            .await;
+        assert_eq!(
+            args,
+            vec![json!("orders"), json!({"id": 5, "socket": null})]
+        );
     }
 
     // broadcast(...)->toOthers(): Laravel puts the sender's socket id in `socket`.
     let payload = json!({"event": "Updated", "data": {"n": 1}, "socket": a_id});
-    redis.publish(&format!("{PREFIX}orders"), payload.to_string()).await;
-    assert_eq!(b.expect_event("Updated", TIMEOUT).await, vec![json!("orders"), json!({"n": 1})]);
-    a.assert_no_event("Updated", Duration::from_millis(300)).await;
+    redis
+        .publish(&format!("{PREFIX}orders"), payload.to_string())
+        .await;
+    assert_eq!(
+        b.expect_event("Updated", TIMEOUT).await,
+        vec![json!("orders"), json!({"n": 1})]
+    );
+    a.assert_no_event("Updated", Duration::from_millis(300))
+        .await;
 
     // Without the prefix nothing arrives: the channel names are exactly prefix + channel.
-    redis.publish("orders", json!({"event": "Unprefixed", "data": 1}).to_string()).await;
-    b.assert_no_event("Unprefixed", Duration::from_millis(300)).await;
+    redis
+        .publish(
+            "orders",
+            json!({"event": "Unprefixed", "data": 1}).to_string(),
+        )
+        .await;
+    b.assert_no_event("Unprefixed", Duration::from_millis(300))
+        .await;
 
     // The HTTP API of one node reaches the other through Redis too.
-    let response = api_broadcast(&one, json!({"channels": ["orders"], "event": "ViaApi", "data": [1, 2]})).await;
+    let response = api_broadcast(
+        &one,
+        json!({"channels": ["orders"], "event": "ViaApi", "data": [1, 2]}),
+    )
+    .await;
     assert_eq!(response.status, 202, "{}", response.text());
-    assert_eq!(b.expect_event("ViaApi", TIMEOUT).await, vec![json!("orders"), json!([1, 2])]);
+    assert_eq!(
+        b.expect_event("ViaApi", TIMEOUT).await,
+        vec![json!("orders"), json!([1, 2])]
+    );
 
     // The last local subscriber leaving unsubscribes the node from Redis.
-    a.emit_ack("unsubscribe", json!([{"channel": "orders"}])).await;
-    let receivers = redis.publish(&format!("{PREFIX}orders"), payload.to_string()).await;
+    a.emit_ack("unsubscribe", json!([{"channel": "orders"}]))
+        .await;
+    let receivers = redis
+        .publish(&format!("{PREFIX}orders"), payload.to_string())
+        .await;
     assert_eq!(receivers, 1, "only node two still needs `orders`");
 }
 
@@ -116,14 +161,22 @@ async fn whisper_crosses_nodes_and_is_not_echoed() {
     assert_eq!(sent, json!([{"ok": true}]));
     let args = b.expect_event("client-typing", TIMEOUT).await;
     assert_eq!(args, vec![json!("private-user.5"), json!({"typing": true})]);
-    a.assert_no_event("client-typing", Duration::from_millis(300)).await;
+    a.assert_no_event("client-typing", Duration::from_millis(300))
+        .await;
 
     // Refusals: a channel not joined, and an event not named client-*.
     let refused = a
-        .emit_ack("client event", json!([{"channel": "private-user.6", "event": "client-x", "data": 1}]))
+        .emit_ack(
+            "client event",
+            json!([{"channel": "private-user.6", "event": "client-x", "data": 1}]),
+        )
         .await;
     assert_eq!(refused[0]["error"], "not subscribed to this channel");
-    a.emit("client event", json!([{"channel": "private-user.5", "event": "typing", "data": 1}])).await;
+    a.emit(
+        "client event",
+        json!([{"channel": "private-user.5", "event": "typing", "data": 1}]),
+    )
+    .await;
     let error = a.expect_event("error", TIMEOUT).await;
     assert_eq!(error[0]["error"], "client events must be named client-*");
 }
@@ -150,13 +203,22 @@ async fn redis_restart_is_survived() {
     redis.restart().await;
     wait_ready(&one, true).await;
     wait_ready(&two, true).await;
-    let response = api_broadcast(&two, json!({"channel": "news", "event": "back", "data": 1})).await;
+    let response =
+        api_broadcast(&two, json!({"channel": "news", "event": "back", "data": 1})).await;
     assert_eq!(response.status, 202, "{}", response.text());
     for agent in [&mut a, &mut b] {
-        assert_eq!(agent.expect_event("back", TIMEOUT).await, vec![json!("news"), json!(1)]);
+        assert_eq!(
+            agent.expect_event("back", TIMEOUT).await,
+            vec![json!("news"), json!(1)]
+        );
     }
     let payload = json!({"event": "laravel-back", "data": 2, "socket": null});
-    assert_eq!(redis.publish(&format!("{PREFIX}news"), payload.to_string()).await, 2);
+    assert_eq!(
+        redis
+            .publish(&format!("{PREFIX}news"), payload.to_string())
+            .await,
+        2
+    );
     for agent in [&mut a, &mut b] {
         agent.expect_event("laravel-back", TIMEOUT).await;
     }

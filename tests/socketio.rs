@@ -10,7 +10,10 @@ const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";
 
 fn token(sub: Value) -> String {
-    jwt_hs256(SECRET, json!({"sub": sub, "name": "Test", "exp": now() + 600}))
+    jwt_hs256(
+        SECRET,
+        json!({"sub": sub, "name": "Test", "exp": now() + 600}),
+    )
 }
 
 fn now() -> u64 {
@@ -28,7 +31,10 @@ async fn broadcast(node: &Node, body: Value) -> HttpResponse {
     http(
         "POST",
         &format!("{}/api/broadcast", node.url()),
-        &[("authorization", &format!("Bearer {API_KEY}")), ("content-type", "application/json")],
+        &[
+            ("authorization", &format!("Bearer {API_KEY}")),
+            ("content-type", "application/json"),
+        ],
         body.to_string().as_bytes(),
     )
     .await
@@ -37,18 +43,29 @@ async fn broadcast(node: &Node, body: Value) -> HttpResponse {
 /// Connects, checks the automatic `private-user.{id}` subscription, subscribes to `news`, and
 /// receives a broadcast as `(event, channel, data)`.
 async fn round_trip(node: &Node, transports: Option<&[&str]>, upgrade: bool) -> Agent {
-    let mut config = json!({"url": node.url(), "auth": {"token": token(json!(7))}, "upgrade": upgrade});
+    let mut config =
+        json!({"url": node.url(), "auth": {"token": token(json!(7))}, "upgrade": upgrade});
     if let Some(transports) = transports {
         config["transports"] = json!(transports);
     }
     let mut agent = Agent::spawn(config);
     agent.expect_connect(TIMEOUT).await;
     let auto = agent.expect_event("subscribed", TIMEOUT).await;
-    assert_eq!(auto, vec![json!({"channel": "private-user.7", "status": "auto"})]);
+    assert_eq!(
+        auto,
+        vec![json!({"channel": "private-user.7", "status": "auto"})]
+    );
     agent.emit("subscribe", json!([{"channel": "news"}])).await;
     let answer = agent.expect_event("subscribed", TIMEOUT).await;
-    assert_eq!(answer, vec![json!({"channel": "news", "status": "success"})]);
-    let response = broadcast(node, json!({"channel": "news", "event": "App\\Events\\Posted", "data": {"id": 1}})).await;
+    assert_eq!(
+        answer,
+        vec![json!({"channel": "news", "status": "success"})]
+    );
+    let response = broadcast(
+        node,
+        json!({"channel": "news", "event": "App\\Events\\Posted", "data": {"id": 1}}),
+    )
+    .await;
     assert_eq!(response.status, 202, "{}", response.text());
     let args = agent.expect_event("App\\Events\\Posted", TIMEOUT).await;
     assert_eq!(args, vec![json!("news"), json!({"id": 1})]);
@@ -73,11 +90,23 @@ async fn polling_only_client() {
 async fn polling_then_upgrade_client() {
     let node = node().await;
     let mut agent = round_trip(&node, Some(&["polling", "websocket"]), true).await;
-    agent.wait_for(|line| line["type"] == "upgrade" && line["transport"] == "websocket", TIMEOUT).await;
+    agent
+        .wait_for(
+            |line| line["type"] == "upgrade" && line["transport"] == "websocket",
+            TIMEOUT,
+        )
+        .await;
     assert_eq!(agent.transport().await.as_deref(), Some("websocket"));
     // Still delivering after the switch.
-    broadcast(&node, json!({"channel": "news", "event": "after", "data": 2})).await;
-    assert_eq!(agent.expect_event("after", TIMEOUT).await, vec![json!("news"), json!(2)]);
+    broadcast(
+        &node,
+        json!({"channel": "news", "event": "after", "data": 2}),
+    )
+    .await;
+    assert_eq!(
+        agent.expect_event("after", TIMEOUT).await,
+        vec![json!("news"), json!(2)]
+    );
 }
 
 #[tokio::test]
@@ -108,11 +137,26 @@ async fn refused_tokens_say_why() {
     let node = node().await;
     let cases = [
         (json!({}), "missing token"),
-        (json!({"auth": {"token": jwt_hs256(SECRET, json!({"sub": 1, "exp": now() - 3600}))}}), "invalid token: expired"),
-        (json!({"auth": {"token": jwt_hs256("not-the-secret", json!({"sub": 1}))}}), "invalid token: bad signature"),
-        (json!({"auth": {"token": jwt_none(json!({"sub": 1}))}}), "invalid token: algorithm not allowed"),
-        (json!({"auth": {"token": "not.a.jwt"}}), "invalid token: malformed"),
-        (json!({"auth": {"token": jwt_hs256(SECRET, json!({"name": "nobody"}))}}), "invalid token: no user id (sub or userId)"),
+        (
+            json!({"auth": {"token": jwt_hs256(SECRET, json!({"sub": 1, "exp": now() - 3600}))}}),
+            "invalid token: expired",
+        ),
+        (
+            json!({"auth": {"token": jwt_hs256("not-the-secret", json!({"sub": 1}))}}),
+            "invalid token: bad signature",
+        ),
+        (
+            json!({"auth": {"token": jwt_none(json!({"sub": 1}))}}),
+            "invalid token: algorithm not allowed",
+        ),
+        (
+            json!({"auth": {"token": "not.a.jwt"}}),
+            "invalid token: malformed",
+        ),
+        (
+            json!({"auth": {"token": jwt_hs256(SECRET, json!({"name": "nobody"}))}}),
+            "invalid token: no user id (sub or userId)",
+        ),
     ];
     for (place, expected) in cases {
         let mut config = place.clone();
@@ -123,62 +167,120 @@ async fn refused_tokens_say_why() {
     }
     let logs = node.logs();
     assert!(logs.contains("bad token"), "refusals are logged");
-    assert!(!logs.contains("eyJ"), "no token may appear in the logs:\n{logs}");
-    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await.text();
-    assert!(metrics.contains("switchboard_auth_failures_total{reason=\"expired\"} 1"), "{metrics}");
+    assert!(
+        !logs.contains("eyJ"),
+        "no token may appear in the logs:\n{logs}"
+    );
+    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"")
+        .await
+        .text();
+    assert!(
+        metrics.contains("switchboard_auth_failures_total{reason=\"expired\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn subscribe_unsubscribe_and_private_isolation() {
     let node = node().await;
-    let mut one = Agent::spawn(json!({"url": node.url(), "auth": {"token": token(json!(1))}, "transports": ["websocket"]}));
+    let mut one = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token(json!(1))}, "transports": ["websocket"]}),
+    );
     one.expect_connect(TIMEOUT).await;
     one.expect_event("subscribed", TIMEOUT).await;
 
-    one.emit("subscribe", json!([{"channel": "private-user.2"}])).await;
+    one.emit("subscribe", json!([{"channel": "private-user.2"}]))
+        .await;
     let refused = one.expect_event("subscription_error", TIMEOUT).await;
-    assert_eq!(refused, vec![json!({"channel": "private-user.2", "error": "forbidden"})]);
-    one.emit("subscribe", json!([{"channel": "presence-room.1"}])).await;
-    assert_eq!(one.expect_event("subscription_error", TIMEOUT).await[0]["error"], "forbidden");
-    one.emit("subscribe", json!([{"channel": "bad channel*"}])).await;
+    assert_eq!(
+        refused,
+        vec![json!({"channel": "private-user.2", "error": "forbidden"})]
+    );
+    one.emit("subscribe", json!([{"channel": "presence-room.1"}]))
+        .await;
+    assert_eq!(
+        one.expect_event("subscription_error", TIMEOUT).await[0]["error"],
+        "forbidden"
+    );
+    one.emit("subscribe", json!([{"channel": "bad channel*"}]))
+        .await;
     let invalid = one.expect_event("subscription_error", TIMEOUT).await;
-    assert!(invalid[0]["error"].as_str().unwrap_or_default().contains("channel name contains"), "{invalid:?}");
+    assert!(
+        invalid[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("channel name contains"),
+        "{invalid:?}"
+    );
 
     // User 2's own channel reaches user 2 only.
-    let mut two = Agent::spawn(json!({"url": node.url(), "auth": {"token": token(json!("2"))}, "transports": ["websocket"]}));
+    let mut two = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token(json!("2"))}, "transports": ["websocket"]}),
+    );
     two.expect_connect(TIMEOUT).await;
     two.expect_event("subscribed", TIMEOUT).await;
-    broadcast(&node, json!({"channel": "private-user.2", "event": "secret", "data": "for two"})).await;
-    assert_eq!(two.expect_event("secret", TIMEOUT).await, vec![json!("private-user.2"), json!("for two")]);
-    one.assert_no_event("secret", std::time::Duration::from_millis(300)).await;
+    broadcast(
+        &node,
+        json!({"channel": "private-user.2", "event": "secret", "data": "for two"}),
+    )
+    .await;
+    assert_eq!(
+        two.expect_event("secret", TIMEOUT).await,
+        vec![json!("private-user.2"), json!("for two")]
+    );
+    one.assert_no_event("secret", std::time::Duration::from_millis(300))
+        .await;
 
     // Unsubscribe stops delivery.
     one.emit("subscribe", json!([{"channel": "news"}])).await;
     one.expect_event("subscribed", TIMEOUT).await;
     one.emit("unsubscribe", json!([{"channel": "news"}])).await;
-    assert_eq!(one.expect_event("unsubscribed", TIMEOUT).await, vec![json!({"channel": "news"})]);
-    broadcast(&node, json!({"channel": "news", "event": "late", "data": null})).await;
-    one.assert_no_event("late", std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        one.expect_event("unsubscribed", TIMEOUT).await,
+        vec![json!({"channel": "news"})]
+    );
+    broadcast(
+        &node,
+        json!({"channel": "news", "event": "late", "data": null}),
+    )
+    .await;
+    one.assert_no_event("late", std::time::Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]
 async fn acknowledgements_and_ping() {
     let node = node().await;
-    let mut agent = Agent::spawn(json!({"url": node.url(), "auth": {"token": token(json!(3))}, "transports": ["websocket"]}));
+    let mut agent = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token(json!(3))}, "transports": ["websocket"]}),
+    );
     agent.expect_connect(TIMEOUT).await;
     assert_eq!(agent.emit_ack("ping", json!([])).await, json!(["pong"]));
     agent.emit("ping", json!([])).await;
     agent.expect_event("pong", TIMEOUT).await;
-    let ok = agent.emit_ack("subscribe", json!([{"channel": "news"}])).await;
+    let ok = agent
+        .emit_ack("subscribe", json!([{"channel": "news"}]))
+        .await;
     assert_eq!(ok, json!([{"channel": "news", "status": "success"}]));
-    let refused = agent.emit_ack("subscribe", json!([{"channel": "private-user.9"}])).await;
-    assert_eq!(refused, json!([{"channel": "private-user.9", "error": "forbidden"}]));
+    let refused = agent
+        .emit_ack("subscribe", json!([{"channel": "private-user.9"}]))
+        .await;
+    assert_eq!(
+        refused,
+        json!([{"channel": "private-user.9", "error": "forbidden"}])
+    );
     let unknown = agent.emit_ack("no-such-event", json!([1])).await;
     assert_eq!(unknown, json!([{"error": "unknown event `no-such-event`"}]));
     let whisper = agent
-        .emit_ack("client event", json!([{"channel": "news", "event": "client-typing", "data": {}}]))
+        .emit_ack(
+            "client event",
+            json!([{"channel": "news", "event": "client-typing", "data": {}}]),
+        )
         .await;
-    assert_eq!(whisper[0]["error"], "client events are only allowed on private and presence channels");
+    assert_eq!(
+        whisper[0]["error"],
+        "client events are only allowed on private and presence channels"
+    );
 }
 
 #[tokio::test]
@@ -189,13 +291,18 @@ async fn unknown_namespace_is_refused() {
         "auth": {"token": token(json!(1))},
         "transports": ["websocket"],
     }));
-    assert_eq!(agent.expect_connect_error(TIMEOUT).await, "Invalid namespace");
+    assert_eq!(
+        agent.expect_connect_error(TIMEOUT).await,
+        "Invalid namespace"
+    );
 }
 
 #[tokio::test]
 async fn subscription_limit() {
     let node = Node::spawn(&["--dev", "--max-subscriptions", "2"], &[]).await;
-    let mut agent = Agent::spawn(json!({"url": node.url(), "auth": {"token": token(json!(1))}, "transports": ["websocket"]}));
+    let mut agent = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token(json!(1))}, "transports": ["websocket"]}),
+    );
     agent.expect_connect(TIMEOUT).await;
     // The automatic private-user channel is the first of the two.
     let ok = agent.emit_ack("subscribe", json!([{"channel": "a"}])).await;

@@ -22,11 +22,16 @@ fn token(sub: u64) -> String {
     jwt_hs256(SECRET, json!({"sub": sub}))
 }
 
-async fn connect_ws(node: &Node, origin: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+async fn connect_ws(
+    node: &Node,
+    origin: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
     let mut request = url.into_client_request()?;
     if let Some(origin) = origin {
-        request.headers_mut().insert("origin", origin.parse().expect("header value"));
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("header value"));
     }
     let (ws, _) = tokio_tungstenite::connect_async(request).await?;
     Ok(ws)
@@ -47,17 +52,33 @@ async fn socket(node: &Node, user: u64) -> (Ws, String) {
     let mut ws = connect_ws(node, None).await.expect("websocket handshake");
     let open = next_text(&mut ws).await;
     assert!(open.starts_with("0{\"sid\":"), "{open}");
-    ws.send(Message::text(format!("40{}", json!({"token": token(user)})))).await.expect("send");
+    ws.send(Message::text(format!(
+        "40{}",
+        json!({"token": token(user)})
+    )))
+    .await
+    .expect("send");
     let connected = next_text(&mut ws).await;
-    let sid: Value = serde_json::from_str(connected.strip_prefix("40").expect("CONNECT")).expect("json");
+    let sid: Value =
+        serde_json::from_str(connected.strip_prefix("40").expect("CONNECT")).expect("json");
     let auto = next_text(&mut ws).await;
-    assert_eq!(auto, format!(r#"42["subscribed",{{"channel":"private-user.{user}","status":"auto"}}]"#));
+    assert_eq!(
+        auto,
+        format!(r#"42["subscribed",{{"channel":"private-user.{user}","status":"auto"}}]"#)
+    );
     (ws, sid["sid"].as_str().expect("sid").to_owned())
 }
 
 async fn subscribe(ws: &mut Ws, channel: &str) {
-    ws.send(Message::text(format!(r#"42["subscribe",{{"channel":"{channel}"}}]"#))).await.expect("send");
-    assert_eq!(next_text(ws).await, format!(r#"42["subscribed",{{"channel":"{channel}","status":"success"}}]"#));
+    ws.send(Message::text(format!(
+        r#"42["subscribe",{{"channel":"{channel}"}}]"#
+    )))
+    .await
+    .expect("send");
+    assert_eq!(
+        next_text(ws).await,
+        format!(r#"42["subscribed",{{"channel":"{channel}","status":"success"}}]"#)
+    );
 }
 
 /// Whether the server closes the connection within the timeout.
@@ -78,11 +99,19 @@ async fn api(node: &Node, key: Option<&str>, body: &[u8]) -> HttpResponse {
     if let Some(auth) = &auth {
         headers.push(("authorization", auth));
     }
-    http("POST", &format!("{}/api/broadcast", node.url()), &headers, body).await
+    http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn metric(node: &Node, name: &str) -> f64 {
-    let text = http("GET", &format!("{}/metrics", node.url()), &[], b"").await.text();
+    let text = http("GET", &format!("{}/metrics", node.url()), &[], b"")
+        .await
+        .text();
     text.lines()
         .find(|line| line.starts_with(name) && !line.starts_with('#'))
         .and_then(|line| line.rsplit(' ').next())
@@ -95,14 +124,33 @@ async fn exact_broadcast_frame() {
     let node = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
     let (mut ws, _) = socket(&node, 1).await;
     subscribe(&mut ws, "news").await;
-    let body = json!({"channel": "news", "event": "App\\Events\\Posted", "data": {"title": "é\"x"}});
-    assert_eq!(api(&node, Some(API_KEY), body.to_string().as_bytes()).await.status, 202);
-    assert_eq!(next_text(&mut ws).await, r#"42["App\\Events\\Posted","news",{"title":"é\"x"}]"#);
+    let body =
+        json!({"channel": "news", "event": "App\\Events\\Posted", "data": {"title": "é\"x"}});
+    assert_eq!(
+        api(&node, Some(API_KEY), body.to_string().as_bytes())
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"42["App\\Events\\Posted","news",{"title":"é\"x"}]"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_dropped_while_others_keep_receiving() {
-    let node = Node::spawn(&["--dev", "--api-keys", API_KEY, "--send-queue-bytes", "2000000"], &[]).await;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--api-keys",
+            API_KEY,
+            "--send-queue-bytes",
+            "2000000",
+        ],
+        &[],
+    )
+    .await;
     let (mut stuck, _) = socket(&node, 1).await;
     let (mut healthy, _) = socket(&node, 2).await;
     subscribe(&mut stuck, "flood").await;
@@ -123,15 +171,22 @@ async fn slow_consumer_is_dropped_while_others_keep_receiving() {
     });
     // 400 × 100 KB is far more than loopback socket buffers hold for a reader that never
     // reads. The healthy reader is never more than 10 messages (1 MB) behind, under its limit.
-    let body = json!({"channel": "flood", "event": "chunk", "data": "x".repeat(100_000)}).to_string();
+    let body =
+        json!({"channel": "flood", "event": "chunk", "data": "x".repeat(100_000)}).to_string();
     for sent in 0..MESSAGES {
         while sent > received.load(std::sync::atomic::Ordering::Acquire) + 10 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(api(&node, Some(API_KEY), body.as_bytes()).await.status, 202);
     }
-    tokio::time::timeout(TIMEOUT, reader).await.expect("healthy reader gets everything").expect("reader");
-    assert_eq!(metric(&node, "switchboard_slow_consumer_disconnects_total").await, 1.0);
+    tokio::time::timeout(TIMEOUT, reader)
+        .await
+        .expect("healthy reader gets everything")
+        .expect("reader");
+    assert_eq!(
+        metric(&node, "switchboard_slow_consumer_disconnects_total").await,
+        1.0
+    );
     assert!(closes(&mut stuck).await, "the stuck socket is closed");
     assert!(node.logs().contains("slow_consumer"), "{}", node.logs());
 }
@@ -144,9 +199,15 @@ async fn malformed_and_oversized_frames_close_only_that_socket() {
     let cases: [(&str, String); 5] = [
         ("unknown engine packet", "9hello".into()),
         ("bad socket.io packet", "4x".into()),
-        ("event that is not an array", r#"42{"not":"an array"}"#.into()),
+        (
+            "event that is not an array",
+            r#"42{"not":"an array"}"#.into(),
+        ),
         ("empty frame", String::new()),
-        ("oversized frame", format!(r#"42["ping","{}"]"#, "y".repeat(4096))),
+        (
+            "oversized frame",
+            format!(r#"42["ping","{}"]"#, "y".repeat(4096)),
+        ),
     ];
     for (what, frame) in cases {
         let (mut ws, _) = socket(&node, 1).await;
@@ -159,7 +220,10 @@ async fn malformed_and_oversized_frames_close_only_that_socket() {
     assert!(closes(&mut ws).await, "stray binary closes");
 
     // The node and the other socket carry on.
-    bystander.send(Message::text(r#"421["ping"]"#)).await.expect("send");
+    bystander
+        .send(Message::text(r#"421["ping"]"#))
+        .await
+        .expect("send");
     assert_eq!(next_text(&mut bystander).await, r#"431["pong"]"#);
     assert!(metric(&node, "switchboard_errors_total{kind=\"protocol\"}").await >= 4.0);
     let logs = node.logs();
@@ -170,17 +234,36 @@ async fn malformed_and_oversized_frames_close_only_that_socket() {
 async fn binary_attachments_are_refused_cleanly() {
     let node = Node::spawn(&["--dev"], &[]).await;
     let (mut ws, _) = socket(&node, 1).await;
-    ws.send(Message::text(r#"451-7["upload",{"_placeholder":true,"num":0}]"#)).await.expect("send");
+    ws.send(Message::text(
+        r#"451-7["upload",{"_placeholder":true,"num":0}]"#,
+    ))
+    .await
+    .expect("send");
     ws.send(Message::binary(vec![0u8; 16])).await.expect("send");
-    assert_eq!(next_text(&mut ws).await, r#"437[{"error":"binary attachments are not supported"}]"#);
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"437[{"error":"binary attachments are not supported"}]"#
+    );
     // The connection is still usable.
-    ws.send(Message::text(r#"428["ping"]"#)).await.expect("send");
+    ws.send(Message::text(r#"428["ping"]"#))
+        .await
+        .expect("send");
     assert_eq!(next_text(&mut ws).await, r#"438["pong"]"#);
 }
 
 #[tokio::test]
 async fn unanswered_pings_close_the_session() {
-    let node = Node::spawn(&["--dev", "--ping-interval", "200ms", "--ping-timeout", "300ms"], &[]).await;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--ping-interval",
+            "200ms",
+            "--ping-timeout",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
     let (mut silent, _) = socket(&node, 1).await;
     let (mut polite, _) = socket(&node, 2).await;
     let started = tokio::time::Instant::now();
@@ -194,8 +277,18 @@ async fn unanswered_pings_close_the_session() {
     }
     assert!(closes(&mut silent).await, "no pong, no session");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(metric(&node, "switchboard_connections_closed_total{reason=\"ping_timeout\"}").await, 1.0);
-    polite.send(Message::text(r#"421["ping"]"#)).await.expect("send");
+    assert_eq!(
+        metric(
+            &node,
+            "switchboard_connections_closed_total{reason=\"ping_timeout\"}"
+        )
+        .await,
+        1.0
+    );
+    polite
+        .send(Message::text(r#"421["ping"]"#))
+        .await
+        .expect("send");
     loop {
         let text = next_text(&mut polite).await;
         if text == "2" {
@@ -213,47 +306,107 @@ async fn connection_limit() {
     let (_first, _) = socket(&node, 1).await;
     let refused = connect_ws(&node, None).await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         other => panic!("expected HTTP 503, got {other:?}"),
     }
-    let poll = http("GET", &format!("{}/socket.io/?EIO=4&transport=polling", node.url()), &[], b"").await;
+    let poll = http(
+        "GET",
+        &format!("{}/socket.io/?EIO=4&transport=polling", node.url()),
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(poll.status, 503);
     assert_eq!(poll.json()["message"], "node is at its connection limit");
 }
 
 #[tokio::test]
 async fn origins_and_cors() {
-    let node = Node::spawn(&["--dev", "--allowed-origins", "https://app.example,https://admin.example"], &[]).await;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--allowed-origins",
+            "https://app.example,https://admin.example",
+        ],
+        &[],
+    )
+    .await;
     assert!(connect_ws(&node, Some("https://app.example")).await.is_ok());
-    assert!(connect_ws(&node, None).await.is_ok(), "non-browser clients send no Origin");
+    assert!(
+        connect_ws(&node, None).await.is_ok(),
+        "non-browser clients send no Origin"
+    );
     match connect_ws(&node, Some("https://evil.example")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
         other => panic!("expected 403, got {other:?}"),
     }
 
     let handshake = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
-    let ok = http("GET", &handshake, &[("origin", "https://admin.example")], b"").await;
+    let ok = http(
+        "GET",
+        &handshake,
+        &[("origin", "https://admin.example")],
+        b"",
+    )
+    .await;
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("access-control-allow-origin"), Some("https://admin.example"));
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://admin.example")
+    );
     assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
-    let refused = http("GET", &handshake, &[("origin", "https://evil.example")], b"").await;
+    let refused = http(
+        "GET",
+        &handshake,
+        &[("origin", "https://evil.example")],
+        b"",
+    )
+    .await;
     assert_eq!(refused.status, 403);
-    assert_eq!(refused.json(), json!({"code": 4, "message": "origin not allowed"}));
+    assert_eq!(
+        refused.json(),
+        json!({"code": 4, "message": "origin not allowed"})
+    );
     let preflight = http(
         "OPTIONS",
         &handshake,
-        &[("origin", "https://app.example"), ("access-control-request-headers", "authorization")],
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-headers", "authorization"),
+        ],
         b"",
     )
     .await;
     assert_eq!(preflight.status, 204);
-    assert_eq!(preflight.header("access-control-allow-headers"), Some("authorization"));
-    assert!(preflight.header("access-control-allow-methods").unwrap_or_default().contains("POST"));
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        Some("authorization")
+    );
+    assert!(
+        preflight
+            .header("access-control-allow-methods")
+            .unwrap_or_default()
+            .contains("POST")
+    );
 }
 
 #[tokio::test]
 async fn engine_io_errors_and_polling_limits() {
-    let node = Node::spawn(&["--dev", "--max-message-size", "1024", "--ping-interval", "1s"], &[]).await;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--max-message-size",
+            "1024",
+            "--ping-interval",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
     let base = format!("{}/socket.io/", node.url());
     let cases = [
         ("?EIO=3&transport=polling", 5),
@@ -267,29 +420,53 @@ async fn engine_io_errors_and_polling_limits() {
     }
 
     // A polling session: handshake, connect, an oversized POST closes it with 413.
-    let open = http("GET", &format!("{base}?EIO=4&transport=polling"), &[], b"").await.text();
-    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).expect("json");
+    let open = http("GET", &format!("{base}?EIO=4&transport=polling"), &[], b"")
+        .await
+        .text();
+    let open: Value =
+        serde_json::from_str(open.strip_prefix('0').expect("open packet")).expect("json");
     assert_eq!(open["upgrades"], json!(["websocket"]));
     assert_eq!(open["pingInterval"], 1000);
     assert_eq!(open["maxPayload"], 1024);
     let sid = open["sid"].as_str().expect("sid");
     let session = format!("{base}?EIO=4&transport=polling&sid={sid}");
     let connect = format!("40{}", json!({"token": token(1)}));
-    assert_eq!(http("POST", &session, &[], connect.as_bytes()).await.text(), "ok");
+    assert_eq!(
+        http("POST", &session, &[], connect.as_bytes()).await.text(),
+        "ok"
+    );
     let answers = http("GET", &session, &[], b"").await.text();
     let packets: Vec<&str> = answers.split('\u{1e}').collect();
     assert!(packets[0].starts_with("40{\"sid\":"), "{answers}");
     let too_large = http("POST", &session, &[], "4".repeat(2000).as_bytes()).await;
     assert_eq!(too_large.status, 413);
     let gone = http("GET", &session, &[], b"").await;
-    assert!(gone.status == 400 || gone.text() == "1", "closed session: {} {}", gone.status, gone.text());
+    assert!(
+        gone.status == 400 || gone.text() == "1",
+        "closed session: {} {}",
+        gone.status,
+        gone.text()
+    );
 }
 
 #[tokio::test]
 async fn broadcast_api_errors() {
-    let node = Node::spawn(&["--dev", "--api-keys", "first,second", "--max-message-size", "4096"], &[]).await;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--api-keys",
+            "first,second",
+            "--max-message-size",
+            "4096",
+        ],
+        &[],
+    )
+    .await;
     let good = json!({"channel": "news", "event": "e", "data": 1}).to_string();
-    assert_eq!(api(&node, Some("second"), good.as_bytes()).await.status, 202);
+    assert_eq!(
+        api(&node, Some("second"), good.as_bytes()).await.status,
+        202
+    );
 
     let missing = api(&node, None, good.as_bytes()).await;
     assert_eq!(missing.status, 401);
@@ -300,17 +477,26 @@ async fn broadcast_api_errors() {
     let bad_bodies = [
         ("not json", "invalid JSON body"),
         (r#"{"event":"e"}"#, "missing `channel` or `channels`"),
-        (r#"{"channel":"a","channels":["b"],"event":"e"}"#, "not both"),
+        (
+            r#"{"channel":"a","channels":["b"],"event":"e"}"#,
+            "not both",
+        ),
         (r#"{"channels":[],"event":"e"}"#, "`channels` is empty"),
         (r#"{"channel":"a b","event":"e"}"#, "channel `a b`"),
         (r#"{"channel":"a","event":""}"#, "`event` must be"),
-        (r#"{"channel":"a","event":"e","chanel":"x"}"#, "unknown field `chanel`"),
+        (
+            r#"{"channel":"a","event":"e","chanel":"x"}"#,
+            "unknown field `chanel`",
+        ),
         (r#"{"channel":"a"}"#, "missing field `event`"),
     ];
     for (body, problem) in bad_bodies {
         let response = api(&node, Some("first"), body.as_bytes()).await;
         assert_eq!(response.status, 400, "{body}");
-        let message = response.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        let message = response.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         assert!(message.contains(problem), "{body}: {message}");
     }
 
@@ -318,8 +504,15 @@ async fn broadcast_api_errors() {
     let too_large = api(&node, Some("first"), huge.as_bytes()).await;
     assert_eq!(too_large.status, 413);
     assert_eq!(too_large.json()["error"]["code"], "payload_too_large");
-    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await.text();
-    assert!(metrics.contains(r#"switchboard_http_api_requests_total{route="/api/broadcast",status="401"} 3"#), "{metrics}");
+    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"")
+        .await
+        .text();
+    assert!(
+        metrics.contains(
+            r#"switchboard_http_api_requests_total{route="/api/broadcast",status="401"} 3"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -332,7 +525,12 @@ async fn health_ready_and_metrics() {
     assert_eq!(ready.json()["bus"], "up");
     let (_ws, _) = socket(&node, 1).await;
     let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await;
-    assert!(metrics.header("content-type").unwrap_or_default().starts_with("text/plain"));
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/plain")
+    );
     let text = metrics.text();
     for series in [
         "switchboard_connections{transport=\"websocket\"} 1",

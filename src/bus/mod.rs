@@ -107,15 +107,20 @@ mod tests {
 
     #[test]
     fn reads_laravel_envelopes() {
-        let payload = br#"{"event":"App\\Events\\Sent","data":{"id":1,"socket":null},"socket":"abc"}"#;
+        let payload =
+            br#"{"event":"App\\Events\\Sent","data":{"id":1,"socket":null},"socket":"abc"}"#;
         let env: Envelope = serde_json::from_slice(payload).expect("laravel envelope");
         assert_eq!(env.event, "App\\Events\\Sent");
-        assert_eq!(env.data.map(RawValue::get), Some(r#"{"id":1,"socket":null}"#));
+        assert_eq!(
+            env.data.map(RawValue::get),
+            Some(r#"{"id":1,"socket":null}"#)
+        );
         assert_eq!(env.socket.as_deref(), Some("abc"));
 
         let env: Envelope = serde_json::from_slice(br#"{"event":"e"}"#).expect("minimal");
         assert!(env.data.is_none() && env.socket.is_none());
-        let env: Envelope = serde_json::from_slice(br#"{"event":"e","data":[1],"socket":null}"#).expect("null socket");
+        let env: Envelope = serde_json::from_slice(br#"{"event":"e","data":[1],"socket":null}"#)
+            .expect("null socket");
         assert!(env.socket.is_none());
     }
 
@@ -127,6 +132,9 @@ mod tests {
             data: Some(&data),
             socket: None,
         };
-        assert_eq!(&env.to_bytes()[..], br#"{"event":"update","data":{"a":1},"socket":null}"#);
+        assert_eq!(
+            &env.to_bytes()[..],
+            br#"{"event":"update","data":{"a":1},"socket":null}"#
+        );
     }
 }

@@ -87,7 +87,9 @@ impl RedisBus {
             .await
             .map_err(|e| BusError(format!("no Redis connection: {e}")))?;
         let mut command = redis::cmd("PUBLISH");
-        command.arg(format!("{}{channel}", self.prefix)).arg(&payload[..]);
+        command
+            .arg(format!("{}{channel}", self.prefix))
+            .arg(&payload[..]);
         let publish = command.query_async::<i64>(&mut conn);
         match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
             Ok(Ok(_)) => Ok(()),
@@ -100,7 +102,9 @@ impl RedisBus {
     pub fn subscribe(&self, channel: Arc<str>) -> Arc<Ready> {
         let ready = Arc::new(Ready::default());
         // The receiver only goes away with the runtime; then nothing waits on `ready` either.
-        let _ = self.commands.send(Command::Subscribe(channel, ready.clone()));
+        let _ = self
+            .commands
+            .send(Command::Subscribe(channel, ready.clone()));
         ready
     }
 
@@ -156,7 +160,11 @@ impl Subscriber {
                 tracing::warn!(error = %e, "redis subscriber: re-subscribe failed; reconnecting");
                 continue;
             }
-            tracing::info!(attempt, channels = self.wanted.len(), "redis subscriber: connected and subscribed");
+            tracing::info!(
+                attempt,
+                channels = self.wanted.len(),
+                "redis subscriber: connected and subscribed"
+            );
             self.healthy.store(true, Ordering::Release);
             backoff = BACKOFF_MIN;
             attempt = 0;

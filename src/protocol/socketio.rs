@@ -81,9 +81,7 @@ pub fn decode(text: &str) -> Result<Packet<'_>, DecodeError> {
     let mut attachments = 0;
     if matches!(kind, Kind::BinaryEvent | Kind::BinaryAck) {
         let dash = rest.find('-').ok_or(DecodeError::Attachments)?;
-        attachments = rest[..dash]
-            .parse()
-            .map_err(|_| DecodeError::Attachments)?;
+        attachments = rest[..dash].parse().map_err(|_| DecodeError::Attachments)?;
         rest = &rest[dash + 1..];
     }
 
@@ -186,7 +184,13 @@ pub fn write_event_value(out: &mut String, namespace: &str, event: &str, value: 
 }
 
 /// Appends the broadcast form Laravel Echo listens for: `[event, channel, data]`.
-pub fn write_broadcast(out: &mut String, namespace: &str, event: &str, channel: &str, data: &RawValue) {
+pub fn write_broadcast(
+    out: &mut String,
+    namespace: &str,
+    event: &str,
+    channel: &str,
+    data: &RawValue,
+) {
     write_header(out, '2', namespace, None);
     out.push('[');
     write_json_str(out, event);
@@ -237,11 +241,17 @@ mod tests {
     #[test]
     fn decodes_connect_with_and_without_auth() {
         let p = decode("0").expect("connect");
-        assert_eq!((p.kind, p.namespace, p.ack, p.data), (Kind::Connect, "/", None, None));
+        assert_eq!(
+            (p.kind, p.namespace, p.ack, p.data),
+            (Kind::Connect, "/", None, None)
+        );
         let p = decode(r#"0{"token":"abc"}"#).expect("connect with auth");
         assert_eq!(p.data, Some(r#"{"token":"abc"}"#));
         let p = decode(r#"0/admin,{"token":"abc"}"#).expect("namespaced connect");
-        assert_eq!((p.namespace, p.data), ("/admin", Some(r#"{"token":"abc"}"#)));
+        assert_eq!(
+            (p.namespace, p.data),
+            ("/admin", Some(r#"{"token":"abc"}"#))
+        );
         let p = decode("1/admin,").expect("namespaced disconnect");
         assert_eq!((p.kind, p.namespace), (Kind::Disconnect, "/admin"));
         let p = decode("1/admin").expect("namespaced disconnect without comma");
@@ -267,7 +277,10 @@ mod tests {
         let p = decode(r#"51-["upload",{"_placeholder":true,"num":0}]"#).expect("binary event");
         assert_eq!((p.kind, p.attachments), (Kind::BinaryEvent, 1));
         let p = decode(r#"62-/x,3[{"_placeholder":true,"num":0}]"#).expect("binary ack");
-        assert_eq!((p.kind, p.attachments, p.namespace, p.ack), (Kind::BinaryAck, 2, "/x", Some(3)));
+        assert_eq!(
+            (p.kind, p.attachments, p.namespace, p.ack),
+            (Kind::BinaryAck, 2, "/x", Some(3))
+        );
     }
 
     #[test]
@@ -276,7 +289,10 @@ mod tests {
         assert_eq!(decode("9"), Err(DecodeError::UnknownKind));
         assert_eq!(decode("5[]"), Err(DecodeError::Attachments));
         assert_eq!(decode("5x-[]"), Err(DecodeError::Attachments));
-        assert_eq!(decode("299999999999999999999999[]"), Err(DecodeError::AckId));
+        assert_eq!(
+            decode("299999999999999999999999[]"),
+            Err(DecodeError::AckId)
+        );
         assert_eq!(decode(r#"2/nsp["a"]"#), Err(DecodeError::Namespace));
         for bad in ["2", "2{}", "2[]", "2[1]", "2[\"a\"", "2not json"] {
             let packet = decode(bad).expect("header decodes");
@@ -287,11 +303,22 @@ mod tests {
     #[test]
     fn encodes_exact_wire_strings() {
         let mut out = String::new();
-        write_broadcast(&mut out, "/", "App\\Events\\Sent", "news", &raw(r#"{"a":1}"#));
+        write_broadcast(
+            &mut out,
+            "/",
+            "App\\Events\\Sent",
+            "news",
+            &raw(r#"{"a":1}"#),
+        );
         assert_eq!(out, r#"2["App\\Events\\Sent","news",{"a":1}]"#);
 
         let mut out = String::new();
-        write_event_value(&mut out, "/notifications", "count", &serde_json::json!({"count": 2}));
+        write_event_value(
+            &mut out,
+            "/notifications",
+            "count",
+            &serde_json::json!({"count": 2}),
+        );
         assert_eq!(out, r#"2/notifications,["count",{"count":2}]"#);
 
         let mut out = String::new();

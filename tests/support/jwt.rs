@@ -1,0 +1,27 @@
+//! Tokens for auth tests.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+/// A JWT signed with HMAC-SHA256 over `secret`.
+pub fn jwt_hs256(secret: &str, claims: Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode HS256 test token")
+}
+
+/// An unsigned `alg: none` token, built by hand because no library will sign
+/// one; the server must reject it.
+pub fn jwt_none(claims: Value) -> String {
+    let header = json!({"alg": "none", "typ": "JWT"});
+    format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}

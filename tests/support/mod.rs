@@ -1,0 +1,93 @@
+//! Test support for Switchboard's integration tests.
+//!
+//! Everything here runs the real thing on loopback addresses: the switchboard
+//! binary ([`Node`]), a throwaway `redis-server` ([`RedisServer`]), nginx in front
+//! of several nodes ([`Nginx`]), and real socket.io-client instances scripted
+//! over JSON lines ([`Agent`], see `tests/js/agent.mjs`). [`http`] is a small raw
+//! HTTP/1.1 client that can pick its source address, so a test can look like
+//! several distinct clients to nginx's `hash $remote_addr`.
+//!
+//! Use it from a test file with `mod support;` and `use support::*;`.
+//! Every process is killed when its handle drops; when that drop happens because
+//! the test panicked, the process's log is printed so the failure explains itself.
+
+// Each integration test is its own crate and uses only part of this module.
+#![allow(dead_code, unused_imports)]
+
+mod agent;
+mod http;
+mod jwt;
+mod nginx;
+mod node;
+mod process;
+mod redis_server;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use agent::Agent;
+pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
+pub use jwt::{jwt_hs256, jwt_none};
+pub use nginx::Nginx;
+pub use node::Node;
+pub use redis_server::RedisServer;
+
+/// A generous default for "this should happen soon" waits; local round trips
+/// take milliseconds, so only a broken behaviour ever gets near it.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a process gets to come up (answer PING, /health, accept) before the
+/// test fails with its log.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The OS picks it and the listener is closed again, so another process can
+/// take it before the caller binds; tests accept that small race in exchange
+/// for starting real binaries that need a port on their command line.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind 127.0.0.1:0 to find a free port")
+}
+
+/// The repository root, where `nginx/` and `tests/js/` live.
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+///
+/// Each process gets its own so that logs, pid files and nginx temp paths of
+/// tests running in parallel never collide.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir()
+            .join("switchboard-tests")
+            .join(format!("{prefix}-{}-{n}", std::process::id()));
+        // A previous run whose process had the same pid may have left it behind.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|err| panic!("create temp dir {}: {err}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

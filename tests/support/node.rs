@@ -1,0 +1,132 @@
+//! The real switchboard binary as a child process on a free port.
+
+use std::net::SocketAddr;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::process::LoggedChild;
+use super::{STARTUP_TIMEOUT, TempDir, free_port, try_http};
+
+pub struct Node {
+    addr: SocketAddr,
+    // Declared before `dir` so the process is gone before its log file.
+    process: LoggedChild,
+    dir: TempDir,
+}
+
+impl Node {
+    /// Runs `switchboard <args> --listen 127.0.0.1:<free port>` with `envs`
+    /// added, and returns once `GET /health` answers 200.
+    pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Node {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = TempDir::new("node");
+        let process = LoggedChild::spawn(
+            "switchboard",
+            command(args, envs, addr),
+            &dir.path().join("node.log"),
+        );
+        let mut node = Node { addr, process, dir };
+        node.wait_healthy().await;
+        node
+    }
+
+    /// Runs the binary the same way, expecting it to refuse to start (a bad
+    /// setting): returns its exit status and everything it printed.
+    pub async fn spawn_expect_failure(
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (ExitStatus, String) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = TempDir::new("node-fail");
+        let mut process = LoggedChild::spawn(
+            "switchboard",
+            command(args, envs, addr),
+            &dir.path().join("node.log"),
+        );
+        match process.wait_exit(STARTUP_TIMEOUT).await {
+            Some(status) => (status, process.logs()),
+            None => {
+                process.kill().await;
+                panic!(
+                    "switchboard {args:?} was expected to fail but was still running after {STARTUP_TIMEOUT:?}"
+                );
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the node printed so far (stdout and stderr).
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// Asks for a graceful shutdown; follow with [`Node::wait_exit`].
+    pub fn sigterm(&self) {
+        self.process.signal("TERM");
+    }
+
+    /// SIGKILL, like a crash; returns once the process is gone.
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+    }
+
+    /// The exit status, or `None` if it is still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(timeout).await
+    }
+
+    async fn wait_healthy(&mut self) {
+        let health = format!("{}/health", self.url());
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.process.exited() {
+                panic!(
+                    "switchboard on {} exited ({status}) before /health answered",
+                    self.addr
+                );
+            }
+            let last = match try_http("GET", &health, &[], b"").await {
+                Ok(response) if response.status == 200 => return,
+                Ok(response) => format!("status {}: {}", response.status, response.text()),
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() > deadline {
+                self.process.kill().await;
+                panic!(
+                    "switchboard on {} did not answer GET /health with 200 within {STARTUP_TIMEOUT:?} (last: {last})",
+                    self.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn command(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    // Settings exported in the developer's shell must not leak into tests;
+    // each test says exactly which ones it sets.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).arg("--listen").arg(addr.to_string());
+    command.envs(envs.iter().copied());
+    command
+}

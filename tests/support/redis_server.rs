@@ -1,0 +1,136 @@
+//! A throwaway `redis-server` per test, so tests can kill and restart Redis
+//! without disturbing each other (or a Redis the machine already runs).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::process::LoggedChild;
+use super::{STARTUP_TIMEOUT, TempDir, free_port};
+
+pub struct RedisServer {
+    port: u16,
+    // Declared before `dir` so the process is gone before its directory.
+    process: Option<LoggedChild>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free 127.0.0.1 port, persisting nothing, and
+    /// returns once it answers PING.
+    pub async fn start() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            process: None,
+            dir: TempDir::new("redis"),
+        };
+        server.launch().await;
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Everything redis-server printed, across restarts.
+    pub fn logs(&self) -> String {
+        self.process
+            .as_ref()
+            .map(LoggedChild::logs)
+            .unwrap_or_else(|| std::fs::read_to_string(self.log_path()).unwrap_or_default())
+    }
+
+    /// SIGKILL, like a crash: no shutdown, clients see the connection drop.
+    /// Returns once the process is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port (killing it first if it still runs),
+    /// returning once it answers PING. The data is gone, as after a crash of a
+    /// Redis that keeps nothing on disk.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.launch().await;
+    }
+
+    /// A new connection, for tests that want to run their own commands.
+    pub async fn connection(&self) -> MultiplexedConnection {
+        self.try_connection()
+            .await
+            .unwrap_or_else(|err| panic!("connect to redis at {}: {err}", self.url()))
+    }
+
+    /// PUBLISH `payload` on `channel`; returns how many subscribers got it.
+    pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
+        let mut connection = self.connection().await;
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload.as_ref())
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|err| panic!("PUBLISH {channel} on {}: {err}", self.url()))
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    async fn try_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    async fn launch(&mut self) {
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        // Nothing on disk: tests start from empty, and a restart is a clean slate.
+        command.args(["--save", "", "--appendonly", "no"]);
+        command.arg("--dir").arg(self.dir.path());
+        let mut process = LoggedChild::spawn("redis-server", command, &self.log_path());
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = process.exited() {
+                panic!(
+                    "redis-server on port {} exited ({status}) before answering PING",
+                    self.port
+                );
+            }
+            if self.answers_ping().await {
+                break;
+            }
+            if Instant::now() > deadline {
+                process.kill().await;
+                panic!(
+                    "redis-server on port {} did not answer PING within {STARTUP_TIMEOUT:?}",
+                    self.port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.process = Some(process);
+    }
+
+    async fn answers_ping(&self) -> bool {
+        let ping = async {
+            let mut connection = self.try_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(pong)) if pong == "PONG"
+        )
+    }
+}
