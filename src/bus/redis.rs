@@ -25,6 +25,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the idle pub/sub connection is checked, so a silently dead one is replaced.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Subscribe this many channels per command when re-subscribing after a reconnect.
 const RESUBSCRIBE_CHUNK: usize = 500;
 
@@ -169,8 +171,18 @@ impl Subscriber {
             backoff = BACKOFF_MIN;
             attempt = 0;
 
+            let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+            liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            liveness.reset();
             loop {
                 tokio::select! {
+                    _ = liveness.tick() => {
+                        let ping = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            tracing::warn!("redis subscriber: no answer to PING; reconnecting");
+                            break;
+                        }
+                    }
                     command = commands.recv() => {
                         let Some(command) = command else { return };
                         if let Err(e) = self.apply(&mut sink, command).await {
