@@ -6,6 +6,7 @@
 //! when it upgrades, the websocket task takes over. Whoever ends a session calls [`finish`],
 //! which is idempotent.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -233,8 +234,8 @@ impl Cors {
     }
 }
 
-fn text_response(cors: &Cors, body: String) -> Response {
-    cors.apply(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response())
+fn text_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
 }
 
 /// `OPTIONS /socket.io/`: the CORS preflight of browsers' polling requests.
@@ -269,6 +270,21 @@ fn check_query(
     Ok(query)
 }
 
+/// Runs `handle` for a request whose Origin is allowed, adding the CORS headers to its answer.
+async fn with_cors<F>(node: &Node, headers: &HeaderMap, handle: F) -> Response
+where
+    F: Future<Output = Result<Response, EngineError>>,
+{
+    let cors = match Cors::check(node, headers) {
+        Ok(cors) => cors,
+        Err(e) => return e.response(&Cors::None),
+    };
+    match handle.await {
+        Ok(response) => cors.apply(response),
+        Err(e) => e.response(&cors),
+    }
+}
+
 /// `GET /socket.io/`: a handshake, a poll, or a websocket upgrade.
 pub async fn get(
     State(node): State<Arc<Node>>,
@@ -277,11 +293,7 @@ pub async fn get(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let cors = match Cors::check(&node, &headers) {
-        Ok(cors) => cors,
-        Err(e) => return e.response(&Cors::None),
-    };
-    let result = async {
+    let handle = async {
         let query = check_query(query)?;
         match query.transport.as_deref() {
             Some("websocket") => {
@@ -300,12 +312,8 @@ pub async fn get(
             },
             _ => Err(EngineError::new(ErrorCode::UnknownTransport)),
         }
-    }
-    .await;
-    match result {
-        Ok(response) => cors.apply(response),
-        Err(e) => e.response(&cors),
-    }
+    };
+    with_cors(&node, &headers, handle).await
 }
 
 /// `POST /socket.io/`: packets from a polling client.
@@ -315,14 +323,11 @@ pub async fn post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let cors = match Cors::check(&node, &headers) {
-        Ok(cors) => cors,
-        Err(e) => return e.response(&Cors::None),
+    let handle = async {
+        receive_polling(&node, query, body).await?;
+        Ok(([(header::CONTENT_TYPE, "text/html")], "ok").into_response())
     };
-    match receive_polling(&node, query, body).await {
-        Ok(()) => cors.apply(([(header::CONTENT_TYPE, "text/html")], "ok").into_response()),
-        Err(e) => e.response(&cors),
-    }
+    with_cors(&node, &headers, handle).await
 }
 
 fn random_id() -> Result<Arc<str>, EngineError> {
@@ -444,7 +449,7 @@ fn handshake_polling(
     let session = open_session(node, Transport::Polling, &query, headers, remote)?;
     let open = handshake_packet(node, &session.sid, &["websocket"]);
     tokio::spawn(polling_heartbeat(node.clone(), session));
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], open).into_response())
+    Ok(text_response(open))
 }
 
 /// Clears a session's "a GET is in flight" flag even if the request is dropped.
@@ -456,7 +461,8 @@ impl Drop for PollGuard<'_> {
     }
 }
 
-async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
+/// The live session a polling request names; a session already on websocket takes no polls.
+fn polling_session(node: &Node, sid: &str) -> Result<Arc<Session>, EngineError> {
     let session = node
         .sessions
         .get(sid)
@@ -464,6 +470,11 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
     if session.transport() == Transport::WebSocket {
         return Err(EngineError::new(ErrorCode::BadRequest));
     }
+    Ok(session)
+}
+
+async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
+    let session = polling_session(node, sid)?;
     if session.polling.swap(true, Ordering::AcqRel) {
         // Two concurrent polls break the protocol's ordering: end the session as Engine.IO does.
         session.close(CloseReason::ProtocolError);
@@ -479,7 +490,7 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
         Drained::Frames => engineio::encode_payload(frames.iter().map(Frame::as_str)),
         Drained::Closed(_) => engineio::CLOSE.to_owned(),
     };
-    Ok(text_response(&Cors::None, body))
+    Ok(text_response(body))
 }
 
 async fn receive_polling(
@@ -492,13 +503,7 @@ async fn receive_polling(
         .sid
         .as_deref()
         .ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
-    let session = node
-        .sessions
-        .get(sid)
-        .ok_or(EngineError::new(ErrorCode::UnknownSid))?;
-    if session.transport() == Transport::WebSocket {
-        return Err(EngineError::new(ErrorCode::BadRequest));
-    }
+    let session = polling_session(node, sid)?;
     let body = match body {
         Ok(body) if body.len() <= node.config.max_message_size => body,
         _ => {

@@ -13,23 +13,29 @@ use support::*;
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";
 
+/// The id of the node nginx sends a request from `ip` to.
+async fn node_behind(nginx: &Nginx, ip: IpAddr) -> String {
+    let health = http_from(
+        &ip.to_string(),
+        "GET",
+        &format!("{}/health", nginx.url()),
+        &[],
+        b"",
+    )
+    .await;
+    health.json()["node_id"]
+        .as_str()
+        .expect("node id")
+        .to_owned()
+}
+
 /// Finds, for each node id, a 127.0.0.x source address that nginx sends to that node, and
 /// checks it keeps doing so.
 async fn addresses_by_node(nginx: &Nginx) -> HashMap<String, IpAddr> {
     let mut found: HashMap<String, IpAddr> = HashMap::new();
     for last in 2..=80u8 {
-        let ip: IpAddr = format!("127.0.0.{last}").parse().expect("ip");
-        let health = http_from(
-            &ip.to_string(),
-            "GET",
-            &format!("{}/health", nginx.url()),
-            &[],
-            b"",
-        )
-        .await
-        .json();
-        let node = health["node_id"].as_str().expect("node id").to_owned();
-        found.entry(node).or_insert(ip);
+        let ip = IpAddr::from([127, 0, 0, last]);
+        found.entry(node_behind(nginx, ip).await).or_insert(ip);
         if found.len() == 2 {
             break;
         }
@@ -41,18 +47,9 @@ async fn addresses_by_node(nginx: &Nginx) -> HashMap<String, IpAddr> {
     );
     for (node, ip) in &found {
         for _ in 0..5 {
-            let health = http_from(
-                &ip.to_string(),
-                "GET",
-                &format!("{}/health", nginx.url()),
-                &[],
-                b"",
-            )
-            .await
-            .json();
             assert_eq!(
-                health["node_id"].as_str(),
-                Some(node.as_str()),
+                &node_behind(nginx, *ip).await,
+                node,
                 "{ip} sticks to {node}"
             );
         }
