@@ -63,12 +63,23 @@ impl Transport {
 /// What the handshake request carried that the Socket.IO connect may need.
 #[derive(Debug)]
 pub struct HandshakeInfo {
-    /// `Authorization: Bearer` of the first request.
-    pub bearer: Option<String>,
-    /// `?token=` of the first request.
-    pub query_token: Option<String>,
+    /// The token of the first request: `Authorization: Bearer`, else `?token=`. Dropped once a
+    /// namespace is connected, so idle sessions do not keep it.
+    token: std::sync::Mutex<Option<String>>,
     /// The peer address.
     pub remote: SocketAddr,
+}
+
+impl HandshakeInfo {
+    /// The handshake request's token, if it had one.
+    pub fn token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets the token.
+    pub fn forget_token(&self) {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 /// One Engine.IO session.
@@ -370,12 +381,14 @@ fn open_session(
         sid: random_id()?,
         outbox: Arc::new(Outbox::new(node.config.send_queue_bytes)),
         handshake: HandshakeInfo {
-            bearer: headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer)
-                .map(str::to_owned),
-            query_token: query.token.clone().filter(|t| !t.is_empty()),
+            token: std::sync::Mutex::new(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(bearer)
+                    .map(str::to_owned)
+                    .or_else(|| query.token.clone().filter(|t| !t.is_empty())),
+            ),
             remote,
         },
         sockets: socketio::Sockets::default(),

@@ -181,7 +181,8 @@ struct ConnectAuth {
     headers: HashMap<String, String>,
 }
 
-fn find_token<'a>(auth: &'a ConnectAuth, session: &'a Session) -> Option<&'a str> {
+/// The token of a connect: `auth.token`, else `auth.headers.Authorization`, else the handshake's.
+fn find_token(auth: &ConnectAuth, session: &Session) -> Option<String> {
     auth.token
         .as_deref()
         .filter(|t| !t.is_empty())
@@ -191,8 +192,8 @@ fn find_token<'a>(auth: &'a ConnectAuth, session: &'a Session) -> Option<&'a str
                 .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
                 .and_then(|(_, value)| bearer(value))
         })
-        .or(session.handshake.bearer.as_deref())
-        .or(session.handshake.query_token.as_deref())
+        .map(str::to_owned)
+        .or_else(|| session.handshake.token())
 }
 
 async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
@@ -227,7 +228,7 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
     };
     let principal = match find_token(&auth, session)
         .ok_or(TokenError::Missing)
-        .and_then(|token| node.config.jwt.verify(token))
+        .and_then(|token| node.config.jwt.verify(&token))
     {
         Ok(principal) => principal,
         Err(e) => {
