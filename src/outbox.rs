@@ -175,22 +175,37 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out` if there are any, without waiting.
-    pub fn try_drain(&self, out: &mut Vec<Frame>) -> Option<Drained> {
+    pub fn try_drain(&self, out: &mut VecDeque<Frame>) -> Option<Drained> {
         let mut state = self.lock();
         if !state.frames.is_empty() {
-            out.extend(state.frames.drain(..));
-            state.bytes = 0;
-            if state.frames.capacity() > 64 {
-                // Give back the memory of a burst; idle sockets should stay small.
-                state.frames = VecDeque::new();
+            if out.is_empty() {
+                // Take the queue's buffer whole; `recycle` hands it back once written.
+                *out = std::mem::take(&mut state.frames);
+            } else {
+                out.extend(state.frames.drain(..));
             }
+            state.bytes = 0;
             return Some(Drained::Frames);
         }
         state.closed.map(Drained::Closed)
     }
 
+    /// Returns a drained buffer's memory to the queue, so a socket keeps one buffer, not two.
+    pub fn recycle(&self, buffer: &mut VecDeque<Frame>) {
+        buffer.clear();
+        if buffer.capacity() > 64 {
+            // Give back the memory of a burst; idle sockets should stay small.
+            *buffer = VecDeque::new();
+            return;
+        }
+        let mut state = self.lock();
+        if state.frames.capacity() == 0 {
+            std::mem::swap(&mut state.frames, buffer);
+        }
+    }
+
     /// Waits until frames are queued (moving them into `out`) or the queue is closed.
-    pub async fn drain(&self, out: &mut Vec<Frame>) -> Drained {
+    pub async fn drain(&self, out: &mut VecDeque<Frame>) -> Drained {
         loop {
             if let Some(drained) = self.try_drain(out) {
                 return drained;
@@ -223,11 +238,17 @@ mod tests {
         let outbox = Outbox::new(100);
         outbox.push("a".into()).expect("push");
         outbox.push("b".into()).expect("push");
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
         let texts: Vec<_> = out.iter().map(Frame::as_str).collect();
         assert_eq!(texts, ["a", "b"]);
         assert_eq!(outbox.try_drain(&mut out), None);
+        // The buffer goes back to the queue: one allocation per socket at rest.
+        outbox.recycle(&mut out);
+        assert_eq!(out.capacity(), 0);
+        outbox.push("c".into()).expect("push");
+        assert_eq!(outbox.try_drain(&mut out), Some(Drained::Frames));
+        assert_eq!(out.len(), 1);
     }
 
     #[tokio::test]
@@ -240,7 +261,7 @@ mod tests {
         );
         assert_eq!(outbox.push("z".into()), Err(PushError::Closed));
         assert_eq!(outbox.closed().await, CloseReason::SlowConsumer);
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert_eq!(
             outbox.drain(&mut out).await,
             Drained::Closed(CloseReason::SlowConsumer)
@@ -264,7 +285,7 @@ mod tests {
         let outbox = Outbox::new(100);
         outbox.push("bye".into()).expect("push");
         outbox.close(CloseReason::ShuttingDown);
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
         assert_eq!(
             outbox.drain(&mut out).await,
@@ -278,7 +299,7 @@ mod tests {
         let waiter = {
             let outbox = outbox.clone();
             tokio::spawn(async move {
-                let mut out = Vec::new();
+                let mut out = VecDeque::new();
                 outbox.drain(&mut out).await;
                 out.len()
             })
