@@ -822,6 +822,10 @@ async fn run_websocket(
     mut heartbeat: Heartbeat,
 ) {
     let mut batch = std::collections::VecDeque::new();
+    // One timer for the whole session, moved only when the heartbeat's deadline does: a timer
+    // made per loop turn costs a registration and a removal on every write.
+    let timer = tokio::time::sleep_until(heartbeat.deadline());
+    tokio::pin!(timer);
     let reason = loop {
         tokio::select! {
             drained = session.outbox.drain(&mut batch) => match drained {
@@ -869,10 +873,11 @@ async fn run_websocket(
                     session.close(reason);
                 }
             },
-            () = tokio::time::sleep_until(heartbeat.deadline()) => {
+            () = &mut timer => {
                 if let Some(reason) = beat(node, session, &mut heartbeat) {
                     session.close(reason);
                 }
+                timer.as_mut().reset(heartbeat.deadline());
             },
         }
     };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -60,6 +61,12 @@ pub async fn run(
         tracing::info!("shutdown requested: no new connections");
         let _ = drained_tx.send(());
     };
+    // Small frames go out at once: with Nagle, a second frame waits for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
     let serve = tokio::spawn(async move { serve.await });
     // The accept loop stops at the signal; then sockets are drained with a bounded wait.
