@@ -31,7 +31,8 @@ use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
 use crate::socketio;
 
-/// Per-connection websocket read buffer: small, because tungstenite zero-fills it on every read.
+/// Per-connection websocket read buffer. Tungstenite allocates it eagerly for every
+/// connection; clients send small packets (pongs, subscribes), and a larger frame just grows it.
 const WS_READ_BUFFER: usize = 512;
 /// Time a client has to finish the upgrade once it starts probing.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    raise_file_limit(config.max_connections);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,6 +56,20 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Raises the soft open-files limit to the hard one: every client is a file descriptor, and
+/// service managers often start processes with a soft limit of 1,024.
+fn raise_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 => tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "the open-files limit is below SWITCHBOARD_MAX_CONNECTIONS; raise LimitNOFILE / ulimit -n"
+        ),
+        Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
 }
 
 fn init_logging(format: LogFormat) {

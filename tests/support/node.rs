@@ -65,6 +65,11 @@ impl Node {
         self.addr.port()
     }
 
+    /// The process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// `http://127.0.0.1:<port>`, without a trailing slash.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -51,6 +51,13 @@ impl LoggedChild {
         }
     }
 
+    /// The process id; panics if the process has already been waited for.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .id()
+            .unwrap_or_else(|| panic!("{} has already exited", self.name))
+    }
+
     /// The exit status if the process has already ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child

@@ -1,0 +1,339 @@
+//! One Socket.IO v4 client over websocket, spoken by hand: the handshake up to `subscribed`,
+//! then a loop that answers Engine.IO pings and hands every event to the scenario.
+//!
+//! Kept small on purpose: 19,000 of these live in one process, so a client is one task, a
+//! websocket with a 4 KiB read buffer, and nothing else allocated per connection.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::target::{self, Target};
+
+/// How long a closing client waits for its close frame to go out.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Smallest websocket read buffer. Going lower saves nothing: tungstenite keeps its 4 KiB
+/// handshake buffer as the read buffer.
+const MIN_READ_BUFFER: usize = 4096;
+/// Largest websocket read buffer.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
+/// The websocket read buffer for messages of about `message_size` bytes.
+///
+/// Small, because every client has one and tungstenite zero-fills it before each read.
+pub fn read_buffer_for(message_size: usize) -> usize {
+    (message_size + 256)
+        .next_power_of_two()
+        .clamp(MIN_READ_BUFFER, MAX_READ_BUFFER)
+}
+
+/// Why a handshake failed, as counted in the summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The TCP connection could not be opened.
+    Tcp,
+    /// The websocket upgrade was refused or broke.
+    Upgrade,
+    /// The server answered CONNECT with a `44` connect error.
+    ConnectError,
+    /// The server answered `subscribe` with `subscription_error`.
+    Subscribe,
+    /// The whole handshake took longer than the timeout.
+    Timeout,
+    /// The connection closed or carried something unexpected during the handshake.
+    Protocol,
+}
+
+/// Handshake failures by kind.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Failures {
+    pub tcp: u64,
+    pub upgrade: u64,
+    pub connect_error: u64,
+    pub subscribe: u64,
+    pub timeout: u64,
+    pub protocol: u64,
+}
+
+impl Failures {
+    /// Counts one failure.
+    pub fn add(&mut self, failure: Failure) {
+        let count = match failure {
+            Failure::Tcp => &mut self.tcp,
+            Failure::Upgrade => &mut self.upgrade,
+            Failure::ConnectError => &mut self.connect_error,
+            Failure::Subscribe => &mut self.subscribe,
+            Failure::Timeout => &mut self.timeout,
+            Failure::Protocol => &mut self.protocol,
+        };
+        *count += 1;
+    }
+
+    /// All failures together.
+    pub fn total(&self) -> u64 {
+        self.tcp + self.upgrade + self.connect_error + self.subscribe + self.timeout + self.protocol
+    }
+}
+
+/// A handshake failure with the detail for the first-error line on stderr.
+#[derive(Debug)]
+pub struct HandshakeError {
+    pub failure: Failure,
+    pub detail: String,
+}
+
+impl HandshakeError {
+    fn new(failure: Failure, detail: impl Into<String>) -> Self {
+        Self {
+            failure,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What every client of a run shares: where to connect and how to authenticate.
+pub struct ClientContext {
+    targets: Vec<Target>,
+    sources: Vec<Ipv4Addr>,
+    key: EncodingKey,
+    config: WebSocketConfig,
+    channels: u32,
+    timeout: Duration,
+}
+
+/// Claims of a bench token.
+#[derive(Serialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+impl ClientContext {
+    /// A context for clients receiving messages of about `message_size` bytes, read
+    /// `read_buffer` bytes at a time.
+    pub fn new(
+        targets: Vec<Target>,
+        sources: Vec<Ipv4Addr>,
+        jwt_secret: &str,
+        channels: u32,
+        timeout: Duration,
+        message_size: usize,
+        read_buffer: usize,
+    ) -> Self {
+        let max_message = message_size.saturating_mul(2).saturating_add(64 * 1024);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(read_buffer)
+            // Write each frame at once: clients only send pongs and the odd subscribe.
+            .write_buffer_size(0)
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        Self {
+            targets,
+            sources,
+            key: EncodingKey::from_secret(jwt_secret.as_bytes()),
+            config,
+            channels,
+            timeout,
+        }
+    }
+
+    /// The channel connection `index` subscribes to.
+    pub fn channel_of(&self, index: usize) -> u32 {
+        (index % self.channels as usize) as u32
+    }
+
+    /// Runs the full handshake of connection `index`, within the timeout.
+    pub async fn open(&self, index: usize) -> Result<Session, HandshakeError> {
+        match tokio::time::timeout(self.timeout, self.handshake(index)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(HandshakeError::new(
+                Failure::Timeout,
+                format!("handshake took longer than {:?}", self.timeout),
+            )),
+        }
+    }
+
+    async fn handshake(&self, index: usize) -> Result<Session, HandshakeError> {
+        let target = &self.targets[index % self.targets.len()];
+        let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+        let stream = target::connect(target.addr, source).await.map_err(|e| {
+            HandshakeError::new(Failure::Tcp, format!("connect to {}: {e}", target.addr))
+        })?;
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(
+            target.websocket_url(),
+            stream,
+            Some(self.config),
+        )
+        .await
+        .map_err(|e| HandshakeError::new(Failure::Upgrade, format!("websocket upgrade: {e}")))?;
+        let channel = self.channel_of(index);
+        let mut session = Session { ws, channel };
+
+        let open = session.next_text().await?;
+        if !open.starts_with('0') {
+            return Err(protocol(format!(
+                "expected the Engine.IO open packet, got {open:?}"
+            )));
+        }
+        let token = self.token(index)?;
+        session.send(format!(r#"40{{"token":"{token}"}}"#)).await?;
+        loop {
+            let text = session.next_text().await?;
+            if text.starts_with("40") {
+                break;
+            }
+            if text.starts_with("44") {
+                return Err(HandshakeError::new(Failure::ConnectError, text));
+            }
+        }
+        session
+            .send(format!(
+                r#"42["subscribe",{{"channel":"bench.{channel}"}}]"#
+            ))
+            .await?;
+        loop {
+            let text = session.next_text().await?;
+            let Some(args) = text.strip_prefix("42") else {
+                continue;
+            };
+            let Ok((event, reply)) = serde_json::from_str::<(String, SubscribeReply)>(args) else {
+                continue;
+            };
+            if reply.channel != format!("bench.{channel}") {
+                continue;
+            }
+            match event.as_str() {
+                "subscribed" if reply.status.as_deref() == Some("success") => return Ok(session),
+                "subscription_error" => {
+                    return Err(HandshakeError::new(Failure::Subscribe, text));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn token(&self, index: usize) -> Result<String, HandshakeError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = Claims {
+            sub: index.to_string(),
+            exp: now + 3600,
+        };
+        jsonwebtoken::encode(&Header::default(), &claims, &self.key)
+            .map_err(|e| protocol(format!("cannot sign a token: {e}")))
+    }
+}
+
+/// The payload of `subscribed` and `subscription_error`.
+#[derive(Deserialize)]
+struct SubscribeReply {
+    channel: String,
+    status: Option<String>,
+}
+
+fn protocol(detail: String) -> HandshakeError {
+    HandshakeError::new(Failure::Protocol, detail)
+}
+
+/// A connected, subscribed client.
+pub struct Session {
+    ws: WebSocketStream<TcpStream>,
+    channel: u32,
+}
+
+/// How a held session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The bench asked it to stop; it was still open.
+    Stopped,
+    /// The server or the network closed it first.
+    Dropped,
+}
+
+impl Session {
+    /// The index of the channel this client subscribed to (`bench.{channel}`).
+    pub fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    /// Answers pings and hands every Socket.IO event (the text after `42`) to `on_event`
+    /// until `stop` is sent or the connection ends; then closes the connection.
+    pub async fn hold(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut on_event: impl FnMut(&str),
+    ) -> End {
+        // One future for the whole loop: a fresh `changed()` per message would register and
+        // unregister a waiter under the channel's lock every time.
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = self.ws.next() => message,
+                _ = &mut stopped => {
+                    // Boxed: its timer would otherwise take room in every client's task.
+                    Box::pin(self.close()).await;
+                    return End::Stopped;
+                }
+            };
+            let ping = match message {
+                Some(Ok(Message::Text(text))) => {
+                    let text = text.as_str();
+                    if let Some(event) = text.strip_prefix("42") {
+                        on_event(event);
+                        false
+                    } else if text.starts_with('1') {
+                        return End::Dropped;
+                    } else {
+                        text == "2"
+                    }
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return End::Dropped,
+                Some(Ok(_)) => false,
+            };
+            // The message is gone before this await, so the task need not keep room for it.
+            if ping && self.ws.send(Message::text("3")).await.is_err() {
+                return End::Dropped;
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(None)).await;
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), HandshakeError> {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| protocol(format!("send: {e}")))
+    }
+
+    /// The next text message of the handshake, answering pings on the way.
+    async fn next_text(&mut self) -> Result<String, HandshakeError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                    self.send("3".to_owned()).await?;
+                }
+                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(protocol(format!("closed by the server: {frame:?}")));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(protocol(format!("read: {e}"))),
+                None => return Err(protocol("connection closed".to_owned())),
+            }
+        }
+    }
+}

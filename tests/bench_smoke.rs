@@ -1,0 +1,219 @@
+//! A small run of each `switchboard-bench` scenario against a real node, so the load generator
+//! keeps working: its JSON summary parses and counts what happened. Nothing here is timed.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use tokio::process::Command;
+
+const API_KEY: &str = "k";
+/// A bench run is a few seconds; more means it hung.
+const BENCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `switchboard-bench <args>` and returns its JSON summary line.
+async fn bench(args: &[&str]) -> Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"));
+    command
+        .args(args)
+        .args(["--source-addresses", "1"])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(BENCH_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("switchboard-bench {args:?} ran longer than {BENCH_TIMEOUT:?}"))
+        .unwrap_or_else(|err| panic!("run switchboard-bench {args:?}: {err}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "switchboard-bench {args:?} failed ({}):\n{stderr}",
+        output.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "switchboard-bench {args:?} should print exactly one line on stdout, got:\n{stdout}\nstderr:\n{stderr}"
+    );
+    serde_json::from_str(lines[0])
+        .unwrap_or_else(|err| panic!("summary of {args:?} is not JSON ({err}): {}", lines[0]))
+}
+
+fn count(summary: &Value, path: &str) -> u64 {
+    summary
+        .pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no count at {path} in {summary}"))
+}
+
+/// Fanout of 20 messages to 5 clients on 2 channels: every delivery arrives exactly once.
+async fn fanout(node: &Node, publish: &[&str]) -> Value {
+    let url = node.url();
+    let mut args = vec![
+        "fanout",
+        "--url",
+        &url,
+        "--connections",
+        "5",
+        "--channels",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--label",
+        "smoke",
+    ];
+    args.extend_from_slice(publish);
+    let summary = bench(&args).await;
+    assert_eq!(summary["scenario"], "fanout");
+    assert_eq!(summary["label"], "smoke");
+    assert_eq!(count(&summary, "/connect/connected"), 5, "{summary}");
+    assert_eq!(count(&summary, "/published"), 20, "{summary}");
+    // Channel 0 (clients 0, 2, 4) and channel 1 (clients 1, 3) get 10 messages each.
+    assert_eq!(count(&summary, "/expected"), 50, "{summary}");
+    assert_eq!(count(&summary, "/delivered"), 50, "{summary}");
+    assert_eq!(count(&summary, "/lost"), 0, "{summary}");
+    assert_eq!(count(&summary, "/duplicated"), 0, "{summary}");
+    assert_eq!(count(&summary, "/misrouted"), 0, "{summary}");
+    assert_eq!(count(&summary, "/latency_ms/count"), 50, "{summary}");
+    summary
+}
+
+#[tokio::test]
+async fn fanout_through_the_http_api() {
+    let node = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
+    let pid = node.pid().to_string();
+    let summary = fanout(
+        &node,
+        &[
+            "--publish",
+            "http",
+            "--api-key",
+            API_KEY,
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(summary["params"]["publish"], "http");
+    assert!(summary["server"]["cpu_seconds"].is_number(), "{summary}");
+    assert!(count(&summary, "/server/rss_bytes") > 0, "{summary}");
+}
+
+#[tokio::test]
+async fn fanout_through_redis() {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--api-keys",
+            API_KEY,
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            "laravel_database_",
+        ],
+        &[],
+    )
+    .await;
+    let summary = fanout(
+        &node,
+        &[
+            "--publish",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            "laravel_database_",
+        ],
+    )
+    .await;
+    assert_eq!(summary["params"]["publish"], "redis");
+    assert!(summary["server"].is_null(), "no --server-pid: {summary}");
+}
+
+#[tokio::test]
+async fn connect_runs_every_handshake() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let summary = bench(&[
+        "connect",
+        "--url",
+        &node.url(),
+        "--connections",
+        "20",
+        "--concurrency",
+        "5",
+    ])
+    .await;
+    assert_eq!(summary["scenario"], "connect");
+    assert_eq!(count(&summary, "/connected"), 20, "{summary}");
+    for kind in [
+        "tcp",
+        "upgrade",
+        "connect_error",
+        "subscribe",
+        "timeout",
+        "protocol",
+    ] {
+        assert_eq!(
+            count(&summary, &format!("/failures/{kind}")),
+            0,
+            "{summary}"
+        );
+    }
+    assert_eq!(count(&summary, "/latency_ms/count"), 20, "{summary}");
+}
+
+#[tokio::test]
+async fn connect_counts_refused_tokens() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let summary = bench(&[
+        "connect",
+        "--url",
+        &node.url(),
+        "--connections",
+        "3",
+        "--jwt-secret",
+        "not-the-secret",
+    ])
+    .await;
+    assert_eq!(count(&summary, "/connected"), 0, "{summary}");
+    assert_eq!(count(&summary, "/failures/connect_error"), 3, "{summary}");
+}
+
+#[tokio::test]
+async fn idle_holds_connections_and_measures_the_server() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let pid = node.pid().to_string();
+    let summary = bench(&[
+        "idle",
+        "--url",
+        &node.url(),
+        "--connections",
+        "5",
+        "--duration",
+        "1",
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert_eq!(summary["scenario"], "idle");
+    assert_eq!(count(&summary, "/connect/connected"), 5, "{summary}");
+    assert_eq!(count(&summary, "/dropped"), 0, "{summary}");
+    for field in [
+        "rss_bytes",
+        "rss_before_bytes",
+        "rss_connected_bytes",
+        "rss_end_bytes",
+        "rss_per_connection_bytes",
+    ] {
+        assert!(
+            summary["server"][field].is_u64(),
+            "server.{field} missing: {summary}"
+        );
+    }
+}
