@@ -37,14 +37,7 @@ pub async fn run(args: ConnectArgs) -> Result<Summary> {
     let setup = Setup::prepare(common, 0).await?;
     let server_before = stats::sample_pids(&common.server_pid)?;
     let bench_before = stats::sample_self()?;
-    let (fleet, connect) = fleet::connect(
-        setup.context.clone(),
-        common.connections,
-        common.concurrency,
-        common.channels,
-        fleet::hold_quietly,
-    )
-    .await?;
+    let (fleet, connect) = fleet::connect_quietly(&setup, common).await?;
     let server_after = stats::sample_pids(&common.server_pid)?;
     let bench = BenchStats::since(&bench_before, common.threads)?;
     let ends = fleet.stop().await?;

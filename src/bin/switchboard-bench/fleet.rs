@@ -169,10 +169,22 @@ impl<T: 'static> Fleet<Option<T>> {
     }
 }
 
-/// Holds a session until stopped, ignoring its events; for `connect` and `idle`.
-pub fn hold_quietly(
-    session: Session,
-    stop: watch::Receiver<bool>,
-) -> impl Future<Output = End> + Send {
+/// Opens the scenario's clients and holds them quietly until stopped; for `connect` and `idle`.
+pub async fn connect_quietly(
+    setup: &crate::setup::Setup,
+    common: &crate::cli::Common,
+) -> Result<(Fleet<Option<End>>, ConnectPhase)> {
+    connect(
+        setup.context.clone(),
+        common.connections,
+        common.concurrency,
+        common.channels,
+        hold_quietly,
+    )
+    .await
+}
+
+/// Holds a session until stopped, ignoring its events.
+fn hold_quietly(session: Session, stop: watch::Receiver<bool>) -> impl Future<Output = End> + Send {
     session.hold(stop, |_| {})
 }

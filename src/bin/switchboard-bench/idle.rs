@@ -42,14 +42,7 @@ pub async fn run(args: IdleArgs) -> Result<Summary> {
     let common = &args.common;
     let setup = Setup::prepare(common, 0).await?;
     let server_idle = stats::sample_pids(&common.server_pid)?;
-    let (fleet, connect) = fleet::connect(
-        setup.context.clone(),
-        common.connections,
-        common.concurrency,
-        common.channels,
-        fleet::hold_quietly,
-    )
-    .await?;
+    let (fleet, connect) = fleet::connect_quietly(&setup, common).await?;
     let server_connected = stats::sample_pids(&common.server_pid)?;
     let bench_before = stats::sample_self()?;
     eprintln!(
