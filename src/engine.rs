@@ -831,6 +831,12 @@ async fn run_websocket(
         tokio::select! {
             drained = session.outbox.drain(&mut batch) => match drained {
                 Drained::Frames => {
+                    if !node.config.write_delay.is_zero() {
+                        // Coalescing: let the frames that follow join this write. Boxed so
+                        // the timer is not part of every idle connection's task.
+                        Box::pin(tokio::time::sleep(node.config.write_delay)).await;
+                        session.outbox.try_drain(&mut batch);
+                    }
                     let write = async {
                         for frame in batch.drain(..) {
                             socket.feed(Message::Text(frame.0)).await?;

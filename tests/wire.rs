@@ -543,3 +543,26 @@ async fn health_ready_and_metrics() {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn write_delay_coalesces_without_losing_order() {
+    let node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY, "--write-delay", "20ms"],
+        &[],
+    )
+    .await;
+    let (mut ws, _) = socket(&node, 1).await;
+    subscribe(&mut ws, "news").await;
+    for n in 0..3 {
+        let body = json!({"channel": "news", "event": "n", "data": n});
+        assert_eq!(
+            api(&node, Some(API_KEY), body.to_string().as_bytes())
+                .await
+                .status,
+            202
+        );
+    }
+    for n in 0..3 {
+        assert_eq!(next_text(&mut ws).await, format!(r#"42["n","news",{n}]"#));
+    }
+}
