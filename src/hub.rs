@@ -6,7 +6,7 @@
 //! waits on a socket.
 
 use std::cell::OnceCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
+use crate::auth::Principal;
 use crate::outbox::{Frame, Outbox, PushError};
 
 /// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
@@ -33,34 +34,36 @@ const CODECS: usize = 1;
 pub struct Member {
     /// The socket id.
     pub id: SocketId,
-    /// The user the socket belongs to.
-    pub user_id: Arc<str>,
+    /// Who the socket belongs to.
+    pub principal: Principal,
     /// How broadcasts are encoded for it.
     pub codec: Codec,
     /// Its outgoing queue.
     pub outbox: Arc<Outbox>,
-    channels: Mutex<HashSet<Arc<str>>>,
+    /// A short list: sockets join few channels (at most `max_subscriptions`), and a Vec is
+    /// smaller per idle socket than a hash set.
+    channels: Mutex<Vec<Arc<str>>>,
 }
 
 impl Member {
     /// A member with no channels yet.
-    pub fn new(id: SocketId, user_id: Arc<str>, codec: Codec, outbox: Arc<Outbox>) -> Self {
+    pub fn new(id: SocketId, principal: Principal, codec: Codec, outbox: Arc<Outbox>) -> Self {
         Self {
             id,
-            user_id,
+            principal,
             codec,
             outbox,
-            channels: Mutex::new(HashSet::new()),
+            channels: Mutex::new(Vec::new()),
         }
     }
 
-    fn channels(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+    fn channels(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the socket is in `channel`.
     pub fn is_in(&self, channel: &str) -> bool {
-        self.channels().contains(channel)
+        self.channels().iter().any(|c| &**c == channel)
     }
 }
 
@@ -95,9 +98,59 @@ impl Ready {
     }
 }
 
+/// The local members of a channel. A channel with one local member (typically a user's own
+/// `private-user.{id}`) keeps it inline: one hash map less per connected user.
+#[derive(Debug)]
+enum Members {
+    One(Arc<Member>),
+    Many(HashMap<SocketId, Arc<Member>>),
+}
+
+impl Members {
+    /// Adds a member; returns whether it was already there.
+    fn insert(&mut self, member: &Arc<Member>) -> bool {
+        match self {
+            Self::One(existing) if existing.id == member.id => true,
+            Self::One(existing) => {
+                let mut map = HashMap::with_capacity(2);
+                map.insert(existing.id.clone(), existing.clone());
+                map.insert(member.id.clone(), member.clone());
+                *self = Self::Many(map);
+                false
+            }
+            Self::Many(map) => map.insert(member.id.clone(), member.clone()).is_some(),
+        }
+    }
+
+    /// Removes a member; returns whether the channel is now empty.
+    fn remove(&mut self, id: &str) -> bool {
+        match self {
+            Self::One(existing) => &*existing.id == id,
+            Self::Many(map) => {
+                map.remove(id);
+                map.is_empty()
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(map) => map.len(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Arc<Member>)) {
+        match self {
+            Self::One(member) => f(member),
+            Self::Many(map) => map.values().for_each(f),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Channel {
-    members: HashMap<SocketId, Arc<Member>>,
+    members: Members,
     ready: Arc<Ready>,
 }
 
@@ -195,28 +248,30 @@ impl Hub {
     ) -> Result<Joined, JoinError> {
         let name: Arc<str> = {
             let mut channels = member.channels();
-            if let Some(existing) = channels.get(channel) {
+            if let Some(existing) = channels.iter().find(|c| &***c == channel) {
                 existing.clone()
             } else {
                 if channels.len() >= limit {
                     return Err(JoinError::TooMany(limit));
                 }
-                let name: Arc<str> = channel.into();
-                channels.insert(name.clone());
+                // Share the hub's copy of the name when the channel exists already.
+                let name: Arc<str> = match self.channels.get(channel) {
+                    Some(entry) => entry.key().clone(),
+                    None => channel.into(),
+                };
+                channels.push(name.clone());
                 name
             }
         };
-        let mut entry = self
+        let mut already = false;
+        let entry = self
             .channels
             .entry(name.clone())
+            .and_modify(|entry| already = entry.members.insert(member))
             .or_insert_with(|| Channel {
-                members: HashMap::new(),
+                members: Members::One(member.clone()),
                 ready: on_first(&name),
             });
-        let already = entry
-            .members
-            .insert(member.id.clone(), member.clone())
-            .is_some();
         Ok(Joined {
             already,
             ready: entry.ready.clone(),
@@ -226,12 +281,15 @@ impl Hub {
     /// Removes `member` from `channel`; `on_last` runs, under the lock, when the channel
     /// loses its last local member. Returns whether the member was in the channel.
     pub fn leave(&self, member: &Member, channel: &str, on_last: impl FnOnce(&Arc<str>)) -> bool {
-        if !member.channels().remove(channel) {
-            return false;
+        {
+            let mut channels = member.channels();
+            let Some(index) = channels.iter().position(|c| &**c == channel) else {
+                return false;
+            };
+            channels.swap_remove(index);
         }
         self.channels.remove_if_mut(channel, |name, entry| {
-            entry.members.remove(&member.id);
-            if entry.members.is_empty() {
+            if entry.members.remove(&member.id) {
                 on_last(name);
                 true
             } else {
@@ -256,16 +314,16 @@ impl Hub {
         let Some(entry) = self.channels.get(message.channel) else {
             return fanout;
         };
-        for member in entry.members.values() {
+        entry.members.for_each(|member| {
             if message.except == Some(&*member.id) {
-                continue;
+                return;
             }
             match member.outbox.push(message.frame(member.codec).clone()) {
                 Ok(()) => fanout.delivered += 1,
                 Err(PushError::Overflow) => fanout.slow += 1,
                 Err(PushError::Closed) => {}
             }
-        }
+        });
         fanout
     }
 
@@ -287,9 +345,14 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn member(id: &str) -> Arc<Member> {
+        let principal = Principal {
+            user_id: "u".into(),
+            role: None,
+            name: None,
+        };
         Arc::new(Member::new(
             id.into(),
-            "u".into(),
+            principal,
             Codec::SocketIo,
             Arc::new(Outbox::new(1 << 20)),
         ))
@@ -327,6 +390,22 @@ mod tests {
         assert_eq!(hub.leave_all(&b, |_| lasts += 1), 1);
         assert_eq!(lasts, 1);
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_single_member_channel_comes_and_goes() {
+        let hub = Hub::default();
+        let (a, b) = (member("a"), member("b"));
+        hub.join(&a, "private-user.u", 10, |_| ready()).expect("join");
+        assert!(!hub.leave(&b, "private-user.u", |_| panic!("b was never in")));
+        let mut lasts = 0;
+        assert!(hub.leave(&a, "private-user.u", |_| lasts += 1));
+        assert_eq!((lasts, hub.channel_count()), (1, 0));
+        // Two members, then one leaves: the channel stays for the other.
+        hub.join(&a, "news", 10, |_| ready()).expect("join");
+        hub.join(&b, "news", 10, |_| ready()).expect("join");
+        assert!(hub.leave(&a, "news", |_| panic!("b is still in")));
+        assert_eq!(hub.member_count("news"), 1);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The Socket.IO layer: namespace connects with JWT authentication, and the events of
 //! Laravel Echo's socket.io conventions (`subscribe`, `unsubscribe`, `client event`, `ping`).
 //!
-//! It sits on an Engine.IO [`Session`]; each connected namespace is a [`Socket`], which is a
-//! hub member. Answers are queued on the session's outbox like any broadcast.
+//! It sits on an Engine.IO [`Session`]; each connected namespace is a socket, which is a hub
+//! [`Member`]. Answers are queued on the session's outbox like any broadcast.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::auth::{Principal, TokenError, bearer};
+use crate::auth::{TokenError, bearer};
 use crate::channel::{self, Kind, Refusal};
 use crate::engine::Session;
 use crate::hub::{Codec, JoinError, Member};
@@ -25,30 +25,21 @@ use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 /// The namespace served today.
 pub const ROOT: &str = "/";
 
-/// A socket connected to a namespace.
-#[derive(Debug)]
-pub struct Socket {
-    /// Its hub membership (id, outbox, channels).
-    pub member: Arc<Member>,
-    /// Who it is.
-    pub principal: Principal,
-}
-
 /// The Socket.IO state of one Engine.IO session.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    root: Mutex<Option<Arc<Socket>>>,
+    root: Mutex<Option<Arc<Member>>>,
     ever_connected: AtomicBool,
     /// Binary attachments still to discard after a refused binary packet.
     discard: AtomicUsize,
 }
 
 impl Sockets {
-    fn root(&self) -> Option<Arc<Socket>> {
+    fn root(&self) -> Option<Arc<Member>> {
         self.root.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_root(&self, socket: Option<Arc<Socket>>) -> Option<Arc<Socket>> {
+    fn set_root(&self, socket: Option<Arc<Member>>) -> Option<Arc<Member>> {
         std::mem::replace(
             &mut *self.root.lock().unwrap_or_else(|p| p.into_inner()),
             socket,
@@ -114,7 +105,7 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
             if packet.namespace == ROOT
                 && let Some(socket) = session.sockets.set_root(None)
             {
-                node.leave_all(&socket.member);
+                node.leave_all(&socket);
             }
             Ok(())
         }
@@ -249,25 +240,22 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         });
         return;
     };
-    let member = Arc::new(Member::new(
+    let socket = Arc::new(Member::new(
         id,
-        principal.user_id.clone(),
+        principal,
         Codec::SocketIo,
         session.outbox.clone(),
     ));
-    let socket = Arc::new(Socket { member, principal });
     session.sockets.set_root(Some(socket.clone()));
     session
         .sockets
         .ever_connected
         .store(true, Ordering::Release);
-    send(session, |out| {
-        codec::write_connect(out, ROOT, &socket.member.id)
-    });
-    tracing::debug!(sid = %session.sid, socket = %socket.member.id, user = %socket.principal.user_id, "socket connected");
+    send(session, |out| codec::write_connect(out, ROOT, &socket.id));
+    tracing::debug!(sid = %session.sid, socket = %socket.id, user = %socket.principal.user_id, "socket connected");
 
     let own = channel::user_channel(&socket.principal.user_id);
-    match node.join(&socket.member, &own).await {
+    match node.join(&socket, &own).await {
         Ok(_) => emit(
             session,
             "subscribed",
@@ -302,7 +290,7 @@ fn first_arg<'a, T: Deserialize<'a>>(args: &[&'a RawValue]) -> Option<T> {
 async fn on_event(
     node: &Node,
     session: &Session,
-    socket: &Socket,
+    socket: &Arc<Member>,
     name: &str,
     args: &[&RawValue],
     ack: Option<u64>,
@@ -322,7 +310,7 @@ async fn on_event(
                 let error = json!({"channel": null, "error": "expected {channel}"});
                 return answer(session, ack, "subscription_error", &error);
             };
-            node.leave(&socket.member, &channel);
+            node.leave(socket, &channel);
             answer(session, ack, "unsubscribed", &json!({"channel": channel}));
         }
         "client event" => whisper(node, session, socket, args, ack).await,
@@ -346,7 +334,7 @@ async fn on_event(
 async fn subscribe(
     node: &Node,
     session: &Session,
-    socket: &Socket,
+    socket: &Arc<Member>,
     args: &[&RawValue],
     ack: Option<u64>,
 ) {
@@ -358,7 +346,7 @@ async fn subscribe(
         channel::validate(&channel, node.config.max_channel_length)
             .map_err(Refusal::InvalidName)?;
         channel::authorize(&socket.principal, &channel)?;
-        node.join(&socket.member, &channel)
+        node.join(socket, &channel)
             .await
             .map_err(|JoinError::TooMany(limit)| {
                 Refusal::InvalidName(format!("too many subscriptions (limit {limit})"))
@@ -390,7 +378,7 @@ async fn subscribe(
 async fn whisper(
     node: &Node,
     session: &Session,
-    socket: &Socket,
+    socket: &Arc<Member>,
     args: &[&RawValue],
     ack: Option<u64>,
 ) {
@@ -415,14 +403,11 @@ async fn whisper(
             "client events are only allowed on private and presence channels",
         );
     }
-    if !socket.member.is_in(&channel) {
+    if !socket.is_in(&channel) {
         return refuse(Some(&channel), "not subscribed to this channel");
     }
     let data = data.unwrap_or(RawValue::NULL);
-    match node
-        .publish(&channel, &event, data, Some(&socket.member.id))
-        .await
-    {
+    match node.publish(&channel, &event, data, Some(&socket.id)).await {
         Ok(()) => {
             if let Some(id) = ack {
                 send(session, |out| {
@@ -437,7 +422,7 @@ async fn whisper(
 /// Releases the session's sockets when the session ends.
 pub fn on_close(node: &Node, session: &Session) {
     if let Some(socket) = session.sockets.set_root(None) {
-        node.leave_all(&socket.member);
-        tracing::debug!(socket = %socket.member.id, "socket disconnected");
+        node.leave_all(&socket);
+        tracing::debug!(socket = %socket.id, "socket disconnected");
     }
 }
