@@ -396,7 +396,8 @@ mod tests {
     fn a_single_member_channel_comes_and_goes() {
         let hub = Hub::default();
         let (a, b) = (member("a"), member("b"));
-        hub.join(&a, "private-user.u", 10, |_| ready()).expect("join");
+        hub.join(&a, "private-user.u", 10, |_| ready())
+            .expect("join");
         assert!(!hub.leave(&b, "private-user.u", |_| panic!("b was never in")));
         let mut lasts = 0;
         assert!(hub.leave(&a, "private-user.u", |_| lasts += 1));

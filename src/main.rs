@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match TcpListener::bind(config.listen).await {
+        let listener = match listen(config.listen) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!(
@@ -57,6 +57,23 @@ fn main() -> ExitCode {
         }
     })
 }
+
+/// Binds the client port with a deep accept queue: in a reconnect storm the default (1,024)
+/// overflows, and every dropped SYN costs its client a one-second retransmit. The kernel caps
+/// the queue at `net.core.somaxconn`.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the kernel may queue before the node accepts them.
+const LISTEN_BACKLOG: u32 = 8192;
 
 /// Raises the soft open-files limit to the hard one: every client is a file descriptor, and
 /// service managers often start processes with a soft limit of 1,024.
