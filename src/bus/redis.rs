@@ -27,8 +27,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the idle pub/sub connection is checked, so a silently dead one is replaced.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
-/// Subscribe this many channels per command when re-subscribing after a reconnect.
-const RESUBSCRIBE_CHUNK: usize = 500;
+/// Most channels in one SUBSCRIBE (after a reconnect, or batched from waiting commands).
+const BATCH: usize = 500;
 
 enum Command {
     Subscribe(Arc<str>, Arc<Ready>),
@@ -185,7 +185,16 @@ impl Subscriber {
                     }
                     command = commands.recv() => {
                         let Some(command) = command else { return };
-                        if let Err(e) = self.apply(&mut sink, command).await {
+                        // Take whatever else is waiting too: a connect storm's subscribes then
+                        // share one SUBSCRIBE round trip instead of one each.
+                        let mut batch = vec![command];
+                        while batch.len() < BATCH {
+                            match commands.try_recv() {
+                                Ok(command) => batch.push(command),
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(e) = self.apply(&mut sink, batch).await {
                             tracing::warn!(error = %e, "redis subscriber: command failed; reconnecting");
                             break;
                         }
@@ -229,35 +238,70 @@ impl Subscriber {
         }
     }
 
-    async fn apply(&mut self, sink: &mut PubSubSink, command: Command) -> redis::RedisResult<()> {
-        match command {
-            Command::Subscribe(channel, ready) => {
-                let name = self.prefixed(&channel);
-                self.wanted.insert(channel, ready.clone());
-                sink.subscribe(name).await?;
-                ready.set();
-            }
-            Command::Unsubscribe(channel) => {
-                let name = self.prefixed(&channel);
-                self.wanted.remove(&channel);
-                sink.unsubscribe(name).await?;
+    /// Applies commands in order; each run of subscribes (or unsubscribes) is one command to Redis.
+    async fn apply(
+        &mut self,
+        sink: &mut PubSubSink,
+        batch: Vec<Command>,
+    ) -> redis::RedisResult<()> {
+        let mut batch = batch.into_iter().peekable();
+        while let Some(command) = batch.next() {
+            match command {
+                Command::Subscribe(channel, ready) => {
+                    let mut run = vec![(channel, ready)];
+                    while let Some(Command::Subscribe(..)) = batch.peek() {
+                        if let Some(Command::Subscribe(channel, ready)) = batch.next() {
+                            run.push((channel, ready));
+                        }
+                    }
+                    for (channel, ready) in &run {
+                        self.wanted.insert(channel.clone(), ready.clone());
+                    }
+                    self.subscribe_run(sink, &run).await?;
+                }
+                Command::Unsubscribe(channel) => {
+                    let mut run = vec![channel];
+                    while let Some(Command::Unsubscribe(_)) = batch.peek() {
+                        if let Some(Command::Unsubscribe(channel)) = batch.next() {
+                            run.push(channel);
+                        }
+                    }
+                    for channel in &run {
+                        self.wanted.remove(channel);
+                    }
+                    let names: Vec<String> = run.iter().map(|c| self.prefixed(c)).collect();
+                    sink.unsubscribe(names).await?;
+                }
             }
         }
         Ok(())
     }
 
+    /// SUBSCRIBEs channels in one command and marks them confirmed.
+    async fn subscribe_run(
+        &self,
+        sink: &mut PubSubSink,
+        run: &[(Arc<str>, Arc<Ready>)],
+    ) -> redis::RedisResult<()> {
+        let names: Vec<String> = run
+            .iter()
+            .map(|(channel, _)| self.prefixed(channel))
+            .collect();
+        sink.subscribe(names).await?;
+        for (_, ready) in run {
+            ready.set();
+        }
+        Ok(())
+    }
+
     async fn resubscribe(&mut self, sink: &mut PubSubSink) -> redis::RedisResult<()> {
-        let channels: Vec<(String, Arc<Ready>)> = self
+        let wanted: Vec<(Arc<str>, Arc<Ready>)> = self
             .wanted
             .iter()
-            .map(|(channel, ready)| (self.prefixed(channel), ready.clone()))
+            .map(|(channel, ready)| (channel.clone(), ready.clone()))
             .collect();
-        for chunk in channels.chunks(RESUBSCRIBE_CHUNK) {
-            let names: Vec<&str> = chunk.iter().map(|(name, _)| name.as_str()).collect();
-            sink.subscribe(names).await?;
-            for (_, ready) in chunk {
-                ready.set();
-            }
+        for run in wanted.chunks(BATCH) {
+            self.subscribe_run(sink, run).await?;
         }
         Ok(())
     }
