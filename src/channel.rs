@@ -61,6 +61,9 @@ pub enum Refusal {
     /// The user may not join this channel.
     #[error("forbidden")]
     Forbidden,
+    /// The socket is at its subscription limit.
+    #[error(transparent)]
+    Limit(#[from] crate::hub::JoinError),
 }
 
 /// The built-in policy: public channels are open, `private-user.{id}` is its user's only,

@@ -7,12 +7,11 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
+use tokio::sync::SetOnce;
 
 use crate::auth::Principal;
 use crate::outbox::{Frame, Outbox, PushError};
@@ -69,32 +68,18 @@ impl Member {
 
 /// Resolves once the bus confirms its subscription to a channel.
 #[derive(Debug, Default)]
-pub struct Ready {
-    done: AtomicBool,
-    notify: Notify,
-}
+pub struct Ready(SetOnce<()>);
 
 impl Ready {
     /// Marks the subscription confirmed.
     pub fn set(&self) {
-        self.done.store(true, Ordering::Release);
-        self.notify.notify_waiters();
+        // A second confirmation (after a reconnect) changes nothing.
+        let _ = self.0.set(());
     }
 
     /// Waits for the confirmation; false if it did not come in time.
     pub async fn wait(&self, timeout: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.done.load(Ordering::Acquire) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.is_ok()
+        tokio::time::timeout(timeout, self.0.wait()).await.is_ok()
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::auth::{TokenError, bearer};
 use crate::channel::{self, Kind, Refusal};
 use crate::engine::Session;
-use crate::hub::{Codec, JoinError, Member};
+use crate::hub::{Codec, Member};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
 use crate::protocol::engineio;
@@ -346,11 +346,7 @@ async fn subscribe(
         channel::validate(&channel, node.config.max_channel_length)
             .map_err(Refusal::InvalidName)?;
         channel::authorize(&socket.principal, &channel)?;
-        node.join(socket, &channel)
-            .await
-            .map_err(|JoinError::TooMany(limit)| {
-                Refusal::InvalidName(format!("too many subscriptions (limit {limit})"))
-            })
+        Ok::<_, Refusal>(node.join(socket, &channel).await?)
     }
     .await;
     match result {
