@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{bearer, constant_time_eq};
 use crate::channel;
+use crate::cluster::ClusterError;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -161,6 +162,101 @@ pub async fn broadcast(
         Json(json!({"status": "accepted", "channels": channels.len()})),
     )
         .into_response())
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+/// `GET /api/users/{id}`: whether a user has a socket on any node, and how many.
+pub async fn user(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let connections = node.cluster.user_connections(&id).await?;
+    Ok(Json(json!({
+        "user_id": id,
+        "online": connections > 0,
+        "connections": connections,
+    })))
+}
+
+/// Query of `GET /api/channels`.
+#[derive(Debug, Deserialize)]
+pub struct ChannelsQuery {
+    /// Only channels whose name starts with this (Pusher's `filter_by_prefix`).
+    #[serde(alias = "filter_by_prefix")]
+    prefix: Option<String>,
+}
+
+/// `GET /api/channels`: every channel with subscribers across the cluster.
+pub async fn channels(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Query(query): Query<ChannelsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let prefix = query.prefix.unwrap_or_default();
+    let channels: serde_json::Map<String, serde_json::Value> = node
+        .cluster
+        .channels(&node.hub)
+        .await?
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .map(|(name, count)| (name, json!({"subscription_count": count})))
+        .collect();
+    Ok(Json(json!({"channels": channels})))
+}
+
+/// A channel name from the path, checked like a subscription's.
+fn channel_name(node: &Node, name: &str) -> Result<(), ApiError> {
+    channel::validate(name, node.config.max_channel_length)
+        .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))
+}
+
+/// `GET /api/channels/{name}`: one channel's counts across the cluster.
+pub async fn channel_info(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    channel_name(&node, &name)?;
+    let info = node.cluster.channel(&node.hub, &name).await?;
+    let mut body = json!({
+        "channel": name,
+        "occupied": info.subscriptions > 0,
+        "subscription_count": info.subscriptions,
+    });
+    if let Some(users) = info.users {
+        body["user_count"] = users.into();
+    }
+    Ok(Json(body))
+}
+
+/// `GET /api/channels/{name}/users`: a presence channel's members.
+pub async fn channel_users(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    channel_name(&node, &name)?;
+    if channel::kind(&name) != channel::Kind::Presence {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a presence channel"
+        )));
+    }
+    let members = node.cluster.presence_members(&name).await?;
+    Ok(Json(json!({"channel": name, "users": members})).into_response())
 }
 
 /// `GET /health`: the process is up.

@@ -64,6 +64,9 @@ pub enum Refusal {
     /// The socket is at its subscription limit.
     #[error(transparent)]
     Limit(#[from] crate::hub::JoinError),
+    /// A service the decision needs is down; the subscription is refused, never allowed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The built-in policy: public channels are open, `private-user.{id}` is its user's only,

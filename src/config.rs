@@ -16,6 +16,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use jsonwebtoken::Algorithm;
 
 use crate::auth::JwtVerifier;
+use crate::limit::{Network, Rate};
 
 /// The secret `--dev` signs and verifies tokens with. Public on purpose: never use it in production.
 pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
@@ -131,6 +132,35 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
     pub drain_time: Duration,
 
+    /// How long a silent node's presence members and connection slots outlive it in Redis
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
+    /// Most sockets one user may have across the cluster (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
+    pub max_connections_per_user: usize,
+
+    /// Connection attempts per second from one client address (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_CONNECT_RATE_PER_IP", default_value_t = 100.0)]
+    pub connect_rate_per_ip: f64,
+
+    /// Connection attempts one client address may make at once above its rate
+    #[arg(long, env = "SWITCHBOARD_CONNECT_BURST_PER_IP", default_value_t = 200.0)]
+    pub connect_burst_per_ip: f64,
+
+    /// Subscribe requests per second from one socket (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RATE", default_value_t = 50.0)]
+    pub subscribe_rate: f64,
+
+    /// Subscribe requests one socket may make at once above its rate
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_BURST", default_value_t = 100.0)]
+    pub subscribe_burst: f64,
+
+    /// Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For and
+    /// X-Real-IP headers are believed [default: none]
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
     /// Log format
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -205,6 +235,16 @@ pub struct Config {
     pub write_delay: Duration,
     /// Shutdown drain time.
     pub drain_time: Duration,
+    /// Lifetime of a silent node's shared state.
+    pub presence_ttl: Duration,
+    /// Sockets per user across the cluster; 0 = unlimited.
+    pub max_connections_per_user: usize,
+    /// Connection attempts per client address.
+    pub connect_rate: Rate,
+    /// Subscribe requests per socket.
+    pub subscribe_rate: Rate,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<Network>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -362,6 +402,24 @@ impl Args {
             None => host_name(),
         };
 
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("presence_ttl", "must be at least 1s"));
+        }
+        let connect_rate = rate(
+            ("connect_rate_per_ip", self.connect_rate_per_ip),
+            ("connect_burst_per_ip", self.connect_burst_per_ip),
+        )?;
+        let subscribe_rate = rate(
+            ("subscribe_rate", self.subscribe_rate),
+            ("subscribe_burst", self.subscribe_burst),
+        )?;
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.parse().map_err(|e| ConfigError::new("trusted_proxies", e)))
+            .collect::<Result<_, _>>()?;
+
         Ok(Config {
             listen,
             redis,
@@ -382,6 +440,11 @@ impl Args {
             send_queue_bytes: self.send_queue_bytes,
             write_delay: self.write_delay,
             drain_time: self.drain_time,
+            presence_ttl: self.presence_ttl,
+            max_connections_per_user: self.max_connections_per_user,
+            connect_rate,
+            subscribe_rate,
+            trusted_proxies,
             log_format: self.log_format,
         })
     }
@@ -489,6 +552,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A rate with its burst; the burst must allow at least one request when the rate is on.
+fn rate(
+    (rate_name, per_second): (&str, f64),
+    (burst_name, burst): (&str, f64),
+) -> Result<Rate, ConfigError> {
+    if !per_second.is_finite() || per_second < 0.0 {
+        return Err(ConfigError::new(rate_name, "must be 0 (off) or a positive number"));
+    }
+    if per_second > 0.0 && !(burst.is_finite() && burst >= 1.0) {
+        return Err(ConfigError::new(burst_name, "must be at least 1"));
+    }
+    Ok(Rate { per_second, burst })
 }
 
 /// Hides the password of a URL before it is shown.

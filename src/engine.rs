@@ -133,6 +133,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Whether a session is still open.
+    pub fn contains(&self, sid: &str) -> bool {
+        self.map.contains_key(sid)
+    }
+
     /// How many sessions are open.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -365,6 +370,18 @@ fn open_session(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Forbidden,
             "node is shutting down",
+        ));
+    }
+    let client = crate::limit::client_ip(remote, headers, &node.config.trusted_proxies);
+    if !node.connect_limits.take(client) {
+        node.metrics
+            .errors
+            .with_label_values(&["connect_rate_limited"])
+            .inc();
+        return Err(EngineError::with(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Forbidden,
+            "too many connection attempts from this address, slow down",
         ));
     }
     if node.sessions.len() >= node.config.max_connections {

@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use tokio::sync::SetOnce;
 
 use crate::auth::Principal;
+use crate::limit::SocketLimit;
 use crate::outbox::{Frame, Outbox, PushError};
 
 /// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
@@ -39,6 +40,8 @@ pub struct Member {
     pub codec: Codec,
     /// Its outgoing queue.
     pub outbox: Arc<Outbox>,
+    /// Its subscribe requests' rate.
+    pub subscribe_limit: SocketLimit,
     /// A short list: sockets join few channels (at most `max_subscriptions`), and a Vec is
     /// smaller per idle socket than a hash set.
     channels: Mutex<Vec<Arc<str>>>,
@@ -52,6 +55,7 @@ impl Member {
             principal,
             codec,
             outbox,
+            subscribe_limit: SocketLimit::default(),
             channels: Mutex::new(Vec::new()),
         }
     }
@@ -146,6 +150,8 @@ pub struct Joined {
     pub already: bool,
     /// The bus subscription of the channel.
     pub ready: Arc<Ready>,
+    /// The channel's shared name.
+    pub name: Arc<str>,
 }
 
 /// Why the hub refused a subscription.
@@ -260,19 +266,23 @@ impl Hub {
         Ok(Joined {
             already,
             ready: entry.ready.clone(),
+            name,
         })
     }
 
     /// Removes `member` from `channel`; `on_last` runs, under the lock, when the channel
-    /// loses its last local member. Returns whether the member was in the channel.
-    pub fn leave(&self, member: &Member, channel: &str, on_last: impl FnOnce(&Arc<str>)) -> bool {
-        {
+    /// loses its last local member. Returns the channel's name if the member was in it.
+    pub fn leave(
+        &self,
+        member: &Member,
+        channel: &str,
+        on_last: impl FnOnce(&Arc<str>),
+    ) -> Option<Arc<str>> {
+        let name = {
             let mut channels = member.channels();
-            let Some(index) = channels.iter().position(|c| &**c == channel) else {
-                return false;
-            };
-            channels.swap_remove(index);
-        }
+            let index = channels.iter().position(|c| &**c == channel)?;
+            channels.swap_remove(index)
+        };
         self.channels.remove_if_mut(channel, |name, entry| {
             if entry.members.remove(&member.id) {
                 on_last(name);
@@ -281,16 +291,16 @@ impl Hub {
                 false
             }
         });
-        true
+        Some(name)
     }
 
-    /// Removes `member` from all its channels (at disconnect); returns how many.
-    pub fn leave_all(&self, member: &Member, mut on_last: impl FnMut(&Arc<str>)) -> usize {
+    /// Removes `member` from all its channels (at disconnect); returns their names.
+    pub fn leave_all(&self, member: &Member, mut on_last: impl FnMut(&Arc<str>)) -> Vec<Arc<str>> {
         let channels: Vec<Arc<str>> = member.channels().iter().cloned().collect();
         channels
             .iter()
-            .filter(|channel| self.leave(member, channel, &mut on_last))
-            .count()
+            .filter_map(|channel| self.leave(member, channel, &mut on_last))
+            .collect()
     }
 
     /// Queues a broadcast to every local member of its channel but the excluded one.
@@ -315,6 +325,14 @@ impl Hub {
     /// How many channels have local members.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// Every channel with its number of local members.
+    pub fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.channels
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.members.len()))
+            .collect()
     }
 
     /// How many local members `channel` has.
@@ -366,13 +384,13 @@ mod tests {
         assert_eq!(hub.member_count("news"), 2);
 
         let mut lasts = 0;
-        assert!(hub.leave(&a, "news", |_| lasts += 1));
+        assert!(hub.leave(&a, "news", |_| lasts += 1).is_some());
         assert_eq!(lasts, 0);
         assert!(
-            !hub.leave(&a, "news", |_| lasts += 1),
+            hub.leave(&a, "news", |_| lasts += 1).is_none(),
             "leaving twice is a no-op"
         );
-        assert_eq!(hub.leave_all(&b, |_| lasts += 1), 1);
+        assert_eq!(hub.leave_all(&b, |_| lasts += 1).len(), 1);
         assert_eq!(lasts, 1);
         assert_eq!(hub.channel_count(), 0);
     }
@@ -383,14 +401,14 @@ mod tests {
         let (a, b) = (member("a"), member("b"));
         hub.join(&a, "private-user.u", 10, |_| ready())
             .expect("join");
-        assert!(!hub.leave(&b, "private-user.u", |_| panic!("b was never in")));
+        assert!(hub.leave(&b, "private-user.u", |_| panic!("b was never in")).is_none());
         let mut lasts = 0;
-        assert!(hub.leave(&a, "private-user.u", |_| lasts += 1));
+        assert!(hub.leave(&a, "private-user.u", |_| lasts += 1).is_some());
         assert_eq!((lasts, hub.channel_count()), (1, 0));
         // Two members, then one leaves: the channel stays for the other.
         hub.join(&a, "news", 10, |_| ready()).expect("join");
         hub.join(&b, "news", 10, |_| ready()).expect("join");
-        assert!(hub.leave(&a, "news", |_| panic!("b is still in")));
+        assert!(hub.leave(&a, "news", |_| panic!("b is still in")).is_some());
         assert_eq!(hub.member_count("news"), 1);
     }
 

@@ -2,8 +2,8 @@
 //! node subscribe to it on the bus, the last one leaving unsubscribes; every message from the
 //! bus is decoded once here and handed to the hub.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -11,9 +11,13 @@ use serde_json::value::RawValue;
 use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError, Envelope};
+use crate::channel::{self, Kind};
+use crate::cluster::redis::RedisState;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
-use crate::hub::{Broadcast, Hub, JoinError, Member};
+use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
+use crate::limit::{AddressLimits, SWEEP_INTERVAL};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 
@@ -28,11 +32,16 @@ pub struct Node {
     pub hub: Hub,
     /// The way to the other nodes.
     pub bus: Bus,
+    /// What the nodes know together: connection slots, channel counts, presence.
+    pub cluster: Cluster,
+    /// Connection attempts per client address.
+    pub connect_limits: AddressLimits,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Live Engine.IO sessions.
     pub sessions: Sessions,
     draining: AtomicBool,
+    this: Weak<Node>,
 }
 
 /// Why a node could not start.
@@ -44,6 +53,9 @@ pub enum StartError {
     /// The Redis bus could not be set up.
     #[error("SWITCHBOARD_REDIS_URL: {0}")]
     Bus(#[from] BusError),
+    /// The shared state could not be set up.
+    #[error("SWITCHBOARD_REDIS_URL: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 impl Node {
@@ -51,7 +63,8 @@ impl Node {
     pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
         let metrics = Metrics::new()?;
         let mut bus_error = None;
-        let node = Arc::new_cyclic(|weak| {
+        let mut cluster_error = None;
+        let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let bus = match (&config.redis, &config.redis_url) {
                 (Some(client), Some(url)) => {
                     match RedisBus::start(
@@ -69,19 +82,52 @@ impl Node {
                 }
                 _ => Bus::Memory(MemoryBus::new(weak.clone())),
             };
+            let per_user = config.max_connections_per_user;
+            let cluster = match &bus {
+                Bus::Redis(redis) => match RedisState::start(
+                    redis.pool(),
+                    &config.redis_prefix,
+                    &config.node_id,
+                    config.presence_ttl,
+                    weak.clone(),
+                ) {
+                    Ok(state) => Cluster::redis(state, per_user),
+                    Err(e) => {
+                        cluster_error = Some(e);
+                        Cluster::memory(per_user)
+                    }
+                },
+                Bus::Memory(_) => Cluster::memory(per_user),
+            };
             Self {
                 sessions: Sessions::default(),
                 hub: Hub::default(),
                 bus,
+                cluster,
+                connect_limits: AddressLimits::new(config.connect_rate),
                 metrics,
                 config,
                 draining: AtomicBool::new(false),
+                this: weak.clone(),
             }
         });
-        match bus_error {
-            Some(e) => Err(e.into()),
-            None => Ok(node),
+        if let Some(e) = bus_error {
+            return Err(e.into());
         }
+        if let Some(e) = cluster_error {
+            return Err(e.into());
+        }
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.connect_limits.sweep();
+            }
+        });
+        Ok(node)
     }
 
     /// Ready for traffic: the bus is reachable and the node is not shutting down.
@@ -126,8 +172,13 @@ impl Node {
     }
 
     /// Adds a socket to a channel, subscribing the bus on the first local member, and waits
-    /// until the bus delivers that channel. Returns whether it was already a member.
-    pub async fn join(&self, member: &Arc<Member>, channel: &str) -> Result<bool, JoinError> {
+    /// until the bus delivers that channel. Returns the channel's shared name and whether the
+    /// socket was already a member.
+    pub async fn join(
+        &self,
+        member: &Arc<Member>,
+        channel: &str,
+    ) -> Result<(Arc<str>, bool), JoinError> {
         let joined = self
             .hub
             .join(member, channel, self.config.max_subscriptions, |name| {
@@ -135,29 +186,95 @@ impl Node {
                 self.bus.subscribe(name.clone())
             })?;
         if joined.already {
-            return Ok(true);
+            return Ok((joined.name, true));
         }
         self.metrics.subscriptions.inc();
+        self.cluster.subscribed(&joined.name);
         // While the bus is down the subscription is recorded and made on reconnect; waiting would only stall the client.
         if self.bus.is_healthy() && !joined.ready.wait(SUBSCRIBE_WAIT).await {
             tracing::warn!(channel, "bus did not confirm the subscription in time");
         }
-        Ok(false)
+        Ok((joined.name, false))
     }
 
     /// Removes a socket from a channel; returns whether it was a member.
     pub fn leave(&self, member: &Member, channel: &str) -> bool {
-        let left = self.hub.leave(member, channel, |name| self.on_last(name));
-        if left {
-            self.metrics.subscriptions.dec();
+        match self.hub.leave(member, channel, |name| self.on_last(name)) {
+            Some(name) => {
+                self.left(member, &name);
+                true
+            }
+            None => false,
         }
-        left
     }
 
-    /// Removes a socket from every channel.
-    pub fn leave_all(&self, member: &Member) {
-        let left = self.hub.leave_all(member, |name| self.on_last(name));
-        self.metrics.subscriptions.sub(left as i64);
+    /// Removes a socket from every channel and gives back its connection slot.
+    pub fn disconnect(&self, member: &Member) {
+        for name in self.hub.leave_all(member, |name| self.on_last(name)) {
+            self.left(member, &name);
+        }
+        self.cluster.disconnect(&member.principal.user_id);
+    }
+
+    fn left(&self, member: &Member, channel: &Arc<str>) {
+        self.metrics.subscriptions.dec();
+        self.cluster.unsubscribed(channel);
+        if channel::kind(channel) == Kind::Presence {
+            self.presence_left(channel, &member.id);
+        }
+    }
+
+    fn presence_left(&self, channel: &Arc<str>, socket: &SocketId) {
+        let Some(member) = self.cluster.presence_leave(channel, socket) else {
+            return;
+        };
+        let (Some(node), Ok(member)) = (
+            self.this.upgrade(),
+            RawValue::from_string(member.to_string()),
+        ) else {
+            return;
+        };
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            node.announce_presence(&channel, "presence:leaving", &member, None)
+                .await;
+        });
+    }
+
+    /// Adds a socket to a presence channel it has joined; the other members hear
+    /// `presence:joining` when this is the user's first socket there. Returns the members.
+    pub async fn presence_join(
+        &self,
+        member: &Member,
+        channel: &Arc<str>,
+        info: Arc<str>,
+    ) -> Result<Vec<Box<RawValue>>, ClusterError> {
+        let joined = self
+            .cluster
+            .presence_join(channel, &member.id, &member.principal.user_id, info.clone())
+            .await?;
+        if !member.is_in(channel) {
+            // The socket left while Redis answered: its leave found nothing to remove.
+            self.presence_left(channel, &member.id);
+        } else if joined.first
+            && let Ok(info) = RawValue::from_string(info.to_string())
+        {
+            self.announce_presence(channel, "presence:joining", &info, Some(&member.id))
+                .await;
+        }
+        Ok(joined.members)
+    }
+
+    /// Publishes a presence event (`presence:joining`/`presence:leaving`) to a channel.
+    pub async fn announce_presence(
+        &self,
+        channel: &str,
+        event: &str,
+        member: &RawValue,
+        except: Option<&str>,
+    ) {
+        // A failed publish is logged and counted by `publish`; presence state itself is right.
+        let _ = self.publish(channel, event, member, except).await;
     }
 
     fn on_last(&self, channel: &Arc<str>) {
@@ -214,6 +331,12 @@ impl Node {
             );
         } else {
             tracing::info!("drained");
+        }
+        for (channel, member) in self.cluster.shutdown().await {
+            if let Ok(member) = RawValue::from_string(member) {
+                self.announce_presence(&channel, "presence:leaving", &member, None)
+                    .await;
+            }
         }
     }
 }

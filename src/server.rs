@@ -23,6 +23,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .options(engine::preflight);
     let api_routes = Router::new()
         .route("/api/broadcast", post(api::broadcast))
+        .route("/api/users/{id}", get(api::user))
+        .route("/api/channels", get(api::channels))
+        .route("/api/channels/{name}", get(api::channel_info))
+        .route("/api/channels/{name}/users", get(api::channel_users))
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             api::track,

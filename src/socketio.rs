@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{TokenError, bearer};
 use crate::channel::{self, Kind, Refusal};
+use crate::cluster::ConnectRefusal;
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
 use crate::node::Node;
@@ -105,7 +106,7 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
             if packet.namespace == ROOT
                 && let Some(socket) = session.sockets.set_root(None)
             {
-                node.leave_all(&socket);
+                node.disconnect(&socket);
             }
             Ok(())
         }
@@ -240,6 +241,22 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         });
         return;
     };
+    if let Err(refusal) = node.cluster.connect(&principal.user_id).await {
+        let reason = match refusal {
+            ConnectRefusal::TooMany(_) => "too_many_connections",
+            ConnectRefusal::Unavailable(_) => "limit_unavailable",
+        };
+        node.metrics.errors.with_label_values(&[reason]).inc();
+        tracing::info!(sid = %session.sid, user = %principal.user_id, error = %refusal, "connection refused");
+        let message = match refusal {
+            ConnectRefusal::TooMany(_) => "too many connections".to_owned(),
+            ConnectRefusal::Unavailable(_) => "service unavailable, try again".to_owned(),
+        };
+        send(session, |out| {
+            codec::write_connect_error(out, namespace, &message)
+        });
+        return;
+    }
     let socket = Arc::new(Member::new(
         id,
         principal,
@@ -247,6 +264,13 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         session.outbox.clone(),
     ));
     session.sockets.set_root(Some(socket.clone()));
+    if !node.sessions.contains(&session.sid) {
+        // The session closed while the slot was taken; its cleanup may have missed the socket.
+        if let Some(socket) = session.sockets.set_root(None) {
+            node.disconnect(&socket);
+        }
+        return;
+    }
     session
         .sockets
         .ever_connected
@@ -342,20 +366,52 @@ async fn subscribe(
         let error = json!({"channel": null, "error": "expected {channel, auth?}"});
         return answer(session, ack, "subscription_error", &error);
     };
+    if !socket.subscribe_limit.take(node.config.subscribe_rate) {
+        node.metrics
+            .errors
+            .with_label_values(&["subscribe_rate_limited"])
+            .inc();
+        let error = json!({"channel": channel, "error": "too many subscribe requests, slow down"});
+        return answer(session, ack, "subscription_error", &error);
+    }
     let result = async {
         channel::validate(&channel, node.config.max_channel_length)
             .map_err(Refusal::InvalidName)?;
         channel::authorize(&socket.principal, &channel)?;
-        Ok::<_, Refusal>(node.join(socket, &channel).await?)
+        let (name, _) = node.join(socket, &channel).await?;
+        if channel::kind(&name) != Kind::Presence {
+            return Ok(None);
+        }
+        let info: Arc<str> = presence_member(&socket.principal).to_string().into();
+        match node.presence_join(socket, &name, info).await {
+            Ok(members) => Ok(Some(members)),
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %e, "presence join failed");
+                node.leave(socket, &name);
+                Err(Refusal::Unavailable("presence is unavailable, try again".into()))
+            }
+        }
     }
     .await;
     match result {
-        Ok(_) => answer(
-            session,
-            ack,
-            "subscribed",
-            &json!({"channel": channel, "status": "success"}),
-        ),
+        Ok(members) => {
+            if let Some(members) = members {
+                let members = serde_json::to_string(&members)
+                    .ok()
+                    .and_then(|text| RawValue::from_string(text).ok());
+                if let Some(members) = members {
+                    send(session, |out| {
+                        codec::write_broadcast(out, ROOT, "presence:subscribed", &channel, &members)
+                    });
+                }
+            }
+            answer(
+                session,
+                ack,
+                "subscribed",
+                &json!({"channel": channel, "status": "success"}),
+            );
+        }
         Err(refusal) => {
             node.metrics
                 .errors
@@ -369,6 +425,11 @@ async fn subscribe(
             );
         }
     }
+}
+
+/// A presence member built from the token: `{user_id, user_info: {name}}`.
+fn presence_member(principal: &crate::auth::Principal) -> Value {
+    json!({"user_id": &*principal.user_id, "user_info": {"name": principal.name}})
 }
 
 async fn whisper(
@@ -418,7 +479,7 @@ async fn whisper(
 /// Releases the session's sockets when the session ends.
 pub fn on_close(node: &Node, session: &Session) {
     if let Some(socket) = session.sockets.set_root(None) {
-        node.leave_all(&socket);
+        node.disconnect(&socket);
         tracing::debug!(socket = %socket.id, "socket disconnected");
     }
 }

@@ -115,6 +115,11 @@ impl RedisBus {
         let _ = self.commands.send(Command::Unsubscribe(channel));
     }
 
+    /// The command pool, shared with the cluster state.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     /// Whether the pub/sub connection is up.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)

@@ -1,0 +1,368 @@
+//! What the nodes know together: connections per user (for the per-user limit and online
+//! status), sockets per channel, and presence members.
+//!
+//! Each node keeps its own share locally. Without Redis that is the whole cluster. With
+//! Redis ([`redis`]) every node mirrors its share under keys named by its instance id, the
+//! cluster view is the sum over live nodes, and a node that stops heart-beating is swept by
+//! the others: its presence members leave (with `presence:leaving`) and its connection
+//! slots come back.
+
+pub mod redis;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+
+use crate::hub::{Hub, SocketId};
+
+/// Shared state could not be read or written (Redis down or slow).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("shared state unavailable: {0}")]
+pub struct ClusterError(pub String);
+
+/// Why a connection was refused by the per-user limit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectRefusal {
+    /// The user has the most sockets allowed.
+    #[error("too many connections (limit {0} per user)")]
+    TooMany(usize),
+    /// The limit could not be checked; the connection is refused rather than let through.
+    #[error(transparent)]
+    Unavailable(#[from] ClusterError),
+}
+
+/// A presence member of a channel, as its JSON text `{"user_id":…,"user_info":…}`.
+pub type MemberJson = Arc<str>;
+
+/// What joining a presence channel found.
+#[derive(Debug)]
+pub struct PresenceJoin {
+    /// Whether this is the user's first socket in the channel (the others hear `joining`).
+    pub first: bool,
+    /// Every member, the new one included, one per user.
+    pub members: Vec<Box<RawValue>>,
+}
+
+/// One channel's counts across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Sockets subscribed.
+    pub subscriptions: u64,
+    /// Distinct presence members (presence channels only).
+    pub users: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct PresenceEntry {
+    user: Arc<str>,
+    member: MemberJson,
+}
+
+/// This node's share.
+#[derive(Debug, Default)]
+struct Local {
+    /// Sockets per user.
+    users: DashMap<Arc<str>, u32>,
+    /// Presence entries per channel, one per socket.
+    presence: DashMap<Arc<str>, HashMap<SocketId, PresenceEntry>>,
+}
+
+/// The shared state as this node sees it.
+pub struct Cluster {
+    local: Local,
+    redis: Option<redis::RedisState>,
+    max_per_user: usize,
+}
+
+impl Cluster {
+    /// A single-node cluster; `max_per_user` 0 means no per-user limit.
+    pub fn memory(max_per_user: usize) -> Self {
+        Self {
+            local: Local::default(),
+            redis: None,
+            max_per_user,
+        }
+    }
+
+    /// A cluster sharing its state in Redis.
+    pub fn redis(state: redis::RedisState, max_per_user: usize) -> Self {
+        Self {
+            local: Local::default(),
+            redis: Some(state),
+            max_per_user,
+        }
+    }
+
+    /// Takes a connection slot for `user`, atomically across the cluster.
+    pub async fn connect(&self, user: &Arc<str>) -> Result<(), ConnectRefusal> {
+        match &self.redis {
+            Some(redis) => redis.connect(user, self.max_per_user).await?,
+            None => {
+                let mut count = self.local.users.entry(user.clone()).or_insert(0);
+                if self.max_per_user > 0 && *count as usize >= self.max_per_user {
+                    return Err(ConnectRefusal::TooMany(self.max_per_user));
+                }
+                *count += 1;
+                return Ok(());
+            }
+        }
+        *self.local.users.entry(user.clone()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Gives back a slot taken by [`Cluster::connect`].
+    pub fn disconnect(&self, user: &Arc<str>) {
+        self.local.users.remove_if_mut(user, |_, count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+        if let Some(redis) = &self.redis {
+            redis.user_delta(user.clone(), -1);
+        }
+    }
+
+    /// A socket joined `channel` on this node.
+    pub fn subscribed(&self, channel: &Arc<str>) {
+        if let Some(redis) = &self.redis {
+            redis.channel_delta(channel.clone(), 1);
+        }
+    }
+
+    /// A socket left `channel` on this node.
+    pub fn unsubscribed(&self, channel: &Arc<str>) {
+        if let Some(redis) = &self.redis {
+            redis.channel_delta(channel.clone(), -1);
+        }
+    }
+
+    /// Adds a socket's presence entry; one member per user however many sockets it has.
+    pub async fn presence_join(
+        &self,
+        channel: &Arc<str>,
+        socket: &SocketId,
+        user: &Arc<str>,
+        member: MemberJson,
+    ) -> Result<PresenceJoin, ClusterError> {
+        let entry = PresenceEntry {
+            user: user.clone(),
+            member,
+        };
+        let joined = match &self.redis {
+            Some(redis) => redis.presence_join(channel, socket, &entry).await?,
+            None => {
+                let mut sockets = self.local.presence.entry(channel.clone()).or_default();
+                let first = !sockets.values().any(|e| e.user == *user);
+                sockets.insert(socket.clone(), entry);
+                return Ok(PresenceJoin {
+                    first,
+                    members: unique_members(sockets.values()),
+                });
+            }
+        };
+        self.local
+            .presence
+            .entry(channel.clone())
+            .or_default()
+            .insert(socket.clone(), entry);
+        Ok(joined)
+    }
+
+    /// Removes a socket's presence entry. Returns the member when it was the user's last
+    /// socket and this node must announce `presence:leaving`; with Redis the announcement
+    /// is made by the writer task once Redis confirms, so this returns `None`.
+    pub fn presence_leave(&self, channel: &Arc<str>, socket: &SocketId) -> Option<MemberJson> {
+        let mut removed = None;
+        self.local.presence.remove_if_mut(channel, |_, sockets| {
+            removed = sockets.remove(socket);
+            sockets.is_empty()
+        });
+        let entry = removed?;
+        match &self.redis {
+            Some(redis) => {
+                redis.presence_leave(channel.clone(), socket.clone(), entry.user);
+                None
+            }
+            None => {
+                let still_here = self
+                    .local
+                    .presence
+                    .get(channel)
+                    .is_some_and(|sockets| sockets.values().any(|e| e.user == entry.user));
+                (!still_here).then_some(entry.member)
+            }
+        }
+    }
+
+    /// The members of a presence channel, one per user.
+    pub async fn presence_members(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<Box<RawValue>>, ClusterError> {
+        match &self.redis {
+            Some(redis) => redis.presence_members(channel).await,
+            None => Ok(self
+                .local
+                .presence
+                .get(channel)
+                .map(|sockets| unique_members(sockets.values()))
+                .unwrap_or_default()),
+        }
+    }
+
+    /// How many sockets `user` has across the cluster.
+    pub async fn user_connections(&self, user: &str) -> Result<u64, ClusterError> {
+        match &self.redis {
+            Some(redis) => redis.user_connections(user).await,
+            None => Ok(self.local.users.get(user).map_or(0, |c| u64::from(*c))),
+        }
+    }
+
+    /// One channel's counts across the cluster.
+    pub async fn channel(&self, hub: &Hub, channel: &str) -> Result<ChannelInfo, ClusterError> {
+        let presence = crate::channel::kind(channel) == crate::channel::Kind::Presence;
+        match &self.redis {
+            Some(redis) => redis.channel(channel, presence).await,
+            None => Ok(ChannelInfo {
+                subscriptions: hub.member_count(channel) as u64,
+                users: presence.then(|| {
+                    self.local.presence.get(channel).map_or(0, |sockets| {
+                        unique_members(sockets.values()).len() as u64
+                    })
+                }),
+            }),
+        }
+    }
+
+    /// Every channel with subscribers and its socket count across the cluster.
+    pub async fn channels(&self, hub: &Hub) -> Result<Vec<(String, u64)>, ClusterError> {
+        match &self.redis {
+            Some(redis) => redis.channels().await,
+            None => Ok(hub
+                .channel_counts()
+                .into_iter()
+                .map(|(name, count)| (name.to_string(), count as u64))
+                .collect()),
+        }
+    }
+
+    /// This node's share, to rewrite its mirror in Redis after Redis lost it.
+    fn snapshot(&self) -> (Vec<(Arc<str>, u32)>, Vec<(Arc<str>, SocketId, PresenceEntry)>) {
+        let users = self
+            .local
+            .users
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        let presence = self
+            .local
+            .presence
+            .iter()
+            .flat_map(|e| {
+                let channel = e.key().clone();
+                e.value()
+                    .iter()
+                    .map(|(socket, entry)| (channel.clone(), socket.clone(), entry.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (users, presence)
+    }
+
+    /// Leaves the cluster at shutdown: this node's share is removed at once rather than
+    /// waiting for the others to sweep it. Returns the (channel, member) pairs whose users
+    /// left with it.
+    pub async fn shutdown(&self) -> Vec<(String, String)> {
+        match &self.redis {
+            Some(redis) => redis.shutdown().await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether shared state lives in Redis.
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+}
+
+/// One member per user, in a stable order.
+fn unique_members<'a>(entries: impl Iterator<Item = &'a PresenceEntry>) -> Vec<Box<RawValue>> {
+    let mut by_user: Vec<(&Arc<str>, &MemberJson)> = Vec::new();
+    for entry in entries {
+        if !by_user.iter().any(|(user, _)| **user == entry.user) {
+            by_user.push((&entry.user, &entry.member));
+        }
+    }
+    by_user.sort_by(|a, b| a.0.cmp(b.0));
+    by_user
+        .into_iter()
+        .filter_map(|(_, member)| RawValue::from_string(member.to_string()).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(user: &str) -> MemberJson {
+        format!(r#"{{"user_id":"{user}","user_info":{{}}}}"#).into()
+    }
+
+    fn texts(members: &[Box<RawValue>]) -> Vec<&str> {
+        members.iter().map(|m| m.get()).collect()
+    }
+
+    #[tokio::test]
+    async fn per_user_limit_in_memory() {
+        let cluster = Cluster::memory(2);
+        let user: Arc<str> = "7".into();
+        assert!(cluster.connect(&user).await.is_ok());
+        assert!(cluster.connect(&user).await.is_ok());
+        assert!(matches!(
+            cluster.connect(&user).await,
+            Err(ConnectRefusal::TooMany(2))
+        ));
+        assert_eq!(cluster.user_connections("7").await.unwrap(), 2);
+        cluster.disconnect(&user);
+        assert!(cluster.connect(&user).await.is_ok());
+        cluster.disconnect(&user);
+        cluster.disconnect(&user);
+        assert_eq!(cluster.user_connections("7").await.unwrap(), 0);
+        assert!(cluster.local.users.is_empty());
+    }
+
+    #[tokio::test]
+    async fn presence_is_one_member_per_user() {
+        let cluster = Cluster::memory(0);
+        let channel: Arc<str> = "presence-chat".into();
+        let (a1, a2, b1): (SocketId, SocketId, SocketId) = ("a1".into(), "a2".into(), "b1".into());
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+
+        let joined = cluster
+            .presence_join(&channel, &a1, &a, member("a"))
+            .await
+            .unwrap();
+        assert!(joined.first);
+        let joined = cluster
+            .presence_join(&channel, &a2, &a, member("a"))
+            .await
+            .unwrap();
+        assert!(!joined.first, "a second tab is not a new member");
+        assert_eq!(texts(&joined.members), [&*member("a")]);
+        let joined = cluster
+            .presence_join(&channel, &b1, &b, member("b"))
+            .await
+            .unwrap();
+        assert!(joined.first);
+        assert_eq!(texts(&joined.members), [&*member("a"), &*member("b")]);
+
+        assert_eq!(cluster.presence_leave(&channel, &a1), None);
+        assert_eq!(cluster.presence_leave(&channel, &a1), None, "idempotent");
+        assert_eq!(cluster.presence_leave(&channel, &a2), Some(member("a")));
+        let info = cluster.channel(&Hub::default(), &channel).await.unwrap();
+        assert_eq!(info.users, Some(1));
+        assert_eq!(cluster.presence_leave(&channel, &b1), Some(member("b")));
+        assert!(cluster.local.presence.is_empty());
+    }
+}

@@ -1,0 +1,726 @@
+//! The cluster's shared state in Redis.
+//!
+//! Keys (all under the configured prefix):
+//! - `sb:nodes` — sorted set of node instance → last heartbeat (ms since the epoch);
+//! - `sb:node:{instance}:users` / `:channels` — hashes of that node's sockets per user and
+//!   per channel;
+//! - `sb:node:{instance}:presence` — that node's presence entries, one field
+//!   `channel \n user \n socket` per socket;
+//! - `sb:presence:{channel}:counts` / `:members` — sockets per user across the cluster, and
+//!   each present user's member JSON.
+//!
+//! Every read or write that must be consistent is one Lua script, so two nodes never race
+//! (no check-then-act). Writes whose answer nobody waits for (a socket leaving a channel or
+//! disconnecting) go through one writer task that batches them and retries after a failure;
+//! when a heartbeat finds that Redis lost this node (restarted empty, or swept it during a
+//! partition) the node rewrites its whole share.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_redis::Pool;
+use redis::Script;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin};
+use crate::hub::SocketId;
+use crate::node::Node;
+
+/// How long a script may take, pool wait included.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Most queued writes applied in one script call.
+const BATCH: usize = 1000;
+
+/// Takes a per-user slot if the user's sockets on live nodes are below the limit.
+const CONNECT: &str = r"
+local nodes, nodep, me, user, limit, oldest = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local mine = nodep .. me .. ':users'
+local total = tonumber(redis.call('HGET', mine, user) or '0')
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')) do
+  if n ~= me then total = total + tonumber(redis.call('HGET', nodep .. n .. ':users', user) or '0') end
+end
+if limit > 0 and total >= limit then return -1 end
+redis.call('HINCRBY', mine, user, 1)
+return total + 1
+";
+
+/// Applies counter deltas: ARGV = nodep, me, then (hash, field, delta) triples.
+const APPLY: &str = r"
+local base = ARGV[1] .. ARGV[2] .. ':'
+for i = 3, #ARGV, 3 do
+  local key = base .. ARGV[i]
+  if redis.call('HINCRBY', key, ARGV[i + 1], ARGV[i + 2]) <= 0 then redis.call('HDEL', key, ARGV[i + 1]) end
+end
+return 0
+";
+
+/// Adds a socket's presence entry (idempotent); returns {first, members}.
+const JOIN: &str = r"
+local nodep, me, presp, ch, user, socket, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local first = 0
+if redis.call('HSETNX', nodep .. me .. ':presence', ch .. '\n' .. user .. '\n' .. socket, '1') == 1 then
+  if redis.call('HINCRBY', presp .. ch .. ':counts', user, 1) == 1 then
+    redis.call('HSET', presp .. ch .. ':members', user, member)
+    first = 1
+  end
+end
+return {first, redis.call('HVALS', presp .. ch .. ':members')}
+";
+
+/// Removes a socket's presence entry (idempotent); returns the member if the user left.
+const LEAVE: &str = r"
+local nodep, me, presp, ch, user, socket = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('HDEL', nodep .. me .. ':presence', ch .. '\n' .. user .. '\n' .. socket) == 0 then return false end
+local counts = presp .. ch .. ':counts'
+if redis.call('HINCRBY', counts, user, -1) > 0 then return false end
+redis.call('HDEL', counts, user)
+local member = redis.call('HGET', presp .. ch .. ':members', user)
+redis.call('HDEL', presp .. ch .. ':members', user)
+return member
+";
+
+/// Removes a dead node's whole share; returns {channel, member, …} of users who left.
+/// Only the node whose ZREM succeeds sweeps, so each `leaving` is announced once.
+const SWEEP: &str = r"
+local nodes, nodep, presp, dead = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('ZREM', nodes, dead) == 0 then return {} end
+local key = nodep .. dead .. ':presence'
+local out = {}
+for _, field in ipairs(redis.call('HKEYS', key)) do
+  local ch, user = string.match(field, '^([^\n]*)\n([^\n]*)\n')
+  if ch then
+    local counts = presp .. ch .. ':counts'
+    if redis.call('HINCRBY', counts, user, -1) <= 0 then
+      redis.call('HDEL', counts, user)
+      local member = redis.call('HGET', presp .. ch .. ':members', user)
+      redis.call('HDEL', presp .. ch .. ':members', user)
+      if member then
+        table.insert(out, ch)
+        table.insert(out, member)
+      end
+    end
+  end
+end
+redis.call('DEL', key, nodep .. dead .. ':users', nodep .. dead .. ':channels')
+return out
+";
+
+/// Sums one field of a per-node hash over live nodes.
+const SUM: &str = r"
+local nodes, nodep, oldest, hash, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local total = 0
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')) do
+  total = total + tonumber(redis.call('HGET', nodep .. n .. ':' .. hash, field) or '0')
+end
+return total
+";
+
+/// Every channel's socket count summed over live nodes, as {name, count, …}.
+const ALL_CHANNELS: &str = r"
+local nodes, nodep, oldest = ARGV[1], ARGV[2], ARGV[3]
+local totals, names = {}, {}
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')) do
+  local entries = redis.call('HGETALL', nodep .. n .. ':channels')
+  for i = 1, #entries, 2 do
+    local name, count = entries[i], tonumber(entries[i + 1])
+    if totals[name] == nil then
+      totals[name] = 0
+      table.insert(names, name)
+    end
+    totals[name] = totals[name] + count
+  end
+end
+local out = {}
+for _, name in ipairs(names) do
+  if totals[name] > 0 then
+    table.insert(out, name)
+    table.insert(out, totals[name])
+  end
+end
+return out
+";
+
+/// A write whose answer nobody waits for.
+enum Op {
+    User(Arc<str>, i64),
+    Channel(Arc<str>, i64),
+    Leave {
+        channel: Arc<str>,
+        socket: SocketId,
+        user: Arc<str>,
+    },
+}
+
+struct Scripts {
+    connect: Script,
+    apply: Script,
+    join: Script,
+    leave: Script,
+    sweep: Script,
+    sum: Script,
+    all_channels: Script,
+}
+
+/// Key names and timing shared by the handle and the writer task.
+struct Keys {
+    nodes: String,
+    node_prefix: String,
+    presence_prefix: String,
+    /// This process: the node id plus a random suffix, so a restarted node is a new
+    /// instance and its previous one is swept like any dead node.
+    instance: String,
+    ttl: Duration,
+}
+
+impl Keys {
+    /// Heartbeats come four times per TTL: a live node is never older than a quarter of it.
+    fn heartbeat(&self) -> Duration {
+        (self.ttl / 4).max(Duration::from_millis(100))
+    }
+
+    /// Oldest heartbeat (ms) of a node still counted as live; older ones are swept, so a dead
+    /// node's share is gone at most one TTL after its last heartbeat.
+    fn oldest_live(&self) -> u64 {
+        now_ms().saturating_sub((self.ttl - self.heartbeat()).as_millis() as u64)
+    }
+
+    fn mine(&self, hash: &str) -> String {
+        format!("{}{}:{hash}", self.node_prefix, self.instance)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The shared state in Redis, as seen from one node.
+pub struct RedisState {
+    pool: Pool,
+    keys: Arc<Keys>,
+    scripts: Arc<Scripts>,
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+impl RedisState {
+    /// Starts heart-beating and the writer task; `ttl` is how long a silent node's share lives.
+    pub fn start(
+        pool: Pool,
+        prefix: &str,
+        node_id: &str,
+        ttl: Duration,
+        node: Weak<Node>,
+    ) -> Result<Self, ClusterError> {
+        let suffix = crate::socketio::random_id()
+            .map_err(|e| ClusterError(format!("no randomness for the instance id: {e}")))?;
+        let keys = Arc::new(Keys {
+            nodes: format!("{prefix}sb:nodes"),
+            node_prefix: format!("{prefix}sb:node:"),
+            presence_prefix: format!("{prefix}sb:presence:"),
+            instance: format!("{node_id}.{}", &suffix[..8]),
+            ttl,
+        });
+        let scripts = Arc::new(Scripts {
+            connect: Script::new(CONNECT),
+            apply: Script::new(APPLY),
+            join: Script::new(JOIN),
+            leave: Script::new(LEAVE),
+            sweep: Script::new(SWEEP),
+            sum: Script::new(SUM),
+            all_channels: Script::new(ALL_CHANNELS),
+        });
+        let (ops, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            scripts: scripts.clone(),
+            node,
+            pending: Pending::default(),
+            registered: false,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Self {
+            pool,
+            keys,
+            scripts,
+            ops,
+        })
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+    ) -> Result<T, ClusterError> {
+        run(&self.pool, invocation).await
+    }
+
+    /// Takes a slot for `user` unless it has `limit` sockets on live nodes (0 = no limit).
+    pub async fn connect(&self, user: &str, limit: usize) -> Result<(), super::ConnectRefusal> {
+        let k = &self.keys;
+        let count: i64 = self
+            .run(
+                self.scripts
+                    .connect
+                    .arg(&k.nodes)
+                    .arg(&k.node_prefix)
+                    .arg(&k.instance)
+                    .arg(user)
+                    .arg(limit)
+                    .arg(k.oldest_live()),
+            )
+            .await?;
+        if count < 0 {
+            return Err(super::ConnectRefusal::TooMany(limit));
+        }
+        Ok(())
+    }
+
+    /// Queues a change of `user`'s socket count on this node.
+    pub fn user_delta(&self, user: Arc<str>, delta: i64) {
+        // The writer lives as long as the runtime; after that nothing is left to count.
+        let _ = self.ops.send(Op::User(user, delta));
+    }
+
+    /// Queues a change of `channel`'s socket count on this node.
+    pub fn channel_delta(&self, channel: Arc<str>, delta: i64) {
+        let _ = self.ops.send(Op::Channel(channel, delta));
+    }
+
+    /// Adds a presence entry and reads the members.
+    pub(super) async fn presence_join(
+        &self,
+        channel: &str,
+        socket: &str,
+        entry: &PresenceEntry,
+    ) -> Result<PresenceJoin, ClusterError> {
+        let k = &self.keys;
+        let (first, members): (i64, Vec<String>) = self
+            .run(
+                self.scripts
+                    .join
+                    .arg(&k.node_prefix)
+                    .arg(&k.instance)
+                    .arg(&k.presence_prefix)
+                    .arg(channel)
+                    .arg(&*entry.user)
+                    .arg(socket)
+                    .arg(&*entry.member),
+            )
+            .await?;
+        Ok(PresenceJoin {
+            first: first == 1,
+            members: parse_members(members),
+        })
+    }
+
+    /// Queues the removal of a presence entry; the writer announces `leaving` if it was the
+    /// user's last socket.
+    pub fn presence_leave(&self, channel: Arc<str>, socket: SocketId, user: Arc<str>) {
+        let _ = self.ops.send(Op::Leave {
+            channel,
+            socket,
+            user,
+        });
+    }
+
+    /// The members of a presence channel.
+    pub async fn presence_members(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<Box<RawValue>>, ClusterError> {
+        let key = format!("{}{channel}:members", self.keys.presence_prefix);
+        let members: Vec<String> = command(&self.pool, redis::cmd("HVALS").arg(key)).await?;
+        Ok(parse_members(members))
+    }
+
+    /// Sockets of `user` on live nodes.
+    pub async fn user_connections(&self, user: &str) -> Result<u64, ClusterError> {
+        self.sum("users", user).await
+    }
+
+    async fn sum(&self, hash: &str, field: &str) -> Result<u64, ClusterError> {
+        let k = &self.keys;
+        self.run(
+            self.scripts
+                .sum
+                .arg(&k.nodes)
+                .arg(&k.node_prefix)
+                .arg(k.oldest_live())
+                .arg(hash)
+                .arg(field),
+        )
+        .await
+    }
+
+    /// One channel's counts on live nodes.
+    pub async fn channel(&self, channel: &str, presence: bool) -> Result<ChannelInfo, ClusterError> {
+        let subscriptions = self.sum("channels", channel).await?;
+        let users = if presence {
+            let key = format!("{}{channel}:counts", self.keys.presence_prefix);
+            Some(command(&self.pool, redis::cmd("HLEN").arg(key)).await?)
+        } else {
+            None
+        };
+        Ok(ChannelInfo {
+            subscriptions,
+            users,
+        })
+    }
+
+    /// Every channel with sockets on live nodes.
+    pub async fn channels(&self) -> Result<Vec<(String, u64)>, ClusterError> {
+        let k = &self.keys;
+        self.run(
+            self.scripts
+                .all_channels
+                .arg(&k.nodes)
+                .arg(&k.node_prefix)
+                .arg(k.oldest_live()),
+        )
+        .await
+    }
+
+    /// Removes this instance's share now (its sockets are gone at shutdown); returns the
+    /// (channel, member) pairs of users who left with it.
+    pub async fn shutdown(&self) -> Vec<(String, String)> {
+        let k = &self.keys;
+        let swept: Result<Vec<String>, _> = self
+            .run(
+                self.scripts
+                    .sweep
+                    .arg(&k.nodes)
+                    .arg(&k.node_prefix)
+                    .arg(&k.presence_prefix)
+                    .arg(&k.instance),
+            )
+            .await;
+        match swept {
+            Ok(flat) => pairs(flat),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove this node's shared state; the other nodes will sweep it");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// `[a, b, c, d]` as `[(a, b), (c, d)]`.
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut items = flat.into_iter();
+    while let (Some(a), Some(b)) = (items.next(), items.next()) {
+        out.push((a, b));
+    }
+    out
+}
+
+/// Members read from Redis; anything that is not JSON (written by someone else) is skipped.
+fn parse_members(mut members: Vec<String>) -> Vec<Box<RawValue>> {
+    members.sort();
+    members
+        .into_iter()
+        .filter_map(|m| RawValue::from_string(m).ok())
+        .collect()
+}
+
+async fn run<T: redis::FromRedisValue>(
+    pool: &Pool,
+    invocation: &mut redis::ScriptInvocation<'_>,
+) -> Result<T, ClusterError> {
+    let work = async {
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
+        invocation
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(|e| ClusterError(format!("Redis script failed: {e}")))
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .map_err(|_| ClusterError("Redis timed out".into()))?
+}
+
+async fn command<T: redis::FromRedisValue>(
+    pool: &Pool,
+    command: &redis::Cmd,
+) -> Result<T, ClusterError> {
+    let work = async {
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
+        command
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| ClusterError(format!("Redis command failed: {e}")))
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .map_err(|_| ClusterError("Redis timed out".into()))?
+}
+
+/// Writes not yet applied, merged so a burst of joins and leaves costs one script call.
+#[derive(Default)]
+struct Pending {
+    users: HashMap<Arc<str>, i64>,
+    channels: HashMap<Arc<str>, i64>,
+    leaves: Vec<(Arc<str>, SocketId, Arc<str>)>,
+}
+
+impl Pending {
+    fn add(&mut self, op: Op) {
+        match op {
+            Op::User(user, delta) => *self.users.entry(user).or_default() += delta,
+            Op::Channel(channel, delta) => *self.channels.entry(channel).or_default() += delta,
+            Op::Leave {
+                channel,
+                socket,
+                user,
+            } => self.leaves.push((channel, socket, user)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.channels.is_empty() && self.leaves.is_empty()
+    }
+}
+
+/// The task that applies queued writes, heart-beats and sweeps dead nodes.
+struct Writer {
+    pool: Pool,
+    keys: Arc<Keys>,
+    scripts: Arc<Scripts>,
+    node: Weak<Node>,
+    pending: Pending,
+    /// Whether this instance's share is known to be in Redis.
+    registered: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
+        let mut heartbeat = tokio::time::interval(self.keys.heartbeat());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                op = ops.recv() => {
+                    let Some(op) = op else { return };
+                    self.pending.add(op);
+                    while let Ok(op) = ops.try_recv() {
+                        self.pending.add(op);
+                    }
+                    self.flush().await;
+                }
+                _ = heartbeat.tick() => {
+                    if self.node.strong_count() == 0 {
+                        return;
+                    }
+                    self.beat().await;
+                    // Retries writes that failed while Redis was away.
+                    self.flush().await;
+                }
+            }
+        }
+    }
+
+    /// Applies pending writes; on failure they stay pending for the next try.
+    async fn flush(&mut self) {
+        if self.pending.is_empty() || !self.registered {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut deltas = Vec::new();
+        for (hash, map) in [("users", &pending.users), ("channels", &pending.channels)] {
+            for (field, delta) in map.iter().filter(|(_, d)| **d != 0) {
+                deltas.push((hash, field.clone(), *delta));
+            }
+        }
+        let mut failed = Pending::default();
+        for chunk in deltas.chunks(BATCH) {
+            let mut invocation = self.scripts.apply.prepare_invoke();
+            invocation.arg(&self.keys.node_prefix).arg(&self.keys.instance);
+            for (hash, field, delta) in chunk {
+                invocation.arg(*hash).arg(&**field).arg(*delta);
+            }
+            if let Err(e) = run::<i64>(&self.pool, &mut invocation).await {
+                tracing::warn!(error = %e, "shared counts not updated; will retry");
+                for (hash, field, delta) in chunk {
+                    let op = if *hash == "users" {
+                        Op::User(field.clone(), *delta)
+                    } else {
+                        Op::Channel(field.clone(), *delta)
+                    };
+                    failed.add(op);
+                }
+            }
+        }
+        for (channel, socket, user) in pending.leaves {
+            let k = &self.keys;
+            let left: Result<Option<String>, _> = run(
+                &self.pool,
+                self.scripts
+                    .leave
+                    .arg(&k.node_prefix)
+                    .arg(&k.instance)
+                    .arg(&k.presence_prefix)
+                    .arg(&*channel)
+                    .arg(&*user)
+                    .arg(&*socket),
+            )
+            .await;
+            match left {
+                Ok(Some(member)) => self.announce_leaving(&channel, member),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence entry not removed; will retry");
+                    failed.leaves.push((channel, socket, user));
+                }
+            }
+        }
+        // Writes queued meanwhile were merged into self.pending; add the failed ones back.
+        for (user, delta) in failed.users {
+            *self.pending.users.entry(user).or_default() += delta;
+        }
+        for (channel, delta) in failed.channels {
+            *self.pending.channels.entry(channel).or_default() += delta;
+        }
+        self.pending.leaves.extend(failed.leaves);
+    }
+
+    fn announce_leaving(&self, channel: &str, member: String) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let Ok(member) = RawValue::from_string(member) else {
+            return;
+        };
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            node.announce_presence(&channel, "presence:leaving", &member, None)
+                .await;
+        });
+    }
+
+    /// Marks this node alive, rewrites its share if Redis lost it, and sweeps dead nodes.
+    async fn beat(&mut self) {
+        let k = self.keys.clone();
+        let now = now_ms();
+        let added: Result<i64, _> =
+            command(&self.pool, redis::cmd("ZADD").arg(&k.nodes).arg(now).arg(&k.instance)).await;
+        match added {
+            // New in the set: first beat, Redis restarted empty, or others swept us.
+            Ok(1) => self.resync().await,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat to Redis failed");
+                return;
+            }
+        }
+        let dead: Result<Vec<String>, _> = command(
+            &self.pool,
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&k.nodes)
+                .arg("-inf")
+                .arg(format!("({}", k.oldest_live())),
+        )
+        .await;
+        for instance in dead.unwrap_or_default() {
+            let swept: Result<Vec<String>, _> = run(
+                &self.pool,
+                self.scripts
+                    .sweep
+                    .arg(&k.nodes)
+                    .arg(&k.node_prefix)
+                    .arg(&k.presence_prefix)
+                    .arg(&instance),
+            )
+            .await;
+            match swept {
+                Ok(left) => {
+                    let left = pairs(left);
+                    tracing::info!(node = %instance, members_left = left.len(), "swept a node that stopped heart-beating");
+                    for (channel, member) in left {
+                        self.announce_leaving(&channel, member);
+                    }
+                }
+                Err(e) => tracing::warn!(node = %instance, error = %e, "sweeping a dead node failed"),
+            }
+        }
+    }
+
+    /// Rewrites this instance's whole share from the node's own state.
+    async fn resync(&mut self) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let (users, presence) = node.cluster.snapshot();
+        let channels = node.hub.channel_counts();
+        let k = &self.keys;
+        let mut pipe = redis::pipe();
+        // Presence entries are not deleted: re-adding them below is idempotent, and a delete
+        // would leave the per-channel counts they contributed behind.
+        pipe.atomic().del(k.mine("users")).del(k.mine("channels"));
+        for chunk in users.chunks(BATCH) {
+            let fields: Vec<(&str, u32)> = chunk.iter().map(|(u, c)| (&**u, *c)).collect();
+            pipe.hset_multiple(k.mine("users"), &fields);
+        }
+        for chunk in channels.chunks(BATCH) {
+            let fields: Vec<(&str, usize)> = chunk.iter().map(|(c, n)| (&**c, *n)).collect();
+            pipe.hset_multiple(k.mine("channels"), &fields);
+        }
+        let work = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
+            pipe.query_async::<()>(&mut *conn)
+                .await
+                .map_err(|e| ClusterError(format!("Redis pipeline failed: {e}")))
+        };
+        if let Err(e) = tokio::time::timeout(TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| Err(ClusterError("Redis timed out".into())))
+        {
+            tracing::warn!(error = %e, "could not write this node's share to Redis; will retry");
+            // Forget the registration so the next beat tries again.
+            let _ = command::<i64>(&self.pool, redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance))
+                .await;
+            return;
+        }
+        // The counts just written are absolute: queued deltas are already in them.
+        self.pending.users.clear();
+        self.pending.channels.clear();
+        // Presence entries go back one by one; users the others saw leave are announced again.
+        for (channel, socket, entry) in presence {
+            let joined: Result<(i64, Vec<String>), _> = run(
+                &self.pool,
+                self.scripts
+                    .join
+                    .arg(&k.node_prefix)
+                    .arg(&k.instance)
+                    .arg(&k.presence_prefix)
+                    .arg(&*channel)
+                    .arg(&*entry.user)
+                    .arg(&*socket)
+                    .arg(&*entry.member),
+            )
+            .await;
+            if let (Ok((1, _)), Ok(member)) = (joined, RawValue::from_string(entry.member.to_string())) {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    node.announce_presence(&channel, "presence:joining", &member, None)
+                        .await;
+                });
+            }
+        }
+        if self.registered {
+            tracing::info!("Redis had lost this node's shared state; rewrote it");
+        }
+        self.registered = true;
+    }
+}

@@ -1,0 +1,312 @@
+//! Rate limits and the client address they are keyed by.
+//!
+//! A token bucket per key: `rate` tokens a second up to `burst`. Connection attempts are
+//! limited per client IP on each node (nginx hashes a client to one node, so a per-node
+//! bucket is the client's bucket), subscribe requests per socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use dashmap::DashMap;
+
+/// A rate and a burst; a rate of 0 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Most tokens held.
+    pub burst: f64,
+}
+
+impl Rate {
+    /// Whether the limit is off.
+    pub fn unlimited(self) -> bool {
+        self.per_second <= 0.0
+    }
+}
+
+/// One token bucket.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn new(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: rate.burst,
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        if rate.unlimited() {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket has refilled completely, so forgetting it changes nothing.
+    fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * rate.per_second >= rate.burst
+    }
+}
+
+/// A bucket behind a lock, for one socket; made full on first use.
+#[derive(Debug, Default)]
+pub struct SocketLimit(Mutex<Option<Bucket>>);
+
+impl SocketLimit {
+    /// Takes a token if there is one.
+    pub fn take(&self, rate: Rate) -> bool {
+        let now = Instant::now();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| Bucket::new(rate, now))
+            .take(rate, now)
+    }
+}
+
+/// How often [`AddressLimits::sweep`] runs.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Buckets per client address.
+#[derive(Debug)]
+pub struct AddressLimits {
+    rate: Rate,
+    buckets: DashMap<IpAddr, Bucket>,
+}
+
+impl AddressLimits {
+    /// Limits at `rate` per address.
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            buckets: DashMap::new(),
+        }
+    }
+
+    /// Takes a token for `address`; false when it is over its rate.
+    pub fn take(&self, address: IpAddr) -> bool {
+        if self.rate.unlimited() {
+            return true;
+        }
+        let now = Instant::now();
+        self.buckets
+            .entry(address)
+            .or_insert_with(|| Bucket::new(self.rate, now))
+            .take(self.rate, now)
+    }
+
+    /// Forgets full buckets, so the map holds only recently active addresses.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.buckets.retain(|_, bucket| !bucket.is_full(self.rate, now));
+    }
+}
+
+/// An address or a network (`10.0.0.0/8`), for trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP address or network"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: prefix length must be 0..={max}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
+}
+
+impl Network {
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4 peers of a dual-stack listener arrive as `::ffff:a.b.c.d`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the last address
+/// in `X-Forwarded-For` that is not a trusted proxy itself, else `X-Real-IP`.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[Network]) -> IpAddr {
+    let peer = canonical(peer.ip());
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(canonical)
+        .collect::<Vec<_>>();
+    // Proxies append, so walking from the right skips our own proxies and stops at the first
+    // address a client could not have forged.
+    if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(**ip)) {
+        return *ip;
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map_or(peer, canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: Rate = Rate {
+        per_second: 10.0,
+        burst: 3.0,
+    };
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(RATE, start);
+        assert!((0..3).all(|_| bucket.take(RATE, start)));
+        assert!(!bucket.take(RATE, start));
+        // 100 ms at 10/s is one token.
+        assert!(bucket.take(RATE, start + Duration::from_millis(100)));
+        assert!(!bucket.take(RATE, start + Duration::from_millis(100)));
+        // A long pause refills only up to the burst.
+        let later = start + Duration::from_secs(60);
+        assert!((0..3).all(|_| bucket.take(RATE, later)));
+        assert!(!bucket.take(RATE, later));
+    }
+
+    #[test]
+    fn zero_rate_is_unlimited() {
+        let off = Rate {
+            per_second: 0.0,
+            burst: 0.0,
+        };
+        let now = Instant::now();
+        let mut bucket = Bucket::new(off, now);
+        assert!((0..1000).all(|_| bucket.take(off, now)));
+        let limits = AddressLimits::new(off);
+        assert!((0..1000).all(|_| limits.take("10.0.0.1".parse().unwrap())));
+    }
+
+    #[test]
+    fn addresses_have_their_own_buckets() {
+        let limits = AddressLimits::new(RATE);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!((0..3).all(|_| limits.take(a)));
+        assert!(!limits.take(a));
+        assert!(limits.take(b));
+        // A bucket still below its burst is kept by a sweep.
+        limits.sweep();
+        assert!(!limits.take(a));
+    }
+
+    #[test]
+    fn networks() {
+        let net: Network = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Network = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        let v6: Network = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Network>().is_err());
+        assert!("nope".parse::<Network>().is_err());
+    }
+
+    #[test]
+    fn client_address_from_trusted_proxies_only() {
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.7".parse().unwrap());
+        headers.insert("x-real-ip", "9.9.9.9".parse().unwrap());
+        let proxy: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let stranger: SocketAddr = "5.5.5.5:4000".parse().unwrap();
+        // The rightmost untrusted hop: 1.2.3.4 could be forged by the client, 5.6.7.8 cannot.
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        // A peer that is not a proxy cannot choose its address.
+        assert_eq!(
+            client_ip(stranger, &headers, &trusted),
+            "5.5.5.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &[]),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        headers.remove("x-forwarded-for");
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "9.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        headers.remove("x-real-ip");
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+    }
+}
