@@ -95,20 +95,28 @@ impl Cluster {
         }
     }
 
-    /// Takes a connection slot for `user`, atomically across the cluster.
+    /// Takes a connection slot for `user`, atomically across the cluster. While Redis is
+    /// unreachable the limit is checked on this node alone: a Redis outage degrades the
+    /// limit rather than refusing every connection.
     pub async fn connect(&self, user: &Arc<str>) -> Result<(), ConnectRefusal> {
-        match &self.redis {
-            Some(redis) => redis.connect(user, self.max_per_user).await?,
-            None => {
-                let mut count = self.local.users.entry(user.clone()).or_insert(0);
-                if self.max_per_user > 0 && *count as usize >= self.max_per_user {
-                    return Err(ConnectRefusal::TooMany(self.max_per_user));
+        if let Some(redis) = &self.redis {
+            match redis.connect(user, self.max_per_user).await {
+                Ok(()) => {
+                    *self.local.users.entry(user.clone()).or_insert(0) += 1;
+                    return Ok(());
                 }
-                *count += 1;
-                return Ok(());
+                Err(ConnectRefusal::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "per-user limit checked on this node only");
+                    redis.mark_drifted();
+                }
+                Err(refusal) => return Err(refusal),
             }
         }
-        *self.local.users.entry(user.clone()).or_insert(0) += 1;
+        let mut count = self.local.users.entry(user.clone()).or_insert(0);
+        if self.max_per_user > 0 && *count as usize >= self.max_per_user {
+            return Err(ConnectRefusal::TooMany(self.max_per_user));
+        }
+        *count += 1;
         Ok(())
     }
 

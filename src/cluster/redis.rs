@@ -16,6 +16,7 @@
 //! partition) the node rewrites its whole share.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -203,6 +204,9 @@ pub struct RedisState {
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
     ops: mpsc::UnboundedSender<Op>,
+    /// Set when this node changed its share without Redis (an outage); the next heartbeat
+    /// rewrites the share.
+    drifted: Arc<AtomicBool>,
 }
 
 impl RedisState {
@@ -233,7 +237,9 @@ impl RedisState {
             all_channels: Script::new(ALL_CHANNELS),
         });
         let (ops, rx) = mpsc::unbounded_channel();
+        let drifted = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            drifted: drifted.clone(),
             pool: pool.clone(),
             keys: keys.clone(),
             scripts: scripts.clone(),
@@ -247,6 +253,7 @@ impl RedisState {
             keys,
             scripts,
             ops,
+            drifted,
         })
     }
 
@@ -276,6 +283,11 @@ impl RedisState {
             return Err(super::ConnectRefusal::TooMany(limit));
         }
         Ok(())
+    }
+
+    /// Asks for this node's share to be rewritten at the next heartbeat.
+    pub fn mark_drifted(&self) {
+        self.drifted.store(true, Ordering::Release);
     }
 
     /// Queues a change of `user`'s socket count on this node.
@@ -497,6 +509,7 @@ struct Writer {
     scripts: Arc<Scripts>,
     node: Weak<Node>,
     pending: Pending,
+    drifted: Arc<AtomicBool>,
     /// Whether this instance's share is known to be in Redis.
     registered: bool,
 }
@@ -614,6 +627,7 @@ impl Writer {
         match added {
             // New in the set: first beat, Redis restarted empty, or others swept us.
             Ok(1) => self.resync().await,
+            Ok(_) if self.drifted.swap(false, Ordering::AcqRel) => self.resync().await,
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat to Redis failed");
