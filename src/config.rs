@@ -137,7 +137,11 @@ pub struct Args {
     pub presence_ttl: Duration,
 
     /// Most sockets one user may have across the cluster (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 5
+    )]
     pub max_connections_per_user: usize,
 
     /// Connection attempts per second from one client address (0 = no limit)
@@ -145,7 +149,11 @@ pub struct Args {
     pub connect_rate_per_ip: f64,
 
     /// Connection attempts one client address may make at once above its rate
-    #[arg(long, env = "SWITCHBOARD_CONNECT_BURST_PER_IP", default_value_t = 200.0)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONNECT_BURST_PER_IP",
+        default_value_t = 200.0
+    )]
     pub connect_burst_per_ip: f64,
 
     /// Subscribe requests per second from one socket (0 = no limit)
@@ -417,7 +425,10 @@ impl Args {
             .trusted_proxies
             .iter()
             .filter(|p| !p.trim().is_empty())
-            .map(|p| p.parse().map_err(|e| ConfigError::new("trusted_proxies", e)))
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| ConfigError::new("trusted_proxies", e))
+            })
             .collect::<Result<_, _>>()?;
 
         Ok(Config {
@@ -560,7 +571,10 @@ fn rate(
     (burst_name, burst): (&str, f64),
 ) -> Result<Rate, ConfigError> {
     if !per_second.is_finite() || per_second < 0.0 {
-        return Err(ConfigError::new(rate_name, "must be 0 (off) or a positive number"));
+        return Err(ConfigError::new(
+            rate_name,
+            "must be 0 (off) or a positive number",
+        ));
     }
     if per_second > 0.0 && !(burst.is_finite() && burst >= 1.0) {
         return Err(ConfigError::new(burst_name, "must be at least 1"));

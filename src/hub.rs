@@ -401,7 +401,10 @@ mod tests {
         let (a, b) = (member("a"), member("b"));
         hub.join(&a, "private-user.u", 10, |_| ready())
             .expect("join");
-        assert!(hub.leave(&b, "private-user.u", |_| panic!("b was never in")).is_none());
+        assert!(
+            hub.leave(&b, "private-user.u", |_| panic!("b was never in"))
+                .is_none()
+        );
         let mut lasts = 0;
         assert!(hub.leave(&a, "private-user.u", |_| lasts += 1).is_some());
         assert_eq!((lasts, hub.channel_count()), (1, 0));

@@ -117,7 +117,8 @@ impl AddressLimits {
     /// Forgets full buckets, so the map holds only recently active addresses.
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.buckets.retain(|_, bucket| !bucket.is_full(self.rate, now));
+        self.buckets
+            .retain(|_, bucket| !bucket.is_full(self.rate, now));
     }
 }
 
@@ -158,7 +159,9 @@ impl Network {
         let ip = canonical(ip);
         match (self.address, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -280,7 +283,10 @@ mod tests {
     fn client_address_from_trusted_proxies_only() {
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8, 10.0.0.7".parse().unwrap());
+        headers.insert(
+            "x-forwarded-for",
+            "1.2.3.4, 5.6.7.8, 10.0.0.7".parse().unwrap(),
+        );
         headers.insert("x-real-ip", "9.9.9.9".parse().unwrap());
         let proxy: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let stranger: SocketAddr = "5.5.5.5:4000".parse().unwrap();

@@ -388,7 +388,9 @@ async fn subscribe(
             Err(e) => {
                 tracing::warn!(channel = %name, error = %e, "presence join failed");
                 node.leave(socket, &name);
-                Err(Refusal::Unavailable("presence is unavailable, try again".into()))
+                Err(Refusal::Unavailable(
+                    "presence is unavailable, try again".into(),
+                ))
             }
         }
     }

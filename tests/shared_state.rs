@@ -38,11 +38,18 @@ async fn node(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Node {
     let policy = policy_file();
     let mut envs = vec![
         ("SWITCHBOARD_NODE_ID", id),
-        ("SWITCHBOARD_POLICY_FILE", policy.to_str().expect("utf-8 temp path")),
+        (
+            "SWITCHBOARD_POLICY_FILE",
+            policy.to_str().expect("utf-8 temp path"),
+        ),
         ("SWITCHBOARD_PRESENCE_TTL", "2s"),
     ];
     envs.extend_from_slice(extra);
-    let node = Node::spawn(&["--dev", "--api-keys", API_KEY, "--redis-url", &url], &envs).await;
+    let node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY, "--redis-url", &url],
+        &envs,
+    )
+    .await;
     wait_ready(&node).await;
     node
 }
@@ -254,7 +261,10 @@ async fn per_user_limit_holds_under_racing_connects_on_two_nodes() {
     assert_eq!(connected.len(), 3, "admitted {connected:?}");
     assert_eq!(refused, 5);
     let user = api_get(&two, "/api/users/dave").await;
-    assert_eq!(user, json!({"user_id": "dave", "online": true, "connections": 3}));
+    assert_eq!(
+        user,
+        json!({"user_id": "dave", "online": true, "connections": 3})
+    );
 
     // A slot freed on one node can be taken on the other.
     let first = connected[0];
@@ -291,7 +301,8 @@ async fn channel_counts_are_cluster_wide() {
     assert!(filtered["channels"].get("news").is_none(), "{filtered}");
 
     c.exit().await;
-    a.emit_ack("unsubscribe", json!([{"channel": "news"}])).await;
+    a.emit_ack("unsubscribe", json!([{"channel": "news"}]))
+        .await;
     let info = api_until(&two, "/api/channels/news", |i| i["subscription_count"] == 1).await;
     assert_eq!(info["occupied"], true);
     let empty = api_get(&one, "/api/channels/nothing-here").await;
@@ -373,9 +384,19 @@ async fn connection_attempts_are_rate_limited_per_client_address() {
     // From an untrusted peer the header is ignored: 127.0.0.2 is limited as itself.
     let node = Node::spawn(&["--dev"], &envs).await;
     let url = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
-    for (header, expected) in [("198.51.100.1", 200), ("198.51.100.2", 200), ("198.51.100.3", 429)] {
-        let response =
-            http_from("127.0.0.2", "GET", &url, &[("x-forwarded-for", header)], b"").await;
+    for (header, expected) in [
+        ("198.51.100.1", 200),
+        ("198.51.100.2", 200),
+        ("198.51.100.3", 429),
+    ] {
+        let response = http_from(
+            "127.0.0.2",
+            "GET",
+            &url,
+            &[("x-forwarded-for", header)],
+            b"",
+        )
+        .await;
         assert_eq!(response.status, expected, "{}", response.text());
     }
     let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await;

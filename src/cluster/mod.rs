@@ -60,6 +60,12 @@ struct PresenceEntry {
     member: MemberJson,
 }
 
+/// A copy of this node's share: sockets per user, and (channel, socket, entry) of presence.
+struct Snapshot {
+    users: Vec<(Arc<str>, u32)>,
+    presence: Vec<(Arc<str>, SocketId, PresenceEntry)>,
+}
+
 /// This node's share.
 #[derive(Debug, Default)]
 struct Local {
@@ -235,9 +241,10 @@ impl Cluster {
             None => Ok(ChannelInfo {
                 subscriptions: hub.member_count(channel) as u64,
                 users: presence.then(|| {
-                    self.local.presence.get(channel).map_or(0, |sockets| {
-                        unique_members(sockets.values()).len() as u64
-                    })
+                    self.local
+                        .presence
+                        .get(channel)
+                        .map_or(0, |sockets| unique_members(sockets.values()).len() as u64)
                 }),
             }),
         }
@@ -256,7 +263,7 @@ impl Cluster {
     }
 
     /// This node's share, to rewrite its mirror in Redis after Redis lost it.
-    fn snapshot(&self) -> (Vec<(Arc<str>, u32)>, Vec<(Arc<str>, SocketId, PresenceEntry)>) {
+    fn snapshot(&self) -> Snapshot {
         let users = self
             .local
             .users
@@ -275,7 +282,7 @@ impl Cluster {
                     .collect::<Vec<_>>()
             })
             .collect();
-        (users, presence)
+        Snapshot { users, presence }
     }
 
     /// Leaves the cluster at shutdown: this node's share is removed at once rather than

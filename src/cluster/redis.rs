@@ -368,7 +368,11 @@ impl RedisState {
     }
 
     /// One channel's counts on live nodes.
-    pub async fn channel(&self, channel: &str, presence: bool) -> Result<ChannelInfo, ClusterError> {
+    pub async fn channel(
+        &self,
+        channel: &str,
+        presence: bool,
+    ) -> Result<ChannelInfo, ClusterError> {
         let subscriptions = self.sum("channels", channel).await?;
         let users = if presence {
             let key = format!("{}{channel}:counts", self.keys.presence_prefix);
@@ -555,7 +559,9 @@ impl Writer {
         let mut failed = Pending::default();
         for chunk in deltas.chunks(BATCH) {
             let mut invocation = self.scripts.apply.prepare_invoke();
-            invocation.arg(&self.keys.node_prefix).arg(&self.keys.instance);
+            invocation
+                .arg(&self.keys.node_prefix)
+                .arg(&self.keys.instance);
             for (hash, field, delta) in chunk {
                 invocation.arg(*hash).arg(&**field).arg(*delta);
             }
@@ -622,8 +628,11 @@ impl Writer {
     async fn beat(&mut self) {
         let k = self.keys.clone();
         let now = now_ms();
-        let added: Result<i64, _> =
-            command(&self.pool, redis::cmd("ZADD").arg(&k.nodes).arg(now).arg(&k.instance)).await;
+        let added: Result<i64, _> = command(
+            &self.pool,
+            redis::cmd("ZADD").arg(&k.nodes).arg(now).arg(&k.instance),
+        )
+        .await;
         match added {
             // New in the set: first beat, Redis restarted empty, or others swept us.
             Ok(1) => self.resync().await,
@@ -661,7 +670,9 @@ impl Writer {
                         self.announce_leaving(&channel, member);
                     }
                 }
-                Err(e) => tracing::warn!(node = %instance, error = %e, "sweeping a dead node failed"),
+                Err(e) => {
+                    tracing::warn!(node = %instance, error = %e, "sweeping a dead node failed")
+                }
             }
         }
     }
@@ -671,7 +682,7 @@ impl Writer {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        let (users, presence) = node.cluster.snapshot();
+        let super::Snapshot { users, presence } = node.cluster.snapshot();
         let channels = node.hub.channel_counts();
         let k = &self.keys;
         let mut pipe = redis::pipe();
@@ -702,8 +713,11 @@ impl Writer {
         {
             tracing::warn!(error = %e, "could not write this node's share to Redis; will retry");
             // Forget the registration so the next beat tries again.
-            let _ = command::<i64>(&self.pool, redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance))
-                .await;
+            let _ = command::<i64>(
+                &self.pool,
+                redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance),
+            )
+            .await;
             return;
         }
         // The counts just written are absolute: queued deltas are already in them.
@@ -724,7 +738,9 @@ impl Writer {
                     .arg(&*entry.member),
             )
             .await;
-            if let (Ok((1, _)), Ok(member)) = (joined, RawValue::from_string(entry.member.to_string())) {
+            if let (Ok((1, _)), Ok(member)) =
+                (joined, RawValue::from_string(entry.member.to_string()))
+            {
                 let node = node.clone();
                 tokio::spawn(async move {
                     node.announce_presence(&channel, "presence:joining", &member, None)
