@@ -9,18 +9,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::process::LoggedChild;
-use super::{STARTUP_TIMEOUT, TempDir, free_port, manifest_dir};
-
-/// nginx from PATH, else Debian's /usr/sbin/nginx: sbin is often missing from
-/// a non-root user's PATH.
-fn nginx_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("nginx"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
+use super::{STARTUP_TIMEOUT, TempDir, free_port, manifest_dir, system_binary};
 
 pub struct Nginx {
     port: u16,
@@ -112,7 +101,7 @@ impl Nginx {
 /// `nginx -p <dir> -c <dir>/nginx.conf -e stderr -g "daemon off;"`, the
 /// foreground form both the check and the real start use.
 fn nginx_command(dir: &Path) -> Command {
-    let mut command = Command::new(nginx_binary());
+    let mut command = Command::new(system_binary("nginx"));
     command
         .arg("-p")
         .arg(dir)
