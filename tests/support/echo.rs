@@ -5,11 +5,15 @@
 //! `presence:*` events) as Echo itself implements them; echo-agent.mjs's header
 //! shows the frames.
 //!
+//! An `EchoAgent` dereferences to [`JsonLinesProcess`] for what it shares
+//! with [`super::Agent`]: `send`, `next`, `wait_for`, `assert_no`,
+//! `expect_connect`, `expect_connect_error`, `expect_disconnect`, `exit`.
+//!
 //! Channel names in the agent's lines are the full names Echo subscribes:
 //! `private("orders.1")` prints `"channel": "private-orders.1"`, and the helpers
 //! below that take a channel to wait for want that full name.
 
-use std::process::ExitStatus;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -36,27 +40,34 @@ impl ChannelKind {
 
 pub struct EchoAgent {
     process: JsonLinesProcess,
-    reconnection: bool,
+}
+
+impl Deref for EchoAgent {
+    type Target = JsonLinesProcess;
+
+    fn deref(&self) -> &JsonLinesProcess {
+        &self.process
+    }
+}
+
+impl DerefMut for EchoAgent {
+    fn deref_mut(&mut self) -> &mut JsonLinesProcess {
+        &mut self.process
+    }
 }
 
 impl EchoAgent {
     /// Starts `node tests/js/echo-agent.mjs '<config>'`; see that file for the
     /// config keys (`url` is required, `token` is the JWT). Echo connects at
-    /// once; follow with [`EchoAgent::expect_connect`].
+    /// once; follow with `expect_connect` or `expect_connect_error`.
     pub fn spawn(config: Value) -> EchoAgent {
         let label = format!(
             "Echo agent for {}",
             config["url"].as_str().unwrap_or_default()
         );
         EchoAgent {
-            reconnection: config["reconnection"].as_bool().unwrap_or(false),
             process: JsonLinesProcess::spawn_node(label, "echo-agent.mjs", "laravel-echo", &config),
         }
-    }
-
-    /// Sends one command line, e.g. `json!({"cmd": "disconnect"})`.
-    pub async fn send(&mut self, cmd: Value) {
-        self.process.send(cmd).await;
     }
 
     /// `Echo.channel(channel).listen(event, …)` for each of `events`; each
@@ -116,24 +127,6 @@ impl EchoAgent {
         self.send(json!({"cmd": "disconnect"})).await;
     }
 
-    /// Waits for the connection and returns the socket id. Without
-    /// reconnection a `connect_error` is final, so it fails at once.
-    pub async fn expect_connect(&mut self, timeout: Duration) -> String {
-        self.process
-            .expect_connect(!self.reconnection, timeout)
-            .await
-    }
-
-    /// Waits for a refused connection and returns its message.
-    pub async fn expect_connect_error(&mut self, timeout: Duration) -> String {
-        self.process.expect_connect_error(timeout).await
-    }
-
-    /// Waits for a disconnect and returns its reason.
-    pub async fn expect_disconnect(&mut self, timeout: Duration) -> String {
-        self.process.expect_disconnect(timeout).await
-    }
-
     /// The server's `subscribed` answer for `channel` (a full name), e.g.
     /// `{"channel": "news", "status": "success"}`. Echo itself never waits for
     /// it; a test does, before it broadcasts.
@@ -191,38 +184,6 @@ impl EchoAgent {
             )
             .await;
         line["args"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// The next line (buffered first), or `None` after `timeout`.
-    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
-        self.process.next(timeout).await
-    }
-
-    /// The first line matching `pred` (buffered lines first); the lines it
-    /// skips stay buffered. Panics on timeout.
-    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
-        self.process.wait_for(pred, timeout).await
-    }
-
-    /// Fails, naming `what`, if a line matching `pred` is buffered or arrives
-    /// within `duration`, e.g. no `event` line for a channel the agent left.
-    pub async fn assert_no(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&Value) -> bool,
-        duration: Duration,
-    ) {
-        self.process.assert_no(what, pred, duration).await;
-    }
-
-    /// Disconnects cleanly and waits for the agent to exit.
-    pub async fn exit(&mut self) -> ExitStatus {
-        self.process.exit().await
-    }
-
-    /// Every line seen so far and the agent's stderr, for failure messages.
-    pub fn report(&self) -> String {
-        self.process.report()
     }
 
     async fn expect_line(

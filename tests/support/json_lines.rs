@@ -1,7 +1,9 @@
 //! A child process scripted over JSON lines: commands go to its stdin, one
 //! object per line, and every line it prints is read back as JSON. The common
 //! part of [`super::Agent`] (socket.io-client) and [`super::EchoAgent`]
-//! (Laravel Echo), which differ only in their commands and lines.
+//! (Laravel Echo): both dereference to it, so `send`, `wait_for`, `next`,
+//! `assert_no`, `expect_connect` and `exit` are the same on either; they add
+//! only their own commands and lines.
 //!
 //! Lines are buffered: a `wait_for` takes the first line that matches and
 //! leaves the others for later waits, so a test need not predict the order of
@@ -30,7 +32,7 @@ enum RecvError {
 }
 use RecvError::{Closed, TimedOut};
 
-pub(crate) struct JsonLinesProcess {
+pub struct JsonLinesProcess {
     /// Names the process in failure output, e.g. "agent for http://…".
     label: String,
     child: Child,
@@ -40,6 +42,8 @@ pub(crate) struct JsonLinesProcess {
     backlog: VecDeque<Value>,
     /// Every line received, for failure messages.
     seen: Vec<Value>,
+    /// Without reconnection a `connect_error` is final.
+    reconnection: bool,
     /// A std Mutex: only the reader task appends, only panics read, and the
     /// lock is never held across an await.
     stderr: Arc<Mutex<String>>,
@@ -47,7 +51,8 @@ pub(crate) struct JsonLinesProcess {
 
 impl JsonLinesProcess {
     /// Starts `node tests/js/<script> '<config>'`, after checking that
-    /// `npm ci` has installed `needs` (a package under node_modules).
+    /// `npm ci` has installed `needs` (a package under node_modules). The
+    /// config's `reconnection` (default false) is the agents' own key.
     pub fn spawn_node(label: String, script: &str, needs: &str, config: &Value) -> Self {
         let js = manifest_dir().join("tests/js");
         assert!(
@@ -57,7 +62,9 @@ impl JsonLinesProcess {
         );
         let mut command = Command::new("node");
         command.arg(js.join(script)).arg(config.to_string());
-        Self::spawn(label, command)
+        let mut process = Self::spawn(label, command);
+        process.reconnection = config["reconnection"].as_bool().unwrap_or(false);
+        process
     }
 
     /// Starts `command` with all three standard streams piped.
@@ -105,6 +112,7 @@ impl JsonLinesProcess {
             lines,
             backlog: VecDeque::new(),
             seen: Vec::new(),
+            reconnection: false,
             stderr,
         }
     }
@@ -178,7 +186,8 @@ impl JsonLinesProcess {
         }
     }
 
-    /// Sends `{"cmd":"exit"}` and waits for the process to end.
+    /// Sends `{"cmd":"exit"}` (the agents disconnect cleanly, then exit) and
+    /// waits for the process to end.
     pub async fn exit(&mut self) -> ExitStatus {
         self.send(json!({"cmd": "exit"})).await;
         match tokio::time::timeout(super::TIMEOUT, self.child.wait()).await {
@@ -203,9 +212,10 @@ impl JsonLinesProcess {
     }
 
     /// Waits for the `connect` line both agents print (tests/js/lines.mjs)
-    /// and returns the socket id. With `fail_fast` (no reconnection) a
-    /// `connect_error` is final, so it fails at once.
-    pub async fn expect_connect(&mut self, fail_fast: bool, timeout: Duration) -> String {
+    /// and returns the socket id. Without reconnection a `connect_error` is
+    /// final, so it fails at once.
+    pub async fn expect_connect(&mut self, timeout: Duration) -> String {
+        let fail_fast = !self.reconnection;
         let line = self
             .wait_for(
                 |line| line["type"] == "connect" || (fail_fast && line["type"] == "connect_error"),

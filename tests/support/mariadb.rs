@@ -17,10 +17,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
-use super::process::LoggedChild;
-use super::{STARTUP_TIMEOUT, TempDir, free_port, system_binary};
+use super::process::{LoggedChild, read_log};
+use super::{TempDir, free_port, system_binary};
 
 /// How long one `mariadb` client run may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,10 +88,7 @@ impl MariaDb {
 
     /// Everything mariadbd printed, across restarts.
     pub fn logs(&self) -> String {
-        self.process
-            .as_ref()
-            .map(LoggedChild::logs)
-            .unwrap_or_else(|| std::fs::read_to_string(self.log_path()).unwrap_or_default())
+        read_log(&self.log_path())
     }
 
     /// SIGKILL, like a crash: clients see their connections drop. Returns once
@@ -181,30 +177,17 @@ impl MariaDb {
                 "--innodb-doublewrite=0",
             ]);
         let mut process = LoggedChild::spawn("mariadbd", command, &self.log_path());
-
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = process.exited() {
-                panic!(
-                    "mariadbd on port {} exited ({status}) before accepting connections",
-                    self.port
-                );
-            }
-            let last = match self.client(Self::USER, "SELECT 1").await {
-                Ok(output) if output.status.success() => break,
-                Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                Err(error) => error,
-            };
-            if Instant::now() > deadline {
-                process.kill().await;
-                panic!(
-                    "mariadbd on port {} did not accept {} within {STARTUP_TIMEOUT:?} (last: {last})",
-                    self.port,
-                    Self::USER
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("accept {} on port {}", Self::USER, self.port);
+        process
+            .wait_ready(&what, async || {
+                let output = self.client(Self::USER, "SELECT 1").await?;
+                if output.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+                }
+            })
+            .await;
         self.process = Some(process);
     }
 

@@ -34,6 +34,7 @@ use std::time::Duration;
 pub use agent::Agent;
 pub use echo::{ChannelKind, EchoAgent};
 pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
+pub use json_lines::JsonLinesProcess;
 pub use jwt::{jwt_hs256, jwt_none};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;

@@ -2,14 +2,12 @@
 //! `nginx/switchboard.conf`, so the example operators copy is the one tested.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use tokio::process::Command;
-use tokio::time::Instant;
 
 use super::process::LoggedChild;
-use super::{STARTUP_TIMEOUT, TempDir, free_port, manifest_dir, system_binary};
+use super::{TempDir, free_port, manifest_dir, system_binary};
 
 pub struct Nginx {
     port: u16,
@@ -81,20 +79,14 @@ impl Nginx {
 
     async fn wait_accepting(&mut self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = self.process.exited() {
-                panic!("nginx exited ({status}) before accepting on {addr}");
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.process.kill().await;
-                panic!("nginx did not accept on {addr} within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.process
+            .wait_ready(&format!("accept on {addr}"), async || {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            })
+            .await;
     }
 }
 
