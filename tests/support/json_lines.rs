@@ -61,22 +61,16 @@ impl JsonLinesProcess {
             js.display()
         );
         let mut command = Command::new("node");
-        command.arg(js.join(script)).arg(config.to_string());
-        let mut process = Self::spawn(label, command);
-        process.reconnection = config["reconnection"].as_bool().unwrap_or(false);
-        process
-    }
-
-    /// Starts `command` with all three standard streams piped.
-    pub fn spawn(label: String, mut command: Command) -> Self {
         command
+            .arg(js.join(script))
+            .arg(config.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("start the {label} ({command:?}): {err}"));
+        let mut child = command.spawn().unwrap_or_else(|err| {
+            panic!("start the {label} ({command:?}); is node installed? {err}")
+        });
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
@@ -112,7 +106,7 @@ impl JsonLinesProcess {
             lines,
             backlog: VecDeque::new(),
             seen: Vec::new(),
-            reconnection: false,
+            reconnection: config["reconnection"].as_bool().unwrap_or(false),
             stderr,
         }
     }

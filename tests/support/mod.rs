@@ -4,9 +4,9 @@
 //! binary ([`Node`]), a throwaway `redis-server` ([`RedisServer`]) and MariaDB
 //! ([`MariaDb`]), nginx in front of several nodes ([`Nginx`]), and real
 //! socket.io-client and Laravel Echo instances scripted over JSON lines
-//! ([`Agent`], `tests/js/agent.mjs`; [`EchoAgent`], `tests/js/echo-agent.mjs`). [`http`] is a small raw
-//! HTTP/1.1 client that can pick its source address, so a test can look like
-//! several distinct clients to nginx's `hash $remote_addr`.
+//! ([`Agent`], `tests/js/agent.mjs`; [`EchoAgent`], `tests/js/echo-agent.mjs`).
+//! [`http`] is a small raw HTTP/1.1 client that can pick its source address, so
+//! a test can look like several distinct clients to nginx's `hash $remote_addr`.
 //!
 //! Use it from a test file with `mod support;` and `use support::*;`.
 //! Every process is killed when its handle drops; when that drop happens because
