@@ -1,6 +1,8 @@
 //! Checks the test harness itself (tests/support) against real redis-server,
-//! nginx and socket.io-client, without needing a working switchboard binary:
-//! when a feature test fails, this says whether the harness is to blame.
+//! MariaDB, nginx, socket.io-client and Laravel Echo: when a feature test
+//! fails, this says whether the harness is to blame. Only the Echo checks start
+//! a switchboard node, and they use nothing but what it has long done (connect,
+//! subscribe, `/api/broadcast`, whispers on the user's own private channel).
 
 mod support;
 
@@ -59,6 +61,71 @@ async fn next_message(messages: &mut redis::aio::PubSubStream) -> String {
         .expect("a published message within the timeout")
         .expect("the subscription is open");
     message.get_payload().expect("UTF-8 payload")
+}
+
+#[tokio::test]
+async fn mariadb_runs_sql_and_keeps_data_across_kill_and_restart() {
+    let started = std::time::Instant::now();
+    let mut db = MariaDb::start().await;
+    eprintln!("MariaDB started in {:?}", started.elapsed());
+    let port = db.port();
+    assert_eq!(
+        db.url(),
+        format!("mysql://sb:sb@127.0.0.1:{port}/switchboard_test")
+    );
+
+    db.exec_sql(
+        "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT NULL) ENGINE=InnoDB;
+         INSERT INTO notes VALUES (1, 'plain'), (2, 'tab\there\nnewline \\\\ é ✓'), (3, NULL), (4, '');",
+    )
+    .await;
+    let rows = db.query("SELECT id, body FROM notes ORDER BY id").await;
+    assert_eq!(
+        rows,
+        vec![
+            vec!["1", "plain"],
+            vec!["2", "tab\there\nnewline \\ é ✓"],
+            vec!["3", "NULL"],
+            vec!["4", ""],
+        ]
+    );
+    assert_eq!(
+        db.query("SELECT @@character_set_server, CURRENT_USER()")
+            .await,
+        vec![vec!["utf8mb4", "root@127.0.0.1"]]
+    );
+    let error = db
+        .try_exec_sql("SELECT * FROM missing")
+        .await
+        .expect_err("a missing table is an error");
+    assert!(error.contains("doesn't exist"), "{error}");
+
+    db.kill().await;
+    assert!(
+        db.try_exec_sql("SELECT 1").await.is_err(),
+        "a killed MariaDB still answers"
+    );
+    let restarted = std::time::Instant::now();
+    db.restart().await;
+    eprintln!(
+        "MariaDB restarted after SIGKILL in {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(db.port(), port, "restart keeps the port");
+    assert_eq!(
+        db.query("SELECT COUNT(*) FROM notes").await,
+        vec![vec!["4"]],
+        "committed rows survive a SIGKILL"
+    );
+}
+
+#[tokio::test]
+async fn two_mariadb_servers_run_side_by_side() {
+    let (one, two) = tokio::join!(MariaDb::start(), MariaDb::start());
+    assert_ne!(one.port(), two.port());
+    one.exec_sql("CREATE TABLE only_here (id INT)").await;
+    assert_eq!(one.query("SHOW TABLES").await, vec![vec!["only_here"]]);
+    assert_eq!(two.query("SHOW TABLES").await, Vec::<Vec<String>>::new());
 }
 
 /// nginx/switchboard.conf must keep each client address on one node, for
@@ -197,6 +264,148 @@ async fn agent_reports_connect_error_and_exits() {
         .assert_no_event("anything", Duration::from_millis(100))
         .await;
     assert!(agent.exit().await.success());
+}
+
+const API_KEY: &str = "selftest-key";
+
+async fn dev_node() -> Node {
+    Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await
+}
+
+fn dev_token(user: u64) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 600;
+    jwt_hs256(
+        "switchboard-dev-secret",
+        json!({"sub": user, "name": format!("User {user}"), "exp": exp}),
+    )
+}
+
+async fn api_broadcast(node: &Node, channel: &str, event: &str, data: Value) {
+    let body = json!({"channel": channel, "event": event, "data": data});
+    let response = http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &[
+            ("authorization", &format!("Bearer {API_KEY}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+}
+
+/// Echo's bearer token reaches the server through Socket.IO's CONNECT auth;
+/// `Echo.channel` and `Echo.private` listen with and without the namespace.
+#[tokio::test]
+async fn echo_agent_receives_public_and_private_broadcasts() {
+    let node = dev_node().await;
+
+    let mut anonymous = EchoAgent::spawn(json!({"url": node.url(), "transports": ["websocket"]}));
+    assert_eq!(
+        anonymous.expect_connect_error(TIMEOUT).await,
+        "missing token"
+    );
+
+    let mut echo = EchoAgent::spawn(json!({
+        "url": node.url(), "token": dev_token(7), "transports": ["websocket"],
+    }));
+    let id = echo.expect_connect(TIMEOUT).await;
+    // The server knows user 7 from the token: it subscribed their own channel.
+    let auto = echo.expect_subscribed("private-user.7", TIMEOUT).await;
+    assert_eq!(auto["status"], "auto");
+    assert_eq!(echo.socket_id().await.as_deref(), Some(id.as_str()));
+
+    echo.channel("news", &[".Posted", "Edited"]).await;
+    echo.expect_subscribed("news", TIMEOUT).await;
+    api_broadcast(&node, "news", "Posted", json!({"id": 1})).await;
+    assert_eq!(
+        echo.expect_event("news", ".Posted", TIMEOUT).await,
+        json!({"id": 1})
+    );
+    api_broadcast(&node, "news", "App\\Events\\Edited", json!({"id": 2})).await;
+    assert_eq!(
+        echo.expect_event("news", "Edited", TIMEOUT).await,
+        json!({"id": 2})
+    );
+
+    echo.private("user.7", &["OrderShipped"]).await;
+    let explicit = echo.expect_subscribed("private-user.7", TIMEOUT).await;
+    assert_eq!(explicit["status"], "success");
+    api_broadcast(
+        &node,
+        "private-user.7",
+        "App\\Events\\OrderShipped",
+        json!({"order": 9}),
+    )
+    .await;
+    assert_eq!(
+        echo.expect_event("private-user.7", "OrderShipped", TIMEOUT)
+            .await,
+        json!({"order": 9})
+    );
+
+    echo.leave("news").await;
+    assert_eq!(
+        echo.expect_raw("unsubscribed", TIMEOUT).await,
+        vec![json!({"channel": "news"})]
+    );
+    api_broadcast(&node, "news", "Posted", json!({"id": 3})).await;
+    echo.assert_no(
+        "event on a left channel",
+        |line| line["type"] == "event" && line["channel"] == "news",
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(echo.exit().await.success());
+}
+
+/// Echo's whisper (`client event`) goes to the channel's other members only.
+#[tokio::test]
+async fn echo_agent_whispers_to_another_client() {
+    let node = dev_node().await;
+    // Default transports: polling, then the upgrade to WebSocket.
+    let mut sender = EchoAgent::spawn(json!({"url": node.url(), "token": dev_token(7)}));
+    let mut receiver = EchoAgent::spawn(json!({"url": node.url(), "token": dev_token(7)}));
+    sender.expect_connect(TIMEOUT).await;
+    receiver.expect_connect(TIMEOUT).await;
+    for echo in [&mut sender, &mut receiver] {
+        echo.listen_for_whisper(ChannelKind::Private, "user.7", "typing")
+            .await;
+        // Echo's own subscribe (the server already added the user's channel at
+        // connect) is answered after the agent registered the listener.
+        echo.wait_for(
+            |line| line["event"] == "subscribed" && line["args"][0]["status"] == "success",
+            TIMEOUT,
+        )
+        .await;
+    }
+
+    sender
+        .whisper(
+            ChannelKind::Private,
+            "user.7",
+            "typing",
+            json!({"name": "A"}),
+        )
+        .await;
+    assert_eq!(
+        receiver
+            .expect_whisper("private-user.7", "typing", TIMEOUT)
+            .await,
+        json!({"name": "A"})
+    );
+    sender
+        .assert_no(
+            "whisper echoed to its sender",
+            |line| line["type"] == "whisper",
+            Duration::from_millis(200),
+        )
+        .await;
 }
 
 #[test]

@@ -25,72 +25,19 @@
 // Commands, one JSON object per line on stdin:
 //   {"cmd":"emit","event":E,"args":[..],"ack":ID?}   {"cmd":"transport"}
 //   {"cmd":"disconnect"}   {"cmd":"connect"}   {"cmd":"exit"}
-// The agent exits 0 on "exit" or when stdin closes.
+// The agent exits 0 on "exit" or when stdin closes. The plumbing is lines.mjs.
 
-import http from "node:http";
-import readline from "node:readline";
 import { io } from "socket.io-client";
+import { out, readConfig, reportConnection, runCommands, socketOptions } from "./lines.mjs";
 
-// stdout is a pipe to the test; on Linux pipe writes are synchronous, so a line
-// printed right before process.exit() is not lost.
-function out(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-function fail(message) {
-  out({ type: "error", message });
-  process.exit(2);
-}
-
-let config;
-try {
-  config = JSON.parse(process.argv[2] ?? "");
-} catch (err) {
-  fail(`config (argv[2]) is not JSON: ${err.message}`);
-}
-if (typeof config?.url !== "string") {
-  fail("config.url is required");
-}
-
-const timeout = config.timeout ?? 5000;
-const options = {
-  path: config.path ?? "/socket.io/",
-  // Every agent is its own client: never share a Manager (and its connection)
-  // between sockets of the same process.
-  forceNew: true,
-  reconnection: config.reconnection ?? false,
-  timeout,
-};
-for (const key of [
-  "transports",
-  "upgrade",
-  "auth",
-  "query",
-  "extraHeaders",
-  "reconnectionDelay",
-  "reconnectionDelayMax",
-]) {
-  if (config[key] !== undefined) options[key] = config[key];
-}
-if (config.localAddress) {
-  // engine.io-client hands `agent` to both xmlhttprequest-ssl (polling) and ws
-  // (websocket), so one Agent pins the source address of every connection;
-  // tests use this to look like distinct clients to nginx's hash $remote_addr.
-  options.agent = new http.Agent({ localAddress: config.localAddress, keepAlive: true });
-}
+const config = readConfig();
+const options = socketOptions(config);
+const timeout = options.timeout;
 
 const socket = io(config.url, options);
 const manager = socket.io;
 
-socket.on("connect", () => {
-  out({ type: "connect", id: socket.id, transport: manager.engine?.transport?.name ?? null });
-});
-socket.on("connect_error", (err) => {
-  out({ type: "connect_error", message: err.message, data: err.data ?? null });
-});
-socket.on("disconnect", (reason) => {
-  out({ type: "disconnect", reason });
-});
+reportConnection(socket);
 socket.onAny((event, ...args) => {
   // A server emit that asks for an ack arrives with a callback as its last
   // argument; it cannot be printed, so say that one was requested instead.
@@ -99,14 +46,6 @@ socket.onAny((event, ...args) => {
   if (ackRequested) line.ackRequested = true;
   out(line);
 });
-
-// The Engine.IO socket is replaced on every (re)connection, so hook each new one.
-manager.on("open", () => {
-  manager.engine.on("upgrade", (transport) => {
-    out({ type: "upgrade", transport: transport.name });
-  });
-});
-manager.on("reconnect", () => out({ type: "reconnect" }));
 
 function emit(cmd) {
   const args = Array.isArray(cmd.args) ? cmd.args : [];
@@ -130,52 +69,16 @@ function emit(cmd) {
   });
 }
 
-let exiting = false;
-function exit() {
-  if (exiting) return;
-  exiting = true;
-  socket.disconnect();
-  // Give the DISCONNECT packet / close frame a moment to leave before the
-  // process ends, so the server sees a clean client disconnect.
-  setTimeout(() => process.exit(0), 100);
-}
-
-const input = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-input.on("line", (line) => {
-  if (line.trim() === "") return;
-  let cmd;
-  try {
-    cmd = JSON.parse(line);
-  } catch (err) {
-    out({ type: "error", message: `command is not JSON: ${err.message}: ${line}` });
-    return;
-  }
-  switch (cmd.cmd) {
-    case "emit":
-      emit(cmd);
-      break;
-    case "transport":
+runCommands(
+  {
+    emit,
+    transport() {
       // A failed or closed engine still names its last transport; report
       // none unless the socket is actually connected.
       out({ type: "transport", name: socket.connected ? manager.engine.transport.name : null });
-      break;
-    case "disconnect":
-      socket.disconnect();
-      break;
-    case "connect":
-      socket.connect();
-      break;
-    case "exit":
-      exit();
-      break;
-    default:
-      out({ type: "error", message: `unknown command: ${line}` });
-  }
-});
-// The test dropped (or closed) our stdin: nobody is listening any more.
-input.on("close", exit);
-
-process.on("uncaughtException", (err) => {
-  out({ type: "error", message: `uncaught: ${err.stack ?? err}` });
-  process.exit(1);
-});
+    },
+    disconnect: () => socket.disconnect(),
+    connect: () => socket.connect(),
+  },
+  () => socket.disconnect(),
+);

@@ -1,11 +1,12 @@
 //! Test support for Switchboard's integration tests.
 //!
 //! Everything here runs the real thing on loopback addresses: the switchboard
-//! binary ([`Node`]), a throwaway `redis-server` ([`RedisServer`]), nginx in front
-//! of several nodes ([`Nginx`]), and real socket.io-client instances scripted
-//! over JSON lines ([`Agent`], see `tests/js/agent.mjs`). [`http`] is a small raw
-//! HTTP/1.1 client that can pick its source address, so a test can look like
-//! several distinct clients to nginx's `hash $remote_addr`.
+//! binary ([`Node`]), a throwaway `redis-server` ([`RedisServer`]) and MariaDB
+//! ([`MariaDb`]), nginx in front of several nodes ([`Nginx`]), and real
+//! socket.io-client and Laravel Echo instances scripted over JSON lines
+//! ([`Agent`], `tests/js/agent.mjs`; [`EchoAgent`], `tests/js/echo-agent.mjs`).
+//! [`http`] is a small raw HTTP/1.1 client that can pick its source address, so
+//! a test can look like several distinct clients to nginx's `hash $remote_addr`.
 //!
 //! Use it from a test file with `mod support;` and `use support::*;`.
 //! Every process is killed when its handle drops; when that drop happens because
@@ -15,8 +16,11 @@
 #![allow(dead_code, unused_imports)]
 
 mod agent;
+mod echo;
 mod http;
+mod json_lines;
 mod jwt;
+mod mariadb;
 mod nginx;
 mod node;
 mod process;
@@ -28,8 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use agent::Agent;
+pub use echo::{ChannelKind, EchoAgent};
 pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
+pub use json_lines::JsonLinesProcess;
 pub use jwt::{jwt_hs256, jwt_none};
+pub use mariadb::MariaDb;
 pub use nginx::Nginx;
 pub use node::Node;
 pub use redis_server::RedisServer;
@@ -52,6 +59,17 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("bind 127.0.0.1:0 to find a free port")
+}
+
+/// `name` from PATH, else Debian's `/usr/sbin/{name}`: sbin (nginx, mariadbd)
+/// is often missing from a non-root user's PATH.
+pub fn system_binary(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| Path::new("/usr/sbin").join(name))
 }
 
 /// The repository root, where `nginx/` and `tests/js/` live.

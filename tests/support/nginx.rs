@@ -2,25 +2,12 @@
 //! `nginx/switchboard.conf`, so the example operators copy is the one tested.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use tokio::process::Command;
-use tokio::time::Instant;
 
 use super::process::LoggedChild;
-use super::{STARTUP_TIMEOUT, TempDir, free_port, manifest_dir};
-
-/// nginx from PATH, else Debian's /usr/sbin/nginx: sbin is often missing from
-/// a non-root user's PATH.
-fn nginx_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("nginx"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
+use super::{TempDir, free_port, manifest_dir, system_binary};
 
 pub struct Nginx {
     port: u16,
@@ -92,27 +79,21 @@ impl Nginx {
 
     async fn wait_accepting(&mut self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = self.process.exited() {
-                panic!("nginx exited ({status}) before accepting on {addr}");
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.process.kill().await;
-                panic!("nginx did not accept on {addr} within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.process
+            .wait_ready(&format!("accept on {addr}"), async || {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            })
+            .await;
     }
 }
 
 /// `nginx -p <dir> -c <dir>/nginx.conf -e stderr -g "daemon off;"`, the
 /// foreground form both the check and the real start use.
 fn nginx_command(dir: &Path) -> Command {
-    let mut command = Command::new(nginx_binary());
+    let mut command = Command::new(system_binary("nginx"));
     command
         .arg("-p")
         .arg(dir)

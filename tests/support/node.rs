@@ -5,7 +5,6 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::process::Command;
-use tokio::time::Instant;
 
 use super::process::LoggedChild;
 use super::{STARTUP_TIMEOUT, TempDir, free_port, try_http};
@@ -97,28 +96,16 @@ impl Node {
 
     async fn wait_healthy(&mut self) {
         let health = format!("{}/health", self.url());
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = self.process.exited() {
-                panic!(
-                    "switchboard on {} exited ({status}) before /health answered",
-                    self.addr
-                );
-            }
-            let last = match try_http("GET", &health, &[], b"").await {
-                Ok(response) if response.status == 200 => return,
-                Ok(response) => format!("status {}: {}", response.status, response.text()),
-                Err(err) => err.to_string(),
-            };
-            if Instant::now() > deadline {
-                self.process.kill().await;
-                panic!(
-                    "switchboard on {} did not answer GET /health with 200 within {STARTUP_TIMEOUT:?} (last: {last})",
-                    self.addr
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.process
+            .wait_ready(
+                &format!("answer GET /health with 200 on {}", self.addr),
+                async || match try_http("GET", &health, &[], b"").await {
+                    Ok(response) if response.status == 200 => Ok(()),
+                    Ok(response) => Err(format!("status {}: {}", response.status, response.text())),
+                    Err(err) => Err(err.to_string()),
+                },
+            )
+            .await;
     }
 }
 

@@ -10,6 +10,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::STARTUP_TIMEOUT;
 
 pub(crate) struct LoggedChild {
     name: String,
@@ -45,10 +48,7 @@ impl LoggedChild {
     }
 
     pub fn logs(&self) -> String {
-        match std::fs::read(&self.log_path) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(err) => format!("(cannot read {}: {err})", self.log_path.display()),
-        }
+        read_log(&self.log_path)
     }
 
     /// The process id; panics if the process has already been waited for.
@@ -98,6 +98,35 @@ impl LoggedChild {
             .unwrap_or_else(|err| panic!("wait for {} to exit: {err}", self.name));
     }
 
+    /// Polls `probe` every 20 ms until it succeeds. If the process exits
+    /// first, or [`STARTUP_TIMEOUT`] passes (then it is killed), panics with
+    /// `what` it was waiting for, e.g. "answer PING on port 6379", and the
+    /// probe's last error.
+    pub async fn wait_ready(
+        &mut self,
+        what: &str,
+        mut probe: impl AsyncFnMut() -> Result<(), String>,
+    ) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!("{} exited ({status}) before it would {what}", self.name);
+            }
+            let last = match probe().await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            if Instant::now() > deadline {
+                self.kill().await;
+                panic!(
+                    "{} did not {what} within {STARTUP_TIMEOUT:?} (last: {last})",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => {
@@ -105,6 +134,15 @@ impl LoggedChild {
             }
             Err(_elapsed) => None,
         }
+    }
+}
+
+/// A log file's text, also once its process is gone (say, killed for a
+/// restart), or why it cannot be read.
+pub(crate) fn read_log(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
     }
 }
 

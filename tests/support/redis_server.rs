@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio::process::Command;
-use tokio::time::Instant;
 
-use super::process::LoggedChild;
-use super::{STARTUP_TIMEOUT, TempDir, free_port};
+use super::process::{LoggedChild, read_log};
+use super::{TempDir, free_port};
 
 pub struct RedisServer {
     port: u16,
@@ -40,10 +39,7 @@ impl RedisServer {
 
     /// Everything redis-server printed, across restarts.
     pub fn logs(&self) -> String {
-        self.process
-            .as_ref()
-            .map(LoggedChild::logs)
-            .unwrap_or_else(|| std::fs::read_to_string(self.log_path()).unwrap_or_default())
+        read_log(&self.log_path())
     }
 
     /// SIGKILL, like a crash: no shutdown, clients see the connection drop.
@@ -97,40 +93,26 @@ impl RedisServer {
         command.args(["--save", "", "--appendonly", "no"]);
         command.arg("--dir").arg(self.dir.path());
         let mut process = LoggedChild::spawn("redis-server", command, &self.log_path());
-
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = process.exited() {
-                panic!(
-                    "redis-server on port {} exited ({status}) before answering PING",
-                    self.port
-                );
-            }
-            if self.answers_ping().await {
-                break;
-            }
-            if Instant::now() > deadline {
-                process.kill().await;
-                panic!(
-                    "redis-server on port {} did not answer PING within {STARTUP_TIMEOUT:?}",
-                    self.port
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process
+            .wait_ready(&format!("answer PING on port {}", self.port), async || {
+                self.ping().await
+            })
+            .await;
         self.process = Some(process);
     }
 
-    async fn answers_ping(&self) -> bool {
+    async fn ping(&self) -> Result<(), String> {
         let ping = async {
             let mut connection = self.try_connection().await?;
             redis::cmd("PING")
                 .query_async::<String>(&mut connection)
                 .await
         };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), ping).await,
-            Ok(Ok(pong)) if pong == "PONG"
-        )
+        match tokio::time::timeout(Duration::from_secs(1), ping).await {
+            Ok(Ok(pong)) if pong == "PONG" => Ok(()),
+            Ok(Ok(other)) => Err(format!("PING answered {other:?}")),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_elapsed) => Err("no answer to PING within 1 s".to_owned()),
+        }
     }
 }
