@@ -1,0 +1,161 @@
+//! Laravel Echo from npm (`broadcaster: 'socket.io'`) against two nodes sharing Redis, with
+//! a policy file: private channels by JWT claim, presence channels by role, whispers, and
+//! Laravel's own Redis publishing.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "switchboard-dev-secret";
+const PREFIX: &str = "laravel_database_";
+
+const POLICY: &str = r#"
+[[channel]]
+pattern = "presence-chat.{id}"
+allow = "role"
+min_role = "member"
+
+[[channel]]
+pattern = "private-orders.{id}"
+allow = "claim"
+claim = "channels"
+"#;
+
+fn policy_file() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, POLICY).expect("write policy");
+    path
+}
+
+async fn cluster(redis: &RedisServer) -> (Node, Node) {
+    let url = redis.url();
+    let policy = policy_file();
+    let policy = policy.to_str().expect("utf-8 temp path");
+    let args = ["--dev", "--redis-url", &url, "--redis-prefix", PREFIX];
+    let one = Node::spawn(
+        &args,
+        &[("SWITCHBOARD_NODE_ID", "one"), ("SWITCHBOARD_POLICY_FILE", policy)],
+    )
+    .await;
+    let two = Node::spawn(
+        &args,
+        &[("SWITCHBOARD_NODE_ID", "two"), ("SWITCHBOARD_POLICY_FILE", policy)],
+    )
+    .await;
+    (one, two)
+}
+
+async fn echo(node: &Node, claims: Value) -> EchoAgent {
+    let mut agent = EchoAgent::spawn(json!({
+        "url": node.url(),
+        "token": jwt_hs256(SECRET, claims),
+        "transports": ["websocket"],
+    }));
+    agent.expect_connect(TIMEOUT).await;
+    agent
+}
+
+fn alice() -> Value {
+    json!({"sub": 1, "name": "Alice", "role": "member", "channels": ["private-orders.*"]})
+}
+
+fn bob() -> Value {
+    json!({"sub": 2, "name": "Bob", "role": "MODERATOR"})
+}
+
+#[tokio::test]
+async fn echo_private_channel_gets_laravel_publishes_from_redis() {
+    let redis = RedisServer::start().await;
+    let (one, two) = cluster(&redis).await;
+
+    let mut a = echo(&one, alice()).await;
+    a.private("orders.5", &["OrderShipped"]).await;
+    a.expect_subscribed("private-orders.5", TIMEOUT).await;
+    // Bob's token lists no orders channel.
+    let mut b = echo(&two, bob()).await;
+    b.private("orders.5", &["OrderShipped"]).await;
+    let refused = b
+        .expect_subscription_error("private-orders.5", TIMEOUT)
+        .await;
+    assert_eq!(refused["error"], "forbidden", "{refused}");
+
+    // Exactly what Laravel's Redis broadcaster publishes.
+    let envelope = json!({
+        "event": "App\\Events\\OrderShipped",
+        "data": {"order": 5, "socket": null},
+        "socket": null,
+    });
+    redis
+        .publish(&format!("{PREFIX}private-orders.5"), envelope.to_string())
+        .await;
+    assert_eq!(
+        a.expect_event("private-orders.5", "OrderShipped", TIMEOUT)
+            .await,
+        json!({"order": 5, "socket": null})
+    );
+    b.assert_no(
+        "an event on a refused channel",
+        |line| line["type"] == "event",
+        Duration::from_millis(300),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn echo_presence_here_joining_leaving_and_whispers_across_nodes() {
+    let redis = RedisServer::start().await;
+    let (one, two) = cluster(&redis).await;
+    let channel = "presence-chat.1";
+
+    let mut a = echo(&one, alice()).await;
+    a.join("chat.1").await;
+    a.listen_for_whisper(ChannelKind::Presence, "chat.1", "typing")
+        .await;
+    assert_eq!(
+        a.expect_here(channel, TIMEOUT).await,
+        [json!({"name": "Alice"})]
+    );
+
+    let mut b = echo(&two, bob()).await;
+    b.join("chat.1").await;
+    let mut here = b.expect_here(channel, TIMEOUT).await;
+    here.sort_by_key(|m| m["name"].to_string());
+    assert_eq!(here, [json!({"name": "Alice"}), json!({"name": "Bob"})]);
+    assert_eq!(
+        a.expect_joining(channel, TIMEOUT).await,
+        json!({"name": "Bob"})
+    );
+
+    // A guest is below the channel's minimum role.
+    let mut guest = echo(&one, json!({"sub": 3, "name": "Guest", "role": "guest"})).await;
+    guest.join("chat.1").await;
+    let refused = guest.expect_subscription_error(channel, TIMEOUT).await;
+    assert_eq!(refused["error"], "forbidden", "{refused}");
+
+    // Whispers cross nodes and skip the sender.
+    b.whisper(ChannelKind::Presence, "chat.1", "typing", json!({"who": "Bob"}))
+        .await;
+    assert_eq!(
+        a.expect_whisper(channel, "typing", TIMEOUT).await,
+        json!({"who": "Bob"})
+    );
+
+    b.disconnect().await;
+    assert_eq!(
+        a.expect_leaving(channel, TIMEOUT).await,
+        json!({"name": "Bob"})
+    );
+    guest
+        .assert_no(
+            "presence events on a refused channel",
+            |line| line["type"] == "joining" || line["type"] == "leaving",
+            Duration::from_millis(200),
+        )
+        .await;
+}
