@@ -19,6 +19,7 @@ use crate::engine::Session;
 use crate::hub::{Codec, Member};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
+use crate::policy::Request;
 use crate::protocol::engineio;
 use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 
@@ -274,6 +275,14 @@ struct ChannelRequest {
     channel: Option<String>,
 }
 
+/// Laravel Echo's subscribe payload: `{channel, auth: {headers: {…}}}`.
+#[derive(Debug, Deserialize)]
+struct SubscribeRequest {
+    channel: Option<String>,
+    /// Kept whole: the policy forwards its `headers` to an auth callback.
+    auth: Option<Value>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Whisper<'a> {
     channel: Option<String>,
@@ -338,14 +347,26 @@ async fn subscribe(
     args: &[&RawValue],
     ack: Option<u64>,
 ) {
-    let Some(channel) = first_arg::<ChannelRequest>(args).and_then(|r| r.channel) else {
+    let Some(SubscribeRequest {
+        channel: Some(channel),
+        auth,
+    }) = first_arg::<SubscribeRequest>(args)
+    else {
         let error = json!({"channel": null, "error": "expected {channel, auth?}"});
         return answer(session, ack, "subscription_error", &error);
     };
     let result = async {
         channel::validate(&channel, node.config.max_channel_length)
             .map_err(Refusal::InvalidName)?;
-        channel::authorize(&socket.principal, &channel)?;
+        let request = Request {
+            principal: &socket.principal,
+            channel: &channel,
+            socket_id: &socket.id,
+            auth: auth.as_ref(),
+        };
+        // Presence channels will use `_grant.member` (or `policy.member_from_token`) as the
+        // member's info; presence itself is being added on main.
+        let _grant = node.config.policy.authorize(&request).await?;
         Ok::<_, Refusal>(node.join(socket, &channel).await?)
     }
     .await;
