@@ -1,6 +1,6 @@
 //! Who may join which channel: an ordered list of rules, first match wins.
 //!
-//! A rule is a channel name [`Pattern`] and a check: `open`, `self` (the placeholder is the
+//! A rule is a channel name pattern and a check: `open`, `self` (the placeholder is the
 //! user's id), `role` (the JWT `role` reaches a rank), `claim` (a JWT claim lists the channel),
 //! `callback` (the application's auth endpoint says yes) or `sql` (a query returns a row).
 //! Unmatched `private-`/`presence-` channels are refused, unmatched public ones are open.
@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-pub use rules::{DEFAULT_ROLES, Match, Pattern, PolicyConfig, normalize_role};
+pub use rules::PolicyConfig;
 
 use crate::auth::Principal;
 use crate::channel::{self, Kind, Refusal};
 use crate::database::Database;
 use cache::Cache;
 use callback::Callback;
-use rules::{Check, Rule};
+use rules::{Check, Match, Pattern, Rule, normalize_role};
 
 /// Settings of the policy that do not live in its file.
 #[derive(Debug, Clone)]
@@ -255,7 +255,7 @@ mod tests {
             panic!("claims must be an object");
         };
         Principal {
-            claims: Some(Box::new(map)),
+            claims: Some(map.into_iter().collect()),
             ..user(id)
         }
     }

@@ -181,11 +181,11 @@ pub struct Rule {
 #[derive(Clone)]
 pub struct PolicyConfig {
     /// The role hierarchy, lowest first, in [`normalize_role`] form.
-    pub roles: Vec<String>,
+    pub(super) roles: Vec<String>,
     /// Claims copied into a presence member's `user_info`.
-    pub user_info: Vec<String>,
+    pub(super) user_info: Vec<String>,
     /// Ordered rules; the first whose pattern matches decides.
-    pub rules: Vec<Rule>,
+    pub(super) rules: Vec<Rule>,
 }
 
 impl Default for PolicyConfig {
@@ -606,6 +606,14 @@ mod tests {
             assert!(error.contains(why), "{text:?} → {error}");
             assert!(!error.contains('\n'), "one line: {error}");
         }
+    }
+
+    #[test]
+    fn example_file_loads() {
+        let config = PolicyConfig::from_toml(include_str!("../../examples/policy.toml"))
+            .unwrap_or_else(|e| panic!("examples/policy.toml: {e}"));
+        assert_eq!(config.rules.len(), 7);
+        assert_eq!(config.user_info, ["name", "avatar"]);
     }
 
     #[test]
