@@ -10,7 +10,7 @@ use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// An authenticated user, as their token describes them.
 #[derive(Debug, Clone)]
@@ -21,6 +21,19 @@ pub struct Principal {
     pub role: Option<String>,
     /// The `name` claim, if any.
     pub name: Option<String>,
+    /// The claims the channel policy reads (see [`JwtVerifier::with_retained_claims`]), by
+    /// name. `None` when the token has none of them; an exact-size slice rather than a map,
+    /// because every socket holds one (a map's first node alone is ~600 bytes) and a policy
+    /// reads only a few claims.
+    pub claims: Option<Box<[(String, Value)]>>,
+}
+
+impl Principal {
+    /// A retained claim of the token, if the token had it.
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        let claims = self.claims.as_deref()?;
+        claims.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
 }
 
 /// Why a token was refused; the text is what the client is told.
@@ -69,6 +82,8 @@ impl TokenError {
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Claim names copied onto the [`Principal`]; everything else is dropped after `verify`.
+    retained: Arc<[String]>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -78,15 +93,6 @@ impl std::fmt::Debug for JwtVerifier {
             .field("algorithm", &self.validation.algorithms)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: Option<Value>,
-    #[serde(rename = "userId")]
-    user_id: Option<Value>,
-    role: Option<String>,
-    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,12 +135,22 @@ impl JwtVerifier {
         // Tokens without `exp` are accepted (as Centrifugo does); when present it is enforced.
         validation.required_spec_claims.clear();
         validation.leeway = 0;
-        Self { key, validation }
+        Self {
+            key,
+            validation,
+            retained: Arc::new([]),
+        }
     }
 
     /// Sets the tolerated clock skew.
     pub fn with_leeway(mut self, leeway: Duration) -> Self {
         self.validation.leeway = leeway.as_secs();
+        self
+    }
+
+    /// Keeps these claims on every verified [`Principal`] (the channel policy's needs).
+    pub fn with_retained_claims(mut self, claims: Vec<String>) -> Self {
+        self.retained = claims.into();
         self
     }
 
@@ -149,34 +165,42 @@ impl JwtVerifier {
         if header.alg.parse::<Algorithm>().ok() != expected {
             return Err(TokenError::Algorithm);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                ErrorKind::InvalidSignature => TokenError::Signature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
-                _ => TokenError::Malformed,
-            },
-        )?;
-        let claims = data.claims;
+        // One decode into a map: the fixed claims are read from it and the retained ones moved out.
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidSignature => TokenError::Signature,
+            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+            _ => TokenError::Malformed,
+        })?;
+        let mut claims = data.claims;
         let user_id = claims
-            .sub
+            .get("sub")
             .and_then(id_string)
-            .or_else(|| claims.user_id.and_then(id_string))
+            .or_else(|| claims.get("userId").and_then(id_string))
             .ok_or(TokenError::NoSubject)?;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let (role, name) = (text("role"), text("name"));
+        let retained: Vec<(String, Value)> = self
+            .retained
+            .iter()
+            .filter_map(|name| Some((name.clone(), claims.remove(name)?)))
+            .collect();
         Ok(Principal {
             user_id: user_id.into(),
-            role: claims.role,
-            name: claims.name,
+            role,
+            name,
+            claims: (!retained.is_empty()).then(|| retained.into_boxed_slice()),
         })
     }
 }
 
 /// A user id claim as a string: strings and integers are accepted; it must be usable in a
 /// channel name (`private-user.{id}`).
-fn id_string(value: Value) -> Option<String> {
+fn id_string(value: &Value) -> Option<String> {
     let id = match value {
-        Value::String(s) => s,
+        Value::String(s) => s.clone(),
         Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
         _ => return None,
     };
@@ -248,6 +272,26 @@ mod tests {
             .verify(&token("s3cret", json!({"userId": "u-7"})))
             .expect("userId claim");
         assert_eq!(&*p.user_id, "u-7");
+    }
+
+    #[test]
+    fn keeps_only_retained_claims() {
+        let claims =
+            json!({"sub": 1, "role": "admin", "channels": ["a"], "avatar": "x.png", "secret": 1});
+        let p = verifier()
+            .verify(&token("s3cret", claims.clone()))
+            .expect("valid");
+        assert!(p.claims.is_none(), "nothing retained by default");
+        let p = verifier()
+            .with_retained_claims(vec!["channels".into(), "avatar".into(), "absent".into()])
+            .verify(&token("s3cret", claims))
+            .expect("valid");
+        assert_eq!(p.claim("channels"), Some(&json!(["a"])));
+        assert_eq!(p.claim("avatar"), Some(&json!("x.png")));
+        assert_eq!(p.claim("secret"), None);
+        assert_eq!(p.claim("absent"), None);
+        assert_eq!(p.claims.map(|c| c.len()), Some(2));
+        assert_eq!(p.role.as_deref(), Some("admin"));
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! Channel names: what is a valid name, what kind of channel it is, and who may join it.
+//! Channel names: what is a valid name, what kind of channel it is, and why a subscription
+//! was refused. Who may join which channel is the [`crate::policy`]'s business.
 //!
 //! Names follow Laravel's conventions: `private-…` and `presence-…` need authorization,
 //! anything else is public. Names are limited in length and to a charset that cannot break
 //! a Redis channel name or a glob pattern.
-
-use crate::auth::Principal;
 
 /// The kinds of channel, by name prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,15 +40,17 @@ pub fn validate(name: &str, max_len: usize) -> Result<(), String> {
     if name.len() > max_len {
         return Err(format!("channel name is longer than {max_len} bytes"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:=@,;#+/".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|c| !is_name_char(*c)) {
         return Err(format!(
             "channel name contains {bad:?}; allowed are letters, digits and - _ . : = @ , ; # + /"
         ));
     }
     Ok(())
+}
+
+/// Whether a character may appear in a channel name.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.:=@,;#+/".contains(c)
 }
 
 /// Why a subscription was refused.
@@ -64,32 +65,14 @@ pub enum Refusal {
     /// The socket is at its subscription limit.
     #[error(transparent)]
     Limit(#[from] crate::hub::JoinError),
-    /// A service the decision needs is down; the subscription is refused, never allowed.
-    #[error("{0}")]
+    /// The back-end that decides (auth callback, database) did not answer; never an allow.
+    #[error("authorization unavailable: {0}")]
     Unavailable(String),
-}
-
-/// The built-in policy: public channels are open, `private-user.{id}` is its user's only,
-/// every other private or presence channel is refused.
-pub fn authorize(principal: &Principal, name: &str) -> Result<(), Refusal> {
-    match kind(name) {
-        Kind::Public => Ok(()),
-        Kind::Private if name.strip_prefix("private-user.") == Some(&principal.user_id) => Ok(()),
-        Kind::Private | Kind::Presence => Err(Refusal::Forbidden),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(id: &str) -> Principal {
-        Principal {
-            user_id: id.into(),
-            role: None,
-            name: None,
-        }
-    }
 
     #[test]
     fn kinds() {
@@ -108,27 +91,5 @@ mod tests {
         assert!(validate("news*", 200).is_err());
         assert!(validate("news\n", 200).is_err());
         assert!(validate(&"a".repeat(201), 200).is_err());
-    }
-
-    #[test]
-    fn default_policy() {
-        assert_eq!(authorize(&user("1"), "news"), Ok(()));
-        assert_eq!(authorize(&user("1"), "private-user.1"), Ok(()));
-        assert_eq!(
-            authorize(&user("1"), "private-user.2"),
-            Err(Refusal::Forbidden)
-        );
-        assert_eq!(
-            authorize(&user("1"), "private-user.10"),
-            Err(Refusal::Forbidden)
-        );
-        assert_eq!(
-            authorize(&user("1"), "private-orders.1"),
-            Err(Refusal::Forbidden)
-        );
-        assert_eq!(
-            authorize(&user("1"), "presence-chat.1"),
-            Err(Refusal::Forbidden)
-        );
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -16,7 +17,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use jsonwebtoken::Algorithm;
 
 use crate::auth::JwtVerifier;
+use crate::database::Database;
 use crate::limit::{Network, Rate};
+use crate::policy::{Policy, PolicyConfig, Settings as PolicySettings};
 
 /// The secret `--dev` signs and verifies tokens with. Public on purpose: never use it in production.
 pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
@@ -172,6 +175,30 @@ pub struct Args {
     /// Log format
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// TOML file with the channel authorization policy (`[[channel]]` rules) [default: built-in]
+    #[arg(long, env = "SWITCHBOARD_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// Longest an auth callback or a policy query may take before the subscription is refused
+    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// How long callback and query answers are reused per user and channel (0s = not cached)
+    #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub auth_cache_ttl: Duration,
+
+    /// Most cached authorization answers held at once
+    #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_SIZE", default_value_t = 100_000)]
+    pub auth_cache_size: usize,
+
+    /// MySQL/MariaDB URL, mysql://user:pass@host:3306/db (for `sql` policy rules)
+    #[arg(long, env = "SWITCHBOARD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Policy keys (`roles`, `presence`, `channel`) found in the `--config` file, with its path.
+    #[arg(skip)]
+    pub config_policy: Option<(PathBuf, toml::Table)>,
 }
 
 /// How log lines are written.
@@ -255,6 +282,10 @@ pub struct Config {
     pub trusted_proxies: Vec<Network>,
     /// Log format.
     pub log_format: LogFormat,
+    /// The application's database, when configured; connects on first use.
+    pub database: Option<Database>,
+    /// Who may join which channel.
+    pub policy: Arc<Policy>,
 }
 
 impl Args {
@@ -289,7 +320,13 @@ impl Args {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
+        let mut policy = toml::Table::new();
         for (key, value) in table {
+            // The policy may live in this file too; it is checked with the policy file's rules.
+            if PolicyConfig::KEYS.contains(&key.as_str()) {
+                policy.insert(key, value);
+                continue;
+            }
             if !known.contains(&key) || key == "config" {
                 return Err(Self::command().error(
                     clap::error::ErrorKind::UnknownArgument,
@@ -327,7 +364,11 @@ impl Args {
                 }
             }
         }
-        Self::try_parse_from(argv)
+        let mut args = Self::try_parse_from(argv)?;
+        if !policy.is_empty() {
+            args.config_policy = Some((path, policy));
+        }
+        Ok(args)
     }
 
     /// Checks every setting and resolves keys, URLs and names.
@@ -339,7 +380,21 @@ impl Args {
             )
         })?;
 
-        let jwt = self.jwt()?;
+        let database = self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|url| {
+                Database::from_url(url).map_err(|e| {
+                    ConfigError::new(
+                        "database_url",
+                        format!("cannot use `{}`: {e}", redact_url(url)),
+                    )
+                })
+            })
+            .transpose()?;
+        let policy = Arc::new(self.policy(database.clone())?);
+        let jwt = self.jwt()?.with_retained_claims(policy.retained_claims());
         let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
         let redis = redis_url
             .as_deref()
@@ -379,6 +434,9 @@ impl Args {
         }
         if self.ping_timeout.is_zero() {
             return Err(ConfigError::new("ping_timeout", "must be greater than 0"));
+        }
+        if self.auth_timeout.is_zero() {
+            return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
         }
 
         let api_keys: Vec<String> = self
@@ -457,7 +515,53 @@ impl Args {
             subscribe_rate,
             trusted_proxies,
             log_format: self.log_format,
+            database,
+            policy,
         })
+    }
+
+    /// The policy from `--policy-file` or the `--config` file (not both), else the built-in one.
+    fn policy(&self, database: Option<Database>) -> Result<Policy, ConfigError> {
+        let (setting, path, loaded) = match (&self.policy_file, &self.config_policy) {
+            (Some(file), Some((config, _))) => {
+                return Err(ConfigError::new(
+                    "policy_file",
+                    format!(
+                        "both {} and {} define the channel policy; keep `roles`, `[presence]` and `[[channel]]` in one of them",
+                        file.display(),
+                        config.display()
+                    ),
+                ));
+            }
+            (Some(file), None) => {
+                let loaded = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read it: {e}"))
+                    .and_then(|text| PolicyConfig::from_toml(&text));
+                ("policy_file", Some(file), loaded)
+            }
+            (None, Some((config, table))) => (
+                "config",
+                Some(config),
+                PolicyConfig::from_table(table.clone()),
+            ),
+            (None, None) => ("policy_file", None, Ok(PolicyConfig::default())),
+        };
+        let fail = |problem: String| {
+            ConfigError::new(
+                setting,
+                match path {
+                    Some(path) => format!("{}: {problem}", path.display()),
+                    None => problem,
+                },
+            )
+        };
+        let settings = PolicySettings {
+            timeout: self.auth_timeout,
+            cache_ttl: self.auth_cache_ttl,
+            cache_size: self.auth_cache_size,
+            database,
+        };
+        Policy::new(loaded.map_err(fail)?, settings).map_err(fail)
     }
 
     fn jwt(&self) -> Result<JwtVerifier, ConfigError> {
@@ -677,6 +781,86 @@ mod tests {
         let err = args(&["--config", &path_arg]).expect_err("unknown key");
         assert!(err.to_string().contains("no_such_thing"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn policy_from_either_file_but_not_both() {
+        let dir = std::env::temp_dir().join(format!("sb-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("c.toml");
+        let policy = dir.join("p.toml");
+        let (config_arg, policy_arg) = (
+            config.to_string_lossy().into_owned(),
+            policy.to_string_lossy().into_owned(),
+        );
+        let rule = "[[channel]]\npattern = \"admin.*\"\nallow = \"claim\"\nclaim = \"rights\"\n";
+        std::fs::write(&config, format!("dev = true\n{rule}")).expect("write");
+        std::fs::write(&policy, rule).expect("write");
+
+        let from_config = args(&["--config", &config_arg]).expect("loads");
+        let validated = from_config.validate().expect("valid");
+        assert_eq!(validated.policy.retained_claims(), ["name", "rights"]);
+        let from_file = args(&["--dev", "--policy-file", &policy_arg]).expect("loads");
+        assert!(from_file.validate().is_ok());
+
+        let err = args(&["--config", &config_arg, "--policy-file", &policy_arg])
+            .expect("loads")
+            .validate()
+            .expect_err("both");
+        assert_eq!(err.setting, "SWITCHBOARD_POLICY_FILE");
+        assert!(err.problem.contains(&config_arg) && err.problem.contains(&policy_arg));
+
+        std::fs::write(
+            &config,
+            "dev = true\n[[channel]]\npattern = \"a\"\nallow = \"x\"\n",
+        )
+        .expect("write");
+        let err = args(&["--config", &config_arg])
+            .expect("loads")
+            .validate()
+            .expect_err("bad rule");
+        assert_eq!(err.setting, "SWITCHBOARD_CONFIG");
+        assert!(
+            err.problem
+                .starts_with(&format!("{config_arg}: [[channel]] #1 `a`: ")),
+            "{err}"
+        );
+
+        let err = args(&["--dev", "--policy-file", "/nonexistent/p.toml"])
+            .expect("loads")
+            .validate()
+            .expect_err("missing file");
+        assert_eq!(err.setting, "SWITCHBOARD_POLICY_FILE");
+        assert!(
+            err.problem
+                .starts_with("/nonexistent/p.toml: cannot read it"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn database_url_is_checked_and_redacted() {
+        let err = args(&["--dev", "--database-url", "postgres://u:pw@h/db"])
+            .expect("parses")
+            .validate()
+            .expect_err("not mysql");
+        assert_eq!(err.setting, "SWITCHBOARD_DATABASE_URL");
+        assert!(!err.problem.contains("pw"), "{err}");
+        // Valid and lazy: nothing listens there, yet the configuration is accepted.
+        let config = args(&["--dev", "--database-url", "mysql://u:pw@127.0.0.1:1/db"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert!(
+            !format!("{config:?}").contains("pw@"),
+            "Debug hides the password"
+        );
+        let err = args(&["--dev", "--auth-timeout", "0s"])
+            .expect("parses")
+            .validate()
+            .expect_err("zero timeout");
+        assert_eq!(err.setting, "SWITCHBOARD_AUTH_TIMEOUT");
     }
 
     #[test]

@@ -352,6 +352,7 @@ mod tests {
             user_id: "u".into(),
             role: None,
             name: None,
+            claims: None,
         };
         Arc::new(Member::new(
             id.into(),

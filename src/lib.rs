@@ -15,7 +15,8 @@
 //! - [`server`]: the router and the serve loop with graceful drain.
 //! - [`engine`]: Engine.IO sessions over polling and websocket; [`socketio`] on top of it.
 //! - [`protocol`]: pure codecs (Engine.IO, Socket.IO).
-//! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and the default channel policy.
+//! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and kinds of channels.
+//! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: MySQL pool.
 //! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue.
 //! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
@@ -26,6 +27,7 @@ pub mod bus;
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod database;
 pub mod engine;
 pub mod error;
 pub mod hub;
@@ -33,6 +35,7 @@ pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod socketio;

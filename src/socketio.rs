@@ -20,6 +20,7 @@ use crate::engine::Session;
 use crate::hub::{Codec, Member};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
+use crate::policy::Request;
 use crate::protocol::engineio;
 use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 
@@ -298,6 +299,14 @@ struct ChannelRequest {
     channel: Option<String>,
 }
 
+/// Laravel Echo's subscribe payload: `{channel, auth: {headers: {…}}}`.
+#[derive(Debug, Deserialize)]
+struct SubscribeRequest {
+    channel: Option<String>,
+    /// Kept whole: the policy forwards its `headers` to an auth callback.
+    auth: Option<Value>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Whisper<'a> {
     channel: Option<String>,
@@ -362,7 +371,11 @@ async fn subscribe(
     args: &[&RawValue],
     ack: Option<u64>,
 ) {
-    let Some(channel) = first_arg::<ChannelRequest>(args).and_then(|r| r.channel) else {
+    let Some(SubscribeRequest {
+        channel: Some(channel),
+        auth,
+    }) = first_arg::<SubscribeRequest>(args)
+    else {
         let error = json!({"channel": null, "error": "expected {channel, auth?}"});
         return answer(session, ack, "subscription_error", &error);
     };
@@ -377,19 +390,30 @@ async fn subscribe(
     let result = async {
         channel::validate(&channel, node.config.max_channel_length)
             .map_err(Refusal::InvalidName)?;
-        channel::authorize(&socket.principal, &channel)?;
+        let request = Request {
+            principal: &socket.principal,
+            channel: &channel,
+            socket_id: &socket.id,
+            auth: auth.as_ref(),
+        };
+        let grant = node.config.policy.authorize(&request).await?;
         let (name, _) = node.join(socket, &channel).await?;
         if channel::kind(&name) != Kind::Presence {
             return Ok(None);
         }
-        let info: Arc<str> = presence_member(&socket.principal).to_string().into();
-        match node.presence_join(socket, &name, info).await {
+        let member = grant
+            .member
+            .unwrap_or_else(|| node.config.policy.member_from_token(&socket.principal));
+        match node
+            .presence_join(socket, &name, member.to_string().into())
+            .await
+        {
             Ok(members) => Ok(Some(members)),
             Err(e) => {
                 tracing::warn!(channel = %name, error = %e, "presence join failed");
                 node.leave(socket, &name);
                 Err(Refusal::Unavailable(
-                    "presence is unavailable, try again".into(),
+                    "presence state is unreachable, try again".into(),
                 ))
             }
         }
@@ -427,11 +451,6 @@ async fn subscribe(
             );
         }
     }
-}
-
-/// A presence member built from the token: `{user_id, user_info: {name}}`.
-fn presence_member(principal: &crate::auth::Principal) -> Value {
-    json!({"user_id": &*principal.user_id, "user_info": {"name": principal.name}})
 }
 
 async fn whisper(

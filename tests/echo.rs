@@ -40,12 +40,18 @@ async fn cluster(redis: &RedisServer) -> (Node, Node) {
     let args = ["--dev", "--redis-url", &url, "--redis-prefix", PREFIX];
     let one = Node::spawn(
         &args,
-        &[("SWITCHBOARD_NODE_ID", "one"), ("SWITCHBOARD_POLICY_FILE", policy)],
+        &[
+            ("SWITCHBOARD_NODE_ID", "one"),
+            ("SWITCHBOARD_POLICY_FILE", policy),
+        ],
     )
     .await;
     let two = Node::spawn(
         &args,
-        &[("SWITCHBOARD_NODE_ID", "two"), ("SWITCHBOARD_POLICY_FILE", policy)],
+        &[
+            ("SWITCHBOARD_NODE_ID", "two"),
+            ("SWITCHBOARD_POLICY_FILE", policy),
+        ],
     )
     .await;
     (one, two)
@@ -139,8 +145,13 @@ async fn echo_presence_here_joining_leaving_and_whispers_across_nodes() {
     assert_eq!(refused["error"], "forbidden", "{refused}");
 
     // Whispers cross nodes and skip the sender.
-    b.whisper(ChannelKind::Presence, "chat.1", "typing", json!({"who": "Bob"}))
-        .await;
+    b.whisper(
+        ChannelKind::Presence,
+        "chat.1",
+        "typing",
+        json!({"who": "Bob"}),
+    )
+    .await;
     assert_eq!(
         a.expect_whisper(channel, "typing", TIMEOUT).await,
         json!({"who": "Bob"})

@@ -71,7 +71,10 @@ async fn mechamap_thread_rule_on_real_tables() {
     let node = Node::spawn(
         &["--dev"],
         &[
-            ("SWITCHBOARD_POLICY_FILE", policy.to_str().expect("utf-8 path")),
+            (
+                "SWITCHBOARD_POLICY_FILE",
+                policy.to_str().expect("utf-8 path"),
+            ),
             ("SWITCHBOARD_DATABASE_URL", &db.url()),
             // Every subscribe asks the database, so the outage below is seen at once.
             ("SWITCHBOARD_AUTH_CACHE_TTL", "0s"),
@@ -81,11 +84,20 @@ async fn mechamap_thread_rule_on_real_tables() {
 
     let mut member = client(&node, 1).await;
     let mut moderator = client(&node, 2).await;
-    assert_eq!(subscribe(&mut member, "presence-thread.100").await["status"], "success");
+    assert_eq!(
+        subscribe(&mut member, "presence-thread.100").await["status"],
+        "success"
+    );
     let refused = subscribe(&mut member, "presence-thread.200").await;
     assert_eq!(refused["error"], "forbidden", "{refused}");
-    assert_eq!(subscribe(&mut moderator, "presence-thread.200").await["status"], "success");
-    assert_eq!(subscribe(&mut moderator, "presence-thread.100").await["status"], "success");
+    assert_eq!(
+        subscribe(&mut moderator, "presence-thread.200").await["status"],
+        "success"
+    );
+    assert_eq!(
+        subscribe(&mut moderator, "presence-thread.100").await["status"],
+        "success"
+    );
     // No such thread: no row.
     let refused = subscribe(&mut moderator, "presence-thread.999").await;
     assert_eq!(refused["error"], "forbidden", "{refused}");

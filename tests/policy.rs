@@ -1,0 +1,490 @@
+//! The channel authorization policy through a real node and a real socket.io-client: the
+//! `callback` rule against a stand-in for Laravel's `/broadcasting/auth` (allow, deny, slow,
+//! failing, down, cached), and the `self`, `role` and `claim` rules from a policy file.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECRET: &str = "switchboard-dev-secret";
+const API_KEY: &str = "test-key";
+/// Longer than the nodes' `--auth-timeout` below, so `/slow` always times out.
+const SLOW: Duration = Duration::from_secs(3);
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    path: String,
+    /// Names lowercased.
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A stand-in for Laravel's `/broadcasting/auth`, answering by path: `/allow` (200 with a
+/// presence `channel_data` as a JSON string, as Pusher-style back-ends send it), `/deny`
+/// (403), `/error` (500) and `/slow` (200 after [`SLOW`]).
+struct AuthServer {
+    base: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthServer {
+    async fn start() -> AuthServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer(stream, log.clone()));
+            }
+        });
+        AuthServer {
+            base,
+            received,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Requests received for `channel` so far.
+    fn requests_for(&self, channel: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.body["channel_name"] == channel)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 request, records it and answers by path, then closes.
+async fn answer(mut stream: TcpStream, log: Arc<Mutex<Vec<Received>>>) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let path = request_line.next().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = serde_json::from_slice(&buffer[head_end..head_end + length]).unwrap_or(Value::Null);
+    let channel = body["channel_name"].as_str().unwrap_or_default().to_owned();
+    log.lock().expect("lock").push(Received {
+        method,
+        path: path.clone(),
+        headers,
+        body,
+    });
+    let (status, text) = match path.as_str() {
+        "/allow" if channel.starts_with("presence-") => (
+            "200 OK",
+            json!({"channel_data": json!({"user_id": 7, "user_info": {"name": "Ann"}}).to_string()})
+                .to_string(),
+        ),
+        "/allow" => ("200 OK", "{}".to_owned()),
+        "/deny" => ("403 Forbidden", "{\"message\":\"This action is unauthorized.\"}".to_owned()),
+        "/slow" => {
+            tokio::time::sleep(SLOW).await;
+            ("200 OK", "{}".to_owned())
+        }
+        _ => ("500 Internal Server Error", "{\"message\":\"Server Error\"}".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+fn token(claims: Value) -> String {
+    jwt_hs256(SECRET, claims)
+}
+
+/// Writes `policy` to a file and starts a node with it (and `extra` flags).
+async fn node_with_policy(dir: &TempDir, policy: &str, extra: &[&str]) -> Node {
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).expect("write the policy file");
+    let path = path.to_string_lossy().into_owned();
+    let mut args = vec!["--dev", "--api-keys", API_KEY, "--policy-file", &path];
+    args.extend_from_slice(extra);
+    Node::spawn(&args, &[]).await
+}
+
+/// A connected agent (websocket only) for `claims`, past its automatic user channel; also
+/// returns its socket id.
+async fn connect(node: &Node, claims: Value) -> (Agent, String) {
+    let mut agent = Agent::spawn(json!({
+        "url": node.url(),
+        "auth": {"token": token(claims)},
+        "transports": ["websocket"],
+    }));
+    let id = agent.expect_connect(TIMEOUT).await;
+    agent.expect_event("subscribed", TIMEOUT).await;
+    (agent, id)
+}
+
+/// Subscribes with an ack; returns the answer object.
+async fn subscribe(agent: &mut Agent, payload: Value) -> Value {
+    let reply = agent.emit_ack("subscribe", json!([payload])).await;
+    reply[0].clone()
+}
+
+/// `Ok(())` when subscribed, else the error text.
+async fn try_join(agent: &mut Agent, channel: &str) -> Result<(), String> {
+    let answer = subscribe(agent, json!({"channel": channel})).await;
+    match answer["error"].as_str() {
+        Some(error) => Err(error.to_owned()),
+        None if answer["status"] == "success" => Ok(()),
+        None => panic!("unexpected answer {answer}"),
+    }
+}
+
+async fn broadcast(node: &Node, channel: &str, event: &str) {
+    let response = http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &[
+            ("authorization", &format!("Bearer {API_KEY}")),
+            ("content-type", "application/json"),
+        ],
+        json!({"channel": channel, "event": event, "data": {}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+}
+
+fn callback_rule(pattern: &str, url: &str) -> String {
+    format!("[[channel]]\npattern = \"{pattern}\"\nallow = \"callback\"\nurl = \"{url}\"\n\n")
+}
+
+#[tokio::test]
+async fn callback_allows_with_the_clients_headers() {
+    let server = AuthServer::start().await;
+    let dir = TempDir::new("policy");
+    let policy = callback_rule("private-orders.{id}", &server.url("/allow"))
+        + &callback_rule("presence-room.{id}", &server.url("/allow"));
+    let node = node_with_policy(&dir, &policy, &[]).await;
+    let (mut agent, socket_id) = connect(&node, json!({"sub": 7})).await;
+
+    // What Laravel Echo sends: the channel and its `auth.headers`.
+    let answer = subscribe(
+        &mut agent,
+        json!({"channel": "private-orders.5", "auth": {"headers": {
+            "Authorization": "Bearer app-session-token",
+            "X-CSRF-TOKEN": "csrf-1",
+            "Host": "evil.example",
+            "Connection": "upgrade",
+            "X-Ignored-Number": 5,
+        }}}),
+    )
+    .await;
+    assert_eq!(
+        answer,
+        json!({"channel": "private-orders.5", "status": "success"})
+    );
+    let requests = server.requests_for("private-orders.5");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let request = &requests[0];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", "/allow")
+    );
+    assert_eq!(
+        request.body,
+        json!({"channel_name": "private-orders.5", "socket_id": socket_id})
+    );
+    assert_eq!(
+        request.header("authorization"),
+        Some("Bearer app-session-token")
+    );
+    assert_eq!(request.header("x-csrf-token"), Some("csrf-1"));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(request.header("accept"), Some("application/json"));
+    assert_ne!(request.header("host"), Some("evil.example"));
+    assert_ne!(request.header("connection"), Some("upgrade"));
+    assert_eq!(request.header("x-ignored-number"), None);
+
+    // Subscribed for real: a broadcast arrives.
+    broadcast(&node, "private-orders.5", "OrderShipped").await;
+    agent.expect_event("OrderShipped", TIMEOUT).await;
+
+    // A presence channel: the answer carries channel_data.
+    assert_eq!(try_join(&mut agent, "presence-room.1").await, Ok(()));
+    assert_eq!(server.requests_for("presence-room.1").len(), 1);
+
+    let logs = node.logs();
+    assert!(
+        !logs.contains("app-session-token") && !logs.contains("csrf-1"),
+        "no forwarded header in the logs:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn callback_denies_on_4xx() {
+    let server = AuthServer::start().await;
+    let dir = TempDir::new("policy");
+    let node = node_with_policy(&dir, &callback_rule("private-*", &server.url("/deny")), &[]).await;
+    let (mut agent, _) = connect(&node, json!({"sub": 7})).await;
+    assert_eq!(
+        try_join(&mut agent, "private-orders.5").await,
+        Err("forbidden".into())
+    );
+    // The built-in rule comes after the file's: this file sends the user channel to the callback too.
+    assert_eq!(
+        try_join(&mut agent, "private-user.7").await,
+        Err("forbidden".into())
+    );
+    assert_eq!(server.requests_for("private-orders.5").len(), 1);
+}
+
+#[tokio::test]
+async fn callback_outages_refuse_as_unavailable() {
+    let server = AuthServer::start().await;
+    let dir = TempDir::new("policy");
+    // A free port was bound and closed again: nothing listens there.
+    let down = format!("http://127.0.0.1:{}/broadcasting/auth", free_port());
+    let policy = callback_rule("private-slow.*", &server.url("/slow"))
+        + &callback_rule("private-error.*", &server.url("/error"))
+        + &callback_rule("private-down.*", &down);
+    let node = node_with_policy(&dir, &policy, &["--auth-timeout", "300ms"]).await;
+    let (mut agent, _) = connect(&node, json!({"sub": 7})).await;
+
+    for (channel, error) in [
+        (
+            "private-slow.1",
+            "authorization unavailable: auth callback timed out",
+        ),
+        (
+            "private-error.1",
+            "authorization unavailable: auth callback answered 500",
+        ),
+        (
+            "private-down.1",
+            "authorization unavailable: auth callback unreachable",
+        ),
+    ] {
+        assert_eq!(
+            try_join(&mut agent, channel).await,
+            Err(error.into()),
+            "{channel}"
+        );
+        broadcast(&node, channel, "Leaked").await;
+    }
+    agent
+        .assert_no_event("Leaked", Duration::from_millis(300))
+        .await;
+
+    // Outages are not cached: the next subscribe asks again.
+    assert!(try_join(&mut agent, "private-error.1").await.is_err());
+    assert_eq!(server.requests_for("private-error.1").len(), 2);
+    assert!(node.logs().contains("auth callback timed out"));
+}
+
+#[tokio::test]
+async fn callback_answers_are_cached_per_user_and_channel() {
+    let server = AuthServer::start().await;
+    let dir = TempDir::new("policy");
+    let policy = callback_rule("private-orders.*", &server.url("/allow"))
+        + &callback_rule("private-secret.*", &server.url("/deny"));
+    let node = node_with_policy(&dir, &policy, &[]).await;
+    let (mut seven, _) = connect(&node, json!({"sub": 7})).await;
+
+    for _ in 0..2 {
+        assert_eq!(try_join(&mut seven, "private-orders.1").await, Ok(()));
+        seven
+            .emit_ack("unsubscribe", json!([{"channel": "private-orders.1"}]))
+            .await;
+        assert_eq!(
+            try_join(&mut seven, "private-secret.1").await,
+            Err("forbidden".into())
+        );
+    }
+    assert_eq!(server.requests_for("private-orders.1").len(), 1);
+    assert_eq!(server.requests_for("private-secret.1").len(), 1);
+
+    // Another user is asked about on their own.
+    let (mut eight, _) = connect(&node, json!({"sub": 8})).await;
+    assert_eq!(try_join(&mut eight, "private-orders.1").await, Ok(()));
+    assert_eq!(server.requests_for("private-orders.1").len(), 2);
+
+    // With the cache off, every subscribe asks.
+    let uncached = node_with_policy(&dir, &policy, &["--auth-cache-ttl", "0s"]).await;
+    let (mut agent, _) = connect(&uncached, json!({"sub": 9})).await;
+    assert_eq!(try_join(&mut agent, "private-orders.9").await, Ok(()));
+    assert_eq!(try_join(&mut agent, "private-orders.9").await, Ok(()));
+    assert_eq!(server.requests_for("private-orders.9").len(), 2);
+}
+
+#[tokio::test]
+async fn self_role_and_claim_rules() {
+    let dir = TempDir::new("policy");
+    let policy = r#"
+        [[channel]]
+        pattern = "private-inbox.{user}"
+        allow = "self"
+
+        [[channel]]
+        pattern = "presence-thread.{id}"
+        allow = "role"
+        min_role = "member"
+
+        [[channel]]
+        pattern = "private-staff.*"
+        allow = "role"
+        min_role = "moderator"
+
+        [[channel]]
+        pattern = "admin.*"
+        allow = "claim"
+    "#;
+    let node = node_with_policy(&dir, policy, &[]).await;
+    let (mut boss, _) = connect(
+        &node,
+        json!({"sub": 1, "role": "SUPER-ADMIN", "channels": ["admin.reports", "admin.logs.*"]}),
+    )
+    .await;
+    let (mut member, _) = connect(&node, json!({"sub": 2, "role": "member"})).await;
+    let (mut nobody, _) = connect(&node, json!({"sub": 3})).await;
+
+    let forbidden = || Err::<(), String>("forbidden".into());
+    assert_eq!(try_join(&mut boss, "private-inbox.1").await, Ok(()));
+    assert_eq!(try_join(&mut boss, "private-inbox.2").await, forbidden());
+    assert_eq!(try_join(&mut boss, "presence-thread.9").await, Ok(()));
+    assert_eq!(try_join(&mut boss, "private-staff.ops").await, Ok(()));
+    assert_eq!(try_join(&mut boss, "admin.reports").await, Ok(()));
+    assert_eq!(try_join(&mut boss, "admin.logs.today").await, Ok(()));
+    assert_eq!(try_join(&mut boss, "admin.billing").await, forbidden());
+
+    assert_eq!(try_join(&mut member, "presence-thread.9").await, Ok(()));
+    assert_eq!(
+        try_join(&mut member, "private-staff.ops").await,
+        forbidden()
+    );
+    assert_eq!(try_join(&mut member, "admin.reports").await, forbidden());
+
+    assert_eq!(
+        try_join(&mut nobody, "presence-thread.9").await,
+        forbidden()
+    );
+    // Unmatched: public open, private refused; the built-in user channel rule still applies.
+    assert_eq!(try_join(&mut nobody, "news").await, Ok(()));
+    assert_eq!(try_join(&mut nobody, "private-other.1").await, forbidden());
+    assert_eq!(try_join(&mut nobody, "private-user.3").await, Ok(()));
+}
+
+#[tokio::test]
+async fn sql_rule_with_the_database_down_starts_and_refuses_as_unavailable() {
+    let dir = TempDir::new("policy");
+    let policy = "[[channel]]\npattern = \"forum.{id}\"\nallow = \"sql\"\nquery = \"SELECT 1 FROM forums WHERE id = :id\"\n";
+    // Nothing listens on a free port: the database is down from the start.
+    let url = format!("mysql://app:s3cret@127.0.0.1:{}/forum", free_port());
+    let node = node_with_policy(
+        &dir,
+        policy,
+        &["--database-url", &url, "--auth-timeout", "1s"],
+    )
+    .await;
+    let (mut agent, _) = connect(&node, json!({"sub": 1})).await;
+    assert_eq!(
+        try_join(&mut agent, "forum.1").await,
+        Err("authorization unavailable: database error".into())
+    );
+    assert!(!node.logs().contains("s3cret"));
+}
+
+#[tokio::test]
+async fn bad_policies_stop_the_node_naming_the_file() {
+    let dir = TempDir::new("policy");
+    let path = dir.path().join("policy.toml");
+    let path_arg = path.to_string_lossy().into_owned();
+    let config = dir.path().join("switchboard.toml");
+    let config_arg = config.to_string_lossy().into_owned();
+    std::fs::write(
+        &config,
+        "dev = true\n[[channel]]\npattern = \"a.*\"\nallow = \"open\"\n",
+    )
+    .expect("write");
+    for (policy, args, expected) in [
+        (
+            "[[channel]]\npattern = \"a.{x}.{y}\"\nallow = \"open\"\n",
+            vec!["--dev", "--policy-file", &path_arg],
+            "[[channel]] #1 `a.{x}.{y}`: a pattern has at most one {placeholder}",
+        ),
+        (
+            "[[channel]]\npattern = \"forum.{id}\"\nallow = \"sql\"\nquery = \"SELECT 1\"\n",
+            vec!["--dev", "--policy-file", &path_arg],
+            "SWITCHBOARD_DATABASE_URL",
+        ),
+        (
+            "",
+            vec!["--config", &config_arg, "--policy-file", &path_arg],
+            "switchboard.toml",
+        ),
+    ] {
+        std::fs::write(&path, policy).expect("write");
+        let (status, output) = Node::spawn_expect_failure(&args, &[]).await;
+        assert_eq!(status.code(), Some(2), "{output}");
+        let line = output.trim();
+        assert_eq!(line.lines().count(), 1, "one line:\n{output}");
+        assert!(
+            line.starts_with("switchboard: invalid configuration: SWITCHBOARD_POLICY_FILE: "),
+            "{line}"
+        );
+        assert!(line.contains(&path_arg), "names the file: {line}");
+        assert!(line.contains(expected), "{expected:?} in {line}");
+    }
+}
