@@ -262,9 +262,17 @@ async fn callback_allows_with_the_clients_headers() {
     broadcast(&node, "private-orders.5", "OrderShipped").await;
     agent.expect_event("OrderShipped", TIMEOUT).await;
 
-    // A presence channel: the answer carries channel_data.
+    // A presence channel: the answer carries channel_data, which becomes the member.
     assert_eq!(try_join(&mut agent, "presence-room.1").await, Ok(()));
     assert_eq!(server.requests_for("presence-room.1").len(), 1);
+    let here = agent.expect_event("presence:subscribed", TIMEOUT).await;
+    assert_eq!(
+        here,
+        [
+            json!("presence-room.1"),
+            json!([{"user_id": 7, "user_info": {"name": "Ann"}}])
+        ]
+    );
 
     let logs = node.logs();
     assert!(
