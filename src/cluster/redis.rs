@@ -164,7 +164,7 @@ struct Scripts {
     all_channels: Script,
 }
 
-/// Key names and timing shared by the handle and the writer task.
+/// Key names and timing.
 struct Keys {
     nodes: String,
     node_prefix: String,
@@ -198,11 +198,136 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The connection pool, key names and scripts, shared by the handle and the writer task.
+struct Redis {
+    pool: Pool,
+    keys: Keys,
+    scripts: Scripts,
+}
+
+impl Redis {
+    /// Runs a script or a command with a connection from the pool, within [`TIMEOUT`].
+    async fn query<T, F>(&self, run: F) -> Result<T, ClusterError>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    {
+        let work = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
+            run(&mut conn)
+                .await
+                .map_err(|e| ClusterError(format!("Redis failed: {e}")))
+        };
+        tokio::time::timeout(TIMEOUT, work)
+            .await
+            .map_err(|_| ClusterError("Redis timed out".into()))?
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, ClusterError> {
+        self.query(async |conn| invocation.invoke_async(&mut **conn).await)
+            .await
+    }
+
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, ClusterError> {
+        self.query(async |conn| command.query_async(&mut **conn).await)
+            .await
+    }
+
+    /// Adds a socket's presence entry; returns whether the user is new there, and the members.
+    async fn join(
+        &self,
+        channel: &str,
+        socket: &str,
+        entry: &PresenceEntry,
+    ) -> Result<(bool, Vec<String>), ClusterError> {
+        let k = &self.keys;
+        let (first, members): (i64, Vec<String>) = self
+            .script(
+                self.scripts
+                    .join
+                    .arg(&k.node_prefix)
+                    .arg(&k.instance)
+                    .arg(&k.presence_prefix)
+                    .arg(channel)
+                    .arg(&*entry.user)
+                    .arg(socket)
+                    .arg(&*entry.member),
+            )
+            .await?;
+        Ok((first == 1, members))
+    }
+
+    /// Removes a socket's presence entry; returns the member if the user left the channel.
+    async fn leave(
+        &self,
+        channel: &str,
+        socket: &str,
+        user: &str,
+    ) -> Result<Option<String>, ClusterError> {
+        let k = &self.keys;
+        self.script(
+            self.scripts
+                .leave
+                .arg(&k.node_prefix)
+                .arg(&k.instance)
+                .arg(&k.presence_prefix)
+                .arg(channel)
+                .arg(user)
+                .arg(socket),
+        )
+        .await
+    }
+
+    /// Removes a node instance's whole share; returns the (channel, member) pairs of users
+    /// who left with it (none if another node swept it first).
+    async fn sweep(&self, instance: &str) -> Result<Vec<(String, String)>, ClusterError> {
+        let k = &self.keys;
+        let flat: Vec<String> = self
+            .script(
+                self.scripts
+                    .sweep
+                    .arg(&k.nodes)
+                    .arg(&k.node_prefix)
+                    .arg(&k.presence_prefix)
+                    .arg(instance),
+            )
+            .await?;
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        let mut items = flat.into_iter();
+        while let (Some(channel), Some(member)) = (items.next(), items.next()) {
+            pairs.push((channel, member));
+        }
+        Ok(pairs)
+    }
+
+    /// Sums one field of a per-node hash over live nodes.
+    async fn sum(&self, hash: &str, field: &str) -> Result<u64, ClusterError> {
+        let k = &self.keys;
+        self.script(
+            self.scripts
+                .sum
+                .arg(&k.nodes)
+                .arg(&k.node_prefix)
+                .arg(k.oldest_live())
+                .arg(hash)
+                .arg(field),
+        )
+        .await
+    }
+}
+
 /// The shared state in Redis, as seen from one node.
 pub struct RedisState {
-    pool: Pool,
-    keys: Arc<Keys>,
-    scripts: Arc<Scripts>,
+    redis: Arc<Redis>,
     ops: mpsc::UnboundedSender<Op>,
     /// Set when this node changed its share without Redis (an outage); the next heartbeat
     /// rewrites the share.
@@ -220,56 +345,50 @@ impl RedisState {
     ) -> Result<Self, ClusterError> {
         let suffix = crate::socketio::random_id()
             .map_err(|e| ClusterError(format!("no randomness for the instance id: {e}")))?;
-        let keys = Arc::new(Keys {
-            nodes: format!("{prefix}sb:nodes"),
-            node_prefix: format!("{prefix}sb:node:"),
-            presence_prefix: format!("{prefix}sb:presence:"),
-            instance: format!("{node_id}.{}", &suffix[..8]),
-            ttl,
-        });
-        let scripts = Arc::new(Scripts {
-            connect: Script::new(CONNECT),
-            apply: Script::new(APPLY),
-            join: Script::new(JOIN),
-            leave: Script::new(LEAVE),
-            sweep: Script::new(SWEEP),
-            sum: Script::new(SUM),
-            all_channels: Script::new(ALL_CHANNELS),
+        let redis = Arc::new(Redis {
+            pool,
+            keys: Keys {
+                nodes: format!("{prefix}sb:nodes"),
+                node_prefix: format!("{prefix}sb:node:"),
+                presence_prefix: format!("{prefix}sb:presence:"),
+                instance: format!("{node_id}.{}", &suffix[..8]),
+                ttl,
+            },
+            scripts: Scripts {
+                connect: Script::new(CONNECT),
+                apply: Script::new(APPLY),
+                join: Script::new(JOIN),
+                leave: Script::new(LEAVE),
+                sweep: Script::new(SWEEP),
+                sum: Script::new(SUM),
+                all_channels: Script::new(ALL_CHANNELS),
+            },
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let drifted = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            redis: redis.clone(),
             drifted: drifted.clone(),
-            pool: pool.clone(),
-            keys: keys.clone(),
-            scripts: scripts.clone(),
             node,
             pending: Pending::default(),
             registered: false,
         };
         tokio::spawn(writer.run(rx));
         Ok(Self {
-            pool,
-            keys,
-            scripts,
+            redis,
             ops,
             drifted,
         })
     }
 
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &mut redis::ScriptInvocation<'_>,
-    ) -> Result<T, ClusterError> {
-        run(&self.pool, invocation).await
-    }
-
     /// Takes a slot for `user` unless it has `limit` sockets on live nodes (0 = no limit).
     pub async fn connect(&self, user: &str, limit: usize) -> Result<(), super::ConnectRefusal> {
-        let k = &self.keys;
+        let k = &self.redis.keys;
         let count: i64 = self
-            .run(
-                self.scripts
+            .redis
+            .script(
+                self.redis
+                    .scripts
                     .connect
                     .arg(&k.nodes)
                     .arg(&k.node_prefix)
@@ -308,22 +427,9 @@ impl RedisState {
         socket: &str,
         entry: &PresenceEntry,
     ) -> Result<PresenceJoin, ClusterError> {
-        let k = &self.keys;
-        let (first, members): (i64, Vec<String>) = self
-            .run(
-                self.scripts
-                    .join
-                    .arg(&k.node_prefix)
-                    .arg(&k.instance)
-                    .arg(&k.presence_prefix)
-                    .arg(channel)
-                    .arg(&*entry.user)
-                    .arg(socket)
-                    .arg(&*entry.member),
-            )
-            .await?;
+        let (first, members) = self.redis.join(channel, socket, entry).await?;
         Ok(PresenceJoin {
-            first: first == 1,
+            first,
             members: parse_members(members),
         })
     }
@@ -343,28 +449,14 @@ impl RedisState {
         &self,
         channel: &str,
     ) -> Result<Vec<Box<RawValue>>, ClusterError> {
-        let key = format!("{}{channel}:members", self.keys.presence_prefix);
-        let members: Vec<String> = command(&self.pool, redis::cmd("HVALS").arg(key)).await?;
+        let key = format!("{}{channel}:members", self.redis.keys.presence_prefix);
+        let members: Vec<String> = self.redis.command(redis::cmd("HVALS").arg(key)).await?;
         Ok(parse_members(members))
     }
 
     /// Sockets of `user` on live nodes.
     pub async fn user_connections(&self, user: &str) -> Result<u64, ClusterError> {
-        self.sum("users", user).await
-    }
-
-    async fn sum(&self, hash: &str, field: &str) -> Result<u64, ClusterError> {
-        let k = &self.keys;
-        self.run(
-            self.scripts
-                .sum
-                .arg(&k.nodes)
-                .arg(&k.node_prefix)
-                .arg(k.oldest_live())
-                .arg(hash)
-                .arg(field),
-        )
-        .await
+        self.redis.sum("users", user).await
     }
 
     /// One channel's counts on live nodes.
@@ -373,10 +465,10 @@ impl RedisState {
         channel: &str,
         presence: bool,
     ) -> Result<ChannelInfo, ClusterError> {
-        let subscriptions = self.sum("channels", channel).await?;
+        let subscriptions = self.redis.sum("channels", channel).await?;
         let users = if presence {
-            let key = format!("{}{channel}:counts", self.keys.presence_prefix);
-            Some(command(&self.pool, redis::cmd("HLEN").arg(key)).await?)
+            let key = format!("{}{channel}:counts", self.redis.keys.presence_prefix);
+            Some(self.redis.command(redis::cmd("HLEN").arg(key)).await?)
         } else {
             None
         };
@@ -388,49 +480,30 @@ impl RedisState {
 
     /// Every channel with sockets on live nodes.
     pub async fn channels(&self) -> Result<Vec<(String, u64)>, ClusterError> {
-        let k = &self.keys;
-        self.run(
-            self.scripts
-                .all_channels
-                .arg(&k.nodes)
-                .arg(&k.node_prefix)
-                .arg(k.oldest_live()),
-        )
-        .await
+        let k = &self.redis.keys;
+        self.redis
+            .script(
+                self.redis
+                    .scripts
+                    .all_channels
+                    .arg(&k.nodes)
+                    .arg(&k.node_prefix)
+                    .arg(k.oldest_live()),
+            )
+            .await
     }
 
     /// Removes this instance's share now (its sockets are gone at shutdown); returns the
     /// (channel, member) pairs of users who left with it.
     pub async fn shutdown(&self) -> Vec<(String, String)> {
-        let k = &self.keys;
-        let swept: Result<Vec<String>, _> = self
-            .run(
-                self.scripts
-                    .sweep
-                    .arg(&k.nodes)
-                    .arg(&k.node_prefix)
-                    .arg(&k.presence_prefix)
-                    .arg(&k.instance),
-            )
-            .await;
-        match swept {
-            Ok(flat) => pairs(flat),
-            Err(e) => {
+        self.redis
+            .sweep(&self.redis.keys.instance)
+            .await
+            .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "could not remove this node's shared state; the other nodes will sweep it");
                 Vec::new()
-            }
-        }
+            })
     }
-}
-
-/// `[a, b, c, d]` as `[(a, b), (c, d)]`.
-fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    let mut items = flat.into_iter();
-    while let (Some(a), Some(b)) = (items.next(), items.next()) {
-        out.push((a, b));
-    }
-    out
 }
 
 /// Members read from Redis; anything that is not JSON (written by someone else) is skipped.
@@ -440,44 +513,6 @@ fn parse_members(mut members: Vec<String>) -> Vec<Box<RawValue>> {
         .into_iter()
         .filter_map(|m| RawValue::from_string(m).ok())
         .collect()
-}
-
-async fn run<T: redis::FromRedisValue>(
-    pool: &Pool,
-    invocation: &mut redis::ScriptInvocation<'_>,
-) -> Result<T, ClusterError> {
-    let work = async {
-        let mut conn = pool
-            .get()
-            .await
-            .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
-        invocation
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(|e| ClusterError(format!("Redis script failed: {e}")))
-    };
-    tokio::time::timeout(TIMEOUT, work)
-        .await
-        .map_err(|_| ClusterError("Redis timed out".into()))?
-}
-
-async fn command<T: redis::FromRedisValue>(
-    pool: &Pool,
-    command: &redis::Cmd,
-) -> Result<T, ClusterError> {
-    let work = async {
-        let mut conn = pool
-            .get()
-            .await
-            .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
-        command
-            .query_async(&mut *conn)
-            .await
-            .map_err(|e| ClusterError(format!("Redis command failed: {e}")))
-    };
-    tokio::time::timeout(TIMEOUT, work)
-        .await
-        .map_err(|_| ClusterError("Redis timed out".into()))?
 }
 
 /// Writes not yet applied, merged so a burst of joins and leaves costs one script call.
@@ -508,9 +543,7 @@ impl Pending {
 
 /// The task that applies queued writes, heart-beats and sweeps dead nodes.
 struct Writer {
-    pool: Pool,
-    keys: Arc<Keys>,
-    scripts: Arc<Scripts>,
+    redis: Arc<Redis>,
     node: Weak<Node>,
     pending: Pending,
     drifted: Arc<AtomicBool>,
@@ -520,7 +553,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
-        let mut heartbeat = tokio::time::interval(self.keys.heartbeat());
+        let mut heartbeat = tokio::time::interval(self.redis.keys.heartbeat());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -544,28 +577,28 @@ impl Writer {
         }
     }
 
-    /// Applies pending writes; on failure they stay pending for the next try.
+    /// Applies pending writes; what fails stays pending for the next try.
     async fn flush(&mut self) {
         if self.pending.is_empty() || !self.registered {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
         let mut deltas = Vec::new();
-        for (hash, map) in [("users", &pending.users), ("channels", &pending.channels)] {
-            for (field, delta) in map.iter().filter(|(_, d)| **d != 0) {
-                deltas.push((hash, field.clone(), *delta));
-            }
+        for (hash, map) in [("users", pending.users), ("channels", pending.channels)] {
+            deltas.extend(
+                map.into_iter()
+                    .filter(|(_, delta)| *delta != 0)
+                    .map(|(field, delta)| (hash, field, delta)),
+            );
         }
-        let mut failed = Pending::default();
+        let k = &self.redis.keys;
         for chunk in deltas.chunks(BATCH) {
-            let mut invocation = self.scripts.apply.prepare_invoke();
-            invocation
-                .arg(&self.keys.node_prefix)
-                .arg(&self.keys.instance);
+            let mut invocation = self.redis.scripts.apply.prepare_invoke();
+            invocation.arg(&k.node_prefix).arg(&k.instance);
             for (hash, field, delta) in chunk {
                 invocation.arg(*hash).arg(&**field).arg(*delta);
             }
-            if let Err(e) = run::<i64>(&self.pool, &mut invocation).await {
+            if let Err(e) = self.redis.script::<i64>(&invocation).await {
                 tracing::warn!(error = %e, "shared counts not updated; will retry");
                 for (hash, field, delta) in chunk {
                     let op = if *hash == "users" {
@@ -573,67 +606,42 @@ impl Writer {
                     } else {
                         Op::Channel(field.clone(), *delta)
                     };
-                    failed.add(op);
+                    self.pending.add(op);
                 }
             }
         }
         for (channel, socket, user) in pending.leaves {
-            let k = &self.keys;
-            let left: Result<Option<String>, _> = run(
-                &self.pool,
-                self.scripts
-                    .leave
-                    .arg(&k.node_prefix)
-                    .arg(&k.instance)
-                    .arg(&k.presence_prefix)
-                    .arg(&*channel)
-                    .arg(&*user)
-                    .arg(&*socket),
-            )
-            .await;
-            match left {
-                Ok(Some(member)) => self.announce_leaving(&channel, member),
+            match self.redis.leave(&channel, &socket, &user).await {
+                Ok(Some(member)) => self.announce(&channel, "presence:leaving", member),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "presence entry not removed; will retry");
-                    failed.leaves.push((channel, socket, user));
+                    self.pending.leaves.push((channel, socket, user));
                 }
             }
         }
-        // Writes queued meanwhile were merged into self.pending; add the failed ones back.
-        for (user, delta) in failed.users {
-            *self.pending.users.entry(user).or_default() += delta;
-        }
-        for (channel, delta) in failed.channels {
-            *self.pending.channels.entry(channel).or_default() += delta;
-        }
-        self.pending.leaves.extend(failed.leaves);
     }
 
-    fn announce_leaving(&self, channel: &str, member: String) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        let Ok(member) = RawValue::from_string(member) else {
+    /// Publishes a presence event for a member read from Redis.
+    fn announce(&self, channel: &str, event: &'static str, member: String) {
+        let (Some(node), Ok(member)) = (self.node.upgrade(), RawValue::from_string(member)) else {
             return;
         };
         let channel = channel.to_owned();
         tokio::spawn(async move {
-            node.announce_presence(&channel, "presence:leaving", &member, None)
-                .await;
+            node.announce_presence(&channel, event, &member, None).await;
         });
     }
 
     /// Marks this node alive, rewrites its share if Redis lost it, and sweeps dead nodes.
     async fn beat(&mut self) {
-        let k = self.keys.clone();
-        let now = now_ms();
-        let added: Result<i64, _> = command(
-            &self.pool,
-            redis::cmd("ZADD").arg(&k.nodes).arg(now).arg(&k.instance),
-        )
-        .await;
-        match added {
+        let k = &self.redis.keys;
+        let zadd = redis::cmd("ZADD")
+            .arg(&k.nodes)
+            .arg(now_ms())
+            .arg(&k.instance)
+            .clone();
+        match self.redis.command::<i64>(&zadd).await {
             // New in the set: first beat, Redis restarted empty, or others swept us.
             Ok(1) => self.resync().await,
             Ok(_) if self.drifted.swap(false, Ordering::AcqRel) => self.resync().await,
@@ -643,31 +651,19 @@ impl Writer {
                 return;
             }
         }
-        let dead: Result<Vec<String>, _> = command(
-            &self.pool,
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(&k.nodes)
-                .arg("-inf")
-                .arg(format!("({}", k.oldest_live())),
-        )
-        .await;
-        for instance in dead.unwrap_or_default() {
-            let swept: Result<Vec<String>, _> = run(
-                &self.pool,
-                self.scripts
-                    .sweep
-                    .arg(&k.nodes)
-                    .arg(&k.node_prefix)
-                    .arg(&k.presence_prefix)
-                    .arg(&instance),
-            )
-            .await;
-            match swept {
+        let k = &self.redis.keys;
+        let dead = redis::cmd("ZRANGEBYSCORE")
+            .arg(&k.nodes)
+            .arg("-inf")
+            .arg(format!("({}", k.oldest_live()))
+            .clone();
+        let dead: Vec<String> = self.redis.command(&dead).await.unwrap_or_default();
+        for instance in dead {
+            match self.redis.sweep(&instance).await {
                 Ok(left) => {
-                    let left = pairs(left);
                     tracing::info!(node = %instance, members_left = left.len(), "swept a node that stopped heart-beating");
                     for (channel, member) in left {
-                        self.announce_leaving(&channel, member);
+                        self.announce(&channel, "presence:leaving", member);
                     }
                 }
                 Err(e) => {
@@ -684,7 +680,7 @@ impl Writer {
         };
         let super::Snapshot { users, presence } = node.cluster.snapshot();
         let channels = node.hub.channel_counts();
-        let k = &self.keys;
+        let k = &self.redis.keys;
         let mut pipe = redis::pipe();
         // Presence entries are not deleted: re-adding them below is idempotent, and a delete
         // would leave the per-channel counts they contributed behind.
@@ -697,55 +693,24 @@ impl Writer {
             let fields: Vec<(&str, usize)> = chunk.iter().map(|(c, n)| (&**c, *n)).collect();
             pipe.hset_multiple(k.mine("channels"), &fields);
         }
-        let work = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| ClusterError(format!("no Redis connection: {e}")))?;
-            pipe.query_async::<()>(&mut *conn)
-                .await
-                .map_err(|e| ClusterError(format!("Redis pipeline failed: {e}")))
-        };
-        if let Err(e) = tokio::time::timeout(TIMEOUT, work)
-            .await
-            .unwrap_or_else(|_| Err(ClusterError("Redis timed out".into())))
-        {
+        let written = self
+            .redis
+            .query(async |conn| pipe.query_async::<()>(&mut **conn).await)
+            .await;
+        if let Err(e) = written {
             tracing::warn!(error = %e, "could not write this node's share to Redis; will retry");
             // Forget the registration so the next beat tries again.
-            let _ = command::<i64>(
-                &self.pool,
-                redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance),
-            )
-            .await;
+            let zrem = redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance).clone();
+            let _ = self.redis.command::<i64>(&zrem).await;
             return;
         }
         // The counts just written are absolute: queued deltas are already in them.
         self.pending.users.clear();
         self.pending.channels.clear();
-        // Presence entries go back one by one; users the others saw leave are announced again.
+        // Users the others saw leave (when they swept this node) are announced again.
         for (channel, socket, entry) in presence {
-            let joined: Result<(i64, Vec<String>), _> = run(
-                &self.pool,
-                self.scripts
-                    .join
-                    .arg(&k.node_prefix)
-                    .arg(&k.instance)
-                    .arg(&k.presence_prefix)
-                    .arg(&*channel)
-                    .arg(&*entry.user)
-                    .arg(&*socket)
-                    .arg(&*entry.member),
-            )
-            .await;
-            if let (Ok((1, _)), Ok(member)) =
-                (joined, RawValue::from_string(entry.member.to_string()))
-            {
-                let node = node.clone();
-                tokio::spawn(async move {
-                    node.announce_presence(&channel, "presence:joining", &member, None)
-                        .await;
-                });
+            if let Ok((true, _)) = self.redis.join(&channel, &socket, &entry).await {
+                self.announce(&channel, "presence:joining", entry.member.to_string());
             }
         }
         if self.registered {
