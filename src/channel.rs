@@ -48,6 +48,17 @@ pub fn validate(name: &str, max_len: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a channel keeps presence members: `presence-…`, and the chat rooms and groups of the
+/// plain WebSocket protocol (`room:{id}`, `group:{id}`).
+pub fn has_presence(name: &str) -> bool {
+    kind(name) == Kind::Presence || name.starts_with("room:") || name.starts_with("group:")
+}
+
+/// Whether clients may whisper on a channel: only where every member was authorized.
+pub fn allows_whispers(name: &str) -> bool {
+    kind(name) != Kind::Public || has_presence(name)
+}
+
 /// Whether a character may appear in a channel name.
 pub fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.:=@,;#+/".contains(c)
@@ -68,6 +79,26 @@ pub enum Refusal {
     /// The back-end that decides (auth callback, database) did not answer; never an allow.
     #[error("authorization unavailable: {0}")]
     Unavailable(String),
+    /// The socket sends subscribe requests faster than its rate.
+    #[error("too many subscribe requests, slow down")]
+    RateLimited,
+}
+
+/// Why a whisper (client event) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WhisperRefusal {
+    /// Whisper names start with `client-`.
+    #[error("client events must be named client-*")]
+    Name,
+    /// Public channels take no whispers.
+    #[error("client events are only allowed on private, presence, room and group channels")]
+    Public,
+    /// The sender is not in the channel.
+    #[error("not subscribed to this channel")]
+    NotSubscribed,
+    /// The bus did not take it.
+    #[error("bus unavailable, try again")]
+    Unavailable,
 }
 
 #[cfg(test)]

@@ -25,9 +25,11 @@ pub type SocketId = Arc<str>;
 pub enum Codec {
     /// Socket.IO v5 on the `/` namespace: `42["event","channel",data]`.
     SocketIo,
+    /// The plain WebSocket protocol: `{"type":"event","channel":…,"payload":data}`.
+    Json,
 }
 
-const CODECS: usize = 1;
+const CODECS: usize = 2;
 
 /// A socket as the hub sees it: where to queue its frames and which channels it is in.
 #[derive(Debug)]
@@ -202,6 +204,18 @@ impl<'a> Broadcast<'a> {
                 crate::protocol::socketio::write_broadcast(
                     &mut out,
                     "/",
+                    self.event,
+                    self.channel,
+                    self.data,
+                );
+                Frame::from(out)
+            }
+            Codec::Json => {
+                let mut out = String::with_capacity(
+                    self.event.len() + self.channel.len() + self.data.get().len() + 40,
+                );
+                crate::protocol::json::write_broadcast(
+                    &mut out,
                     self.event,
                     self.channel,
                     self.data,

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError, Envelope};
-use crate::channel::{self, Kind};
+use crate::channel::{self, Refusal, WhisperRefusal};
 use crate::cluster::redis::RedisState;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
@@ -20,6 +20,7 @@ use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
 use crate::limit::{AddressLimits, SWEEP_INTERVAL};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
+use crate::policy::Request;
 
 /// How long a subscribe waits for the bus to confirm, when the bus is up.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
@@ -219,7 +220,7 @@ impl Node {
     fn left(&self, member: &Member, channel: &Arc<str>) {
         self.metrics.subscriptions.dec();
         self.cluster.unsubscribed(channel);
-        if channel::kind(channel) == Kind::Presence {
+        if channel::has_presence(channel) {
             self.presence_left(channel, &member.id);
         }
     }
@@ -239,6 +240,73 @@ impl Node {
             node.announce_presence(&channel, "presence:leaving", &member, None)
                 .await;
         });
+    }
+
+    /// Handles a subscribe request from any protocol: rate, name, policy, hub, presence.
+    /// Returns the presence members for channels that keep them.
+    pub async fn subscribe(
+        &self,
+        socket: &Arc<Member>,
+        channel: &str,
+        auth: Option<&serde_json::Value>,
+    ) -> Result<Option<Vec<Box<RawValue>>>, Refusal> {
+        if !socket.subscribe_limit.take(self.config.subscribe_rate) {
+            self.metrics
+                .errors
+                .with_label_values(&["subscribe_rate_limited"])
+                .inc();
+            return Err(Refusal::RateLimited);
+        }
+        channel::validate(channel, self.config.max_channel_length).map_err(Refusal::InvalidName)?;
+        let request = Request {
+            principal: &socket.principal,
+            channel,
+            socket_id: &socket.id,
+            auth,
+        };
+        let grant = self.config.policy.authorize(&request).await?;
+        let (name, _) = self.join(socket, channel).await?;
+        if !channel::has_presence(&name) {
+            return Ok(None);
+        }
+        let member = grant
+            .member
+            .unwrap_or_else(|| self.config.policy.member_from_token(&socket.principal));
+        match self
+            .presence_join(socket, &name, member.to_string().into())
+            .await
+        {
+            Ok(members) => Ok(Some(members)),
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %e, "presence join failed");
+                self.leave(socket, &name);
+                Err(Refusal::Unavailable(
+                    "presence state is unreachable, try again".into(),
+                ))
+            }
+        }
+    }
+
+    /// Sends a client event to the other members of a channel the sender is in, on every node.
+    pub async fn whisper(
+        &self,
+        socket: &Member,
+        channel: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<(), WhisperRefusal> {
+        if !event.starts_with("client-") {
+            return Err(WhisperRefusal::Name);
+        }
+        if !channel::allows_whispers(channel) {
+            return Err(WhisperRefusal::Public);
+        }
+        if !socket.is_in(channel) {
+            return Err(WhisperRefusal::NotSubscribed);
+        }
+        self.publish(channel, event, data, Some(&socket.id))
+            .await
+            .map_err(|_| WhisperRefusal::Unavailable)
     }
 
     /// Adds a socket to a presence channel it has joined; the other members hear

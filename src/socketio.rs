@@ -14,13 +14,12 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::auth::{TokenError, bearer};
-use crate::channel::{self, Kind, Refusal};
+use crate::channel;
 use crate::cluster::ConnectRefusal;
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Frame};
-use crate::policy::Request;
 use crate::protocol::engineio;
 use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 
@@ -379,46 +378,7 @@ async fn subscribe(
         let error = json!({"channel": null, "error": "expected {channel, auth?}"});
         return answer(session, ack, "subscription_error", &error);
     };
-    if !socket.subscribe_limit.take(node.config.subscribe_rate) {
-        node.metrics
-            .errors
-            .with_label_values(&["subscribe_rate_limited"])
-            .inc();
-        let error = json!({"channel": channel, "error": "too many subscribe requests, slow down"});
-        return answer(session, ack, "subscription_error", &error);
-    }
-    let result = async {
-        channel::validate(&channel, node.config.max_channel_length)
-            .map_err(Refusal::InvalidName)?;
-        let request = Request {
-            principal: &socket.principal,
-            channel: &channel,
-            socket_id: &socket.id,
-            auth: auth.as_ref(),
-        };
-        let grant = node.config.policy.authorize(&request).await?;
-        let (name, _) = node.join(socket, &channel).await?;
-        if channel::kind(&name) != Kind::Presence {
-            return Ok(None);
-        }
-        let member = grant
-            .member
-            .unwrap_or_else(|| node.config.policy.member_from_token(&socket.principal));
-        match node
-            .presence_join(socket, &name, member.to_string().into())
-            .await
-        {
-            Ok(members) => Ok(Some(members)),
-            Err(e) => {
-                tracing::warn!(channel = %name, error = %e, "presence join failed");
-                node.leave(socket, &name);
-                Err(Refusal::Unavailable(
-                    "presence state is unreachable, try again".into(),
-                ))
-            }
-        }
-    }
-    .await;
+    let result = node.subscribe(socket, &channel, auth.as_ref()).await;
     match result {
         Ok(members) => {
             if let Some(members) = members {
@@ -472,20 +432,8 @@ async fn whisper(
     else {
         return refuse(None, "expected {channel, event, data}");
     };
-    if !event.starts_with("client-") {
-        return refuse(Some(&channel), "client events must be named client-*");
-    }
-    if channel::kind(&channel) == Kind::Public {
-        return refuse(
-            Some(&channel),
-            "client events are only allowed on private and presence channels",
-        );
-    }
-    if !socket.is_in(&channel) {
-        return refuse(Some(&channel), "not subscribed to this channel");
-    }
     let data = data.unwrap_or(RawValue::NULL);
-    match node.publish(&channel, &event, data, Some(&socket.id)).await {
+    match node.whisper(socket, &channel, &event, data).await {
         Ok(()) => {
             if let Some(id) = ack {
                 send(session, |out| {
@@ -493,7 +441,7 @@ async fn whisper(
                 });
             }
         }
-        Err(_) => refuse(Some(&channel), "bus unavailable, try again"),
+        Err(refusal) => refuse(Some(&channel), &refusal.to_string()),
     }
 }
 

@@ -279,7 +279,7 @@ async fn acknowledgements_and_ping() {
         .await;
     assert_eq!(
         whisper[0]["error"],
-        "client events are only allowed on private and presence channels"
+        "client events are only allowed on private, presence, room and group channels"
     );
 }
 

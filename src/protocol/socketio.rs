@@ -156,16 +156,11 @@ fn write_header(out: &mut String, kind: char, namespace: &str, ack: Option<u64>)
 }
 
 /// Appends a JSON string literal.
-fn write_json_str(out: &mut String, value: &str) {
-    // Serialising a &str cannot fail.
-    out.push_str(&serde_json::to_string(value).unwrap_or_default());
-}
-
 /// Appends an EVENT packet whose arguments are already JSON.
 pub fn write_event(out: &mut String, namespace: &str, event: &str, args: &[&RawValue]) {
     write_header(out, '2', namespace, None);
     out.push('[');
-    write_json_str(out, event);
+    super::write_json_str(out, event);
     for arg in args {
         out.push(',');
         out.push_str(arg.get());
@@ -177,7 +172,7 @@ pub fn write_event(out: &mut String, namespace: &str, event: &str, args: &[&RawV
 pub fn write_event_value(out: &mut String, namespace: &str, event: &str, value: &impl Serialize) {
     write_header(out, '2', namespace, None);
     out.push('[');
-    write_json_str(out, event);
+    super::write_json_str(out, event);
     out.push(',');
     out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
     out.push(']');
@@ -193,9 +188,9 @@ pub fn write_broadcast(
 ) {
     write_header(out, '2', namespace, None);
     out.push('[');
-    write_json_str(out, event);
+    super::write_json_str(out, event);
     out.push(',');
-    write_json_str(out, channel);
+    super::write_json_str(out, channel);
     out.push(',');
     out.push_str(data.get());
     out.push(']');
@@ -213,7 +208,7 @@ pub fn write_ack(out: &mut String, namespace: &str, ack: u64, value: &impl Seria
 pub fn write_connect(out: &mut String, namespace: &str, sid: &str) {
     write_header(out, '0', namespace, None);
     out.push_str("{\"sid\":");
-    write_json_str(out, sid);
+    super::write_json_str(out, sid);
     out.push('}');
 }
 
@@ -221,7 +216,7 @@ pub fn write_connect(out: &mut String, namespace: &str, sid: &str) {
 pub fn write_connect_error(out: &mut String, namespace: &str, message: &str) {
     write_header(out, '4', namespace, None);
     out.push_str("{\"message\":");
-    write_json_str(out, message);
+    super::write_json_str(out, message);
     out.push('}');
 }
 
