@@ -259,9 +259,56 @@ pub async fn channel_users(
     Ok(Json(json!({"channel": name, "users": members})).into_response())
 }
 
-/// `GET /health`: the process is up.
-pub async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+/// Query of `GET /health`.
+#[derive(Debug, Deserialize)]
+pub struct HealthQuery {
+    /// `1` adds the connection and pub/sub figures of [`ws_health`].
+    verbose: Option<String>,
+}
+
+/// `GET /health`: the process is up; `?verbose=1` answers as [`ws_health`].
+pub async fn health(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HealthQuery>,
+) -> Json<serde_json::Value> {
+    if matches!(query.verbose.as_deref(), Some("1" | "true")) {
+        return Json(verbose_health(&node));
+    }
     Json(json!({"status": "ok", "node_id": node.config.node_id}))
+}
+
+/// `GET /api/community/ws/health`: this node's connections and pub/sub state.
+pub async fn ws_health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(verbose_health(&node))
+}
+
+fn verbose_health(node: &Node) -> serde_json::Value {
+    let connections = node.connection_count();
+    let users = node.cluster.local_user_count();
+    let bus = node.bus.is_healthy();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "success": true,
+        "data": {
+            "websocket": {
+                "totalConnections": connections,
+                "uniqueUsers": users,
+                "averageConnectionsPerUser": if users == 0 { 0.0 } else { connections as f64 / users as f64 },
+                "isHealthy": !node.is_draining(),
+            },
+            "pubsub": {
+                "isHealthy": bus,
+                "publisherConnected": bus,
+                "subscriberConnected": bus,
+                "subscribedChannels": node.hub.channel_count(),
+                "totalSubscriptions": node.metrics.subscriptions.get(),
+            },
+            "node_id": node.config.node_id,
+            "timestamp": timestamp,
+        }
+    })
 }
 
 /// `GET /ready`: the bus is reachable and the node is not draining.

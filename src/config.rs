@@ -135,6 +135,48 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
     pub drain_time: Duration,
 
+    /// Comma-separated paths of the plain JSON WebSocket endpoint
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_PATHS",
+        value_delimiter = ',',
+        default_value = "/ws,/api/community/ws"
+    )]
+    pub ws_paths: Vec<String>,
+
+    /// Interval between WebSocket ping frames on the JSON endpoint
+    #[arg(long, env = "SWITCHBOARD_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// Time a JSON-endpoint client has to answer a ping frame before it is disconnected
+    #[arg(long, env = "SWITCHBOARD_WS_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_ping_timeout: Duration,
+
+    /// Largest JSON frame handled; larger ones (up to SWITCHBOARD_MAX_MESSAGE_SIZE) get an
+    /// ERROR frame and the connection stays open
+    #[arg(long, env = "SWITCHBOARD_WS_MAX_FRAME_SIZE", default_value_t = 65_536)]
+    pub ws_max_frame_size: usize,
+
+    /// Frames per second one JSON-endpoint socket may send (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_WS_FRAME_RATE", default_value_t = 50.0)]
+    pub ws_frame_rate: f64,
+
+    /// Frames one JSON-endpoint socket may send at once above its rate
+    #[arg(long, env = "SWITCHBOARD_WS_FRAME_BURST", default_value_t = 100.0)]
+    pub ws_frame_burst: f64,
+
+    /// ERROR frames a JSON-endpoint socket may earn before it is closed with code 1008
+    #[arg(long, env = "SWITCHBOARD_WS_MAX_ERRORS", default_value_t = 20)]
+    pub ws_max_errors: u32,
+
+    /// TYPING frames per second one socket may send (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_TYPING_RATE", default_value_t = 2.0)]
+    pub typing_rate: f64,
+
+    /// A typing state not refreshed or stopped within this time is ended by the server
+    #[arg(long, env = "SWITCHBOARD_TYPING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub typing_timeout: Duration,
+
     /// How long a silent node's presence members and connection slots outlive it in Redis
     #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub presence_ttl: Duration,
@@ -270,6 +312,22 @@ pub struct Config {
     pub write_delay: Duration,
     /// Shutdown drain time.
     pub drain_time: Duration,
+    /// Paths of the JSON WebSocket endpoint.
+    pub ws_paths: Vec<String>,
+    /// Ping frame interval on the JSON endpoint.
+    pub ws_ping_interval: Duration,
+    /// Pong wait on the JSON endpoint.
+    pub ws_ping_timeout: Duration,
+    /// Largest JSON frame handled.
+    pub ws_max_frame_size: usize,
+    /// Frames per JSON socket.
+    pub ws_frame_rate: Rate,
+    /// ERROR frames before a JSON socket is closed.
+    pub ws_max_errors: u32,
+    /// TYPING frames per socket.
+    pub typing_rate: Rate,
+    /// Typing state lifetime without refresh.
+    pub typing_timeout: Duration,
     /// Lifetime of a silent node's shared state.
     pub presence_ttl: Duration,
     /// Sockets per user across the cluster; 0 = unlimited.
@@ -393,9 +451,7 @@ impl Args {
                 })
             })
             .transpose()?;
-        let policy = Arc::new(self.policy(database.clone())?);
-        let jwt = self.jwt()?.with_retained_claims(policy.retained_claims());
-        let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
+        let redis_url = self.redis_url.clone().filter(|u| !u.trim().is_empty());
         let redis = redis_url
             .as_deref()
             .map(|url| {
@@ -407,6 +463,8 @@ impl Args {
                 })
             })
             .transpose()?;
+        let policy = Arc::new(self.policy(database.clone(), redis.clone())?);
+        let jwt = self.jwt()?.with_retained_claims(policy.retained_claims());
         if self
             .redis_prefix
             .chars()
@@ -479,6 +537,41 @@ impl Args {
             ("subscribe_rate", self.subscribe_rate),
             ("subscribe_burst", self.subscribe_burst),
         )?;
+        let ws_frame_rate = rate(
+            ("ws_frame_rate", self.ws_frame_rate),
+            ("ws_frame_burst", self.ws_frame_burst),
+        )?;
+        // A burst of one: a client typing refreshes its state every few seconds at most.
+        let typing_rate = rate(("typing_rate", self.typing_rate), ("typing_rate", 1.0))?;
+        let ws_paths: Vec<String> = self
+            .ws_paths
+            .iter()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if let Some(bad) = ws_paths.iter().find(|p| {
+            !p.starts_with('/') || p.starts_with("/socket.io") || p.contains(['{', '}', '*'])
+        }) {
+            return Err(ConfigError::new(
+                "ws_paths",
+                format!("`{bad}` must start with / and not be /socket.io or contain {{ }} *"),
+            ));
+        }
+        for (name, value) in [
+            ("ws_ping_interval", self.ws_ping_interval),
+            ("ws_ping_timeout", self.ws_ping_timeout),
+            ("typing_timeout", self.typing_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(name, "must be greater than 0"));
+            }
+        }
+        if self.ws_max_frame_size == 0 {
+            return Err(ConfigError::new(
+                "ws_max_frame_size",
+                "must be greater than 0",
+            ));
+        }
         let trusted_proxies = self
             .trusted_proxies
             .iter()
@@ -509,6 +602,14 @@ impl Args {
             send_queue_bytes: self.send_queue_bytes,
             write_delay: self.write_delay,
             drain_time: self.drain_time,
+            ws_paths,
+            ws_ping_interval: self.ws_ping_interval,
+            ws_ping_timeout: self.ws_ping_timeout,
+            ws_max_frame_size: self.ws_max_frame_size,
+            ws_frame_rate,
+            ws_max_errors: self.ws_max_errors,
+            typing_rate,
+            typing_timeout: self.typing_timeout,
             presence_ttl: self.presence_ttl,
             max_connections_per_user: self.max_connections_per_user,
             connect_rate,
@@ -521,7 +622,11 @@ impl Args {
     }
 
     /// The policy from `--policy-file` or the `--config` file (not both), else the built-in one.
-    fn policy(&self, database: Option<Database>) -> Result<Policy, ConfigError> {
+    fn policy(
+        &self,
+        database: Option<Database>,
+        redis: Option<redis::Client>,
+    ) -> Result<Policy, ConfigError> {
         let (setting, path, loaded) = match (&self.policy_file, &self.config_policy) {
             (Some(file), Some((config, _))) => {
                 return Err(ConfigError::new(
@@ -560,6 +665,7 @@ impl Args {
             cache_ttl: self.auth_cache_ttl,
             cache_size: self.auth_cache_size,
             database,
+            redis: redis.map(|client| (client, self.redis_prefix.clone())),
         };
         Policy::new(loaded.map_err(fail)?, settings).map_err(fail)
     }

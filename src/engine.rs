@@ -6,6 +6,7 @@
 //! when it upgrades, the websocket task takes over. Whoever ends a session calls [`finish`],
 //! which is idempotent.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -215,20 +216,31 @@ enum Cors {
     Allow(HeaderValue),
 }
 
+/// Whether a request's Origin (if any) may connect; refusals are counted.
+pub fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let allowed = &node.config.allowed_origins;
+    let text = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let ok = allowed.is_empty() || allowed.contains(text) || allowed.contains("*");
+    if !ok {
+        node.metrics
+            .errors
+            .with_label_values(&["origin_refused"])
+            .inc();
+    }
+    ok
+}
+
 impl Cors {
     fn check(node: &Node, headers: &HeaderMap) -> Result<Self, EngineError> {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(Self::None);
         };
-        let allowed = &node.config.allowed_origins;
-        let text = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        if allowed.is_empty() || allowed.contains(text) || allowed.contains("*") {
+        if origin_allowed(node, headers) {
             Ok(Self::Allow(origin.clone()))
         } else {
-            node.metrics
-                .errors
-                .with_label_values(&["origin_refused"])
-                .inc();
             Err(EngineError::with(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -365,36 +377,9 @@ fn open_session(
     headers: &HeaderMap,
     remote: SocketAddr,
 ) -> Result<Arc<Session>, EngineError> {
-    if node.is_draining() {
-        return Err(EngineError::with(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Forbidden,
-            "node is shutting down",
-        ));
-    }
-    let client = crate::limit::client_ip(remote, headers, &node.config.trusted_proxies);
-    if !node.connect_limits.take(client) {
-        node.metrics
-            .errors
-            .with_label_values(&["connect_rate_limited"])
-            .inc();
-        return Err(EngineError::with(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Forbidden,
-            "too many connection attempts from this address, slow down",
-        ));
-    }
-    if node.sessions.len() >= node.config.max_connections {
-        node.metrics
-            .errors
-            .with_label_values(&["connection_limit"])
-            .inc();
-        return Err(EngineError::with(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Forbidden,
-            "node is at its connection limit",
-        ));
-    }
+    node.admit(remote, headers).map_err(|refusal| {
+        EngineError::with(refusal.status(), ErrorCode::Forbidden, refusal.message())
+    })?;
     let session = Arc::new(Session {
         sid: random_id()?,
         outbox: Arc::new(Outbox::new(node.config.send_queue_bytes)),
@@ -833,13 +818,65 @@ async fn upgrade(node: &Node, session: &Session, socket: &mut WebSocket) -> Opti
 
 /// The websocket session loop: write what is queued (all of it in one flush), read packets,
 /// keep the heartbeat. Ends the session when it returns.
+/// Writes the drained frames in one flush (after the write delay, when set). False when
+/// the socket failed, or the outbox was closed while the socket would not take more bytes
+/// (a slow consumer is cut off even then).
+pub async fn write_queued(
+    node: &Node,
+    outbox: &Outbox,
+    socket: &mut WebSocket,
+    batch: &mut VecDeque<Frame>,
+) -> bool {
+    if !node.config.write_delay.is_zero() {
+        // Coalescing: let the frames that follow join this write. Boxed so the timer is not
+        // part of every idle connection's task.
+        Box::pin(tokio::time::sleep(node.config.write_delay)).await;
+        outbox.try_drain(batch);
+    }
+    let write = async {
+        for frame in batch.drain(..) {
+            socket.feed(Message::Text(frame.0)).await?;
+        }
+        socket.flush().await
+    };
+    let written = tokio::select! {
+        result = write => result.is_ok(),
+        _ = outbox.closed() => false,
+    };
+    outbox.recycle(batch);
+    written
+}
+
+/// Tells the client why its socket closes, when the reason is one to tell; code 1001 (going
+/// away) and 1008/1009 make clients reconnect.
+pub async fn close_websocket(socket: &mut WebSocket, reason: CloseReason) {
+    if !reason.flushes() {
+        return;
+    }
+    let code = match reason {
+        CloseReason::ShuttingDown => 1001,
+        CloseReason::MessageTooLarge => 1009,
+        _ => 1008,
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.label().into(),
+    };
+    let close = tokio::time::timeout(
+        CLOSE_WRITE_TIMEOUT,
+        socket.send(Message::Close(Some(frame))),
+    );
+    // Boxed: it runs once per connection and would otherwise enlarge every idle task.
+    let _ = Box::pin(close).await;
+}
+
 async fn run_websocket(
     node: &Node,
     session: &Session,
     mut socket: Box<WebSocket>,
     mut heartbeat: Heartbeat,
 ) {
-    let mut batch = std::collections::VecDeque::new();
+    let mut batch = VecDeque::new();
     // One timer for the whole session, moved only when the heartbeat's deadline does: a timer
     // made per loop turn costs a registration and a removal on every write.
     let timer = tokio::time::sleep_until(heartbeat.deadline());
@@ -848,25 +885,7 @@ async fn run_websocket(
         tokio::select! {
             drained = session.outbox.drain(&mut batch) => match drained {
                 Drained::Frames => {
-                    if !node.config.write_delay.is_zero() {
-                        // Coalescing: let the frames that follow join this write. Boxed so
-                        // the timer is not part of every idle connection's task.
-                        Box::pin(tokio::time::sleep(node.config.write_delay)).await;
-                        session.outbox.try_drain(&mut batch);
-                    }
-                    let write = async {
-                        for frame in batch.drain(..) {
-                            socket.feed(Message::Text(frame.0)).await?;
-                        }
-                        socket.flush().await
-                    };
-                    // A slow consumer is cut off even while its socket refuses to take more bytes.
-                    let written = tokio::select! {
-                        result = write => result.is_ok(),
-                        _ = session.outbox.closed() => false,
-                    };
-                    session.outbox.recycle(&mut batch);
-                    if !written {
+                    if !write_queued(node, &session.outbox, &mut socket, &mut batch).await {
                         break session.outbox.close_reason().unwrap_or(CloseReason::TransportError);
                     }
                 }
@@ -905,24 +924,7 @@ async fn run_websocket(
             },
         }
     };
-    if reason.flushes() {
-        // Tell the client why; code 1001 (going away) and 1008/1009 make socket.io-client reconnect.
-        let code = match reason {
-            CloseReason::ShuttingDown => 1001,
-            CloseReason::MessageTooLarge => 1009,
-            _ => 1008,
-        };
-        let frame = CloseFrame {
-            code,
-            reason: reason.label().into(),
-        };
-        let close = tokio::time::timeout(
-            CLOSE_WRITE_TIMEOUT,
-            socket.send(Message::Close(Some(frame))),
-        );
-        // Boxed: it runs once per connection and would otherwise enlarge every idle task.
-        let _ = Box::pin(close).await;
-    }
+    close_websocket(&mut socket, reason).await;
     finish(node, session, reason);
 }
 

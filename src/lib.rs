@@ -39,3 +39,4 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod socketio;
+pub mod ws;

@@ -2,10 +2,13 @@
 //! node subscribe to it on the bus, the last one leaving unsubscribes; every message from the
 //! bus is decoded once here and handed to the hub.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use axum::http::HeaderMap;
+use dashmap::DashMap;
 use serde_json::value::RawValue;
 
 use crate::bus::memory::MemoryBus;
@@ -17,7 +20,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, SWEEP_INTERVAL};
+use crate::limit::{AddressLimits, SWEEP_INTERVAL, client_ip};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::policy::Request;
@@ -41,8 +44,41 @@ pub struct Node {
     pub metrics: Metrics,
     /// Live Engine.IO sessions.
     pub sessions: Sessions,
+    /// Live plain WebSocket sockets.
+    pub plain: DashMap<SocketId, Arc<Member>>,
     draining: AtomicBool,
     this: Weak<Node>,
+}
+
+/// Why a new connection was turned away before any protocol ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The node is draining.
+    Draining,
+    /// The client address is over its connect rate.
+    RateLimited,
+    /// The node holds `SWITCHBOARD_MAX_CONNECTIONS`.
+    Full,
+}
+
+impl Admission {
+    /// The HTTP status to answer.
+    pub fn status(self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Draining | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// What to tell the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Draining => "node is shutting down",
+            Self::RateLimited => "too many connection attempts from this address, slow down",
+            Self::Full => "node is at its connection limit",
+        }
+    }
 }
 
 /// Why a node could not start.
@@ -102,6 +138,7 @@ impl Node {
             };
             Self {
                 sessions: Sessions::default(),
+                plain: DashMap::new(),
                 hub: Hub::default(),
                 bus,
                 cluster,
@@ -134,6 +171,37 @@ impl Node {
     /// Ready for traffic: the bus is reachable and the node is not shutting down.
     pub fn is_ready(&self) -> bool {
         self.bus.is_healthy() && !self.is_draining()
+    }
+
+    /// Client connections of every protocol on this node.
+    pub fn connection_count(&self) -> usize {
+        self.sessions.len() + self.plain.len()
+    }
+
+    /// Checks a new connection against shutdown, the client address's rate and the node's
+    /// connection limit; refusals are counted.
+    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Admission> {
+        let refusal = if self.is_draining() {
+            Admission::Draining
+        } else if !self
+            .connect_limits
+            .take(client_ip(peer, headers, &self.config.trusted_proxies))
+        {
+            self.metrics
+                .errors
+                .with_label_values(&["connect_rate_limited"])
+                .inc();
+            Admission::RateLimited
+        } else if self.connection_count() >= self.config.max_connections {
+            self.metrics
+                .errors
+                .with_label_values(&["connection_limit"])
+                .inc();
+            Admission::Full
+        } else {
+            return Ok(());
+        };
+        Err(refusal)
     }
 
     /// Whether shutdown has begun.
@@ -387,11 +455,14 @@ impl Node {
         let open = self.sessions.len();
         tracing::info!(sessions = open, drain_time = ?self.config.drain_time, "draining: asking clients to reconnect");
         self.sessions.close_all(CloseReason::ShuttingDown);
+        for socket in self.plain.iter() {
+            socket.outbox.close(CloseReason::ShuttingDown);
+        }
         let deadline = tokio::time::Instant::now() + self.config.drain_time;
-        while !self.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+        while self.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = self.sessions.len();
+        let left = self.connection_count();
         if left > 0 {
             tracing::warn!(
                 sessions = left,

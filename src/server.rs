@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
-use crate::{api, engine};
+use crate::{api, engine, ws};
 
 /// Every route of a node.
 pub fn router(node: Arc<Node>) -> Router {
@@ -31,11 +31,16 @@ pub fn router(node: Arc<Node>) -> Router {
             node.clone(),
             api::track,
         ));
-    Router::new()
+    let mut router = Router::new();
+    for path in &node.config.ws_paths {
+        router = router.route(path, get(ws::upgrade));
+    }
+    router
         .route("/socket.io/", engine_routes.clone())
         .route("/socket.io", engine_routes)
         .merge(api_routes)
         .route("/health", get(api::health))
+        .route("/api/community/ws/health", get(api::ws_health))
         .route("/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
         .layer(body_limit)

@@ -295,9 +295,9 @@ impl Cluster {
         }
     }
 
-    /// Whether shared state lives in Redis.
-    pub fn is_shared(&self) -> bool {
-        self.redis.is_some()
+    /// Users with at least one socket on this node.
+    pub fn local_user_count(&self) -> usize {
+        self.local.users.len()
     }
 }
 

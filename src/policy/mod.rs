@@ -11,6 +11,7 @@
 mod cache;
 mod callback;
 mod rules;
+mod set;
 mod sql;
 
 use std::collections::BTreeSet;
@@ -27,6 +28,7 @@ use crate::database::Database;
 use cache::Cache;
 use callback::Callback;
 use rules::{Check, Match, Pattern, Rule, normalize_role};
+use set::Sets;
 
 /// Settings of the policy that do not live in its file.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct Settings {
     pub cache_size: usize,
     /// The database of `sql` rules.
     pub database: Option<Database>,
+    /// The Redis of `set` rules, and the prefix of their keys.
+    pub redis: Option<(redis::Client, String)>,
 }
 
 /// The channel authorization policy of a node.
@@ -50,6 +54,8 @@ pub struct Policy {
     callback: Option<Callback>,
     /// Present when a `sql` rule exists.
     database: Option<Database>,
+    /// Present when Redis is configured.
+    sets: Option<Sets>,
     timeout: Duration,
     cache: Option<Cache>,
 }
@@ -97,6 +103,9 @@ impl Policy {
             user_info: config.user_info,
             callback,
             database,
+            sets: settings
+                .redis
+                .map(|(client, prefix)| Sets::new(client, prefix)),
             timeout: settings.timeout,
             cache: Cache::new(settings.cache_ttl, settings.cache_size),
         })
@@ -132,6 +141,19 @@ impl Policy {
             Check::Claim(name) => claim_covers(principal.claim(name), request.channel),
             Check::Callback(_) | Check::Sql(_) => {
                 return self.ask(rule, matched, request).await;
+            }
+            Check::Set(key) => {
+                let sets = self.sets.as_ref().ok_or_else(|| {
+                    Refusal::Unavailable("membership sets need SWITCHBOARD_REDIS_URL".into())
+                })?;
+                sets.contains(
+                    key,
+                    matched.id,
+                    &principal.user_id,
+                    self.timeout,
+                    &rule.label,
+                )
+                .await?
             }
         };
         if allowed {
@@ -266,6 +288,7 @@ mod tests {
             cache_ttl: Duration::from_secs(60),
             cache_size: 100,
             database: None,
+            redis: None,
         }
     }
 

@@ -150,6 +150,8 @@ pub enum Check {
     Callback(reqwest::Url),
     /// This query returns a row.
     Sql(Query),
+    /// The user is in this Redis set (`{id}` replaced by the placeholder).
+    Set(String),
 }
 
 impl Check {
@@ -162,6 +164,7 @@ impl Check {
             Self::Claim(_) => "claim",
             Self::Callback(_) => "callback",
             Self::Sql(_) => "sql",
+            Self::Set(_) => "set",
         }
     }
 }
@@ -189,12 +192,12 @@ pub struct PolicyConfig {
 }
 
 impl Default for PolicyConfig {
-    /// The built-in policy: only the built-in rule.
+    /// The built-in policy: only the built-in rules.
     fn default() -> Self {
         Self {
             roles: DEFAULT_ROLES.iter().map(|r| (*r).to_owned()).collect(),
             user_info: vec!["name".into()],
-            rules: vec![user_channel_rule()],
+            rules: built_in_rules().into(),
         }
     }
 }
@@ -223,6 +226,7 @@ struct RuleShape {
     url: Option<String>,
     query: Option<String>,
     claim: Option<String>,
+    key: Option<String>,
 }
 
 impl PolicyConfig {
@@ -280,7 +284,7 @@ impl PolicyConfig {
             .enumerate()
             .map(|(i, table)| parse_rule(i + 1, table, &roles))
             .collect::<Result<Vec<_>, _>>()?;
-        rules.push(user_channel_rule());
+        rules.extend(built_in_rules());
         Ok(Self {
             roles,
             user_info,
@@ -294,18 +298,29 @@ pub fn normalize_role(role: &str) -> String {
     role.trim().to_ascii_lowercase().replace('-', "_")
 }
 
-fn user_channel_rule() -> Rule {
-    Rule {
+/// Rules every policy ends with: a user's own channel, and chat rooms and groups open to the
+/// members of the Redis sets the back-end keeps.
+fn built_in_rules() -> [Rule; 3] {
+    let placeholder = |text: &str, prefix: &str, check: Check| Rule {
         pattern: Pattern {
-            text: USER_CHANNEL.into(),
-            prefix: "private-user.".into(),
+            text: text.into(),
+            prefix: prefix.into(),
             tail: Tail::Placeholder {
                 suffix: String::new(),
             },
         },
-        check: Check::SelfUser,
+        check,
         label: "built-in".into(),
-    }
+    };
+    [
+        placeholder(USER_CHANNEL, "private-user.", Check::SelfUser),
+        placeholder("room:{id}", "room:", Check::Set("members:room:{id}".into())),
+        placeholder(
+            "group:{id}",
+            "group:",
+            Check::Set("members:group:{id}".into()),
+        ),
+    ]
 }
 
 fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule, String> {
@@ -328,6 +343,7 @@ fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule
         ("url", shape.url.is_some()),
         ("query", shape.query.is_some()),
         ("claim", shape.claim.is_some()),
+        ("key", shape.key.is_some()),
     ];
     let applies: &[&str] = match shape.allow.as_str() {
         "open" | "self" => &[],
@@ -335,9 +351,10 @@ fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule
         "claim" => &["claim"],
         "callback" => &["url"],
         "sql" => &["query"],
+        "set" => &["key"],
         other => {
             return Err(fail(format!(
-                "unknown allow = \"{other}\" (expected open, self, role, claim, callback or sql)"
+                "unknown allow = \"{other}\" (expected open, self, role, claim, callback, sql or set)"
             )));
         }
     };
@@ -395,6 +412,7 @@ fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule
             }
             Check::Callback(parsed)
         }
+        "set" => Check::Set(needs(shape.key, "key")?.trim().to_owned()),
         _ => {
             let query = needs(shape.query, "query")?;
             Check::Sql(Query::parse(&query, pattern.has_placeholder()).map_err(fail)?)
@@ -490,10 +508,13 @@ mod tests {
     }
 
     #[test]
-    fn built_in_rule_is_a_parsed_pattern() {
-        assert_eq!(user_channel_rule().pattern, pattern(USER_CHANNEL));
+    fn built_in_rules_are_parsed_patterns() {
+        let [user, room, group] = built_in_rules();
+        assert_eq!(user.pattern, pattern(USER_CHANNEL));
+        assert_eq!(room.pattern, pattern("room:{id}"));
+        assert_eq!(group.pattern, pattern("group:{id}"));
         let config = PolicyConfig::default();
-        assert_eq!(config.rules.len(), 1);
+        assert_eq!(config.rules.len(), 3);
         assert_eq!(config.roles, DEFAULT_ROLES);
         assert_eq!(config.user_info, ["name"]);
     }
@@ -540,7 +561,7 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "open", "self", "role", "claim", "claim", "callback", "sql", "self"
+                "open", "self", "role", "claim", "claim", "callback", "sql", "self", "set", "set"
             ]
         );
         assert!(matches!(config.rules[2].check, Check::Role { min_rank: 1 }));
@@ -612,7 +633,7 @@ mod tests {
     fn example_file_loads() {
         let config = PolicyConfig::from_toml(include_str!("../../examples/policy.toml"))
             .unwrap_or_else(|e| panic!("examples/policy.toml: {e}"));
-        assert_eq!(config.rules.len(), 7);
+        assert_eq!(config.rules.len(), 9);
         assert_eq!(config.user_info, ["name", "avatar"]);
     }
 
@@ -622,6 +643,6 @@ mod tests {
             .parse()
             .expect("toml");
         let config = PolicyConfig::from_table(table).expect("loads");
-        assert_eq!(config.rules.len(), 2);
+        assert_eq!(config.rules.len(), 4);
     }
 }

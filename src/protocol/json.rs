@@ -134,6 +134,24 @@ fn room_id(channel: &str) -> &str {
         .unwrap_or(channel)
 }
 
+/// A presence member `{user_id, user_info}` as this protocol shows it:
+/// `{userId, userName, userImage?}`.
+pub fn member_summary(member: &RawValue) -> Value {
+    let member: Value = serde_json::from_str(member.get()).unwrap_or(Value::Null);
+    let info = &member["user_info"];
+    let mut summary = Map::new();
+    summary.insert("userId".into(), member["user_id"].clone());
+    summary.insert("userName".into(), info["name"].clone());
+    if let Some(image) = ["image", "avatar", "userImage"]
+        .iter()
+        .map(|key| &info[*key])
+        .find(|v| !v.is_null())
+    {
+        summary.insert("userImage".into(), image.clone());
+    }
+    Value::Object(summary)
+}
+
 /// A broadcast as this protocol shows it: `{"type": event, "channel", "payload": data}`, except
 /// presence changes, which become `USER_JOINED {userId, userName, userImage?, roomId}` and
 /// `USER_LEFT {userId, roomId}`.
@@ -146,20 +164,14 @@ pub fn write_broadcast(out: &mut String, event: &str, channel: &str, data: &RawV
     let Some(kind) = presence else {
         return write_frame(out, event, Some(channel), data, None);
     };
-    let member: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
-    let mut payload = Map::new();
-    payload.insert("userId".into(), member["user_id"].clone());
-    if kind == "USER_JOINED" {
-        let info = &member["user_info"];
-        payload.insert("userName".into(), info["name"].clone());
-        if let Some(image) = ["image", "avatar", "userImage"]
-            .iter()
-            .map(|key| &info[*key])
-            .find(|v| !v.is_null())
-        {
-            payload.insert("userImage".into(), image.clone());
+    let mut payload = match member_summary(data) {
+        Value::Object(summary) if kind == "USER_JOINED" => summary,
+        Value::Object(mut summary) => {
+            summary.retain(|key, _| key == "userId");
+            summary
         }
-    }
+        _ => Map::new(),
+    };
     payload.insert("roomId".into(), Value::from(room_id(channel)));
     let _ = write!(out, "{{\"type\":\"{kind}\",\"channel\":");
     super::write_json_str(out, channel);

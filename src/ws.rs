@@ -1,0 +1,574 @@
+//! The plain WebSocket endpoint (`/ws` and its aliases): JSON `{type, payload}` frames on the
+//! same hub and channels as Socket.IO, so one broadcast reaches both kinds of client.
+//!
+//! The token is checked before the upgrade (HTTP 401 with a JSON reason). After it, each
+//! socket is one task: queued frames out, client frames in, WebSocket pings, and the typing
+//! states it started. A client's mistakes get `ERROR` frames and the socket stays open, up to
+//! `SWITCHBOARD_WS_MAX_ERRORS`; then it is closed with code 1008.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::auth::{TokenError, bearer};
+use crate::channel::Refusal;
+use crate::cluster::ConnectRefusal;
+use crate::engine::{close_websocket, origin_allowed, write_queued};
+use crate::error::ApiError;
+use crate::hub::{Codec, JoinError, Member};
+use crate::limit::Bucket;
+use crate::node::Node;
+use crate::outbox::{CloseReason, Drained, Frame, Outbox};
+use crate::protocol::json::{self, ErrorCode};
+
+/// Read buffer per socket; frames larger than this are read in several steps.
+const READ_BUFFER: usize = 512;
+
+/// The query string of the upgrade request.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks origin, rate, token and limits, then upgrades.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match accept(&node, remote, query, &headers, ws).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn accept(
+    node: &Arc<Node>,
+    remote: SocketAddr,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if !origin_allowed(node, headers) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "origin not allowed",
+        ));
+    }
+    node.admit(remote, headers).map_err(|refusal| {
+        ApiError::new(refusal.status(), "connection_refused", refusal.message())
+    })?;
+    let ws = ws.map_err(|_| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "expected a websocket upgrade",
+        )
+    })?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .map(str::to_owned)
+        .or_else(|| query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()));
+    let principal = token
+        .ok_or(TokenError::Missing)
+        .and_then(|token| node.config.jwt.verify(&token))
+        .map_err(|e| {
+            node.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        })?;
+    node.cluster
+        .connect(&principal.user_id)
+        .await
+        .map_err(|refusal| {
+            node.metrics
+                .errors
+                .with_label_values(&["too_many_connections"])
+                .inc();
+            match refusal {
+                ConnectRefusal::TooMany(_) => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    "too many connections",
+                ),
+                ConnectRefusal::Unavailable(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "service unavailable, try again",
+                ),
+            }
+        })?;
+    let id = crate::socketio::random_id().map_err(|_| {
+        node.cluster.disconnect(&principal.user_id);
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "no randomness available",
+        )
+    })?;
+    let outbox = Arc::new(Outbox::new(node.config.send_queue_bytes));
+    let socket = Arc::new(Member::new(id, principal, Codec::Json, outbox));
+    node.plain.insert(socket.id.clone(), socket.clone());
+    node.metrics.connections.with_label_values(&["json"]).inc();
+    node.metrics
+        .connections_opened
+        .with_label_values(&["json"])
+        .inc();
+    tracing::debug!(socket = %socket.id, user = %socket.principal.user_id, "json socket connected");
+
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(node.config.max_message_size)
+        .max_frame_size(node.config.max_message_size);
+    let failed = (node.clone(), socket.clone());
+    let node = node.clone();
+    Ok(ws
+        .on_failed_upgrade(move |e| {
+            tracing::info!(error = %e, "websocket upgrade failed");
+            finish(&failed.0, &failed.1, CloseReason::TransportError);
+        })
+        .on_upgrade(move |ws| {
+            let ws = Box::new(ws);
+            async move { Box::pin(run(&node, socket, ws)).await }
+        }))
+}
+
+/// Releases a socket once: its channels, presence, typing states and connection slot.
+fn finish(node: &Node, socket: &Member, reason: CloseReason) {
+    if node.plain.remove(&socket.id).is_none() {
+        return;
+    }
+    socket.outbox.close(reason);
+    node.disconnect(socket);
+    node.metrics.connections.with_label_values(&["json"]).dec();
+    node.metrics
+        .connections_closed
+        .with_label_values(&[reason.label()])
+        .inc();
+    tracing::debug!(socket = %socket.id, reason = reason.label(), "json socket closed");
+}
+
+/// A typing state the socket started.
+struct Typing {
+    channel: Arc<str>,
+    /// `roomId` or `groupId`, as the client named it.
+    key: &'static str,
+    id: String,
+    until: Instant,
+}
+
+/// What one socket's task keeps besides the socket.
+struct Conn {
+    socket: Arc<Member>,
+    frames: Bucket,
+    typing_rate: Bucket,
+    errors: u32,
+    next_ping: Instant,
+    pong_due: Option<Instant>,
+    typing: Vec<Typing>,
+}
+
+async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
+    let now = Instant::now();
+    let mut conn = Conn {
+        frames: Bucket::new(node.config.ws_frame_rate, now),
+        typing_rate: Bucket::new(node.config.typing_rate, now),
+        errors: 0,
+        next_ping: now + node.config.ws_ping_interval,
+        pong_due: None,
+        typing: Vec::new(),
+        socket,
+    };
+    let outbox = conn.socket.outbox.clone();
+    let mut batch = VecDeque::new();
+    let timer = tokio::time::sleep_until(conn.deadline().into());
+    tokio::pin!(timer);
+    let reason = loop {
+        tokio::select! {
+            drained = outbox.drain(&mut batch) => match drained {
+                Drained::Frames => {
+                    if !write_queued(node, &outbox, &mut ws, &mut batch).await {
+                        break outbox.close_reason().unwrap_or(CloseReason::TransportError);
+                    }
+                }
+                Drained::Closed(reason) => break reason,
+            },
+            message = ws.recv() => {
+                let result = match message {
+                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(node, text.as_str())).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        conn.error(node, ErrorCode::InvalidFrame, "binary frames are not supported", None)
+                    }
+                    Some(Ok(Message::Pong(_))) => {
+                        conn.pong_due = None;
+                        Ok(())
+                    }
+                    Some(Ok(Message::Ping(_))) => Ok(()),
+                    Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
+                    Some(Err(e)) => {
+                        tracing::debug!(socket = %conn.socket.id, error = %e, "closing a json socket: read failed");
+                        Err(CloseReason::TransportError)
+                    }
+                };
+                if let Err(reason) = result {
+                    outbox.close(reason);
+                }
+                timer.as_mut().reset(conn.deadline().into());
+            },
+            () = &mut timer => {
+                let now = Instant::now();
+                if conn.pong_due.is_some_and(|due| due <= now) {
+                    outbox.close(CloseReason::PingTimeout);
+                } else if conn.next_ping <= now {
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        outbox.close(CloseReason::TransportError);
+                    }
+                    conn.next_ping = now + node.config.ws_ping_interval;
+                    conn.pong_due = Some(now + node.config.ws_ping_timeout);
+                }
+                conn.end_typing(node, |t| t.until <= now).await;
+                timer.as_mut().reset(conn.deadline().into());
+            },
+        }
+    };
+    conn.end_typing(node, |_| true).await;
+    close_websocket(&mut ws, reason).await;
+    finish(node, &conn.socket, reason);
+}
+
+/// Fields of the payloads clients send.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Payload<'a> {
+    channel: Option<String>,
+    #[serde(default)]
+    auth: Option<Value>,
+    event: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    room_id: Option<Value>,
+    group_id: Option<Value>,
+    is_typing: Option<bool>,
+}
+
+/// An id given as a string or a number, as a string.
+fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Conn {
+    /// The next time the task must wake: a ping, a pong deadline, or a typing expiry.
+    fn deadline(&self) -> Instant {
+        let mut next = self.next_ping;
+        if let Some(due) = self.pong_due {
+            next = next.min(due);
+        }
+        for typing in &self.typing {
+            next = next.min(typing.until);
+        }
+        next
+    }
+
+    fn send(&self, write: impl FnOnce(&mut String)) {
+        let mut out = String::with_capacity(64);
+        write(&mut out);
+        // A refused push closed the socket as a slow consumer; the task will notice.
+        let _ = self.socket.outbox.push(Frame::from(out));
+    }
+
+    fn reply(
+        &self,
+        kind: &str,
+        channel: Option<&str>,
+        payload: &Value,
+        reference: Option<&RawValue>,
+    ) {
+        // A Value always serialises.
+        let Ok(payload) = serde_json::value::to_raw_value(payload) else {
+            return;
+        };
+        self.send(|out| json::write_frame(out, kind, channel, &payload, reference));
+    }
+
+    /// Sends an `ERROR` frame; too many of them close the socket.
+    fn error(
+        &mut self,
+        node: &Node,
+        code: ErrorCode,
+        message: &str,
+        reference: Option<&RawValue>,
+    ) -> Result<(), CloseReason> {
+        node.metrics.errors.with_label_values(&["json_frame"]).inc();
+        self.send(|out| json::write_error(out, code, message, reference));
+        self.errors += 1;
+        if self.errors > node.config.ws_max_errors {
+            tracing::info!(socket = %self.socket.id, errors = self.errors, "closing a json socket: too many bad frames");
+            return Err(CloseReason::ProtocolError);
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, node: &Node, text: &str) -> Result<(), CloseReason> {
+        if !self.frames.take(node.config.ws_frame_rate, Instant::now()) {
+            return self.error(
+                node,
+                ErrorCode::RateLimited,
+                "too many frames, slow down",
+                None,
+            );
+        }
+        if text.len() > node.config.ws_max_frame_size {
+            let message = format!("frame larger than {} bytes", node.config.ws_max_frame_size);
+            return self.error(node, ErrorCode::FrameTooLarge, &message, None);
+        }
+        let frame = match json::decode(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.error(node, e.code, &e.message, None),
+        };
+        let reference = frame.reference;
+        let payload: Payload<'_> = match frame.payload.map(|p| serde_json::from_str(p.get())) {
+            None => Payload::default(),
+            Some(Ok(payload)) => payload,
+            Some(Err(_)) => {
+                return self.error(
+                    node,
+                    ErrorCode::MissingField,
+                    "payload must be an object",
+                    reference,
+                );
+            }
+        };
+        let kind = frame.kind.as_ref();
+        node.metrics
+            .messages_in
+            .with_label_values(&[match kind {
+                "PING" => "ping",
+                "SUBSCRIBE" => "subscribe",
+                "UNSUBSCRIBE" => "unsubscribe",
+                "TYPING" => "typing",
+                "CLIENT_EVENT" => "client_event",
+                _ => "other",
+            }])
+            .inc();
+        match kind {
+            "PING" => {
+                self.reply("PONG", None, &json!({}), reference);
+                Ok(())
+            }
+            "SUBSCRIBE" => self.subscribe(node, payload, reference).await,
+            "UNSUBSCRIBE" => {
+                let Some(channel) = payload.channel else {
+                    return self.error(
+                        node,
+                        ErrorCode::MissingField,
+                        "UNSUBSCRIBE needs {channel}",
+                        reference,
+                    );
+                };
+                node.leave(&self.socket, &channel);
+                self.reply(
+                    "UNSUBSCRIBED",
+                    Some(&channel),
+                    &json!({"channel": channel}),
+                    reference,
+                );
+                Ok(())
+            }
+            "TYPING" => self.typing(node, payload, reference).await,
+            "CLIENT_EVENT" => {
+                let (Some(channel), Some(event)) = (payload.channel, payload.event) else {
+                    return self.error(
+                        node,
+                        ErrorCode::MissingField,
+                        "CLIENT_EVENT needs {channel, event, data}",
+                        reference,
+                    );
+                };
+                let data = payload.data.unwrap_or(RawValue::NULL);
+                match node.whisper(&self.socket, &channel, &event, data).await {
+                    Ok(()) => Ok(()),
+                    Err(refusal) => {
+                        let code = match refusal {
+                            crate::channel::WhisperRefusal::NotSubscribed => {
+                                ErrorCode::NotSubscribed
+                            }
+                            crate::channel::WhisperRefusal::Unavailable => ErrorCode::Unavailable,
+                            _ => ErrorCode::Forbidden,
+                        };
+                        self.error(node, code, &refusal.to_string(), reference)
+                    }
+                }
+            }
+            other => {
+                let message = format!("unknown type `{other}`");
+                self.error(node, ErrorCode::UnknownType, &message, reference)
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        node: &Node,
+        payload: Payload<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), CloseReason> {
+        let Some(channel) = payload.channel else {
+            return self.error(
+                node,
+                ErrorCode::MissingField,
+                "SUBSCRIBE needs {channel}",
+                reference,
+            );
+        };
+        match node
+            .subscribe(&self.socket, &channel, payload.auth.as_ref())
+            .await
+        {
+            Ok(members) => {
+                let mut answer = json!({"channel": channel});
+                if let Some(members) = members {
+                    let members: Vec<Value> =
+                        members.iter().map(|m| json::member_summary(m)).collect();
+                    answer["members"] = members.into();
+                }
+                self.reply("SUBSCRIBED", Some(&channel), &answer, reference);
+                Ok(())
+            }
+            Err(refusal) => {
+                let code = match refusal {
+                    Refusal::InvalidName(_) => ErrorCode::InvalidChannel,
+                    Refusal::Forbidden => ErrorCode::Forbidden,
+                    Refusal::Limit(JoinError::TooMany(_)) => ErrorCode::SubscriptionLimit,
+                    Refusal::Unavailable(_) => ErrorCode::Unavailable,
+                    Refusal::RateLimited => ErrorCode::RateLimited,
+                };
+                let message = format!("{channel}: {refusal}");
+                self.error(node, code, &message, reference)
+            }
+        }
+    }
+
+    async fn typing(
+        &mut self,
+        node: &Node,
+        payload: Payload<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), CloseReason> {
+        let target = match (&payload.room_id, &payload.group_id) {
+            (Some(room), None) => id_text(room).map(|id| ("roomId", "room:", id)),
+            (None, Some(group)) => id_text(group).map(|id| ("groupId", "group:", id)),
+            _ => None,
+        };
+        let (Some((key, prefix, id)), Some(is_typing)) = (target, payload.is_typing) else {
+            return self.error(
+                node,
+                ErrorCode::MissingField,
+                "TYPING needs {roomId | groupId, isTyping}",
+                reference,
+            );
+        };
+        let channel = format!("{prefix}{id}");
+        if !self.socket.is_in(&channel) {
+            return self.error(
+                node,
+                ErrorCode::NotSubscribed,
+                "join the room before typing in it",
+                reference,
+            );
+        }
+        let known = self.typing.iter().position(|t| *t.channel == *channel);
+        if is_typing {
+            // Refreshing a state already on is free; starting one is rate-limited.
+            if known.is_none()
+                && !self
+                    .typing_rate
+                    .take(node.config.typing_rate, Instant::now())
+            {
+                return self.error(
+                    node,
+                    ErrorCode::RateLimited,
+                    "typing too often, slow down",
+                    reference,
+                );
+            }
+            let until = Instant::now() + node.config.typing_timeout;
+            match known {
+                Some(index) => self.typing[index].until = until,
+                None => {
+                    let channel: Arc<str> = channel.into();
+                    self.typing.push(Typing {
+                        channel: channel.clone(),
+                        key,
+                        id: id.clone(),
+                        until,
+                    });
+                    self.announce_typing(node, &channel, key, &id, true).await;
+                }
+            }
+        } else if let Some(index) = known {
+            let typing = self.typing.swap_remove(index);
+            self.announce_typing(node, &typing.channel, key, &typing.id, false)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Sends `TYPING` to the room's other members on every node.
+    async fn announce_typing(
+        &self,
+        node: &Node,
+        channel: &str,
+        key: &str,
+        id: &str,
+        is_typing: bool,
+    ) {
+        let principal = &self.socket.principal;
+        let mut data = json!({
+            "userId": &*principal.user_id,
+            "userName": principal.claim("name"),
+            "isTyping": is_typing,
+        });
+        data[key] = Value::from(id);
+        let Ok(data) = RawValue::from_string(data.to_string()) else {
+            return;
+        };
+        // A failed publish is logged and counted by `publish`.
+        let _ = node
+            .publish(channel, "TYPING", &data, Some(&self.socket.id))
+            .await;
+    }
+
+    /// Ends the typing states `expired` picks, telling the room.
+    async fn end_typing(&mut self, node: &Node, expired: impl Fn(&Typing) -> bool) {
+        let (ended, kept): (Vec<Typing>, Vec<Typing>) =
+            self.typing.drain(..).partition(|t| expired(t));
+        self.typing = kept;
+        for typing in ended {
+            self.announce_typing(node, &typing.channel, typing.key, &typing.id, false)
+                .await;
+        }
+    }
+}
