@@ -1,0 +1,455 @@
+//! The plain JSON WebSocket endpoint with a real WebSocket client: the token checked before
+//! the upgrade, every frame type and error code, rooms with membership sets, presence as
+//! USER_JOINED/USER_LEFT, typing across nodes and its timeout, one broadcast reaching a
+//! Socket.IO client and a JSON client alike, and the heartbeat.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const SECRET: &str = "switchboard-dev-secret";
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn token(sub: &str, name: &str) -> String {
+    jwt_hs256(SECRET, json!({"sub": sub, "name": name}))
+}
+
+async fn connect(node: &Node, path: &str, header: Option<(&str, &str)>) -> Result<Ws, String> {
+    let mut request = format!("ws://{}{path}", node.addr())
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some((name, value)) = header {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            value.parse().expect("header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            Err(format!("{} {body}", response.status().as_u16()))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn client(node: &Node, user: &str) -> Ws {
+    let path = format!("/ws?token={}", token(user, &format!("User {user}")));
+    connect(node, &path, None).await.expect("json websocket")
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .expect("send");
+}
+
+/// The next JSON frame (pings are answered by the client library while it reads).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                return serde_json::from_str(&text).expect("a JSON frame");
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame of `kind`, skipping others.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let frame = next(ws).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+async fn error_code(ws: &mut Ws, frame: &str) -> Value {
+    ws.send(Message::text(frame.to_owned()))
+        .await
+        .expect("send");
+    let answer = next(ws).await;
+    assert_eq!(answer["type"], "ERROR", "{frame} → {answer}");
+    answer["payload"].clone()
+}
+
+async fn no_frame(ws: &mut Ws, what: &str, wait: Duration) {
+    if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(wait, ws.next()).await {
+        panic!("expected no {what}, got {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_upgrade() {
+    let node = Node::spawn(&["--dev", "--allowed-origins", "https://app.example"], &[]).await;
+    let refused = connect(&node, "/ws", None).await.expect_err("no token");
+    assert!(refused.starts_with("401 "), "{refused}");
+    let body: Value = serde_json::from_str(&refused[4..]).expect("JSON body");
+    assert_eq!(
+        body,
+        json!({"error": {"code": "unauthorized", "message": "missing token"}})
+    );
+    let forged = jwt_hs256("another-secret", json!({"sub": "1"}));
+    let refused = connect(&node, &format!("/ws?token={forged}"), None)
+        .await
+        .expect_err("bad signature");
+    assert!(
+        refused.contains("invalid token: bad signature"),
+        "{refused}"
+    );
+    let expired = jwt_hs256(SECRET, json!({"sub": "1", "exp": 1_000_000_000}));
+    let refused = connect(
+        &node,
+        "/api/community/ws",
+        Some(("authorization", &format!("Bearer {expired}"))),
+    )
+    .await
+    .expect_err("expired");
+    assert!(refused.contains("invalid token: expired"), "{refused}");
+
+    // The header and the alias path work; a foreign origin does not.
+    let bearer = format!("Bearer {}", token("1", "One"));
+    let mut ws = connect(&node, "/api/community/ws", Some(("authorization", &bearer)))
+        .await
+        .expect("bearer header");
+    send(&mut ws, json!({"type": "PING"})).await;
+    assert_eq!(next(&mut ws).await, json!({"type": "PONG", "payload": {}}));
+    let path = format!("/ws?token={}", token("1", "One"));
+    let refused = connect(&node, &path, Some(("origin", "https://evil.example")))
+        .await
+        .expect_err("origin");
+    assert!(refused.starts_with("403 "), "{refused}");
+    connect(&node, &path, Some(("origin", "https://app.example")))
+        .await
+        .expect("allowed origin");
+}
+
+#[tokio::test]
+async fn frames_and_error_codes_keep_the_connection_open() {
+    let node = Node::spawn(
+        &["--dev"],
+        &[
+            ("SWITCHBOARD_WS_MAX_FRAME_SIZE", "1000"),
+            ("SWITCHBOARD_WS_MAX_ERRORS", "12"),
+        ],
+    )
+    .await;
+    let mut ws = client(&node, "1").await;
+
+    send(&mut ws, json!({"type": "PING", "ref": 1})).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "PONG", "payload": {}, "ref": 1})
+    );
+    assert_eq!(
+        error_code(&mut ws, "{not json").await["code"],
+        "INVALID_JSON"
+    );
+    assert_eq!(error_code(&mut ws, "[1,2]").await["code"], "INVALID_FRAME");
+    let unknown = error_code(&mut ws, r#"{"type":"NOPE","ref":"r1"}"#).await;
+    assert_eq!(
+        unknown,
+        json!({"code": "UNKNOWN_TYPE", "message": "unknown type `NOPE`", "ref": "r1"})
+    );
+    assert_eq!(
+        error_code(&mut ws, r#"{"type":"SUBSCRIBE","payload":{}}"#).await["code"],
+        "MISSING_FIELD"
+    );
+    assert_eq!(
+        error_code(&mut ws, r#"{"type":"SUBSCRIBE","payload":3}"#).await["code"],
+        "MISSING_FIELD"
+    );
+    let big = json!({"type": "PING", "payload": {"pad": "x".repeat(2000)}}).to_string();
+    assert_eq!(error_code(&mut ws, &big).await["code"], "FRAME_TOO_LARGE");
+    ws.send(Message::binary(vec![1, 2, 3])).await.expect("send");
+    assert_eq!(next(&mut ws).await["payload"]["code"], "INVALID_FRAME");
+
+    send(
+        &mut ws,
+        json!({"type": "SUBSCRIBE", "payload": {"channel": "news"}, "ref": 2}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "SUBSCRIBED", "channel": "news", "payload": {"channel": "news"}, "ref": 2})
+    );
+    let forbidden = error_code(
+        &mut ws,
+        r#"{"type":"SUBSCRIBE","payload":{"channel":"private-orders.1"}}"#,
+    )
+    .await;
+    assert_eq!(forbidden["code"], "FORBIDDEN", "{forbidden}");
+    let invalid = error_code(
+        &mut ws,
+        r#"{"type":"SUBSCRIBE","payload":{"channel":"a b"}}"#,
+    )
+    .await;
+    assert_eq!(invalid["code"], "INVALID_CHANNEL", "{invalid}");
+    let public = error_code(
+        &mut ws,
+        r#"{"type":"CLIENT_EVENT","payload":{"channel":"news","event":"client-x","data":{}}}"#,
+    )
+    .await;
+    assert_eq!(public["code"], "FORBIDDEN", "{public}");
+    send(
+        &mut ws,
+        json!({"type": "UNSUBSCRIBE", "payload": {"channel": "news"}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["type"], "UNSUBSCRIBED");
+    let not_in = error_code(
+        &mut ws,
+        r#"{"type":"TYPING","payload":{"roomId":5,"isTyping":true}}"#,
+    )
+    .await;
+    assert_eq!(not_in["code"], "NOT_SUBSCRIBED", "{not_in}");
+
+    // Ten errors so far; the limit is twelve: the thirteenth closes with 1008.
+    for _ in 0..2 {
+        error_code(&mut ws, "{").await;
+    }
+    ws.send(Message::text("{")).await.expect("send");
+    let closed = loop {
+        match tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1008));
+}
+
+#[tokio::test]
+async fn frames_are_rate_limited_per_socket() {
+    let node = Node::spawn(
+        &["--dev"],
+        &[
+            ("SWITCHBOARD_WS_FRAME_RATE", "1"),
+            ("SWITCHBOARD_WS_FRAME_BURST", "3"),
+        ],
+    )
+    .await;
+    let mut ws = client(&node, "1").await;
+    for _ in 0..3 {
+        send(&mut ws, json!({"type": "PING"})).await;
+        assert_eq!(next(&mut ws).await["type"], "PONG");
+    }
+    assert_eq!(
+        error_code(&mut ws, r#"{"type":"PING"}"#).await["code"],
+        "RATE_LIMITED"
+    );
+}
+
+#[tokio::test]
+async fn one_broadcast_reaches_socketio_and_json_clients() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = [
+        "--dev",
+        "--redis-url",
+        &url,
+        "--redis-prefix",
+        "laravel_database_",
+    ];
+    let one = Node::spawn(&args, &[]).await;
+    let two = Node::spawn(&args, &[]).await;
+
+    let mut ws = client(&one, "1").await;
+    send(
+        &mut ws,
+        json!({"type": "SUBSCRIBE", "payload": {"channel": "news"}}),
+    )
+    .await;
+    next_of(&mut ws, "SUBSCRIBED").await;
+    let mut agent = Agent::spawn(json!({
+        "url": two.url(),
+        "auth": {"token": token("2", "Two")},
+        "transports": ["websocket"],
+    }));
+    agent.expect_connect(TIMEOUT).await;
+    let answer = agent
+        .emit_ack("subscribe", json!([{"channel": "news"}]))
+        .await;
+    assert_eq!(answer[0]["status"], "success");
+
+    let envelope = json!({"event": "App\\Events\\Posted", "data": {"id": 5}, "socket": null});
+    redis
+        .publish("laravel_database_news", envelope.to_string())
+        .await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "App\\Events\\Posted", "channel": "news", "payload": {"id": 5}})
+    );
+    let args = agent.expect_event("App\\Events\\Posted", TIMEOUT).await;
+    assert_eq!(args, [json!("news"), json!({"id": 5})]);
+}
+
+#[tokio::test]
+async fn rooms_presence_typing_and_chat_across_nodes() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await;
+    let _: i64 = redis::cmd("SADD")
+        .arg("members:room:1")
+        .arg("alice")
+        .arg("bob")
+        .query_async(&mut conn)
+        .await
+        .expect("SADD");
+    let url = redis.url();
+    let envs = [("SWITCHBOARD_TYPING_TIMEOUT", "800ms")];
+    let one = Node::spawn(&["--dev", "--redis-url", &url], &envs).await;
+    let two = Node::spawn(&["--dev", "--redis-url", &url], &envs).await;
+
+    let mut alice = client(&one, "alice").await;
+    send(
+        &mut alice,
+        json!({"type": "SUBSCRIBE", "payload": {"channel": "room:1"}}),
+    )
+    .await;
+    let subscribed = next(&mut alice).await;
+    assert_eq!(
+        subscribed["payload"],
+        json!({"channel": "room:1", "members": [{"userId": "alice", "userName": "User alice"}]})
+    );
+    // Not a member of the room's set.
+    let mut carol = client(&two, "carol").await;
+    let refused = error_code(
+        &mut carol,
+        r#"{"type":"SUBSCRIBE","payload":{"channel":"room:1"}}"#,
+    )
+    .await;
+    assert_eq!(refused["code"], "FORBIDDEN", "{refused}");
+
+    let mut bob = client(&two, "bob").await;
+    send(
+        &mut bob,
+        json!({"type": "SUBSCRIBE", "payload": {"channel": "room:1"}}),
+    )
+    .await;
+    let members = next(&mut bob).await["payload"]["members"].clone();
+    assert_eq!(members.as_array().map(Vec::len), Some(2), "{members}");
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "USER_JOINED", "channel": "room:1",
+               "payload": {"userId": "bob", "userName": "User bob", "roomId": "1"}})
+    );
+
+    // Typing reaches the other node, not the typist, and stops by itself.
+    send(
+        &mut bob,
+        json!({"type": "TYPING", "payload": {"roomId": 1, "isTyping": true}}),
+    )
+    .await;
+    let typing = next(&mut alice).await;
+    assert_eq!(
+        typing,
+        json!({"type": "TYPING", "channel": "room:1",
+               "payload": {"userId": "bob", "userName": "User bob", "roomId": "1", "isTyping": true}})
+    );
+    let started = tokio::time::Instant::now();
+    let stopped = next(&mut alice).await;
+    assert_eq!(stopped["payload"]["isTyping"], false, "{stopped}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    no_frame(
+        &mut bob,
+        "echo of bob's own typing",
+        Duration::from_millis(200),
+    )
+    .await;
+
+    // The back-end's chat message reaches both.
+    let message = json!({"id": 9, "content": "hi", "roomId": 1, "authorId": "alice"});
+    let envelope = json!({"event": "CHAT_MESSAGE", "data": message, "socket": null});
+    redis.publish("room:1", envelope.to_string()).await;
+    for ws in [&mut alice, &mut bob] {
+        let frame = next(ws).await;
+        assert_eq!(frame["type"], "CHAT_MESSAGE");
+        assert_eq!(frame["payload"], message);
+    }
+
+    // A typist who disconnects stops typing, then leaves.
+    send(
+        &mut bob,
+        json!({"type": "TYPING", "payload": {"roomId": "1", "isTyping": true}}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["payload"]["isTyping"], true);
+    bob.close(None).await.expect("close");
+    drop(bob);
+    assert_eq!(next(&mut alice).await["payload"]["isTyping"], false);
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "USER_LEFT", "channel": "room:1", "payload": {"userId": "bob", "roomId": "1"}})
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed_and_cleaned_up() {
+    let node = Node::spawn(
+        &["--dev"],
+        &[
+            ("SWITCHBOARD_WS_PING_INTERVAL", "300ms"),
+            ("SWITCHBOARD_WS_PING_TIMEOUT", "300ms"),
+        ],
+    )
+    .await;
+    let live = client(&node, "live").await;
+    let silent = client(&node, "silent").await;
+    // The live client reads (and so answers pings); the silent one never reads.
+    let reader = tokio::spawn(async move {
+        let mut live = live;
+        while let Some(Ok(_)) = live.next().await {}
+    });
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let health = http(
+            "GET",
+            &format!("{}/api/community/ws/health", node.url()),
+            &[],
+            b"",
+        )
+        .await;
+        let websocket = &health.json()["data"]["websocket"];
+        if websocket["totalConnections"] == 1 {
+            assert_eq!(websocket["uniqueUsers"], 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "silent client never dropped: {websocket}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Well past several ping rounds, the live one is still there.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let health = http("GET", &format!("{}/health?verbose=1", node.url()), &[], b"").await;
+    assert_eq!(health.json()["data"]["websocket"]["totalConnections"], 1);
+    assert_eq!(health.json()["success"], true);
+    drop(silent);
+    reader.abort();
+}
