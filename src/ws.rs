@@ -198,6 +198,11 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
         typing: Vec::new(),
         socket,
     };
+    // Every socket hears its user's own channel, as Socket.IO sockets do.
+    let own = crate::channel::user_channel(&conn.socket.principal.user_id);
+    if let Err(e) = node.join(&conn.socket, &own).await {
+        tracing::warn!(socket = %conn.socket.id, error = %e, "could not join the user's own channel");
+    }
     let outbox = conn.socket.outbox.clone();
     let mut batch = VecDeque::new();
     let timer = tokio::time::sleep_until(conn.deadline().into());
