@@ -839,9 +839,16 @@ pub async fn write_queued(
         }
         socket.flush().await
     };
+    // Only a close that drops the queue (slow consumer) cuts the write short; after one that
+    // flushes (protocol error, shutdown) the last frames still go out.
+    let cut_off = async {
+        if outbox.closed().await.flushes() {
+            std::future::pending::<()>().await;
+        }
+    };
     let written = tokio::select! {
         result = write => result.is_ok(),
-        _ = outbox.closed() => false,
+        () = cut_off => false,
     };
     outbox.recycle(batch);
     written

@@ -317,14 +317,15 @@ impl Hub {
             .collect()
     }
 
-    /// Queues a broadcast to every local member of its channel but the excluded one.
-    pub fn broadcast(&self, message: &Broadcast<'_>) -> Fanout {
+    /// Queues a broadcast to every local member of its channel that `keep` accepts, but the
+    /// excluded one.
+    pub fn broadcast(&self, message: &Broadcast<'_>, keep: impl Fn(&Member) -> bool) -> Fanout {
         let mut fanout = Fanout::default();
         let Some(entry) = self.channels.get(message.channel) else {
             return fanout;
         };
         entry.members.for_each(|member| {
-            if message.except == Some(&*member.id) {
+            if message.except == Some(&*member.id) || !keep(member) {
                 return;
             }
             match member.outbox.push(message.frame(member.codec).clone()) {
@@ -452,7 +453,7 @@ mod tests {
         let data = RawValue::from_string(r#"{"x":1}"#.into()).expect("json");
         let message = Broadcast::new("news", "update", &data, Some("a"));
         assert_eq!(
-            hub.broadcast(&message),
+            hub.broadcast(&message, |_| true),
             Fanout {
                 delivered: 1,
                 slow: 0

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blocks;
 pub mod bus;
 pub mod channel;
 pub mod cluster;

@@ -8,9 +8,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 
+use crate::blocks::{self, Blocks};
 use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError, Envelope};
@@ -38,6 +41,10 @@ pub struct Node {
     pub bus: Bus,
     /// What the nodes know together: connection slots, channel counts, presence.
     pub cluster: Cluster,
+    /// Cached chat block lists.
+    pub blocks: Blocks,
+    /// Chat messages waiting for their author's block list, delivered in order.
+    chat: mpsc::UnboundedSender<(String, Bytes)>,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
     /// Prometheus metrics.
@@ -101,6 +108,7 @@ impl Node {
         let metrics = Metrics::new()?;
         let mut bus_error = None;
         let mut cluster_error = None;
+        let (chat, chat_queue) = mpsc::unbounded_channel();
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let bus = match (&config.redis, &config.redis_url) {
                 (Some(client), Some(url)) => {
@@ -136,12 +144,18 @@ impl Node {
                 },
                 Bus::Memory(_) => Cluster::memory(per_user),
             };
+            let blocks_pool = match &bus {
+                Bus::Redis(redis) => Some(redis.pool()),
+                Bus::Memory(_) => None,
+            };
             Self {
                 sessions: Sessions::default(),
                 plain: DashMap::new(),
                 hub: Hub::default(),
                 bus,
                 cluster,
+                blocks: Blocks::new(blocks_pool, config.redis_prefix.clone()),
+                chat,
                 connect_limits: AddressLimits::new(config.connect_rate),
                 metrics,
                 config,
@@ -155,6 +169,11 @@ impl Node {
         if let Some(e) = cluster_error {
             return Err(e.into());
         }
+        if node.blocks.enabled() {
+            // Heard for the node's whole life: the back-end's block list changes.
+            let _ = node.bus.subscribe(Arc::from(blocks::CHANGED_CHANNEL));
+        }
+        tokio::spawn(deliver_chat(Arc::downgrade(&node), chat_queue));
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -224,8 +243,28 @@ impl Node {
             }
         };
         let data = envelope.data.unwrap_or(RawValue::NULL);
+        if channel == blocks::CHANGED_CHANNEL {
+            self.on_blocks_changed(data);
+            return;
+        }
+        if self.blocks.enabled() && blocks::FILTERED_EVENTS.contains(&&*envelope.event) {
+            // Delivered by one task, in order, once the author's block list is known.
+            let _ = self
+                .chat
+                .send((channel.to_owned(), Bytes::copy_from_slice(payload)));
+            return;
+        }
+        self.deliver(channel, &envelope, None);
+    }
+
+    /// Hands a broadcast to the hub, leaving out recipients who blocked `author` or whom the
+    /// author blocked.
+    fn deliver(&self, channel: &str, envelope: &Envelope<'_>, author: Option<&str>) {
+        let data = envelope.data.unwrap_or(RawValue::NULL);
         let message = Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
-        let fanout = self.hub.broadcast(&message);
+        let fanout = self.hub.broadcast(&message, |member| {
+            author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
+        });
         self.metrics.fanout.observe(fanout.delivered as f64);
         self.metrics
             .messages_out
@@ -238,6 +277,27 @@ impl Node {
                 "disconnecting slow consumers"
             );
         }
+    }
+
+    /// `{"userId": …}` on the block-list channel: reload that list if this node uses it.
+    fn on_blocks_changed(&self, data: &RawValue) {
+        #[derive(serde::Deserialize)]
+        struct Changed {
+            #[serde(rename = "userId")]
+            user_id: serde_json::Value,
+        }
+        let user = match serde_json::from_str::<Changed>(data.get()).map(|c| c.user_id) {
+            Ok(serde_json::Value::String(s)) => s,
+            Ok(serde_json::Value::Number(n)) => n.to_string(),
+            _ => {
+                tracing::warn!("ignoring a block-list change without a userId");
+                return;
+            }
+        };
+        let Some(node) = self.this.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move { node.blocks.changed(&user).await });
     }
 
     /// Adds a socket to a channel, subscribing the bus on the first local member, and waits
@@ -282,7 +342,9 @@ impl Node {
         for name in self.hub.leave_all(member, |name| self.on_last(name)) {
             self.left(member, &name);
         }
-        self.cluster.disconnect(&member.principal.user_id);
+        if self.cluster.disconnect(&member.principal.user_id) {
+            self.blocks.forget(&member.principal.user_id);
+        }
     }
 
     fn left(&self, member: &Member, channel: &Arc<str>) {
@@ -337,6 +399,8 @@ impl Node {
         if !channel::has_presence(&name) {
             return Ok(None);
         }
+        // Chat happens here: the member's block list must be known before messages arrive.
+        self.blocks.ensure(&socket.principal.user_id).await;
         let member = grant
             .member
             .unwrap_or_else(|| self.config.policy.member_from_token(&socket.principal));
@@ -477,5 +541,20 @@ impl Node {
                     .await;
             }
         }
+    }
+}
+
+/// Delivers chat messages in arrival order, each once its author's block list is loaded.
+async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<(String, Bytes)>) {
+    while let Some((channel, payload)) = queue.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&payload) else {
+            continue;
+        };
+        let author = envelope.data.and_then(blocks::author);
+        if let Some(author) = &author {
+            node.blocks.ensure(author).await;
+        }
+        node.deliver(&channel, &envelope, author.as_deref());
     }
 }

@@ -222,18 +222,17 @@ async fn frames_and_error_codes_keep_the_connection_open() {
     .await;
     assert_eq!(not_in["code"], "NOT_SUBSCRIBED", "{not_in}");
 
-    // Ten errors so far; the limit is twelve: the thirteenth closes with 1008.
-    for _ in 0..2 {
-        error_code(&mut ws, "{").await;
-    }
-    ws.send(Message::text("{")).await.expect("send");
+    // Eleven errors so far; the limit is twelve: the thirteenth closes with 1008.
+    error_code(&mut ws, "{").await;
+    // The thirteenth still gets its ERROR frame, then the close.
+    assert_eq!(error_code(&mut ws, "{").await["code"], "INVALID_JSON");
     let closed = loop {
         match tokio::time::timeout(TIMEOUT, ws.next())
             .await
             .expect("closed in time")
         {
             Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
     };
@@ -452,4 +451,93 @@ async fn a_client_that_never_answers_pings_is_closed_and_cleaned_up() {
     assert_eq!(health.json()["success"], true);
     drop(silent);
     reader.abort();
+}
+
+/// Publishes a chat message the way the back-end does.
+async fn chat(redis: &RedisServer, room: &str, id: u64, author: &str) {
+    let data = json!({"id": id, "content": format!("m{id}"), "roomId": room, "authorId": author});
+    let envelope = json!({"event": "CHAT_MESSAGE", "data": data, "socket": null});
+    redis
+        .publish(&format!("room:{room}"), envelope.to_string())
+        .await;
+}
+
+/// The id of the next chat message a socket receives.
+async fn next_chat(ws: &mut Ws) -> Value {
+    next_of(ws, "CHAT_MESSAGE").await["payload"]["id"].clone()
+}
+
+#[tokio::test]
+async fn blocked_users_do_not_get_each_others_messages() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await;
+    for (key, members) in [
+        ("members:room:2", vec!["ann", "ben", "cat"]),
+        // Ben blocked Ann.
+        ("blocks:ben", vec!["ann"]),
+    ] {
+        let _: i64 = redis::cmd("SADD")
+            .arg(key)
+            .arg(&members)
+            .query_async(&mut conn)
+            .await
+            .expect("SADD");
+    }
+    let url = redis.url();
+    let one = Node::spawn(&["--dev", "--redis-url", &url], &[]).await;
+    let two = Node::spawn(&["--dev", "--redis-url", &url], &[]).await;
+    let mut ann = client(&one, "ann").await;
+    let mut ben = client(&two, "ben").await;
+    let mut cat = client(&two, "cat").await;
+    for ws in [&mut ann, &mut ben, &mut cat] {
+        send(
+            ws,
+            json!({"type": "SUBSCRIBE", "payload": {"channel": "room:2"}}),
+        )
+        .await;
+        next_of(ws, "SUBSCRIBED").await;
+    }
+
+    // Ann's message skips Ben (he blocked her); Ben's skips Ann (she is blocked by him).
+    chat(&redis, "2", 1, "ann").await;
+    chat(&redis, "2", 2, "ben").await;
+    chat(&redis, "2", 3, "cat").await;
+    assert_eq!(next_chat(&mut cat).await, 1);
+    assert_eq!(next_chat(&mut cat).await, 2);
+    assert_eq!(next_chat(&mut cat).await, 3);
+    assert_eq!(next_chat(&mut ben).await, 2, "his own message");
+    assert_eq!(next_chat(&mut ben).await, 3, "nothing from Ann");
+    assert_eq!(next_chat(&mut ann).await, 1, "her own message");
+    assert_eq!(next_chat(&mut ann).await, 3, "nothing from Ben");
+
+    // Cat blocks Ann while connected: the back-end updates the set and says so.
+    let _: i64 = redis::cmd("SADD")
+        .arg("blocks:cat")
+        .arg("ann")
+        .query_async(&mut conn)
+        .await
+        .expect("SADD");
+    let changed = json!({"event": "blocks.changed", "data": {"userId": "cat"}, "socket": null});
+    redis
+        .publish("switchboard.blocks", changed.to_string())
+        .await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut id = 10;
+    loop {
+        // Until the change lands, Cat still sees Ann; each round ends with Cat's own message.
+        chat(&redis, "2", id, "ann").await;
+        chat(&redis, "2", id + 1, "cat").await;
+        let first = next_chat(&mut cat).await;
+        if first == id + 1 {
+            break;
+        }
+        assert_eq!(first, id);
+        assert_eq!(next_chat(&mut cat).await, id + 1);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the block never took effect"
+        );
+        id += 2;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -220,7 +220,7 @@ async fn a_killed_node_leaves_presence_and_frees_its_slots() {
     );
     drop(carol);
     // Her slot came back with the dead node.
-    client(&one, "carol").await;
+    let _carol_again = client(&one, "carol").await;
     let user = api_get(&one, "/api/users/carol").await;
     assert_eq!(user["connections"], 1, "{user}");
 }

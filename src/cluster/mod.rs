@@ -126,15 +126,21 @@ impl Cluster {
         Ok(())
     }
 
-    /// Gives back a slot taken by [`Cluster::connect`].
-    pub fn disconnect(&self, user: &Arc<str>) {
-        self.local.users.remove_if_mut(user, |_, count| {
-            *count = count.saturating_sub(1);
-            *count == 0
-        });
+    /// Gives back a slot taken by [`Cluster::connect`]; returns whether it was the user's last
+    /// socket on this node.
+    pub fn disconnect(&self, user: &Arc<str>) -> bool {
+        let last = self
+            .local
+            .users
+            .remove_if_mut(user, |_, count| {
+                *count = count.saturating_sub(1);
+                *count == 0
+            })
+            .is_some();
         if let Some(redis) = &self.redis {
             redis.user_delta(user.clone(), -1);
         }
+        last
     }
 
     /// A socket joined `channel` on this node.
