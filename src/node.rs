@@ -133,7 +133,7 @@ impl Node {
                     redis.pool(),
                     &config.redis_prefix,
                     &config.node_id,
-                    config.presence_ttl,
+                    (config.presence_ttl, per_user),
                     weak.clone(),
                 ) {
                     Ok(state) => Cluster::redis(state, per_user),

@@ -106,7 +106,7 @@ impl Cluster {
     /// limit rather than refusing every connection.
     pub async fn connect(&self, user: &Arc<str>) -> Result<(), ConnectRefusal> {
         if let Some(redis) = &self.redis {
-            match redis.connect(user, self.max_per_user).await {
+            match redis.connect(user).await {
                 Ok(()) => {
                     *self.local.users.entry(user.clone()).or_insert(0) += 1;
                     return Ok(());

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_redis::Pool;
 use redis::Script;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin};
 use crate::hub::SocketId;
@@ -34,17 +34,27 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Most queued writes applied in one script call.
 const BATCH: usize = 1000;
 
-/// Takes a per-user slot if the user's sockets on live nodes are below the limit.
+/// Takes per-user slots, for each user in ARGV[6..] in turn, if that user's sockets on live
+/// nodes are below the limit; returns each user's new count, or -1 when refused.
 const CONNECT: &str = r"
-local nodes, nodep, me, user, limit, oldest = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local nodes, nodep, me, limit, oldest = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local mine = nodep .. me .. ':users'
-local total = tonumber(redis.call('HGET', mine, user) or '0')
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')) do
-  if n ~= me then total = total + tonumber(redis.call('HGET', nodep .. n .. ':users', user) or '0') end
+local live = redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')
+local out = {}
+for i = 6, #ARGV do
+  local user = ARGV[i]
+  local total = tonumber(redis.call('HGET', mine, user) or '0')
+  for _, n in ipairs(live) do
+    if n ~= me then total = total + tonumber(redis.call('HGET', nodep .. n .. ':users', user) or '0') end
+  end
+  if limit > 0 and total >= limit then
+    out[#out + 1] = -1
+  else
+    redis.call('HINCRBY', mine, user, 1)
+    out[#out + 1] = total + 1
+  end
 end
-if limit > 0 and total >= limit then return -1 end
-redis.call('HINCRBY', mine, user, 1)
-return total + 1
+return out
 ";
 
 /// Applies counter deltas: ARGV = nodep, me, then (hash, field, delta) triples.
@@ -329,18 +339,22 @@ impl Redis {
 pub struct RedisState {
     redis: Arc<Redis>,
     ops: mpsc::UnboundedSender<Op>,
+    connects: mpsc::UnboundedSender<Connect>,
+    /// Sockets per user across the cluster; 0 = unlimited.
+    limit: usize,
     /// Set when this node changed its share without Redis (an outage); the next heartbeat
     /// rewrites the share.
     drifted: Arc<AtomicBool>,
 }
 
 impl RedisState {
-    /// Starts heart-beating and the writer task; `ttl` is how long a silent node's share lives.
+    /// Starts heart-beating, the writer and the admitter; `ttl` is how long a silent node's
+    /// share lives, `limit` the sockets a user may have across the cluster (0 = no limit).
     pub fn start(
         pool: Pool,
         prefix: &str,
         node_id: &str,
-        ttl: Duration,
+        (ttl, limit): (Duration, usize),
         node: Weak<Node>,
     ) -> Result<Self, ClusterError> {
         let suffix = crate::socketio::random_id()
@@ -374,34 +388,31 @@ impl RedisState {
             registered: false,
         };
         tokio::spawn(writer.run(rx));
+        let (connects, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(admit(redis.clone(), waiting, limit));
         Ok(Self {
             redis,
             ops,
+            connects,
+            limit,
             drifted,
         })
     }
 
-    /// Takes a slot for `user` unless it has `limit` sockets on live nodes (0 = no limit).
-    pub async fn connect(&self, user: &str, limit: usize) -> Result<(), super::ConnectRefusal> {
-        let k = &self.redis.keys;
-        let count: i64 = self
-            .redis
-            .script(
-                self.redis
-                    .scripts
-                    .connect
-                    .arg(&k.nodes)
-                    .arg(&k.node_prefix)
-                    .arg(&k.instance)
-                    .arg(user)
-                    .arg(limit)
-                    .arg(k.oldest_live()),
-            )
-            .await?;
-        if count < 0 {
-            return Err(super::ConnectRefusal::TooMany(limit));
+    /// Takes a slot for `user` unless it has `limit` sockets on live nodes.
+    pub async fn connect(&self, user: &str) -> Result<(), super::ConnectRefusal> {
+        let (answer, admitted) = oneshot::channel();
+        let unavailable = || ClusterError("the connection admitter stopped".into());
+        self.connects
+            .send(Connect {
+                user: user.into(),
+                answer,
+            })
+            .map_err(|_| unavailable())?;
+        match admitted.await.map_err(|_| unavailable())?? {
+            true => Ok(()),
+            false => Err(super::ConnectRefusal::TooMany(self.limit)),
         }
-        Ok(())
     }
 
     /// Asks for this node's share to be rewritten at the next heartbeat.
@@ -503,6 +514,46 @@ impl RedisState {
                 tracing::warn!(error = %e, "could not remove this node's shared state; the other nodes will sweep it");
                 Vec::new()
             })
+    }
+}
+
+/// A connection waiting for its per-user slot.
+struct Connect {
+    user: Arc<str>,
+    answer: oneshot::Sender<Result<bool, ClusterError>>,
+}
+
+/// Takes per-user slots for waiting connections, all those waiting in one script call: a
+/// connect storm costs one Redis round trip per batch, not per connection.
+async fn admit(redis: Arc<Redis>, mut waiting: mpsc::UnboundedReceiver<Connect>, limit: usize) {
+    let mut batch = Vec::new();
+    while let Some(first) = waiting.recv().await {
+        batch.push(first);
+        while batch.len() < BATCH
+            && let Ok(next) = waiting.try_recv()
+        {
+            batch.push(next);
+        }
+        let k = &redis.keys;
+        let mut invocation = redis.scripts.connect.prepare_invoke();
+        invocation
+            .arg(&k.nodes)
+            .arg(&k.node_prefix)
+            .arg(&k.instance)
+            .arg(limit)
+            .arg(k.oldest_live());
+        for connect in &batch {
+            invocation.arg(&*connect.user);
+        }
+        let counts: Result<Vec<i64>, _> = redis.script(&invocation).await;
+        for (index, connect) in batch.drain(..).enumerate() {
+            let result = match &counts {
+                Ok(counts) => Ok(counts.get(index).is_some_and(|c| *c >= 0)),
+                Err(e) => Err(e.clone()),
+            };
+            // The connection may have gone meanwhile; then nobody waits for the answer.
+            let _ = connect.answer.send(result);
+        }
     }
 }
 
