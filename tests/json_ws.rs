@@ -91,6 +91,20 @@ async fn error_code(ws: &mut Ws, frame: &str) -> Value {
     answer["payload"].clone()
 }
 
+/// The code of the close frame that ends the socket, skipping any frame before it.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 async fn no_frame(ws: &mut Ws, what: &str, wait: Duration) {
     if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(wait, ws.next()).await {
         panic!("expected no {what}, got {text}");
@@ -226,17 +240,7 @@ async fn frames_and_error_codes_keep_the_connection_open() {
     error_code(&mut ws, "{").await;
     // The thirteenth still gets its ERROR frame, then the close.
     assert_eq!(error_code(&mut ws, "{").await["code"], "INVALID_JSON");
-    let closed = loop {
-        match tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1008));
+    assert_eq!(close_code(&mut ws).await, Some(1008));
 }
 
 #[tokio::test]
@@ -540,4 +544,41 @@ async fn blocked_users_do_not_get_each_others_messages() {
         id += 2;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn per_user_limit_counts_json_and_socketio_sockets_together() {
+    let node = Node::spawn(&["--dev"], &[("SWITCHBOARD_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let _first = client(&node, "dan").await;
+    let mut agent = Agent::spawn(json!({
+        "url": node.url(),
+        "auth": {"token": token("dan", "Dan")},
+        "transports": ["websocket"],
+    }));
+    agent.expect_connect(TIMEOUT).await;
+    let path = format!("/ws?token={}", token("dan", "Dan"));
+    let refused = connect(&node, &path, None).await.expect_err("third socket");
+    assert!(refused.starts_with("429 "), "{refused}");
+    assert!(refused.contains("too_many_connections"), "{refused}");
+    // Closing one gives the slot back.
+    agent.exit().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while connect(&node, &path, None).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_json_sockets_with_going_away() {
+    let mut node = Node::spawn(&["--dev"], &[("SWITCHBOARD_DRAIN_TIME", "3s")]).await;
+    let mut ws = client(&node, "1").await;
+    node.sigterm();
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    drop(ws);
+    let status = node.wait_exit(Duration::from_secs(8)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.logs());
 }
