@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -25,17 +24,9 @@ allow = "claim"
 claim = "channels"
 "#;
 
-fn policy_file() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sb-echo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, POLICY).expect("write policy");
-    path
-}
-
 async fn cluster(redis: &RedisServer) -> (Node, Node) {
     let url = redis.url();
-    let policy = policy_file();
+    let (_dir, policy) = policy_file(POLICY);
     let policy = policy.to_str().expect("utf-8 temp path");
     let args = ["--dev", "--redis-url", &url, "--redis-prefix", PREFIX];
     let one = Node::spawn(

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use serde_json::{Value, json};
 use support::*;
 
@@ -13,8 +11,8 @@ const SECRET: &str = "switchboard-dev-secret";
 
 const ROLES: &str = "'guest','member','senior_member','moderator','admin','super_admin'";
 
-fn policy_file() -> PathBuf {
-    let policy = format!(
+fn policy() -> String {
+    format!(
         r#"
 [[channel]]
 pattern = "presence-thread.{{id}}"
@@ -26,12 +24,7 @@ JOIN users u ON u.id = :user_id
 WHERE t.id = :id AND FIELD(u.role, {ROLES}) >= FIELD(f.required_role, {ROLES})
 """
 "#
-    );
-    let dir = std::env::temp_dir().join(format!("sb-policy-sql-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, policy).expect("write policy");
-    path
+    )
 }
 
 async fn schema(db: &MariaDb) {
@@ -67,7 +60,7 @@ async fn subscribe(agent: &mut Agent, channel: &str) -> Value {
 async fn mechamap_thread_rule_on_real_tables() {
     let mut db = MariaDb::start().await;
     schema(&db).await;
-    let policy = policy_file();
+    let (_dir, policy) = policy_file(&policy());
     let node = Node::spawn(
         &["--dev"],
         &[

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -20,14 +19,6 @@ pattern = "presence-chat.*"
 allow = "open"
 "#;
 
-fn policy_file() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sb-shared-state-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, POLICY).expect("write policy");
-    path
-}
-
 fn token(sub: &str, name: &str) -> String {
     jwt_hs256(SECRET, json!({"sub": sub, "name": name}))
 }
@@ -35,7 +26,7 @@ fn token(sub: &str, name: &str) -> String {
 /// A node sharing `redis`, with extra settings.
 async fn node(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Node {
     let url = redis.url();
-    let policy = policy_file();
+    let (_dir, policy) = policy_file(POLICY);
     let mut envs = vec![
         ("SWITCHBOARD_NODE_ID", id),
         (

@@ -77,6 +77,15 @@ pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A channel policy file holding `text`, in a fresh temp dir that lives as long as the
+/// returned handle (a node reads its policy once, at start).
+pub fn policy_file(text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("policy");
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+    (dir, path)
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 ///
 /// Each process gets its own so that logs, pid files and nginx temp paths of
