@@ -53,11 +53,26 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
             )
         })?;
     // Compare with every key, without stopping early, so timing says nothing about which matched.
-    let matched = node.config.api_keys.iter().fold(false, |found, key| {
-        constant_time_eq(key.as_bytes(), given.as_bytes()) | found
+    let matched = node.config.api_keys.iter().fold(None, |found, key| {
+        if constant_time_eq(key.as_bytes(), given.as_bytes()) {
+            Some(key)
+        } else {
+            found
+        }
     });
-    if matched {
-        Ok(())
+    if let Some(key) = matched {
+        if node.api_limits.take(key.as_str()) {
+            return Ok(());
+        }
+        node.metrics
+            .errors
+            .with_label_values(&["api_rate_limited"])
+            .inc();
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many API calls with this key, slow down",
+        ))
     } else {
         node.metrics
             .auth_failures
@@ -99,23 +114,66 @@ fn json_body<'a, T: Deserialize<'a>>(
 /// The body of `POST /api/broadcast`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BroadcastRequest<'a> {
+struct BroadcastRequest {
     channel: Option<String>,
     channels: Option<Vec<String>>,
     event: String,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
     socket_id: Option<String>,
 }
 
-/// `POST /api/broadcast`: publishes an event to channels on every node.
-pub async fn broadcast(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
-    let request: BroadcastRequest<'_> = json_body(&node, &body)?;
+/// The body of `POST /api/push`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    user_ids: Vec<serde_json::Value>,
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+/// The body of `POST /api/rooms/{room}/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomBroadcastRequest {
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    except_socket: Option<String>,
+}
+
+/// Most users one push may name.
+const MAX_USERS_PER_PUSH: usize = 1000;
+/// Most operations in one batch.
+const MAX_BATCH: usize = 100;
+
+fn bus_unavailable(e: crate::bus::BusError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "bus_unavailable",
+        e.to_string(),
+    )
+}
+
+fn check_event(event: &str) -> Result<(), ApiError> {
+    if event.is_empty() || event.len() > MAX_EVENT_LENGTH || event.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`event` must be 1 to {MAX_EVENT_LENGTH} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_channel(node: &Node, name: &str) -> Result<(), ApiError> {
+    channel::validate(name, node.config.max_channel_length)
+        .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))
+}
+
+/// A successful answer of an operation: its status and body.
+type Done = (StatusCode, serde_json::Value);
+
+async fn do_broadcast(node: &Node, request: BroadcastRequest) -> Result<Done, ApiError> {
     let channels = match (request.channel, request.channels) {
         (Some(one), None) => vec![one],
         (None, Some(many)) if !many.is_empty() => many,
@@ -133,35 +191,192 @@ pub async fn broadcast(
         )));
     }
     for name in &channels {
-        channel::validate(name, node.config.max_channel_length)
-            .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))?;
+        check_channel(node, name)?;
     }
-    if request.event.is_empty()
-        || request.event.len() > MAX_EVENT_LENGTH
-        || request.event.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(format!(
-            "`event` must be 1 to {MAX_EVENT_LENGTH} bytes without control characters"
-        )));
-    }
-    let data = request.data.unwrap_or(RawValue::NULL);
+    check_event(&request.event)?;
+    let data = request.data.as_deref().unwrap_or(RawValue::NULL);
     let except = request.socket_id.as_deref().filter(|s| !s.is_empty());
     for name in &channels {
         node.publish(name, &request.event, data, except)
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "bus_unavailable",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(bus_unavailable)?;
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"status": "accepted", "channels": channels.len()})),
-    )
-        .into_response())
+        json!({"status": "accepted", "channels": channels.len()}),
+    ))
+}
+
+async fn do_push(node: &Node, request: PushRequest) -> Result<Done, ApiError> {
+    check_event(&request.event)?;
+    if request.user_ids.is_empty() || request.user_ids.len() > MAX_USERS_PER_PUSH {
+        return Err(ApiError::bad_request(format!(
+            "`user_ids` must name 1 to {MAX_USERS_PER_PUSH} users"
+        )));
+    }
+    let users = request
+        .user_ids
+        .iter()
+        .map(|id| {
+            crate::protocol::id_text(id).ok_or_else(|| {
+                ApiError::bad_request(format!("user id {id} is not a string or number"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = request.data.as_deref().unwrap_or(RawValue::NULL);
+    let mut online = 0;
+    for user in &users {
+        let own = channel::user_channel(user);
+        check_channel(node, &own)?;
+        node.publish(&own, &request.event, data, None)
+            .await
+            .map_err(bus_unavailable)?;
+        if node.cluster.user_connections(user).await? > 0 {
+            online += 1;
+        }
+    }
+    Ok((
+        StatusCode::OK,
+        json!({"users": users.len(), "online": online}),
+    ))
+}
+
+async fn do_room_broadcast(
+    node: &Node,
+    room: &str,
+    request: RoomBroadcastRequest,
+) -> Result<Done, ApiError> {
+    check_channel(node, room)?;
+    check_event(&request.event)?;
+    let data = request.data.as_deref().unwrap_or(RawValue::NULL);
+    let except = request.except_socket.as_deref().filter(|s| !s.is_empty());
+    let recipients = node.cluster.channel(&node.hub, room).await?.subscriptions;
+    node.publish(room, &request.event, data, except)
+        .await
+        .map_err(bus_unavailable)?;
+    Ok((
+        StatusCode::OK,
+        json!({"room": room, "recipients": recipients}),
+    ))
+}
+
+async fn do_disconnect(node: &Node, user: &str) -> Result<Done, ApiError> {
+    check_channel(node, &channel::user_channel(user))?;
+    let connections = node.cluster.user_connections(user).await?;
+    node.disconnect_user(user).await.map_err(bus_unavailable)?;
+    Ok((
+        StatusCode::OK,
+        json!({"user_id": user, "connections": connections}),
+    ))
+}
+
+fn respond(done: Done) -> Response {
+    (done.0, Json(done.1)).into_response()
+}
+
+/// `POST /api/broadcast`: publishes an event to channels on every node.
+pub async fn broadcast(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let request = json_body(&node, &body)?;
+    do_broadcast(&node, request).await.map(respond)
+}
+
+/// `POST /api/push`: an event to every socket of some users, on every node.
+pub async fn push(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let request = json_body(&node, &body)?;
+    do_push(&node, request).await.map(respond)
+}
+
+/// `POST /api/rooms/{room}/broadcast`: an event to a channel, answering how many sockets
+/// across the cluster are subscribed to it.
+pub async fn room_broadcast(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let request = json_body(&node, &body)?;
+    do_room_broadcast(&node, &room, request).await.map(respond)
+}
+
+/// `POST /api/users/{id}/disconnect`: closes that user's sockets on every node.
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    do_disconnect(&node, &user).await.map(respond)
+}
+
+/// One operation of a batch: `op` names it, the other fields are its body.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum BatchItem {
+    Broadcast(BroadcastRequest),
+    Push(PushRequest),
+    RoomBroadcast {
+        room: String,
+        #[serde(flatten)]
+        request: RoomBroadcastRequest,
+    },
+    Disconnect {
+        user_id: serde_json::Value,
+    },
+}
+
+/// The body of `POST /api/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    batch: Vec<Box<RawValue>>,
+}
+
+/// `POST /api/batch`: up to 100 operations, each answered on its own.
+pub async fn batch(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let request: BatchRequest = json_body(&node, &body)?;
+    if request.batch.is_empty() || request.batch.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "`batch` must hold 1 to {MAX_BATCH} operations"
+        )));
+    }
+    let mut results = Vec::with_capacity(request.batch.len());
+    for item in &request.batch {
+        let outcome = match serde_json::from_str::<BatchItem>(item.get()) {
+            Err(e) => Err(ApiError::bad_request(format!("invalid operation: {e}"))),
+            Ok(BatchItem::Broadcast(request)) => do_broadcast(&node, request).await,
+            Ok(BatchItem::Push(request)) => do_push(&node, request).await,
+            Ok(BatchItem::RoomBroadcast { room, request }) => {
+                do_room_broadcast(&node, &room, request).await
+            }
+            Ok(BatchItem::Disconnect { user_id }) => match crate::protocol::id_text(&user_id) {
+                Some(user) => do_disconnect(&node, &user).await,
+                None => Err(ApiError::bad_request(
+                    "`user_id` must be a string or number",
+                )),
+            },
+        };
+        results.push(match outcome {
+            Ok((status, body)) => json!({"status": status.as_u16(), "body": body}),
+            Err(e) => json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}}),
+        });
+    }
+    Ok(Json(json!({"results": results})).into_response())
 }
 
 impl From<ClusterError> for ApiError {

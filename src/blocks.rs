@@ -97,12 +97,7 @@ impl Blocks {
 
 /// The author of a chat message: `authorId` of its data, as a string.
 pub fn author(data: &serde_json::value::RawValue) -> Option<String> {
-    let data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(data.get()).ok()?;
-    match data.get("authorId")? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    crate::protocol::id_field(data, "authorId")
 }
 
 #[cfg(test)]

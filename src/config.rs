@@ -17,6 +17,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use jsonwebtoken::Algorithm;
 
 use crate::auth::JwtVerifier;
+use crate::backend::Backend;
 use crate::database::Database;
 use crate::limit::{Network, Rate};
 use crate::policy::{Policy, PolicyConfig, Settings as PolicySettings};
@@ -177,6 +178,35 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_TYPING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub typing_timeout: Duration,
 
+    /// Base URL of the application for client events Switchboard does not handle
+    /// (`POST <url>/events`); unset = such events are refused
+    #[arg(long, env = "SWITCHBOARD_BACKEND_URL")]
+    pub backend_url: Option<String>,
+
+    /// Secret of the HMAC-SHA256 signature on requests to the back-end and webhooks
+    #[arg(long, env = "SWITCHBOARD_BACKEND_SECRET", hide_env_values = true)]
+    pub backend_secret: Option<String>,
+
+    /// Comma-separated event names or `prefix.*` patterns forwarded to the back-end [default: all]
+    #[arg(long, env = "SWITCHBOARD_BACKEND_EVENTS", value_delimiter = ',')]
+    pub backend_events: Vec<String>,
+
+    /// Longest the back-end may take to answer a forwarded event
+    #[arg(long, env = "SWITCHBOARD_BACKEND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub backend_timeout: Duration,
+
+    /// Forwarded events one socket may have waiting for the back-end
+    #[arg(long, env = "SWITCHBOARD_BACKEND_MAX_IN_FLIGHT", default_value_t = 8)]
+    pub backend_max_in_flight: u32,
+
+    /// HTTP API calls per second per API key (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_API_RATE", default_value_t = 100.0)]
+    pub api_rate: f64,
+
+    /// HTTP API calls one key may make at once above its rate
+    #[arg(long, env = "SWITCHBOARD_API_BURST", default_value_t = 200.0)]
+    pub api_burst: f64,
+
     /// How long a silent node's presence members and connection slots outlive it in Redis
     #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub presence_ttl: Duration,
@@ -328,6 +358,10 @@ pub struct Config {
     pub typing_rate: Rate,
     /// Typing state lifetime without refresh.
     pub typing_timeout: Duration,
+    /// The back-end bridge, when configured.
+    pub backend: Option<Arc<Backend>>,
+    /// API calls per key.
+    pub api_rate: Rate,
     /// Lifetime of a silent node's shared state.
     pub presence_ttl: Duration,
     /// Sockets per user across the cluster; 0 = unlimited.
@@ -572,6 +606,42 @@ impl Args {
                 "must be greater than 0",
             ));
         }
+        let api_rate = rate(("api_rate", self.api_rate), ("api_burst", self.api_burst))?;
+        let backend_secret = self.backend_secret.as_deref().filter(|s| !s.is_empty());
+        let backend = match self.backend_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                let secret = backend_secret.ok_or_else(|| {
+                    ConfigError::new(
+                        "backend_secret",
+                        "is required with SWITCHBOARD_BACKEND_URL: every forwarded event is signed",
+                    )
+                })?;
+                if self.backend_max_in_flight == 0 {
+                    return Err(ConfigError::new(
+                        "backend_max_in_flight",
+                        "must be greater than 0",
+                    ));
+                }
+                let events = self
+                    .backend_events
+                    .iter()
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                let backend = Backend::new(
+                    url,
+                    secret,
+                    events,
+                    self.backend_timeout,
+                    self.backend_max_in_flight,
+                )
+                .map_err(|e| {
+                    ConfigError::new("backend_url", format!("`{}`: {e}", redact_url(url)))
+                })?;
+                Some(Arc::new(backend))
+            }
+        };
         let trusted_proxies = self
             .trusted_proxies
             .iter()
@@ -610,6 +680,8 @@ impl Args {
             ws_max_errors: self.ws_max_errors,
             typing_rate,
             typing_timeout: self.typing_timeout,
+            backend,
+            api_rate,
             presence_ttl: self.presence_ttl,
             max_connections_per_user: self.max_connections_per_user,
             connect_rate,

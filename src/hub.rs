@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,21 @@ pub enum Codec {
 
 const CODECS: usize = 2;
 
+impl Codec {
+    /// The frame telling a client the server ended its socket on purpose, so it does not
+    /// reconnect by itself (Socket.IO's DISCONNECT packet); `None` where the close frame says it.
+    pub fn farewell(self) -> Option<Frame> {
+        match self {
+            Codec::SocketIo => {
+                let mut out = crate::protocol::engineio::message(4);
+                crate::protocol::socketio::write_disconnect(&mut out, "/");
+                Some(Frame::from(out))
+            }
+            Codec::Json => None,
+        }
+    }
+}
+
 /// A socket as the hub sees it: where to queue its frames and which channels it is in.
 #[derive(Debug)]
 pub struct Member {
@@ -44,6 +60,8 @@ pub struct Member {
     pub outbox: Arc<Outbox>,
     /// Its subscribe requests' rate.
     pub subscribe_limit: SocketLimit,
+    /// Its events waiting for the back-end.
+    pub forwards: AtomicU32,
     /// A short list: sockets join few channels (at most `max_subscriptions`), and a Vec is
     /// smaller per idle socket than a hash set.
     channels: Mutex<Vec<Arc<str>>>,
@@ -58,6 +76,7 @@ impl Member {
             codec,
             outbox,
             subscribe_limit: SocketLimit::default(),
+            forwards: AtomicU32::new(0),
             channels: Mutex::new(Vec::new()),
         }
     }
@@ -340,6 +359,17 @@ impl Hub {
     /// How many channels have local members.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// The local members of a channel.
+    pub fn members(&self, channel: &str) -> Vec<Arc<Member>> {
+        let mut members = Vec::new();
+        if let Some(entry) = self.channels.get(channel) {
+            entry
+                .members
+                .for_each(|member| members.push(member.clone()));
+        }
+        members
     }
 
     /// Every channel with its number of local members.

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod blocks;
 pub mod bus;
 pub mod channel;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod database;
 pub mod engine;
 pub mod error;
+pub mod http_client;
 pub mod hub;
 pub mod limit;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! limited per client IP on each node (nginx hashes a client to one node, so a per-node
 //! bucket is the client's bucket), subscribe requests per socket.
 
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -86,15 +87,18 @@ impl SocketLimit {
 /// How often [`AddressLimits::sweep`] runs.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Buckets per client address.
+/// Buckets per key: client addresses for connects, API keys for API calls.
 #[derive(Debug)]
-pub struct AddressLimits {
+pub struct KeyedLimits<K: Eq + Hash> {
     rate: Rate,
-    buckets: DashMap<IpAddr, Bucket>,
+    buckets: DashMap<K, Bucket>,
 }
 
-impl AddressLimits {
-    /// Limits at `rate` per address.
+/// Buckets per client address.
+pub type AddressLimits = KeyedLimits<IpAddr>;
+
+impl<K: Eq + Hash + Clone> KeyedLimits<K> {
+    /// Limits at `rate` per key.
     pub fn new(rate: Rate) -> Self {
         Self {
             rate,
@@ -102,14 +106,21 @@ impl AddressLimits {
         }
     }
 
-    /// Takes a token for `address`; false when it is over its rate.
-    pub fn take(&self, address: IpAddr) -> bool {
+    /// Takes a token for `key`; false when it is over its rate.
+    pub fn take<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if self.rate.unlimited() {
             return true;
         }
         let now = Instant::now();
+        if let Some(mut bucket) = self.buckets.get_mut(key) {
+            return bucket.take(self.rate, now);
+        }
         self.buckets
-            .entry(address)
+            .entry(key.to_owned())
             .or_insert_with(|| Bucket::new(self.rate, now))
             .take(self.rate, now)
     }
@@ -245,7 +256,7 @@ mod tests {
         let mut bucket = Bucket::new(off, now);
         assert!((0..1000).all(|_| bucket.take(off, now)));
         let limits = AddressLimits::new(off);
-        assert!((0..1000).all(|_| limits.take("10.0.0.1".parse().unwrap())));
+        assert!((0..1000).all(|_| limits.take(&"10.0.0.1".parse::<IpAddr>().unwrap())));
     }
 
     #[test]
@@ -253,12 +264,12 @@ mod tests {
         let limits = AddressLimits::new(RATE);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!((0..3).all(|_| limits.take(a)));
-        assert!(!limits.take(a));
-        assert!(limits.take(b));
+        assert!((0..3).all(|_| limits.take(&a)));
+        assert!(!limits.take(&a));
+        assert!(limits.take(&b));
         // A bucket still below its burst is kept by a sweep.
         limits.sweep();
-        assert!(!limits.take(a));
+        assert!(!limits.take(&a));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use crate::backend::ForwardError;
 use crate::blocks::{self, Blocks};
 use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
@@ -23,10 +24,13 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, SWEEP_INTERVAL, client_ip};
+use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::policy::Request;
+
+/// The bus channel of node-to-node commands (e.g. closing a user's sockets everywhere).
+pub const CONTROL_CHANNEL: &str = "switchboard.control";
 
 /// How long a subscribe waits for the bus to confirm, when the bus is up.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
@@ -47,6 +51,8 @@ pub struct Node {
     chat: mpsc::UnboundedSender<(String, Bytes)>,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
+    /// HTTP API calls per key.
+    pub api_limits: KeyedLimits<String>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Live Engine.IO sessions.
@@ -157,6 +163,7 @@ impl Node {
                 blocks: Blocks::new(blocks_pool, config.redis_prefix.clone()),
                 chat,
                 connect_limits: AddressLimits::new(config.connect_rate),
+                api_limits: KeyedLimits::new(config.api_rate),
                 metrics,
                 config,
                 draining: AtomicBool::new(false),
@@ -169,6 +176,7 @@ impl Node {
         if let Some(e) = cluster_error {
             return Err(e.into());
         }
+        let _ = node.bus.subscribe(Arc::from(CONTROL_CHANNEL));
         if node.blocks.enabled() {
             // Heard for the node's whole life: the back-end's block list changes.
             let _ = node.bus.subscribe(Arc::from(blocks::CHANGED_CHANNEL));
@@ -182,6 +190,7 @@ impl Node {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
                 node.connect_limits.sweep();
+                node.api_limits.sweep();
             }
         });
         Ok(node)
@@ -204,7 +213,7 @@ impl Node {
             Admission::Draining
         } else if !self
             .connect_limits
-            .take(client_ip(peer, headers, &self.config.trusted_proxies))
+            .take(&client_ip(peer, headers, &self.config.trusted_proxies))
         {
             self.metrics
                 .errors
@@ -247,6 +256,10 @@ impl Node {
             self.on_blocks_changed(data);
             return;
         }
+        if channel == CONTROL_CHANNEL {
+            self.on_control(&envelope.event, data);
+            return;
+        }
         if self.blocks.enabled() && blocks::FILTERED_EVENTS.contains(&&*envelope.event) {
             // Delivered by one task, in order, once the author's block list is known.
             let _ = self
@@ -281,23 +294,92 @@ impl Node {
 
     /// `{"userId": …}` on the block-list channel: reload that list if this node uses it.
     fn on_blocks_changed(&self, data: &RawValue) {
-        #[derive(serde::Deserialize)]
-        struct Changed {
-            #[serde(rename = "userId")]
-            user_id: serde_json::Value,
-        }
-        let user = match serde_json::from_str::<Changed>(data.get()).map(|c| c.user_id) {
-            Ok(serde_json::Value::String(s)) => s,
-            Ok(serde_json::Value::Number(n)) => n.to_string(),
-            _ => {
-                tracing::warn!("ignoring a block-list change without a userId");
-                return;
-            }
+        let Some(user) = crate::protocol::id_field(data, "userId") else {
+            tracing::warn!("ignoring a block-list change without a userId");
+            return;
         };
         let Some(node) = self.this.upgrade() else {
             return;
         };
         tokio::spawn(async move { node.blocks.changed(&user).await });
+    }
+
+    /// A command from another node (or this one) on the control channel.
+    fn on_control(&self, command: &str, data: &RawValue) {
+        match (command, crate::protocol::id_field(data, "userId")) {
+            ("disconnect_user", Some(user)) => {
+                let closed = self.kick(&user);
+                if closed > 0 {
+                    tracing::info!(user, sockets = closed, "closed a user's sockets on request");
+                }
+            }
+            _ => tracing::warn!(command, "ignoring an unknown control command"),
+        }
+    }
+
+    /// Closes this node's sockets of `user`, telling Socket.IO clients not to reconnect.
+    fn kick(&self, user: &str) -> usize {
+        let sockets = self.hub.members(&channel::user_channel(user));
+        for socket in &sockets {
+            if let Some(farewell) = socket.codec.farewell() {
+                let _ = socket.outbox.push(farewell);
+            }
+            socket.outbox.close(CloseReason::Kicked);
+        }
+        sockets.len()
+    }
+
+    /// Closes every socket of `user` on every node.
+    pub async fn disconnect_user(&self, user: &str) -> Result<(), BusError> {
+        let data = serde_json::value::to_raw_value(&serde_json::json!({"userId": user}))
+            .map_err(|e| BusError(e.to_string()))?;
+        self.publish(CONTROL_CHANNEL, "disconnect_user", &data, None)
+            .await
+    }
+
+    /// Forwards a client event to the back-end in its own task (the socket goes on meanwhile)
+    /// and hands the answer to `reply`; at most the configured number per socket at once.
+    pub fn forward(
+        &self,
+        socket: &Arc<Member>,
+        event: String,
+        data: Box<RawValue>,
+        reply: impl FnOnce(Result<Box<RawValue>, ForwardError>) + Send + 'static,
+    ) {
+        let (Some(node), Some(backend)) = (self.this.upgrade(), self.config.backend.clone()) else {
+            return reply(Err(ForwardError::Unreachable));
+        };
+        let in_flight = socket.forwards.fetch_add(1, Ordering::AcqRel);
+        if in_flight >= backend.max_in_flight {
+            socket.forwards.fetch_sub(1, Ordering::AcqRel);
+            return reply(Err(ForwardError::Busy));
+        }
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let answer = backend
+                .forward(
+                    &event,
+                    &data,
+                    &socket.principal.user_id,
+                    &socket.id,
+                    &node.config.node_id,
+                )
+                .await;
+            socket.forwards.fetch_sub(1, Ordering::AcqRel);
+            let outcome = match &answer {
+                Ok(_) => "ok",
+                Err(ForwardError::NotAllowed(_)) => "not_allowed",
+                Err(_) => "failed",
+            };
+            node.metrics
+                .messages_in
+                .with_label_values(&[&format!("forward_{outcome}")])
+                .inc();
+            if let Err(e) = &answer {
+                tracing::info!(event, error = %e, "forwarded event not answered");
+            }
+            reply(answer);
+        });
     }
 
     /// Adds a socket to a channel, subscribing the bus on the first local member, and waits

@@ -56,6 +56,8 @@ pub enum CloseReason {
     MessageTooLarge,
     /// The node is shutting down; the client should reconnect elsewhere.
     ShuttingDown,
+    /// The application asked for the user's sockets to be closed (ban, password change).
+    Kicked,
 }
 
 impl CloseReason {
@@ -70,6 +72,7 @@ impl CloseReason {
             Self::ProtocolError => "protocol_error",
             Self::MessageTooLarge => "message_too_large",
             Self::ShuttingDown => "shutting_down",
+            Self::Kicked => "disconnected_by_server",
         }
     }
 

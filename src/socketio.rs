@@ -332,6 +332,7 @@ async fn on_event(
         "unsubscribe" => "unsubscribe",
         "client event" => "client_event",
         "ping" => "ping",
+        "register" => "register",
         _ => "other",
     };
     node.metrics.messages_in.with_label_values(&[kind]).inc();
@@ -350,17 +351,69 @@ async fn on_event(
             Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, &"pong")),
             None => send(session, |out| codec::write_event(out, ROOT, "pong", &[])),
         },
-        _ => {
-            node.metrics
-                .errors
-                .with_label_values(&["unknown_event"])
-                .inc();
-            if let Some(id) = ack {
-                let error = json!({"error": format!("unknown event `{name}`")});
-                send(session, |out| codec::write_ack(out, ROOT, id, &error));
-            }
+        "register" => {
+            // The Go server's flow: the client names its user, which must be the token's.
+            let claimed = args
+                .first()
+                .and_then(|raw| crate::protocol::id_field(raw, "userId"));
+            let answer_value = if claimed.as_deref() == Some(&*socket.principal.user_id) {
+                json!({"success": true, "room": channel::user_channel(&socket.principal.user_id)})
+            } else {
+                json!({"success": false, "error": "userId does not match the token"})
+            };
+            answer(session, ack, "registered", &answer_value);
         }
+        _ => match &node.config.backend {
+            Some(_) => forward(node, socket, name, args, ack),
+            None => {
+                node.metrics
+                    .errors
+                    .with_label_values(&["unknown_event"])
+                    .inc();
+                let error = json!({"error": format!("unknown event `{name}`")});
+                match ack {
+                    Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, &error)),
+                    // Never silence: without an ack the error comes as an event.
+                    None => emit(
+                        session,
+                        "error",
+                        &json!({"event": name, "error": error["error"]}),
+                    ),
+                }
+            }
+        },
     }
+}
+
+/// Forwards an event to the back-end; its answer is the acknowledgement (or, without one, an
+/// `error` event when it failed).
+fn forward(node: &Node, socket: &Arc<Member>, name: &str, args: &[&RawValue], ack: Option<u64>) {
+    // One argument is the data; several go as an array.
+    let data = match args {
+        [one] => Some((*one).to_owned()),
+        [] => RawValue::from_string("null".into()).ok(),
+        many => serde_json::value::to_raw_value(many).ok(),
+    };
+    let Some(data) = data else { return };
+    let outbox = socket.outbox.clone();
+    let event = name.to_owned();
+    node.forward(socket, name.to_owned(), data, move |answer| {
+        let mut out = engineio::message(64);
+        match (answer, ack) {
+            (Ok(answer), Some(id)) => codec::write_ack(&mut out, ROOT, id, &answer),
+            (Ok(_), None) => return,
+            (Err(e), Some(id)) => {
+                codec::write_ack(&mut out, ROOT, id, &json!({"error": e.to_string()}))
+            }
+            (Err(e), None) => codec::write_event_value(
+                &mut out,
+                ROOT,
+                "error",
+                &json!({"event": event, "error": e.to_string()}),
+            ),
+        }
+        let _ = outbox.push(Frame::from(out));
+    });
 }
 
 async fn subscribe(

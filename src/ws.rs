@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::auth::{TokenError, bearer};
+use crate::backend::ForwardError;
 use crate::channel::Refusal;
 use crate::cluster::ConnectRefusal;
 use crate::engine::{close_websocket, origin_allowed, write_queued};
@@ -275,15 +276,6 @@ struct Payload<'a> {
     is_typing: Option<bool>,
 }
 
-/// An id given as a string or a number, as a string.
-fn id_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 impl Conn {
     /// The next time the task must wake: a ping, a pong deadline, or a typing expiry.
     fn deadline(&self) -> Instant {
@@ -375,6 +367,7 @@ impl Conn {
                 "UNSUBSCRIBE" => "unsubscribe",
                 "TYPING" => "typing",
                 "CLIENT_EVENT" => "client_event",
+                "EVENT" => "event",
                 _ => "other",
             }])
             .inc();
@@ -403,6 +396,7 @@ impl Conn {
                 Ok(())
             }
             "TYPING" => self.typing(node, payload, reference).await,
+            "EVENT" => self.forward(node, payload, reference),
             "CLIENT_EVENT" => {
                 let (Some(channel), Some(event)) = (payload.channel, payload.event) else {
                     return self.error(
@@ -432,6 +426,56 @@ impl Conn {
                 self.error(node, ErrorCode::UnknownType, &message, reference)
             }
         }
+    }
+
+    /// `EVENT {event, data}`: forwarded to the back-end; its answer comes back as `REPLY`.
+    fn forward(
+        &mut self,
+        node: &Node,
+        payload: Payload<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), CloseReason> {
+        if node.config.backend.is_none() {
+            return self.error(
+                node,
+                ErrorCode::UnknownType,
+                "EVENT needs a back-end (SWITCHBOARD_BACKEND_URL)",
+                reference,
+            );
+        }
+        let Some(event) = payload.event else {
+            return self.error(
+                node,
+                ErrorCode::MissingField,
+                "EVENT needs {event, data}",
+                reference,
+            );
+        };
+        let data = payload.data.map_or_else(
+            || RawValue::from_string("null".into()),
+            |data| Ok(data.to_owned()),
+        );
+        let Ok(data) = data else { return Ok(()) };
+        let reference = reference.map(ToOwned::to_owned);
+        let outbox = self.socket.outbox.clone();
+        node.forward(&self.socket, event, data, move |answer| {
+            let mut out = String::with_capacity(64);
+            match answer {
+                Ok(answer) => {
+                    json::write_frame(&mut out, "REPLY", None, &answer, reference.as_deref())
+                }
+                Err(e) => {
+                    let code = match e {
+                        ForwardError::NotAllowed(_) => ErrorCode::Forbidden,
+                        ForwardError::Busy => ErrorCode::RateLimited,
+                        _ => ErrorCode::BackendError,
+                    };
+                    json::write_error(&mut out, code, &e.to_string(), reference.as_deref());
+                }
+            }
+            let _ = outbox.push(Frame::from(out));
+        });
+        Ok(())
     }
 
     async fn subscribe(
@@ -483,8 +527,10 @@ impl Conn {
         reference: Option<&RawValue>,
     ) -> Result<(), CloseReason> {
         let target = match (&payload.room_id, &payload.group_id) {
-            (Some(room), None) => id_text(room).map(|id| ("roomId", "room:", id)),
-            (None, Some(group)) => id_text(group).map(|id| ("groupId", "group:", id)),
+            (Some(room), None) => crate::protocol::id_text(room).map(|id| ("roomId", "room:", id)),
+            (None, Some(group)) => {
+                crate::protocol::id_text(group).map(|id| ("groupId", "group:", id))
+            }
             _ => None,
         };
         let (Some((key, prefix, id)), Some(is_typing)) = (target, payload.is_typing) else {

@@ -4,148 +4,49 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";
 /// Longer than the nodes' `--auth-timeout` below, so `/slow` always times out.
 const SLOW: Duration = Duration::from_secs(3);
 
-/// One request the stand-in received.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-    body: Value,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// A stand-in for Laravel's `/broadcasting/auth`, answering by path: `/allow` (200 with a
 /// presence `channel_data` as a JSON string, as Pusher-style back-ends send it), `/deny`
 /// (403), `/error` (500) and `/slow` (200 after [`SLOW`]).
-struct AuthServer {
-    base: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl AuthServer {
-    async fn start() -> AuthServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(answer(stream, log.clone()));
+async fn auth_server() -> AppServer {
+    AppServer::start(|request: Received| -> Answer {
+        Box::pin(async move {
+            let channel = request.body["channel_name"].as_str().unwrap_or_default();
+            match request.path.as_str() {
+                "/allow" if channel.starts_with("presence-") => (
+                    200,
+                    json!({"channel_data": json!({"user_id": 7, "user_info": {"name": "Ann"}}).to_string()})
+                        .to_string(),
+                ),
+                "/allow" => (200, "{}".to_owned()),
+                "/deny" => (403, "{\"message\":\"This action is unauthorized.\"}".to_owned()),
+                "/slow" => {
+                    tokio::time::sleep(SLOW).await;
+                    (200, "{}".to_owned())
+                }
+                _ => (500, "{\"message\":\"Server Error\"}".to_owned()),
             }
-        });
-        AuthServer {
-            base,
-            received,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Requests received for `channel` so far.
-    fn requests_for(&self, channel: &str) -> Vec<Received> {
-        self.received
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|r| r.body["channel_name"] == channel)
-            .cloned()
-            .collect()
-    }
+        })
+    })
+    .await
 }
 
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reads one HTTP/1.1 request, records it and answers by path, then closes.
-async fn answer(mut stream: TcpStream, log: Arc<Mutex<Vec<Received>>>) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split(' ');
-    let method = request_line.next().unwrap_or_default().to_owned();
-    let path = request_line.next().unwrap_or_default().to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    while buffer.len() < head_end + length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = serde_json::from_slice(&buffer[head_end..head_end + length]).unwrap_or(Value::Null);
-    let channel = body["channel_name"].as_str().unwrap_or_default().to_owned();
-    log.lock().expect("lock").push(Received {
-        method,
-        path: path.clone(),
-        headers,
-        body,
-    });
-    let (status, text) = match path.as_str() {
-        "/allow" if channel.starts_with("presence-") => (
-            "200 OK",
-            json!({"channel_data": json!({"user_id": 7, "user_info": {"name": "Ann"}}).to_string()})
-                .to_string(),
-        ),
-        "/allow" => ("200 OK", "{}".to_owned()),
-        "/deny" => ("403 Forbidden", "{\"message\":\"This action is unauthorized.\"}".to_owned()),
-        "/slow" => {
-            tokio::time::sleep(SLOW).await;
-            ("200 OK", "{}".to_owned())
-        }
-        _ => ("500 Internal Server Error", "{\"message\":\"Server Error\"}".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+/// Requests the stand-in received for `channel` so far.
+fn requests_for(server: &AppServer, channel: &str) -> Vec<Received> {
+    server
+        .received()
+        .into_iter()
+        .filter(|r| r.body["channel_name"] == channel)
+        .collect()
 }
 
 fn token(claims: Value) -> String {
@@ -213,7 +114,7 @@ fn callback_rule(pattern: &str, url: &str) -> String {
 
 #[tokio::test]
 async fn callback_allows_with_the_clients_headers() {
-    let server = AuthServer::start().await;
+    let server = auth_server().await;
     let dir = TempDir::new("policy");
     let policy = callback_rule("private-orders.{id}", &server.url("/allow"))
         + &callback_rule("presence-room.{id}", &server.url("/allow"));
@@ -236,7 +137,7 @@ async fn callback_allows_with_the_clients_headers() {
         answer,
         json!({"channel": "private-orders.5", "status": "success"})
     );
-    let requests = server.requests_for("private-orders.5");
+    let requests = requests_for(&server, "private-orders.5");
     assert_eq!(requests.len(), 1, "{requests:?}");
     let request = &requests[0];
     assert_eq!(
@@ -264,7 +165,7 @@ async fn callback_allows_with_the_clients_headers() {
 
     // A presence channel: the answer carries channel_data, which becomes the member.
     assert_eq!(try_join(&mut agent, "presence-room.1").await, Ok(()));
-    assert_eq!(server.requests_for("presence-room.1").len(), 1);
+    assert_eq!(requests_for(&server, "presence-room.1").len(), 1);
     let here = agent.expect_event("presence:subscribed", TIMEOUT).await;
     assert_eq!(
         here,
@@ -283,7 +184,7 @@ async fn callback_allows_with_the_clients_headers() {
 
 #[tokio::test]
 async fn callback_denies_on_4xx() {
-    let server = AuthServer::start().await;
+    let server = auth_server().await;
     let dir = TempDir::new("policy");
     let node = node_with_policy(&dir, &callback_rule("private-*", &server.url("/deny")), &[]).await;
     let (mut agent, _) = connect(&node, json!({"sub": 7})).await;
@@ -296,12 +197,12 @@ async fn callback_denies_on_4xx() {
         try_join(&mut agent, "private-user.7").await,
         Err("forbidden".into())
     );
-    assert_eq!(server.requests_for("private-orders.5").len(), 1);
+    assert_eq!(requests_for(&server, "private-orders.5").len(), 1);
 }
 
 #[tokio::test]
 async fn callback_outages_refuse_as_unavailable() {
-    let server = AuthServer::start().await;
+    let server = auth_server().await;
     let dir = TempDir::new("policy");
     // A free port was bound and closed again: nothing listens there.
     let down = format!("http://127.0.0.1:{}/broadcasting/auth", free_port());
@@ -338,13 +239,13 @@ async fn callback_outages_refuse_as_unavailable() {
 
     // Outages are not cached: the next subscribe asks again.
     assert!(try_join(&mut agent, "private-error.1").await.is_err());
-    assert_eq!(server.requests_for("private-error.1").len(), 2);
+    assert_eq!(requests_for(&server, "private-error.1").len(), 2);
     assert!(node.logs().contains("auth callback timed out"));
 }
 
 #[tokio::test]
 async fn callback_answers_are_cached_per_user_and_channel() {
-    let server = AuthServer::start().await;
+    let server = auth_server().await;
     let dir = TempDir::new("policy");
     let policy = callback_rule("private-orders.*", &server.url("/allow"))
         + &callback_rule("private-secret.*", &server.url("/deny"));
@@ -361,20 +262,20 @@ async fn callback_answers_are_cached_per_user_and_channel() {
             Err("forbidden".into())
         );
     }
-    assert_eq!(server.requests_for("private-orders.1").len(), 1);
-    assert_eq!(server.requests_for("private-secret.1").len(), 1);
+    assert_eq!(requests_for(&server, "private-orders.1").len(), 1);
+    assert_eq!(requests_for(&server, "private-secret.1").len(), 1);
 
     // Another user is asked about on their own.
     let (mut eight, _) = connect(&node, json!({"sub": 8})).await;
     assert_eq!(try_join(&mut eight, "private-orders.1").await, Ok(()));
-    assert_eq!(server.requests_for("private-orders.1").len(), 2);
+    assert_eq!(requests_for(&server, "private-orders.1").len(), 2);
 
     // With the cache off, every subscribe asks.
     let uncached = node_with_policy(&dir, &policy, &["--auth-cache-ttl", "0s"]).await;
     let (mut agent, _) = connect(&uncached, json!({"sub": 9})).await;
     assert_eq!(try_join(&mut agent, "private-orders.9").await, Ok(()));
     assert_eq!(try_join(&mut agent, "private-orders.9").await, Ok(()));
-    assert_eq!(server.requests_for("private-orders.9").len(), 2);
+    assert_eq!(requests_for(&server, "private-orders.9").len(), 2);
 }
 
 #[tokio::test]

@@ -42,16 +42,7 @@ pub struct Callback {
 impl Callback {
     /// A client whose every request, connect to last body byte, takes at most `timeout`.
     pub fn new(timeout: Duration) -> Result<Self, String> {
-        // reqwest is built without a default crypto provider (its default would pull aws-lc);
-        // ring is the one mysql_async uses too. An error means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            // A redirect is usually a login page: following it would read a 200 as an allow.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client for callback rules: {e}"))?;
+        let client = crate::http_client::build("callback rules", timeout)?;
         Ok(Self { client, timeout })
     }
 

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The socket has not joined that channel.
     NotSubscribed,
+    /// The back-end answered a forwarded event with an error, or not at all.
+    BackendError,
 }
 
 impl ErrorCode {
@@ -51,6 +53,7 @@ impl ErrorCode {
             Self::SubscriptionLimit => "SUBSCRIPTION_LIMIT",
             Self::Unavailable => "UNAVAILABLE",
             Self::NotSubscribed => "NOT_SUBSCRIBED",
+            Self::BackendError => "BACKEND_ERROR",
         }
     }
 }

@@ -16,6 +16,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod agent;
+mod app_server;
 mod echo;
 mod http;
 mod json_lines;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use agent::Agent;
+pub use app_server::{Answer, AppServer, Received};
 pub use echo::{ChannelKind, EchoAgent};
 pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
 pub use json_lines::JsonLinesProcess;
