@@ -319,20 +319,54 @@ pub async fn disconnect(
     do_disconnect(&node, &user).await.map(respond)
 }
 
-/// One operation of a batch: `op` names it, the other fields are its body.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum BatchItem {
-    Broadcast(BroadcastRequest),
-    Push(PushRequest),
-    RoomBroadcast {
-        room: String,
-        #[serde(flatten)]
-        request: RoomBroadcastRequest,
-    },
-    Disconnect {
-        user_id: serde_json::Value,
-    },
+/// One operation of a batch: `{"op": "broadcast" | "push" | "room_broadcast" | "disconnect",
+/// …}`, the other fields being that operation's body (plus `room` / `user_id`).
+async fn batch_item(node: &Node, item: &RawValue) -> Result<Done, ApiError> {
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(item.get())
+            .map_err(|e| ApiError::bad_request(format!("an operation must be an object: {e}")))?;
+    let op = fields.remove("op");
+    let mut take = |name: &str| {
+        fields
+            .remove(name)
+            .ok_or_else(|| ApiError::bad_request(format!("missing `{name}`")))
+    };
+    let room = match op.as_ref().and_then(|op| op.as_str()) {
+        Some("room_broadcast") => Some(take("room")?),
+        _ => None,
+    };
+    let user = match op.as_ref().and_then(|op| op.as_str()) {
+        Some("disconnect") => Some(take("user_id")?),
+        _ => None,
+    };
+    // Re-read the rest as text so `data` keeps its exact JSON.
+    let rest = serde_json::Value::Object(fields).to_string();
+    let body = |e: serde_json::Error| ApiError::bad_request(format!("invalid operation: {e}"));
+    match (op.as_ref().and_then(|op| op.as_str()), room, user) {
+        (Some("broadcast"), ..) => {
+            do_broadcast(node, serde_json::from_str(&rest).map_err(body)?).await
+        }
+        (Some("push"), ..) => do_push(node, serde_json::from_str(&rest).map_err(body)?).await,
+        (Some("room_broadcast"), Some(room), _) => {
+            let room = room
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("`room` must be a string"))?
+                .to_owned();
+            do_room_broadcast(node, &room, serde_json::from_str(&rest).map_err(body)?).await
+        }
+        (Some("disconnect"), _, Some(user)) if rest == "{}" => {
+            match crate::protocol::id_text(&user) {
+                Some(user) => do_disconnect(node, &user).await,
+                None => Err(ApiError::bad_request(
+                    "`user_id` must be a string or number",
+                )),
+            }
+        }
+        (Some("disconnect"), ..) => Err(ApiError::bad_request("disconnect takes only `user_id`")),
+        _ => Err(ApiError::bad_request(
+            "`op` must be broadcast, push, room_broadcast or disconnect",
+        )),
+    }
 }
 
 /// The body of `POST /api/batch`.
@@ -357,20 +391,7 @@ pub async fn batch(
     }
     let mut results = Vec::with_capacity(request.batch.len());
     for item in &request.batch {
-        let outcome = match serde_json::from_str::<BatchItem>(item.get()) {
-            Err(e) => Err(ApiError::bad_request(format!("invalid operation: {e}"))),
-            Ok(BatchItem::Broadcast(request)) => do_broadcast(&node, request).await,
-            Ok(BatchItem::Push(request)) => do_push(&node, request).await,
-            Ok(BatchItem::RoomBroadcast { room, request }) => {
-                do_room_broadcast(&node, &room, request).await
-            }
-            Ok(BatchItem::Disconnect { user_id }) => match crate::protocol::id_text(&user_id) {
-                Some(user) => do_disconnect(&node, &user).await,
-                None => Err(ApiError::bad_request(
-                    "`user_id` must be a string or number",
-                )),
-            },
-        };
+        let outcome = batch_item(&node, item).await;
         results.push(match outcome {
             Ok((status, body)) => json!({"status": status.as_u16(), "body": body}),
             Err(e) => json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}}),

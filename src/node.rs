@@ -390,17 +390,23 @@ impl Node {
         member: &Arc<Member>,
         channel: &str,
     ) -> Result<(Arc<str>, bool), JoinError> {
-        let joined = self
-            .hub
-            .join(member, channel, self.config.max_subscriptions, |name| {
-                self.metrics.channels.inc();
-                self.bus.subscribe(name.clone())
-            })?;
+        let joined = {
+            let _change = self.cluster.change();
+            let joined = self
+                .hub
+                .join(member, channel, self.config.max_subscriptions, |name| {
+                    self.metrics.channels.inc();
+                    self.bus.subscribe(name.clone())
+                })?;
+            if !joined.already {
+                self.cluster.subscribed(&joined.name);
+            }
+            joined
+        };
         if joined.already {
             return Ok((joined.name, true));
         }
         self.metrics.subscriptions.inc();
-        self.cluster.subscribed(&joined.name);
         // While the bus is down the subscription is recorded and made on reconnect; waiting would only stall the client.
         if self.bus.is_healthy() && !joined.ready.wait(SUBSCRIBE_WAIT).await {
             tracing::warn!(channel, "bus did not confirm the subscription in time");
@@ -410,6 +416,7 @@ impl Node {
 
     /// Removes a socket from a channel; returns whether it was a member.
     pub fn leave(&self, member: &Member, channel: &str) -> bool {
+        let _change = self.cluster.change();
         match self.hub.leave(member, channel, |name| self.on_last(name)) {
             Some(name) => {
                 self.left(member, &name);
@@ -421,6 +428,7 @@ impl Node {
 
     /// Removes a socket from every channel and gives back its connection slot.
     pub fn disconnect(&self, member: &Member) {
+        let _change = self.cluster.change();
         for name in self.hub.leave_all(member, |name| self.on_last(name)) {
             self.left(member, &name);
         }

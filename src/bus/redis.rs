@@ -173,6 +173,10 @@ impl Subscriber {
                 "redis subscriber: connected and subscribed"
             );
             self.healthy.store(true, Ordering::Release);
+            // Redis may have come back empty: the shared state is checked at once.
+            if let Some(node) = self.node.upgrade() {
+                node.cluster.nudge();
+            }
             backoff = BACKOFF_MIN;
             attempt = 0;
 

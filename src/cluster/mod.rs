@@ -80,6 +80,13 @@ pub struct Cluster {
     local: Local,
     redis: Option<redis::RedisState>,
     max_per_user: usize,
+    /// Held for reading by every local change together with the write it queues, and for
+    /// writing while a rewrite of the share takes its snapshot: a change is then either in
+    /// the snapshot or applied after it, never both, never neither.
+    changes: std::sync::RwLock<()>,
+    /// Held for reading by a connect across its Redis script and its local count, and for
+    /// writing while the share is rewritten, which would otherwise erase the script's count.
+    rewrite: tokio::sync::RwLock<()>,
 }
 
 impl Cluster {
@@ -89,6 +96,8 @@ impl Cluster {
             local: Local::default(),
             redis: None,
             max_per_user,
+            changes: std::sync::RwLock::new(()),
+            rewrite: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -98,32 +107,46 @@ impl Cluster {
             local: Local::default(),
             redis: Some(state),
             max_per_user,
+            changes: std::sync::RwLock::new(()),
+            rewrite: tokio::sync::RwLock::new(()),
         }
     }
 
-    /// Takes a connection slot for `user`, atomically across the cluster. While Redis is
-    /// unreachable the limit is checked on this node alone: a Redis outage degrades the
-    /// limit rather than refusing every connection.
+    /// Takes a connection slot for `user`, atomically across the cluster. When Redis cannot
+    /// answer, a configured limit refuses the connection (the limit is a guarantee); without a
+    /// limit the connection is counted locally and the share rewritten once Redis is back.
     pub async fn connect(&self, user: &Arc<str>) -> Result<(), ConnectRefusal> {
+        let _rewrite = self.rewrite.read().await;
         if let Some(redis) = &self.redis {
             match redis.connect(user).await {
-                Ok(()) => {
-                    *self.local.users.entry(user.clone()).or_insert(0) += 1;
-                    return Ok(());
-                }
-                Err(ConnectRefusal::Unavailable(e)) => {
-                    tracing::warn!(error = %e, "per-user limit checked on this node only");
+                Ok(()) => {}
+                Err(ConnectRefusal::Unavailable(e)) if self.max_per_user == 0 => {
+                    tracing::warn!(error = %e, "connection counted on this node only");
                     redis.mark_drifted();
+                    redis.nudge();
                 }
-                Err(refusal) => return Err(refusal),
+                Err(refusal) => {
+                    redis.nudge();
+                    return Err(refusal);
+                }
             }
+            let _change = self.change();
+            *self.local.users.entry(user.clone()).or_insert(0) += 1;
+            return Ok(());
         }
+        let _change = self.change();
         let mut count = self.local.users.entry(user.clone()).or_insert(0);
         if self.max_per_user > 0 && *count as usize >= self.max_per_user {
             return Err(ConnectRefusal::TooMany(self.max_per_user));
         }
         *count += 1;
         Ok(())
+    }
+
+    /// A guard to hold across a local change (hub membership, connection count) and the
+    /// cluster call that queues its write.
+    pub fn change(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.changes.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Gives back a slot taken by [`Cluster::connect`]; returns whether it was the user's last
@@ -298,6 +321,13 @@ impl Cluster {
         match &self.redis {
             Some(redis) => redis.shutdown().await,
             None => Vec::new(),
+        }
+    }
+
+    /// Asks for a heartbeat now (Redis came back, or was unreachable for a write).
+    pub fn nudge(&self) {
+        if let Some(redis) = &self.redis {
+            redis.nudge();
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_redis::Pool;
 use redis::Script;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin};
 use crate::hub::SocketId;
@@ -31,6 +31,8 @@ use crate::node::Node;
 
 /// How long a script may take, pool wait included.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How soon a failed heartbeat is tried again.
+const RETRY: Duration = Duration::from_millis(500);
 /// Most queued writes applied in one script call.
 const BATCH: usize = 1000;
 
@@ -345,6 +347,8 @@ pub struct RedisState {
     /// Set when this node changed its share without Redis (an outage); the next heartbeat
     /// rewrites the share.
     drifted: Arc<AtomicBool>,
+    /// Wakes the writer for a heartbeat now.
+    beat_now: Arc<Notify>,
 }
 
 impl RedisState {
@@ -380,7 +384,9 @@ impl RedisState {
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let drifted = Arc::new(AtomicBool::new(false));
+        let beat_now = Arc::new(Notify::new());
         let writer = Writer {
+            beat_now: beat_now.clone(),
             redis: redis.clone(),
             drifted: drifted.clone(),
             node,
@@ -396,6 +402,7 @@ impl RedisState {
             connects,
             limit,
             drifted,
+            beat_now,
         })
     }
 
@@ -413,6 +420,11 @@ impl RedisState {
             true => Ok(()),
             false => Err(super::ConnectRefusal::TooMany(self.limit)),
         }
+    }
+
+    /// Asks the writer for a heartbeat now.
+    pub fn nudge(&self) {
+        self.beat_now.notify_one();
     }
 
     /// Asks for this node's share to be rewritten at the next heartbeat.
@@ -598,6 +610,7 @@ struct Writer {
     node: Weak<Node>,
     pending: Pending,
     drifted: Arc<AtomicBool>,
+    beat_now: Arc<Notify>,
     /// Whether this instance's share is known to be in Redis.
     registered: bool,
 }
@@ -616,11 +629,15 @@ impl Writer {
                     }
                     self.flush().await;
                 }
+                () = self.beat_now.notified() => heartbeat.reset_immediately(),
+                // The task ends when the node (and so the sender of `ops`) is gone; it must not
+                // look at the node's strong count, which is 0 while the node is being built.
                 _ = heartbeat.tick() => {
-                    if self.node.strong_count() == 0 {
-                        return;
+                    if !self.beat(&mut ops).await {
+                        // Redis is away: try again soon, so the share is rewritten as soon as
+                        // it is back rather than a whole heartbeat later.
+                        heartbeat.reset_after(RETRY);
                     }
-                    self.beat().await;
                     // Retries writes that failed while Redis was away.
                     self.flush().await;
                 }
@@ -684,8 +701,9 @@ impl Writer {
         });
     }
 
-    /// Marks this node alive, rewrites its share if Redis lost it, and sweeps dead nodes.
-    async fn beat(&mut self) {
+    /// Marks this node alive, rewrites its share if Redis lost it, and sweeps dead nodes;
+    /// false when Redis could not be reached.
+    async fn beat(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> bool {
         let k = &self.redis.keys;
         let zadd = redis::cmd("ZADD")
             .arg(&k.nodes)
@@ -694,12 +712,21 @@ impl Writer {
             .clone();
         match self.redis.command::<i64>(&zadd).await {
             // New in the set: first beat, Redis restarted empty, or others swept us.
-            Ok(1) => self.resync().await,
-            Ok(_) if self.drifted.swap(false, Ordering::AcqRel) => self.resync().await,
+            Ok(1) => {
+                if !self.resync(ops).await {
+                    return false;
+                }
+            }
+            Ok(_) if self.drifted.swap(false, Ordering::AcqRel) => {
+                if !self.resync(ops).await {
+                    self.drifted.store(true, Ordering::Release);
+                    return false;
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat to Redis failed");
-                return;
+                return false;
             }
         }
         let k = &self.redis.keys;
@@ -722,15 +749,30 @@ impl Writer {
                 }
             }
         }
+        true
     }
 
-    /// Rewrites this instance's whole share from the node's own state.
-    async fn resync(&mut self) {
+    /// Rewrites this instance's whole share from the node's own state; false when Redis
+    /// failed (the next heartbeat tries again).
+    async fn resync(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> bool {
         let Some(node) = self.node.upgrade() else {
-            return;
+            return true;
         };
-        let super::Snapshot { users, presence } = node.cluster.snapshot();
-        let channels = node.hub.channel_counts();
+        let cluster = &node.cluster;
+        let rewrite = cluster.rewrite.write().await;
+        let (users, presence, channels) = {
+            let _changes = cluster.changes.write().unwrap_or_else(|p| p.into_inner());
+            // Counts queued before the snapshot are in it; presence removals are not.
+            while let Ok(op) = ops.try_recv() {
+                if matches!(op, Op::Leave { .. }) {
+                    self.pending.add(op);
+                }
+            }
+            self.pending.users.clear();
+            self.pending.channels.clear();
+            let super::Snapshot { users, presence } = cluster.snapshot();
+            (users, presence, node.hub.channel_counts())
+        };
         let k = &self.redis.keys;
         let mut pipe = redis::pipe();
         // Presence entries are not deleted: re-adding them below is idempotent, and a delete
@@ -753,11 +795,9 @@ impl Writer {
             // Forget the registration so the next beat tries again.
             let zrem = redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance).clone();
             let _ = self.redis.command::<i64>(&zrem).await;
-            return;
+            return false;
         }
-        // The counts just written are absolute: queued deltas are already in them.
-        self.pending.users.clear();
-        self.pending.channels.clear();
+        drop(rewrite);
         // Users the others saw leave (when they swept this node) are announced again.
         for (channel, socket, entry) in presence {
             if let Ok((true, _)) = self.redis.join(&channel, &socket, &entry).await {
@@ -768,5 +808,6 @@ impl Writer {
             tracing::info!("Redis had lost this node's shared state; rewrote it");
         }
         self.registered = true;
+        true
     }
 }
