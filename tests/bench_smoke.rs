@@ -137,8 +137,37 @@ async fn fanout_through_redis() {
 }
 
 #[tokio::test]
+async fn fanout_over_the_json_protocol() {
+    let node = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
+    let summary = fanout(
+        &node,
+        &[
+            "--protocol",
+            "json",
+            "--publish",
+            "http",
+            "--api-key",
+            API_KEY,
+        ],
+    )
+    .await;
+    assert_eq!(summary["params"]["protocol"], "json", "{summary}");
+}
+
+#[tokio::test]
 async fn connect_runs_every_handshake() {
     let node = Node::spawn(&["--dev"], &[]).await;
+    connect_all(&node, "socketio").await;
+}
+
+#[tokio::test]
+async fn connect_over_the_json_protocol() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    connect_all(&node, "json").await;
+}
+
+/// 20 handshakes in `protocol`, 5 at a time: all succeed.
+async fn connect_all(node: &Node, protocol: &str) {
     let summary = bench(&[
         "connect",
         "--url",
@@ -147,9 +176,12 @@ async fn connect_runs_every_handshake() {
         "20",
         "--concurrency",
         "5",
+        "--protocol",
+        protocol,
     ])
     .await;
     assert_eq!(summary["scenario"], "connect");
+    assert_eq!(summary["params"]["protocol"], protocol, "{summary}");
     assert_eq!(count(&summary, "/connected"), 20, "{summary}");
     for kind in [
         "tcp",
@@ -168,42 +200,58 @@ async fn connect_runs_every_handshake() {
     assert_eq!(count(&summary, "/latency_ms/count"), 20, "{summary}");
 }
 
+/// A wrongly signed token is a connect error in both protocols: Socket.IO's `44` answer to
+/// CONNECT, the JSON endpoint's HTTP 401 before the upgrade.
 #[tokio::test]
 async fn connect_counts_refused_tokens() {
     let node = Node::spawn(&["--dev"], &[]).await;
-    let summary = bench(&[
-        "connect",
+    for protocol in ["socketio", "json"] {
+        let summary = bench(&[
+            "connect",
+            "--url",
+            &node.url(),
+            "--connections",
+            "3",
+            "--jwt-secret",
+            "not-the-secret",
+            "--protocol",
+            protocol,
+        ])
+        .await;
+        assert_eq!(count(&summary, "/connected"), 0, "{protocol}: {summary}");
+        assert_eq!(
+            count(&summary, "/failures/connect_error"),
+            3,
+            "{protocol}: {summary}"
+        );
+    }
+}
+
+/// Holds 5 clients for a second: all connect and none is dropped.
+async fn idle(node: &Node, extra: &[&str]) -> Value {
+    let url = node.url();
+    let mut args = vec![
+        "idle",
         "--url",
-        &node.url(),
+        &url,
         "--connections",
-        "3",
-        "--jwt-secret",
-        "not-the-secret",
-    ])
-    .await;
-    assert_eq!(count(&summary, "/connected"), 0, "{summary}");
-    assert_eq!(count(&summary, "/failures/connect_error"), 3, "{summary}");
+        "5",
+        "--duration",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let summary = bench(&args).await;
+    assert_eq!(summary["scenario"], "idle");
+    assert_eq!(count(&summary, "/connect/connected"), 5, "{summary}");
+    assert_eq!(count(&summary, "/dropped"), 0, "{summary}");
+    summary
 }
 
 #[tokio::test]
 async fn idle_holds_connections_and_measures_the_server() {
     let node = Node::spawn(&["--dev"], &[]).await;
     let pid = node.pid().to_string();
-    let summary = bench(&[
-        "idle",
-        "--url",
-        &node.url(),
-        "--connections",
-        "5",
-        "--duration",
-        "1",
-        "--server-pid",
-        &pid,
-    ])
-    .await;
-    assert_eq!(summary["scenario"], "idle");
-    assert_eq!(count(&summary, "/connect/connected"), 5, "{summary}");
-    assert_eq!(count(&summary, "/dropped"), 0, "{summary}");
+    let summary = idle(&node, &["--server-pid", &pid]).await;
     for field in [
         "rss_bytes",
         "rss_before_bytes",
@@ -216,4 +264,23 @@ async fn idle_holds_connections_and_measures_the_server() {
             "server.{field} missing: {summary}"
         );
     }
+}
+
+/// Idle JSON clients answer the server's websocket pings while they hold: with a ping every
+/// 100 ms and 300 ms to answer, a second of holding drops none.
+#[tokio::test]
+async fn idle_json_clients_answer_pings() {
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--ws-ping-interval",
+            "100ms",
+            "--ws-ping-timeout",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
+    let summary = idle(&node, &["--protocol", "json"]).await;
+    assert_eq!(summary["params"]["protocol"], "json", "{summary}");
 }

@@ -11,7 +11,7 @@ const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
 #[command(
     name = "switchboard-bench",
     version,
-    about = "Load generator for Switchboard: Socket.IO v4 clients over websocket, one JSON summary line on stdout"
+    about = "Load generator for Switchboard: Socket.IO v4 or plain JSON websocket clients, one JSON summary line on stdout"
 )]
 pub struct Cli {
     /// The scenario to run.
@@ -44,6 +44,10 @@ pub struct Common {
     /// Channels; connection i subscribes to `bench.{i % channels}`
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub channels: u32,
+
+    /// What the clients speak: Socket.IO v4 on /socket.io/, or the plain JSON protocol on /ws
+    #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
+    pub protocol: Protocol,
 
     /// Most handshakes in flight at once
     #[arg(long, default_value_t = 100)]
@@ -129,6 +133,16 @@ pub struct IdleArgs {
     /// Seconds to hold the connections open once all are connected
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+}
+
+/// What the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Socket.IO v4 over websocket (`/socket.io/?EIO=4&transport=websocket`).
+    Socketio,
+    /// The plain JSON protocol (`/ws?token=…`, `{"type", "payload"}` frames).
+    Json,
 }
 
 /// The path a published message takes into the cluster.

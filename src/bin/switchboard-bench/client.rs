@@ -1,5 +1,6 @@
-//! One Socket.IO v4 client over websocket, spoken by hand: the handshake up to `subscribed`,
-//! then a loop that answers Engine.IO pings and hands every event to the scenario.
+//! One bench client over websocket, spoken by hand, in either protocol (`wire.rs` has what
+//! each one says): the handshake up to a confirmed subscription, then a loop that answers pings
+//! and hands every event to the scenario.
 //!
 //! Kept small on purpose: 19,000 of these live in one process, so a client is one task, a
 //! websocket with a 4 KiB read buffer, and nothing else allocated per connection.
@@ -9,14 +10,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::cli::{Common, Protocol};
 use crate::target::{self, Target};
+use crate::wire::{self, Answer, Event, Incoming};
 
 /// How long a closing client waits for its close frame to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,9 +45,10 @@ pub enum Failure {
     Tcp,
     /// The websocket upgrade was refused or broke.
     Upgrade,
-    /// The server answered CONNECT with a `44` connect error.
+    /// The server refused the client: Socket.IO's `44` connect error to CONNECT; on the JSON
+    /// endpoint an HTTP refusal of the token or of the user's connection limit.
     ConnectError,
-    /// The server answered `subscribe` with `subscription_error`.
+    /// The server refused the subscribe: `subscription_error`, or a JSON `ERROR` frame.
     Subscribe,
     /// The whole handshake took longer than the timeout.
     Timeout,
@@ -99,8 +103,9 @@ impl HandshakeError {
     }
 }
 
-/// What every client of a run shares: where to connect and how to authenticate.
+/// What every client of a run shares: where to connect, what to speak and how to authenticate.
 pub struct ClientContext {
+    protocol: Protocol,
     targets: Vec<Target>,
     sources: Vec<Ipv4Addr>,
     key: EncodingKey,
@@ -117,13 +122,12 @@ struct Claims {
 }
 
 impl ClientContext {
-    /// A context for clients receiving messages of about `message_size` bytes, read
-    /// `read_buffer` bytes at a time.
+    /// A context for the clients `common` describes, connecting to `targets` from `sources`
+    /// and receiving messages of about `message_size` bytes, read `read_buffer` bytes at a time.
     pub fn new(
+        common: &Common,
         targets: Vec<Target>,
         sources: Vec<Ipv4Addr>,
-        jwt_secret: &str,
-        channels: u32,
         timeout: Duration,
         message_size: usize,
         read_buffer: usize,
@@ -136,11 +140,12 @@ impl ClientContext {
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         Self {
+            protocol: common.protocol,
             targets,
             sources,
-            key: EncodingKey::from_secret(jwt_secret.as_bytes()),
+            key: EncodingKey::from_secret(common.jwt_secret.as_bytes()),
             config,
-            channels,
+            channels: common.channels,
             timeout,
         }
     }
@@ -162,62 +167,46 @@ impl ClientContext {
     }
 
     async fn handshake(&self, index: usize) -> Result<Session, HandshakeError> {
+        let protocol = self.protocol;
         let target = &self.targets[index % self.targets.len()];
         let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+        let token = self.token(index)?;
         let stream = target::connect(target.addr, source).await.map_err(|e| {
             HandshakeError::new(Failure::Tcp, format!("connect to {}: {e}", target.addr))
         })?;
         let (ws, _response) = tokio_tungstenite::client_async_with_config(
-            target.websocket_url(),
+            target.websocket_url(protocol, &token),
             stream,
             Some(self.config),
         )
         .await
-        .map_err(|e| HandshakeError::new(Failure::Upgrade, format!("websocket upgrade: {e}")))?;
+        .map_err(upgrade_failure)?;
         let channel = self.channel_of(index);
-        let mut session = Session { ws, channel };
+        let mut session = Session {
+            ws,
+            channel,
+            protocol,
+        };
 
-        let open = session.next_text().await?;
-        if !open.starts_with('0') {
-            return Err(protocol(format!(
-                "expected the Engine.IO open packet, got {open:?}"
-            )));
-        }
-        let token = self.token(index)?;
-        session.send(format!(r#"40{{"token":"{token}"}}"#)).await?;
-        loop {
-            let text = session.next_text().await?;
-            if text.starts_with("40") {
-                break;
+        if protocol == Protocol::Socketio {
+            let open = session.next_text().await?;
+            if !open.starts_with('0') {
+                return Err(protocol_error(format!(
+                    "expected the Engine.IO open packet, got {open:?}"
+                )));
             }
-            if text.starts_with("44") {
-                return Err(HandshakeError::new(Failure::ConnectError, text));
-            }
+            session.send(wire::socketio_connect(&token)).await?;
+            session
+                .expect(Failure::ConnectError, wire::socketio_connect_answer)
+                .await?;
         }
+        session.send(wire::subscribe(protocol, channel)).await?;
         session
-            .send(format!(
-                r#"42["subscribe",{{"channel":"bench.{channel}"}}]"#
-            ))
+            .expect(Failure::Subscribe, |text| {
+                wire::subscribe_answer(protocol, text, channel)
+            })
             .await?;
-        loop {
-            let text = session.next_text().await?;
-            let Some(args) = text.strip_prefix("42") else {
-                continue;
-            };
-            let Ok((event, reply)) = serde_json::from_str::<(String, SubscribeReply)>(args) else {
-                continue;
-            };
-            if reply.channel != format!("bench.{channel}") {
-                continue;
-            }
-            match event.as_str() {
-                "subscribed" if reply.status.as_deref() == Some("success") => return Ok(session),
-                "subscription_error" => {
-                    return Err(HandshakeError::new(Failure::Subscribe, text));
-                }
-                _ => {}
-            }
-        }
+        Ok(session)
     }
 
     fn token(&self, index: usize) -> Result<String, HandshakeError> {
@@ -229,25 +218,40 @@ impl ClientContext {
             exp: now + 3600,
         };
         jsonwebtoken::encode(&Header::default(), &claims, &self.key)
-            .map_err(|e| protocol(format!("cannot sign a token: {e}")))
+            .map_err(|e| protocol_error(format!("cannot sign a token: {e}")))
     }
 }
 
-/// The payload of `subscribed` and `subscription_error`.
-#[derive(Deserialize)]
-struct SubscribeReply {
-    channel: String,
-    status: Option<String>,
+fn protocol_error(detail: String) -> HandshakeError {
+    HandshakeError::new(Failure::Protocol, detail)
 }
 
-fn protocol(detail: String) -> HandshakeError {
-    HandshakeError::new(Failure::Protocol, detail)
+/// A failed websocket upgrade: a refusal of the client itself (JSON endpoint) or of the upgrade.
+fn upgrade_failure(error: tungstenite::Error) -> HandshakeError {
+    if let tungstenite::Error::Http(response) = &error {
+        let body = response.body().as_deref().unwrap_or_default();
+        let failure = if wire::refuses_client(body) {
+            Failure::ConnectError
+        } else {
+            Failure::Upgrade
+        };
+        return HandshakeError::new(
+            failure,
+            format!(
+                "websocket upgrade: HTTP {}: {}",
+                response.status(),
+                String::from_utf8_lossy(body)
+            ),
+        );
+    }
+    HandshakeError::new(Failure::Upgrade, format!("websocket upgrade: {error}"))
 }
 
 /// A connected, subscribed client.
 pub struct Session {
     ws: WebSocketStream<TcpStream>,
     channel: u32,
+    protocol: Protocol,
 }
 
 /// How a held session ended.
@@ -265,12 +269,15 @@ impl Session {
         self.channel
     }
 
-    /// Answers pings and hands every Socket.IO event (the text after `42`) to `on_event`
-    /// until `stop` is sent or the connection ends; then closes the connection.
+    /// Answers pings and hands every event to `on_event` until `stop` is sent or the
+    /// connection ends; then closes the connection.
+    ///
+    /// Websocket pings (the JSON endpoint's heartbeat) are answered by tungstenite while the
+    /// loop reads; Engine.IO's text pings here.
     pub async fn hold(
         mut self,
         mut stop: watch::Receiver<bool>,
-        mut on_event: impl FnMut(&str),
+        mut on_event: impl FnMut(Event<'_>),
     ) -> End {
         // One future for the whole loop: a fresh `changed()` per message would register and
         // unregister a waiter under the channel's lock every time.
@@ -287,22 +294,26 @@ impl Session {
                 }
             };
             let ping = match message {
-                Some(Ok(Message::Text(text))) => {
-                    let text = text.as_str();
-                    if let Some(event) = text.strip_prefix("42") {
+                Some(Ok(Message::Text(text))) => match wire::incoming(self.protocol, &text) {
+                    Incoming::Event(event) => {
                         on_event(event);
                         false
-                    } else if text.starts_with('1') {
-                        return End::Dropped;
-                    } else {
-                        text == "2"
                     }
-                }
+                    Incoming::Ping => true,
+                    Incoming::Close => return End::Dropped,
+                    Incoming::Other => false,
+                },
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return End::Dropped,
                 Some(Ok(_)) => false,
             };
             // The message is gone before this await, so the task need not keep room for it.
-            if ping && self.ws.send(Message::text("3")).await.is_err() {
+            if ping
+                && self
+                    .ws
+                    .send(Message::text(wire::ENGINEIO_PONG))
+                    .await
+                    .is_err()
+            {
                 return End::Dropped;
             }
         }
@@ -316,23 +327,41 @@ impl Session {
         self.ws
             .send(Message::text(text))
             .await
-            .map_err(|e| protocol(format!("send: {e}")))
+            .map_err(|e| protocol_error(format!("send: {e}")))
     }
 
-    /// The next text message of the handshake, answering pings on the way.
+    /// Reads until `answer` accepts or refuses a message; a refusal is a `refused` failure.
+    async fn expect(
+        &mut self,
+        refused: Failure,
+        answer: impl Fn(&str) -> Answer,
+    ) -> Result<(), HandshakeError> {
+        loop {
+            let text = self.next_text().await?;
+            match answer(&text) {
+                Answer::Accepted => return Ok(()),
+                Answer::Refused => return Err(HandshakeError::new(refused, text)),
+                Answer::Other => {}
+            }
+        }
+    }
+
+    /// The next text message of the handshake, answering Engine.IO pings on the way.
     async fn next_text(&mut self) -> Result<String, HandshakeError> {
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
-                    self.send("3".to_owned()).await?;
+                Some(Ok(Message::Text(text)))
+                    if wire::incoming(self.protocol, &text) == Incoming::Ping =>
+                {
+                    self.send(wire::ENGINEIO_PONG.to_owned()).await?;
                 }
                 Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(protocol(format!("closed by the server: {frame:?}")));
+                    return Err(protocol_error(format!("closed by the server: {frame:?}")));
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(protocol(format!("read: {e}"))),
-                None => return Err(protocol("connection closed".to_owned())),
+                Some(Err(e)) => return Err(protocol_error(format!("read: {e}"))),
+                None => return Err(protocol_error("connection closed".to_owned())),
             }
         }
     }

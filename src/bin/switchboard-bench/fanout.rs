@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use tokio::time::MissedTickBehavior;
 
 use crate::cli::{FanoutArgs, Publish, seconds};
 use crate::client::End;
 use crate::fleet::{self, ConnectPhase};
-use crate::publish::{HttpPublisher, Outgoing, Publisher, RedisPublisher};
+use crate::publish::{EVENT, HttpPublisher, Outgoing, Publisher, RedisPublisher};
 use crate::setup::{CommonParams, Setup};
 use crate::stats::{self, BenchStats, Percentiles, ServerStats};
+use crate::wire::Event;
 
 /// Interval of the publishing timer; each tick publishes what is due.
 const TICK: Duration = Duration::from_millis(1);
@@ -137,13 +137,12 @@ impl Receiver {
         }
     }
 
-    /// Handles the text of one Socket.IO event (after `42`).
-    fn on_event(&mut self, args: &str) {
-        if !args.starts_with(r#"["bench","#) {
+    /// Handles one event from the server, in either protocol.
+    fn on_event(&mut self, event: Event<'_>) {
+        let Some(data) = event.data::<Stamp>(EVENT) else {
             return;
-        }
-        let Ok((_, _, stamp)) = serde_json::from_str::<(IgnoredAny, IgnoredAny, Stamp)>(args)
-        else {
+        };
+        let Ok(stamp) = data else {
             self.misrouted += 1;
             return;
         };
@@ -241,7 +240,7 @@ pub async fn run(args: FanoutArgs) -> Result<Summary> {
         move |session: crate::client::Session, stop| {
             let mut receiver = Receiver::new(deliveries.clone(), session.channel());
             async move {
-                let end = session.hold(stop, |args| receiver.on_event(args)).await;
+                let end = session.hold(stop, |event| receiver.on_event(event)).await;
                 receiver.finish(end)
             }
         }
@@ -384,6 +383,7 @@ pub async fn run(args: FanoutArgs) -> Result<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Protocol;
 
     fn deliveries(channels: u64) -> Arc<Deliveries> {
         Arc::new(Deliveries {
@@ -395,9 +395,13 @@ mod tests {
         })
     }
 
-    fn event(seq: u64) -> String {
+    /// Message `seq` on `bench.1` as `protocol` delivers it.
+    fn message(protocol: Protocol, seq: u64) -> String {
         let data = message_data(seq, 0, 60, &"x".repeat(60));
-        format!(r#"["bench","bench.1",{data}]"#)
+        match protocol {
+            Protocol::Socketio => format!(r#"["bench","bench.1",{data}]"#),
+            Protocol::Json => format!(r#"{{"type":"bench","channel":"bench.1","payload":{data}}}"#),
+        }
     }
 
     #[test]
@@ -411,21 +415,29 @@ mod tests {
 
     #[test]
     fn counts_unique_duplicate_and_misrouted_deliveries() {
-        let shared = deliveries(2);
-        let mut receiver = Receiver::new(shared.clone(), 1);
-        receiver.on_event(&event(1));
-        receiver.on_event(&event(3));
-        receiver.on_event(&event(3));
-        receiver.on_event(&event(2));
-        receiver.on_event(&event(1000));
-        receiver.on_event(r#"["subscribed",{"channel":"x","status":"auto"}]"#);
-        let report = receiver.finish(End::Stopped);
-        assert_eq!(
-            (report.delivered, report.duplicated, report.misrouted),
-            (2, 1, 2)
-        );
-        assert_eq!(shared.unique.load(Ordering::Relaxed), 2);
-        let histogram = shared.latency.lock().expect("unpoisoned");
-        assert_eq!(histogram.len(), 2);
+        let unrelated = [
+            (
+                Protocol::Socketio,
+                r#"["subscribed",{"channel":"x","status":"auto"}]"#,
+            ),
+            (Protocol::Json, r#"{"type":"PONG","payload":{}}"#),
+        ];
+        for (protocol, other) in unrelated {
+            let shared = deliveries(2);
+            let mut receiver = Receiver::new(shared.clone(), 1);
+            for seq in [1, 3, 3, 2, 1000] {
+                receiver.on_event(Event::new(protocol, &message(protocol, seq)));
+            }
+            receiver.on_event(Event::new(protocol, other));
+            let report = receiver.finish(End::Stopped);
+            assert_eq!(
+                (report.delivered, report.duplicated, report.misrouted),
+                (2, 1, 2),
+                "{protocol:?}"
+            );
+            assert_eq!(shared.unique.load(Ordering::Relaxed), 2);
+            let histogram = shared.latency.lock().expect("unpoisoned");
+            assert_eq!(histogram.len(), 2);
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! `switchboard-bench`: the load generator of Switchboard.
 //!
-//! It speaks Socket.IO v4 over websocket itself (no client library), so one process holds tens
-//! of thousands of clients cheaply. Each scenario prints progress on stderr and exactly one
-//! JSON summary line on stdout:
+//! It speaks Socket.IO v4 over websocket, or with `--protocol json` the plain JSON protocol of
+//! `/ws`, itself (no client library), so one process holds tens of thousands of clients
+//! cheaply. Each scenario prints progress on stderr and exactly one JSON summary line on stdout:
 //!
 //! - `fanout`: subscribed clients, messages published at a fixed rate (Redis or HTTP API),
 //!   delivery counts and publish-to-receive latency;
@@ -21,6 +21,7 @@ mod publish;
 mod setup;
 mod stats;
 mod target;
+mod wire;
 
 use std::process::ExitCode;
 

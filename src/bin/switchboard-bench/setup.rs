@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::cli::{Common, seconds};
+use crate::cli::{Common, Protocol, seconds};
 use crate::client::{self, ClientContext};
 use crate::target::{self, Target};
 
@@ -16,6 +16,7 @@ const FD_HEADROOM: u64 = 64;
 /// The shared parameters echoed in every summary (no secrets).
 #[derive(Debug, Serialize)]
 pub struct CommonParams {
+    pub protocol: Protocol,
     pub urls: Vec<String>,
     pub connections: usize,
     pub channels: u32,
@@ -49,6 +50,7 @@ impl Setup {
             target::source_addresses(&targets, common.connections, common.source_addresses)?;
         let read_buffer = client::read_buffer_for(message_size);
         let params = CommonParams {
+            protocol: common.protocol,
             urls: targets.iter().map(|t| t.base.clone()).collect(),
             connections: common.connections,
             channels: common.channels,
@@ -60,10 +62,9 @@ impl Setup {
             server_pids: common.server_pid.clone(),
         };
         let context = ClientContext::new(
+            common,
             targets.clone(),
             sources,
-            &common.jwt_secret,
-            common.channels,
             timeout,
             message_size,
             read_buffer,

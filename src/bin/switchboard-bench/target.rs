@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::{Context, Result, bail};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::cli::Protocol;
+
 /// Connections one source address may carry before auto mode adds another (of ~28,000 ports).
 const CONNECTIONS_PER_SOURCE: usize = 20_000;
 
@@ -16,7 +18,7 @@ pub struct Target {
     pub base: String,
     /// `host[:port]`, for the Host header.
     pub authority: String,
-    /// Path prefix before `/socket.io/` and `/api/`, empty or starting with `/`.
+    /// Path prefix before `/socket.io/`, `/ws` and `/api/`, empty or starting with `/`.
     pub path: String,
     /// The resolved address.
     pub addr: SocketAddr,
@@ -55,12 +57,17 @@ impl Target {
         })
     }
 
-    /// The Engine.IO websocket endpoint.
-    pub fn websocket_url(&self) -> String {
-        format!(
-            "ws://{}{}/socket.io/?EIO=4&transport=websocket",
-            self.authority, self.path
-        )
+    /// The websocket endpoint of `protocol`; the JSON endpoint takes the token in the URL
+    /// (Socket.IO's goes in CONNECT).
+    pub fn websocket_url(&self, protocol: Protocol, token: &str) -> String {
+        match protocol {
+            Protocol::Socketio => format!(
+                "ws://{}{}/socket.io/?EIO=4&transport=websocket",
+                self.authority, self.path
+            ),
+            // A JWT is base64url and dots: nothing to escape in a query string.
+            Protocol::Json => format!("ws://{}{}/ws?token={token}", self.authority, self.path),
+        }
     }
 }
 
