@@ -27,9 +27,12 @@ pub enum Codec {
     SocketIo,
     /// The plain WebSocket protocol: `{"type":"event","channel":…,"payload":data}`.
     Json,
+    /// Socket.IO on the `/notifications` namespace: `42/notifications,["event",data]`, with the
+    /// notification's id as the acknowledgement id of a `notification:new`.
+    Notifications,
 }
 
-const CODECS: usize = 2;
+const CODECS: usize = 3;
 
 /// A socket as the hub sees it: where to queue its frames and which channels it is in.
 #[derive(Debug)]
@@ -206,6 +209,20 @@ impl<'a> Broadcast<'a> {
                     "/",
                     self.event,
                     self.channel,
+                    self.data,
+                );
+                Frame::from(out)
+            }
+            Codec::Notifications => {
+                use crate::notifications::{NAMESPACE, ack_id};
+                let mut out = crate::protocol::engineio::message(
+                    self.event.len() + self.data.get().len() + NAMESPACE.len() + 24,
+                );
+                crate::protocol::socketio::write_event_ack(
+                    &mut out,
+                    NAMESPACE,
+                    ack_id(self.event, self.data),
+                    self.event,
                     self.data,
                 );
                 Frame::from(out)

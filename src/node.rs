@@ -53,6 +53,8 @@ pub struct Node {
     pub sessions: Sessions,
     /// Live plain WebSocket sockets.
     pub plain: DashMap<SocketId, Arc<Member>>,
+    /// The notification store, when a database is configured.
+    pub notifications: Option<crate::notifications::store::Store>,
     draining: AtomicBool,
     this: Weak<Node>,
 }
@@ -106,6 +108,13 @@ impl Node {
     /// Builds the node and starts its bus; must run inside a tokio runtime.
     pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
         let metrics = Metrics::new()?;
+        let notifications = config.database.clone().map(|database| {
+            crate::notifications::store::Store::new(
+                database,
+                config.notifications.clone(),
+                metrics.clone(),
+            )
+        });
         let mut bus_error = None;
         let mut cluster_error = None;
         let (chat, chat_queue) = mpsc::unbounded_channel();
@@ -151,6 +160,7 @@ impl Node {
             Self {
                 sessions: Sessions::default(),
                 plain: DashMap::new(),
+                notifications,
                 hub: Hub::default(),
                 bus,
                 cluster,
