@@ -205,8 +205,8 @@ pub async fn read_from_root(
     ack: Option<u64>,
 ) {
     let answer = |value: Value| match ack {
-        Some(id) => send_root(session, |out| codec::write_ack(out, "/", id, &value)),
-        None if value["success"] == false => send_root(session, |out| {
+        Some(id) => send(session, |out| codec::write_ack(out, "/", id, &value)),
+        None if value["success"] == false => send(session, |out| {
             codec::write_event_value(out, "/", "notification_error", &value)
         }),
         None => {}
@@ -233,10 +233,6 @@ pub async fn read_from_root(
         }
         Err(e) => answer(failure(id, &e)),
     }
-}
-
-fn send_root(session: &Session, write: impl FnOnce(&mut String)) {
-    send(session, write);
 }
 
 fn failure(id: u64, error: &StoreError) -> Value {
