@@ -574,3 +574,154 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     )
         .into_response()
 }
+
+/// Most user ids one `POST /api/notifications` may name.
+const MAX_USER_IDS: usize = 1_000;
+/// Most recipients one call may reach (after a sector or role is resolved).
+const MAX_RECIPIENTS: usize = 10_000;
+
+/// The body of `POST /api/notifications`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationRequest<'a> {
+    user_ids: Option<Vec<serde_json::Value>>,
+    sector_id: Option<serde_json::Value>,
+    role: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    message: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// A user or sector id as JSON: a number or a non-empty string of at most 64 bytes.
+fn id_text(value: &serde_json::Value, what: &str) -> Result<String, ApiError> {
+    let text = match value {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.trim().to_owned(),
+        _ => String::new(),
+    };
+    if text.is_empty() || text.len() > 64 || text.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be a number or a string of 1 to 64 bytes"
+        )));
+    }
+    Ok(text)
+}
+
+fn database_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the notification database is unavailable; nothing was stored, try again",
+    )
+}
+
+/// `POST /api/notifications`: stores a notification for each recipient in one transaction,
+/// then delivers it to their devices on every node.
+pub async fn notifications(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    use crate::notifications::store::{NewNotification, Target};
+    authorize(&node, &headers)?;
+    let Some(store) = &node.notifications else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "notifications_disabled",
+            "notifications need SWITCHBOARD_DATABASE_URL",
+        ));
+    };
+    let request: NotificationRequest<'_> = json_body(&node, &body)?;
+    let check = |field: &str, value: &str, max: usize| {
+        if value.trim().is_empty() || value.chars().count() > max {
+            Err(ApiError::bad_request(format!(
+                "`{field}` must be 1 to {max} characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    check("type", &request.kind, 64)?;
+    check("title", &request.title, 255)?;
+    if request.message.len() > 65_535 {
+        return Err(ApiError::bad_request(
+            "`message` is longer than 65535 bytes",
+        ));
+    }
+    let mut recipients = match (&request.user_ids, &request.sector_id, &request.role) {
+        (Some(ids), None, None) => {
+            if ids.len() > MAX_USER_IDS {
+                return Err(ApiError::bad_request(format!(
+                    "more than {MAX_USER_IDS} user_ids"
+                )));
+            }
+            ids.iter()
+                .map(|id| id_text(id, "each of `user_ids`"))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        (None, Some(sector), None) => {
+            let sector = id_text(sector, "`sector_id`")?;
+            store
+                .recipients(Target::Sector(&sector))
+                .await
+                .map_err(|_| database_unavailable())?
+        }
+        (None, None, Some(role)) => {
+            check("role", role, 64)?;
+            store
+                .recipients(Target::Role(role.trim()))
+                .await
+                .map_err(|_| database_unavailable())?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `user_ids`, `sector_id` or `role`",
+            ));
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    recipients.retain(|id| seen.insert(id.clone()));
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(ApiError::bad_request(format!(
+            "{} recipients; at most {MAX_RECIPIENTS} per call",
+            recipients.len()
+        )));
+    }
+    let new = NewNotification {
+        kind: request.kind.trim(),
+        title: &request.title,
+        message: &request.message,
+        data: request.data,
+    };
+    let created = store
+        .create(&recipients, &new)
+        .await
+        .map_err(|_| database_unavailable())?;
+
+    // Stored: from here on a failure only delays delivery to the recipient's next connect.
+    let users: Vec<&str> = created.iter().map(|n| n.user_id.as_str()).collect();
+    let counts: Option<std::collections::HashMap<String, u64>> =
+        match store.unread_counts(&users).await {
+            Ok(counts) => Some(counts.into_iter().collect()),
+            Err(_) => None,
+        };
+    for notification in &created {
+        let unread = counts
+            .as_ref()
+            .map(|c| c.get(&notification.user_id).copied().unwrap_or_default());
+        crate::notifications::publish_new(&node, notification, unread).await;
+    }
+    let ids: Vec<u64> = created.iter().map(|n| n.id).collect();
+    let notifications: Vec<serde_json::Value> = created
+        .iter()
+        .map(|n| json!({"id": n.id, "user_id": n.user_id}))
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"ids": ids, "recipients": created.len(), "notifications": notifications})),
+    )
+        .into_response())
+}

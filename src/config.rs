@@ -34,7 +34,7 @@ pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
 )]
 pub struct Args {
     /// TOML file with any of these settings (keys as the flag names, with `_` for `-`)
-    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
     /// Run with a fixed, public development JWT secret when no key is configured
@@ -264,13 +264,70 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_SIZE", default_value_t = 100_000)]
     pub auth_cache_size: usize,
 
-    /// MySQL/MariaDB URL, mysql://user:pass@host:3306/db (for `sql` policy rules)
-    #[arg(long, env = "SWITCHBOARD_DATABASE_URL", hide_env_values = true)]
+    /// MySQL/MariaDB URL, mysql://user:pass@host:3306/db (`sql` policy rules, notifications)
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
+
+    /// Apply the database migrations (as `switchboard migrate` does) before serving
+    #[arg(long, env = "SWITCHBOARD_MIGRATE")]
+    pub migrate: bool,
+
+    /// Longest a notification read or write may take before it counts as a database outage
+    #[arg(long, env = "SWITCHBOARD_DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub database_timeout: Duration,
+
+    /// Query loading a `/notifications` user by id: id, name, email, role, sector_id, is_active
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_USER_QUERY",
+        default_value = "SELECT id, name, email, role, sector_id, is_active FROM users WHERE id = ?"
+    )]
+    pub notifications_user_query: String,
+
+    /// Query listing the ids of a sector's recipients (`sector_id` of POST /api/notifications)
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_SECTOR_QUERY",
+        default_value = "SELECT id FROM users WHERE sector_id = ? AND is_active"
+    )]
+    pub notifications_sector_query: String,
+
+    /// Query listing the ids of a role's recipients (`role` of POST /api/notifications)
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_ROLE_QUERY",
+        default_value = "SELECT id FROM users WHERE role = ? AND is_active"
+    )]
+    pub notifications_role_query: String,
+
+    /// Comma-separated user roles whose `/notifications` sockets join the `admin` room
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_ADMIN_ROLES",
+        value_delimiter = ',',
+        default_value = "ADMIN,SUPER_ADMIN"
+    )]
+    pub notifications_admin_roles: Vec<String>,
+
+    /// What to do instead of serving
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Policy keys (`roles`, `presence`, `channel`) found in the `--config` file, with its path.
     #[arg(skip)]
     pub config_policy: Option<(PathBuf, toml::Table)>,
+}
+
+/// Commands other than serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Apply the SQL migrations of `migrations/` to SWITCHBOARD_DATABASE_URL and exit
+    Migrate,
 }
 
 /// How log lines are written.
@@ -376,8 +433,27 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The application's database, when configured; connects on first use.
     pub database: Option<Database>,
+    /// Whether to apply the migrations at start.
+    pub migrate: bool,
+    /// Notification settings.
+    pub notifications: NotificationSettings,
     /// Who may join which channel.
     pub policy: Arc<Policy>,
+}
+
+/// The settings of the notification store and the `/notifications` namespace.
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    /// Longest one database operation may take.
+    pub timeout: Duration,
+    /// Loads a user by id: id, name, email, role, sector_id, is_active.
+    pub user_query: String,
+    /// Recipient ids of a sector.
+    pub sector_query: String,
+    /// Recipient ids of a role.
+    pub role_query: String,
+    /// Roles that join the `admin` room (compared case-insensitively).
+    pub admin_roles: Vec<String>,
 }
 
 impl Args {
@@ -413,13 +489,14 @@ impl Args {
             .map(|a| a.get_id().to_string())
             .collect();
         let mut policy = toml::Table::new();
+        let mut from_file: Vec<OsString> = Vec::new();
         for (key, value) in table {
             // The policy may live in this file too; it is checked with the policy file's rules.
             if PolicyConfig::KEYS.contains(&key.as_str()) {
                 policy.insert(key, value);
                 continue;
             }
-            if !known.contains(&key) || key == "config" {
+            if !known.contains(&key) || key == "config" || key == "command" {
                 return Err(Self::command().error(
                     clap::error::ErrorKind::UnknownArgument,
                     format!(
@@ -437,16 +514,16 @@ impl Args {
             }
             let flag = format!("--{}", key.replace('_', "-"));
             match value {
-                toml::Value::Boolean(true) => argv.push(flag.into()),
+                toml::Value::Boolean(true) => from_file.push(flag.into()),
                 toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => argv.push(format!("{flag}={s}").into()),
-                toml::Value::Integer(i) => argv.push(format!("{flag}={i}").into()),
+                toml::Value::String(s) => from_file.push(format!("{flag}={s}").into()),
+                toml::Value::Integer(i) => from_file.push(format!("{flag}={i}").into()),
                 toml::Value::Array(items) => {
                     let joined: Vec<String> = items
                         .iter()
                         .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
                         .collect();
-                    argv.push(format!("{flag}={}", joined.join(",")).into());
+                    from_file.push(format!("{flag}={}", joined.join(",")).into());
                 }
                 other => {
                     return Err(Self::command().error(
@@ -456,6 +533,9 @@ impl Args {
                 }
             }
         }
+        // Before any subcommand, whose name must come after the top-level flags.
+        let at = argv.len().min(1);
+        argv.splice(at..at, from_file);
         let mut args = Self::try_parse_from(argv)?;
         if !policy.is_empty() {
             args.config_policy = Some((path, policy));
@@ -472,19 +552,14 @@ impl Args {
             )
         })?;
 
-        let database = self
-            .database_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-            .map(|url| {
-                Database::from_url(url).map_err(|e| {
-                    ConfigError::new(
-                        "database_url",
-                        format!("cannot use `{}`: {e}", redact_url(url)),
-                    )
-                })
-            })
-            .transpose()?;
+        let database = self.database()?;
+        if self.migrate && database.is_none() {
+            return Err(ConfigError::new(
+                "migrate",
+                "needs SWITCHBOARD_DATABASE_URL",
+            ));
+        }
+        let notifications = self.notification_settings()?;
         let redis_url = self.redis_url.clone().filter(|u| !u.trim().is_empty());
         let redis = redis_url
             .as_deref()
@@ -689,7 +764,61 @@ impl Args {
             trusted_proxies,
             log_format: self.log_format,
             database,
+            migrate: self.migrate,
+            notifications,
             policy,
+        })
+    }
+
+    /// The database pool of `--database-url`, if one is given (connects on first use).
+    pub fn database(&self) -> Result<Option<Database>, ConfigError> {
+        self.database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|url| {
+                Database::from_url(url).map_err(|e| {
+                    ConfigError::new(
+                        "database_url",
+                        format!("cannot use `{}`: {e}", redact_url(url)),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    fn notification_settings(&self) -> Result<NotificationSettings, ConfigError> {
+        if self.database_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "database_timeout",
+                "must be greater than 0",
+            ));
+        }
+        for (name, query) in [
+            ("notifications_user_query", &self.notifications_user_query),
+            (
+                "notifications_sector_query",
+                &self.notifications_sector_query,
+            ),
+            ("notifications_role_query", &self.notifications_role_query),
+        ] {
+            if query.matches('?').count() != 1 {
+                return Err(ConfigError::new(
+                    name,
+                    "must use exactly one `?` parameter (the id, sector or role)",
+                ));
+            }
+        }
+        Ok(NotificationSettings {
+            timeout: self.database_timeout,
+            user_query: self.notifications_user_query.clone(),
+            sector_query: self.notifications_sector_query.clone(),
+            role_query: self.notifications_role_query.clone(),
+            admin_roles: self
+                .notifications_admin_roles
+                .iter()
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect(),
         })
     }
 

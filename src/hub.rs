@@ -28,18 +28,25 @@ pub enum Codec {
     SocketIo,
     /// The plain WebSocket protocol: `{"type":"event","channel":…,"payload":data}`.
     Json,
+    /// Socket.IO on the `/notifications` namespace: `42/notifications,["event",data]`, with the
+    /// notification's id as the acknowledgement id of a `notification:new`.
+    Notifications,
 }
 
-const CODECS: usize = 2;
+const CODECS: usize = 3;
 
 impl Codec {
     /// The frame telling a client the server ended its socket on purpose, so it does not
     /// reconnect by itself (Socket.IO's DISCONNECT packet); `None` where the close frame says it.
     pub fn farewell(self) -> Option<Frame> {
         match self {
-            Codec::SocketIo => {
-                let mut out = crate::protocol::engineio::message(4);
-                crate::protocol::socketio::write_disconnect(&mut out, "/");
+            Codec::SocketIo | Codec::Notifications => {
+                let namespace = match self {
+                    Codec::Notifications => crate::notifications::NAMESPACE,
+                    _ => "/",
+                };
+                let mut out = crate::protocol::engineio::message(4 + namespace.len());
+                crate::protocol::socketio::write_disconnect(&mut out, namespace);
                 Some(Frame::from(out))
             }
             Codec::Json => None,
@@ -225,6 +232,20 @@ impl<'a> Broadcast<'a> {
                     "/",
                     self.event,
                     self.channel,
+                    self.data,
+                );
+                Frame::from(out)
+            }
+            Codec::Notifications => {
+                use crate::notifications::{NAMESPACE, ack_id};
+                let mut out = crate::protocol::engineio::message(
+                    self.event.len() + self.data.get().len() + NAMESPACE.len() + 24,
+                );
+                crate::protocol::socketio::write_event_ack(
+                    &mut out,
+                    NAMESPACE,
+                    ack_id(self.event, self.data),
+                    self.event,
                     self.data,
                 );
                 Frame::from(out)

@@ -19,6 +19,7 @@
 //! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: MySQL pool.
 //! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue.
 //! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
+//! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
 
 pub mod api;
@@ -37,6 +38,7 @@ pub mod hub;
 pub mod limit;
 pub mod metrics;
 pub mod node;
+pub mod notifications;
 pub mod outbox;
 pub mod policy;
 pub mod protocol;

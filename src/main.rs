@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use switchboard::config::{Args, LogFormat, describe_arg_error};
+use switchboard::config::{Args, Command, LogFormat, describe_arg_error};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +17,10 @@ fn main() -> ExitCode {
             None => e.exit(),
         },
     };
+    if args.command == Some(Command::Migrate) {
+        init_logging(args.log_format);
+        return migrate(&args);
+    }
     let config = match args.validate() {
         Ok(config) => config,
         Err(e) => {
@@ -56,6 +60,34 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `switchboard migrate`: applies the pending migrations and says which.
+fn migrate(args: &Args) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(switchboard::notifications::migrate::command(args)) {
+        Ok(applied) if applied.is_empty() => {
+            println!("switchboard migrate: nothing to apply");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("switchboard migrate: applied {}", applied.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard migrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Binds the client port with a deep accept queue: in a reconnect storm the default (1,024)

@@ -6,7 +6,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Every metric the node exports.
+/// Every metric the node exports; cloning shares them.
+#[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     /// Open sessions by transport (`polling`, `websocket`).
@@ -39,6 +40,18 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// HTTP API calls, by route and status.
     pub api_requests: IntCounterVec,
+    /// Notifications stored (one per recipient).
+    pub notifications_created: IntCounter,
+    /// Notifications delivered in-app for the first time (acknowledged or marked delivered).
+    pub notifications_delivered: IntCounter,
+    /// Notifications marked read.
+    pub notifications_read: IntCounter,
+    /// Seconds from a notification's creation to its first in-app delivery.
+    pub notification_delivery_seconds: Histogram,
+    /// Failed or timed-out notification database operations, by operation.
+    pub database_errors: IntCounterVec,
+    /// Notification operations holding a database connection now.
+    pub database_in_use: IntGauge,
 }
 
 impl Metrics {
@@ -72,6 +85,16 @@ impl Metrics {
                 .buckets(vec![0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0]),
         )?;
         registry.register(Box::new(fanout.clone()))?;
+        let delivery = Histogram::with_opts(
+            HistogramOpts::new(
+                "notification_delivery_seconds",
+                "Seconds from a notification's creation to its first in-app delivery",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3_600.0, 86_400.0,
+            ]),
+        )?;
+        registry.register(Box::new(delivery.clone()))?;
 
         Ok(Self {
             connections: gauge_vec("connections", "Open client sessions", &["transport"])?,
@@ -111,6 +134,25 @@ impl Metrics {
                 "http_api_requests_total",
                 "HTTP API calls",
                 &["route", "status"],
+            )?,
+            notifications_created: counter(
+                "notifications_created_total",
+                "Notifications stored, one per recipient",
+            )?,
+            notifications_delivered: counter(
+                "notifications_delivered_total",
+                "Notifications delivered in-app for the first time",
+            )?,
+            notifications_read: counter("notifications_read_total", "Notifications marked read")?,
+            notification_delivery_seconds: delivery,
+            database_errors: counter_vec(
+                "database_errors_total",
+                "Failed or timed-out notification database operations",
+                &["op"],
+            )?,
+            database_in_use: gauge(
+                "database_connections_in_use",
+                "Notification operations holding a database connection",
             )?,
             registry,
         })

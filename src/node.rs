@@ -59,6 +59,8 @@ pub struct Node {
     pub sessions: Sessions,
     /// Live plain WebSocket sockets.
     pub plain: DashMap<SocketId, Arc<Member>>,
+    /// The notification store, when a database is configured.
+    pub notifications: Option<crate::notifications::store::Store>,
     draining: AtomicBool,
     this: Weak<Node>,
 }
@@ -112,6 +114,13 @@ impl Node {
     /// Builds the node and starts its bus; must run inside a tokio runtime.
     pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
         let metrics = Metrics::new()?;
+        let notifications = config.database.clone().map(|database| {
+            crate::notifications::store::Store::new(
+                database,
+                config.notifications.clone(),
+                metrics.clone(),
+            )
+        });
         let mut bus_error = None;
         let mut cluster_error = None;
         let (chat, chat_queue) = mpsc::unbounded_channel();
@@ -157,6 +166,7 @@ impl Node {
             Self {
                 sessions: Sessions::default(),
                 plain: DashMap::new(),
+                notifications,
                 hub: Hub::default(),
                 bus,
                 cluster,
@@ -319,7 +329,8 @@ impl Node {
 
     /// Closes this node's sockets of `user`, telling Socket.IO clients not to reconnect.
     fn kick(&self, user: &str) -> usize {
-        let sockets = self.hub.members(&channel::user_channel(user));
+        let mut sockets = self.hub.members(&channel::user_channel(user));
+        sockets.extend(self.hub.members(&crate::notifications::user_room(user)));
         for socket in &sockets {
             if let Some(farewell) = socket.codec.farewell() {
                 let _ = socket.outbox.push(farewell);

@@ -23,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .options(engine::preflight);
     let api_routes = Router::new()
         .route("/api/broadcast", post(api::broadcast))
+        .route("/api/notifications", post(api::notifications))
         .route("/api/users/{id}", get(api::user))
         .route("/api/users/{id}/disconnect", post(api::disconnect))
         .route("/api/push", post(api::push))
@@ -61,6 +62,14 @@ pub async fn run(
         tracing::warn!(
             "DEVELOPMENT MODE: tokens are checked with the public development secret; never run --dev in production"
         );
+    }
+    if config.migrate
+        && let Some(database) = &config.database
+    {
+        let applied = crate::notifications::migrate::migrate(database.pool())
+            .await
+            .map_err(|e| anyhow::anyhow!("--migrate: {e}"))?;
+        tracing::info!(applied = applied.len(), "migrations up to date");
     }
     let node = Node::start(config)?;
     let address = listener.local_addr()?;

@@ -1,7 +1,8 @@
 //! The Socket.IO layer: namespace connects with JWT authentication, and the events of
 //! Laravel Echo's socket.io conventions (`subscribe`, `unsubscribe`, `client event`, `ping`).
 //!
-//! It sits on an Engine.IO [`Session`]; each connected namespace is a socket, which is a hub
+//! It sits on an Engine.IO [`Session`]; each connected namespace (`/`, and `/notifications`,
+//! whose events live in [`crate::notifications::namespace`]) is a socket, which is a hub
 //! [`Member`]. Answers are queued on the session's outbox like any broadcast.
 
 use std::collections::HashMap;
@@ -19,17 +20,20 @@ use crate::cluster::ConnectRefusal;
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
 use crate::node::Node;
+use crate::notifications::namespace::{self as notifications, Socket as NotificationSocket};
+use crate::notifications::store::User;
 use crate::outbox::{CloseReason, Frame};
 use crate::protocol::engineio;
 use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 
-/// The namespace served today.
+/// The default namespace.
 pub const ROOT: &str = "/";
 
-/// The Socket.IO state of one Engine.IO session.
+/// The Socket.IO state of one Engine.IO session: a slot per namespace it may connect.
 #[derive(Debug, Default)]
 pub struct Sockets {
     root: Mutex<Option<Arc<Member>>>,
+    notifications: Mutex<Option<Arc<NotificationSocket>>>,
     ever_connected: AtomicBool,
     /// Binary attachments still to discard after a refused binary packet.
     discard: AtomicUsize,
@@ -45,6 +49,28 @@ impl Sockets {
             &mut *self.root.lock().unwrap_or_else(|p| p.into_inner()),
             socket,
         )
+    }
+
+    fn notifications(&self) -> Option<Arc<NotificationSocket>> {
+        self.notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_notifications(
+        &self,
+        socket: Option<Arc<NotificationSocket>>,
+    ) -> Option<Arc<NotificationSocket>> {
+        std::mem::replace(
+            &mut *self.notifications.lock().unwrap_or_else(|p| p.into_inner()),
+            socket,
+        )
+    }
+
+    /// Empties the `/notifications` slot, returning its socket.
+    pub fn take_notifications(&self) -> Option<Arc<NotificationSocket>> {
+        self.set_notifications(None)
     }
 
     /// Whether any namespace was ever connected (the connect timeout stops then).
@@ -108,11 +134,35 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
             {
                 node.disconnect(&socket);
             }
+            if packet.namespace == crate::notifications::NAMESPACE
+                && let Some(socket) = session.sockets.take_notifications()
+            {
+                node.disconnect(&socket.member);
+            }
             Ok(())
         }
         PacketKind::Event => {
+            // Socket.IO ignores packets for namespaces the client has not joined.
+            if packet.namespace == crate::notifications::NAMESPACE {
+                let Some(socket) = session.sockets.notifications() else {
+                    return Ok(());
+                };
+                let event = match packet.event() {
+                    Ok(event) => event,
+                    Err(e) => return protocol_error(node, session, &e.to_string()),
+                };
+                notifications::on_event(
+                    node,
+                    session,
+                    &socket,
+                    &event.name,
+                    &event.args,
+                    packet.ack,
+                )
+                .await;
+                return Ok(());
+            }
             let Some(socket) = session.sockets.root().filter(|_| packet.namespace == ROOT) else {
-                // Socket.IO ignores packets for namespaces the client has not joined.
                 return Ok(());
             };
             let event = match packet.event() {
@@ -122,8 +172,16 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
             on_event(node, session, &socket, &event.name, &event.args, packet.ack).await;
             Ok(())
         }
-        // We never ask clients for acknowledgements.
-        PacketKind::Ack => Ok(()),
+        // Only `/notifications` asks for acknowledgements: of `notification:new`, whose ack id
+        // is the notification's id.
+        PacketKind::Ack => {
+            if packet.namespace == crate::notifications::NAMESPACE
+                && let (Some(socket), Some(id)) = (session.sockets.notifications(), packet.ack)
+            {
+                notifications::on_ack(node, &socket, id).await;
+            }
+            Ok(())
+        }
         PacketKind::BinaryEvent | PacketKind::BinaryAck => {
             node.metrics
                 .errors
@@ -188,22 +246,34 @@ fn find_token(auth: &ConnectAuth, session: &Session) -> Option<String> {
         .or_else(|| session.handshake.token())
 }
 
+/// The namespaces a client may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Namespace {
+    Root,
+    Notifications,
+}
+
 async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
     let namespace = packet.namespace;
-    if namespace != ROOT {
+    let refuse = |message: &str| {
         send(session, |out| {
-            codec::write_connect_error(out, namespace, "Invalid namespace")
+            codec::write_connect_error(out, namespace, message)
         });
-        return;
-    }
-    if session.sockets.root().is_some() {
+    };
+    let which = match namespace {
+        ROOT => Namespace::Root,
+        crate::notifications::NAMESPACE => Namespace::Notifications,
+        _ => return refuse("Invalid namespace"),
+    };
+    let connected = match which {
+        Namespace::Root => session.sockets.root().is_some(),
+        Namespace::Notifications => session.sockets.notifications().is_some(),
+    };
+    if connected {
         return;
     }
     if node.is_draining() {
-        send(session, |out| {
-            codec::write_connect_error(out, namespace, "server shutting down")
-        });
-        return;
+        return refuse("server shutting down");
     }
     let auth: ConnectAuth = match packet.data.map(serde_json::from_str).transpose() {
         Ok(auth) => auth.unwrap_or_default(),
@@ -212,10 +282,7 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
                 .auth_failures
                 .with_label_values(&["malformed"])
                 .inc();
-            send(session, |out| {
-                codec::write_connect_error(out, namespace, "invalid auth payload")
-            });
-            return;
+            return refuse("invalid auth payload");
         }
     };
     let principal = match find_token(&auth, session)
@@ -229,17 +296,26 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
                 .with_label_values(&[e.reason()])
                 .inc();
             tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = e.reason(), "connection refused: bad token");
-            send(session, |out| {
-                codec::write_connect_error(out, namespace, &e.to_string())
-            });
-            return;
+            return refuse(&e.to_string());
         }
     };
+    // The user of a `/notifications` socket must exist and be active in the application.
+    let user = match which {
+        Namespace::Root => None,
+        Namespace::Notifications => match notifications::admit(node, &principal).await {
+            Ok(user) => Some(user),
+            Err(refusal) => {
+                node.metrics
+                    .auth_failures
+                    .with_label_values(&["notification_user"])
+                    .inc();
+                tracing::info!(sid = %session.sid, user = %principal.user_id, refusal, "notifications connection refused");
+                return refuse(refusal);
+            }
+        },
+    };
     let Ok(id) = random_id() else {
-        send(session, |out| {
-            codec::write_connect_error(out, namespace, "server error")
-        });
-        return;
+        return refuse("server error");
     };
     if let Err(refusal) = node.cluster.connect(&principal.user_id).await {
         let reason = match refusal {
@@ -248,15 +324,40 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         };
         node.metrics.errors.with_label_values(&[reason]).inc();
         tracing::info!(sid = %session.sid, user = %principal.user_id, error = %refusal, "connection refused");
-        let message = match refusal {
-            ConnectRefusal::TooMany(_) => "too many connections".to_owned(),
-            ConnectRefusal::Unavailable(_) => "service unavailable, try again".to_owned(),
-        };
-        send(session, |out| {
-            codec::write_connect_error(out, namespace, &message)
+        return refuse(match refusal {
+            ConnectRefusal::TooMany(_) => "too many connections",
+            ConnectRefusal::Unavailable(_) => "service unavailable, try again",
         });
-        return;
     }
+    match (which, user) {
+        (Namespace::Notifications, Some(user)) => {
+            connect_notifications(node, session, id, principal, user).await
+        }
+        _ => connect_root(node, session, id, principal).await,
+    }
+}
+
+/// Whether the session is still open after a socket took its slot; if it closed meanwhile,
+/// its cleanup may have missed the socket, so `release` gives the slot back.
+fn still_open(node: &Node, session: &Session, release: impl FnOnce()) -> bool {
+    if node.sessions.contains(&session.sid) {
+        session
+            .sockets
+            .ever_connected
+            .store(true, Ordering::Release);
+        true
+    } else {
+        release();
+        false
+    }
+}
+
+async fn connect_root(
+    node: &Node,
+    session: &Session,
+    id: Arc<str>,
+    principal: crate::auth::Principal,
+) {
     let socket = Arc::new(Member::new(
         id,
         principal,
@@ -264,17 +365,14 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         session.outbox.clone(),
     ));
     session.sockets.set_root(Some(socket.clone()));
-    if !node.sessions.contains(&session.sid) {
-        // The session closed while the slot was taken; its cleanup may have missed the socket.
+    let open = still_open(node, session, || {
         if let Some(socket) = session.sockets.set_root(None) {
             node.disconnect(&socket);
         }
+    });
+    if !open {
         return;
     }
-    session
-        .sockets
-        .ever_connected
-        .store(true, Ordering::Release);
     send(session, |out| codec::write_connect(out, ROOT, &socket.id));
     tracing::debug!(sid = %session.sid, socket = %socket.id, user = %socket.principal.user_id, "socket connected");
 
@@ -291,6 +389,36 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
             &json!({"channel": own, "error": e.to_string()}),
         ),
     }
+}
+
+async fn connect_notifications(
+    node: &Node,
+    session: &Session,
+    id: Arc<str>,
+    principal: crate::auth::Principal,
+    user: User,
+) {
+    let member = Arc::new(Member::new(
+        id,
+        principal,
+        Codec::Notifications,
+        session.outbox.clone(),
+    ));
+    let socket = Arc::new(NotificationSocket { member, user });
+    session.sockets.set_notifications(Some(socket.clone()));
+    let open = still_open(node, session, || {
+        if let Some(socket) = session.sockets.take_notifications() {
+            node.disconnect(&socket.member);
+        }
+    });
+    if !open {
+        return;
+    }
+    send(session, |out| {
+        codec::write_connect(out, crate::notifications::NAMESPACE, &socket.member.id)
+    });
+    tracing::debug!(sid = %session.sid, socket = %socket.member.id, user = %socket.user.id, "notifications socket connected");
+    notifications::on_connect(node, session, &socket).await;
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,6 +461,7 @@ async fn on_event(
         "client event" => "client_event",
         "ping" => "ping",
         "register" => "register",
+        "notification_read" => "notification_read",
         _ => "other",
     };
     node.metrics.messages_in.with_label_values(&[kind]).inc();
@@ -347,6 +476,9 @@ async fn on_event(
             answer(session, ack, "unsubscribed", &json!({"channel": channel}));
         }
         "client event" => whisper(node, session, socket, args, ack).await,
+        "notification_read" => {
+            notifications::read_from_root(node, session, socket, args, ack).await
+        }
         "ping" => match ack {
             Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, &"pong")),
             None => send(session, |out| codec::write_event(out, ROOT, "pong", &[])),
@@ -503,5 +635,9 @@ pub fn on_close(node: &Node, session: &Session) {
     if let Some(socket) = session.sockets.set_root(None) {
         node.disconnect(&socket);
         tracing::debug!(socket = %socket.id, "socket disconnected");
+    }
+    if let Some(socket) = session.sockets.take_notifications() {
+        node.disconnect(&socket.member);
+        tracing::debug!(socket = %socket.member.id, "notifications socket disconnected");
     }
 }

@@ -178,6 +178,23 @@ pub fn write_event_value(out: &mut String, namespace: &str, event: &str, value: 
     out.push(']');
 }
 
+/// Appends an EVENT packet `[event, data]` that asks for an acknowledgement `ack` when given:
+/// `2/notifications,7["notification:new",{…}]`.
+pub fn write_event_ack(
+    out: &mut String,
+    namespace: &str,
+    ack: Option<u64>,
+    event: &str,
+    data: &RawValue,
+) {
+    write_header(out, '2', namespace, ack);
+    out.push('[');
+    super::write_json_str(out, event);
+    out.push(',');
+    out.push_str(data.get());
+    out.push(']');
+}
+
 /// Appends the broadcast form Laravel Echo listens for: `[event, channel, data]`.
 pub fn write_broadcast(
     out: &mut String,
@@ -315,6 +332,16 @@ mod tests {
             &serde_json::json!({"count": 2}),
         );
         assert_eq!(out, r#"2/notifications,["count",{"count":2}]"#);
+
+        let mut out = String::new();
+        write_event_ack(
+            &mut out,
+            "/notifications",
+            Some(7),
+            "new",
+            &raw(r#"{"id":7}"#),
+        );
+        assert_eq!(out, r#"2/notifications,7["new",{"id":7}]"#);
 
         let mut out = String::new();
         write_event(&mut out, "/", "pong", &[]);

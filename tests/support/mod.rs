@@ -40,7 +40,7 @@ pub use json_lines::JsonLinesProcess;
 pub use jwt::{jwt_hs256, jwt_none};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;
-pub use node::Node;
+pub use node::{Node, run_switchboard};
 pub use redis_server::RedisServer;
 
 /// A generous default for "this should happen soon" waits; local round trips

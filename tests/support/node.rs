@@ -122,3 +122,28 @@ fn command(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Command {
     command.envs(envs.iter().copied());
     command
 }
+
+/// Runs `switchboard <args>` (no `--listen`: for subcommands such as `migrate`) with `envs`
+/// added, and returns its exit status and everything it printed.
+pub async fn run_switchboard(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(STARTUP_TIMEOUT * 3, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("switchboard {args:?} did not exit"))
+        .unwrap_or_else(|err| panic!("run switchboard {args:?}: {err}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status, text)
+}

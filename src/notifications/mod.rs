@@ -1,0 +1,142 @@
+//! Notifications: stored in MySQL/MariaDB, delivered at least once over the `/notifications`
+//! Socket.IO namespace and the user's `private-user.{id}` channel, with delivery and read
+//! state shared by every device of a user on every node.
+//!
+//! ```text
+//! POST /api/notifications ──► store (one transaction) ──► bus, per recipient:
+//!     private-user.{id}        notification.sent {notification, unread_count}   (namespace /)
+//!     notifications|user:{id}  notification:new {…} (ack id = notification id)  (/notifications)
+//!                              notification:count {count}
+//! ```
+//!
+//! The rooms of the `/notifications` namespace are hub channels whose names (`notifications|…`)
+//! no client can subscribe to (`|` is not a channel-name character), so they travel the one
+//! delivery path (bus → node → hub → codec) without being reachable from the default namespace.
+//! A `notification:new` asks for an acknowledgement whose id is the notification's id: the
+//! same bytes serve every device, and the acknowledgement names what it acknowledges.
+//!
+//! - [`migrate`]: the schema, applied by `switchboard migrate` or `--migrate`.
+//! - [`store`]: every query.
+//! - [`namespace`]: the `/notifications` sockets.
+
+pub mod migrate;
+pub mod namespace;
+pub mod store;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::channel;
+use crate::node::Node;
+use store::Notification;
+
+/// The Socket.IO namespace of notification clients.
+pub const NAMESPACE: &str = "/notifications";
+/// The event that asks a device to acknowledge a notification.
+pub const NEW_EVENT: &str = "notification:new";
+
+/// The hub channel of a `/notifications` room (`user:5`, `sector:2`, `admin`).
+pub fn room(name: &str) -> String {
+    format!("notifications|{name}")
+}
+
+/// The room of every `/notifications` socket of a user.
+pub fn user_room(user: &str) -> String {
+    room(&format!("user:{user}"))
+}
+
+/// The acknowledgement id a broadcast to `/notifications` sockets asks for: the id of a
+/// `notification:new`, none for other events.
+pub fn ack_id(event: &str, data: &RawValue) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    if event != NEW_EVENT {
+        return None;
+    }
+    serde_json::from_str::<Id>(data.get()).ok().map(|n| n.id)
+}
+
+/// A notification id as clients send it: a number or a string of digits.
+pub fn parse_id(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Publishes an event to a channel; a bus failure is counted and logged by [`Node::publish`],
+/// and the notification stays pending for the next connect.
+async fn publish(node: &Node, channel: &str, event: &str, data: &Value, except: Option<&str>) {
+    let Ok(data) = RawValue::from_string(data.to_string()) else {
+        return;
+    };
+    let _ = node.publish(channel, event, &data, except).await;
+}
+
+/// Tells every device of the recipient, on every node, about a new notification.
+pub async fn publish_new(node: &Node, notification: &Notification, unread: Option<u64>) {
+    let user = notification.user_id.as_str();
+    let Ok(value) = serde_json::to_value(notification) else {
+        return;
+    };
+    publish(
+        node,
+        &channel::user_channel(user),
+        "notification.sent",
+        &json!({"notification": value, "unread_count": unread}),
+        None,
+    )
+    .await;
+    let room = user_room(user);
+    publish(node, &room, NEW_EVENT, &value, None).await;
+    if let Some(count) = unread {
+        publish(
+            node,
+            &room,
+            "notification:count",
+            &json!({"count": count}),
+            None,
+        )
+        .await;
+    }
+}
+
+/// Tells every device of the user, on every node, that a notification was read (but the
+/// default-namespace socket `except`, which read it).
+pub async fn publish_read(
+    node: &Node,
+    user: &str,
+    id: u64,
+    read: &store::Read,
+    except: Option<&str>,
+) {
+    let room = user_room(user);
+    publish(
+        node,
+        &room,
+        "notification:read",
+        &json!({"notificationId": id, "readAt": read.read_at}),
+        None,
+    )
+    .await;
+    publish(
+        node,
+        &room,
+        "notification:count",
+        &json!({"count": read.unread}),
+        None,
+    )
+    .await;
+    publish(
+        node,
+        &channel::user_channel(user),
+        "notification.read",
+        &json!({"notificationId": id, "readAt": read.read_at, "unread_count": read.unread}),
+        except,
+    )
+    .await;
+}

@@ -1,0 +1,556 @@
+//! Notifications against a throwaway MariaDB and Redis, with real socket.io-client agents:
+//! migrations, `POST /api/notifications`, the `/notifications` namespace, delivery and read
+//! tracking across devices and nodes, and database outages.
+
+mod support;
+
+use support::*;
+
+/// Applies the migrations to `db` with `switchboard migrate`.
+async fn migrate(db: &MariaDb) -> String {
+    let (status, output) =
+        run_switchboard(&["migrate"], &[("SWITCHBOARD_DATABASE_URL", &db.url())]).await;
+    assert!(status.success(), "switchboard migrate failed: {output}");
+    output
+}
+
+#[tokio::test]
+async fn migrations_run_twice_safely() {
+    let db = MariaDb::start().await;
+    let first = migrate(&db).await;
+    assert!(first.contains("applied 0001_notifications"), "{first}");
+    let second = migrate(&db).await;
+    assert!(second.contains("nothing to apply"), "{second}");
+    let tables = db.query("SHOW TABLES").await;
+    let names: Vec<&str> = tables.iter().map(|row| row[0].as_str()).collect();
+    for table in [
+        "notifications",
+        "notification_deliveries",
+        "switchboard_migrations",
+    ] {
+        assert!(names.contains(&table), "{table} missing: {names:?}");
+    }
+    let recorded = db.query("SELECT version FROM switchboard_migrations").await;
+    assert_eq!(recorded, [["0001_notifications"]]);
+    // `--migrate` at start is a no-op now too, and the node serves.
+    let node = Node::spawn(
+        &["--dev", "--migrate"],
+        &[("SWITCHBOARD_DATABASE_URL", &db.url())],
+    )
+    .await;
+    assert_eq!(
+        http("GET", &format!("{}/health", node.url()), &[], b"")
+            .await
+            .status,
+        200
+    );
+    // Without a database there is nothing to migrate.
+    let (status, output) = run_switchboard(&["migrate"], &[]).await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("SWITCHBOARD_DATABASE_URL"), "{output}");
+}
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const SECRET: &str = "switchboard-dev-secret";
+const API_KEY: &str = "test-key";
+
+/// The application's users: 1 and 2 in sector 10, 3 an admin in sector 20, 4 inactive.
+async fn app_schema(db: &MariaDb) {
+    migrate(db).await;
+    db.exec_sql(
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR(100), email VARCHAR(100),
+             role VARCHAR(32), sector_id BIGINT NULL, is_active TINYINT(1) NOT NULL DEFAULT 1);
+         INSERT INTO users VALUES
+             (1, 'Ana', 'ana@example.com', 'MEMBER', 10, 1),
+             (2, 'Ben', 'ben@example.com', 'MEMBER', 10, 1),
+             (3, 'Cleo', 'cleo@example.com', 'ADMIN', 20, 1),
+             (4, 'Dan', 'dan@example.com', 'MEMBER', 10, 0);",
+    )
+    .await;
+}
+
+async fn node(db: &MariaDb, redis: Option<&RedisServer>) -> Node {
+    let url = db.url();
+    let mut envs = vec![("SWITCHBOARD_DATABASE_URL", url.as_str())];
+    let redis_url = redis.map(RedisServer::url);
+    if let Some(redis_url) = &redis_url {
+        envs.push(("SWITCHBOARD_REDIS_URL", redis_url));
+    }
+    Node::spawn(&["--dev", "--api-keys", API_KEY], &envs).await
+}
+
+fn token(user: &str) -> String {
+    jwt_hs256(SECRET, json!({"sub": user}))
+}
+
+/// A socket.io-client on `/notifications` (or `/` with `namespace = ""`), not yet connected.
+fn agent(node: &Node, namespace: &str, user: &str, auto_ack: bool) -> Agent {
+    Agent::spawn(json!({
+        "url": format!("{}{namespace}", node.url()),
+        "auth": {"token": token(user)},
+        "transports": ["websocket"],
+        "autoAck": auto_ack,
+    }))
+}
+
+async fn notifications_socket(node: &Node, user: &str, auto_ack: bool) -> Agent {
+    let mut agent = agent(node, "/notifications", user, auto_ack);
+    agent.expect_connect(TIMEOUT).await;
+    agent
+}
+
+/// The events up to and including `connection:success`, in the order they came.
+async fn events_until_success(agent: &mut Agent) -> Vec<Value> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        let Some(line) = agent.next(Duration::from_millis(200)).await else {
+            continue;
+        };
+        if line["type"] != "event" {
+            continue;
+        }
+        let done = line["event"] == "connection:success";
+        events.push(line);
+        if done {
+            return events;
+        }
+    }
+    panic!("no connection:success; events so far: {events:?}");
+}
+
+async fn send(node: &Node, body: Value) -> HttpResponse {
+    http(
+        "POST",
+        &format!("{}/api/notifications", node.url()),
+        &[
+            ("authorization", &format!("Bearer {API_KEY}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn send_ok(node: &Node, body: Value) -> Vec<u64> {
+    let response = send(node, body).await;
+    assert_eq!(response.status, 201, "{}", response.text());
+    response.json()["ids"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+fn note(user: u64, title: &str) -> Value {
+    json!({"user_ids": [user], "type": "info", "title": title, "message": format!("{title} body"), "data": {"k": title}})
+}
+
+/// Waits until `sql` returns `expected` (as the client prints it).
+async fn db_until(db: &MariaDb, sql: &str, expected: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let rows = db.query(sql).await;
+        let got = rows
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .unwrap_or_default();
+        if got == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql}: {got}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn offline_user_gets_pending_ones_on_connect_in_order() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let mut ids = Vec::new();
+    for title in ["first", "second", "third"] {
+        ids.extend(send_ok(&node, note(1, title)).await);
+    }
+    assert_eq!(ids.len(), 3);
+
+    let mut device = notifications_socket(&node, "1", true).await;
+    let events = events_until_success(&mut device).await;
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "notification:new",
+            "notification:new",
+            "notification:new",
+            "notification:count",
+            "connection:success"
+        ],
+        "{events:?}"
+    );
+    let got: Vec<u64> = events[..3]
+        .iter()
+        .filter_map(|e| e["args"][0]["id"].as_u64())
+        .collect();
+    assert_eq!(got, ids, "oldest first");
+    assert_eq!(events[0]["args"][0]["title"], "first");
+    assert_eq!(events[0]["args"][0]["data"], json!({"k": "first"}));
+    assert_eq!(events[0]["ackRequested"], true);
+    assert_eq!(events[3]["args"][0], json!({"count": 3}));
+    let success = &events[4]["args"][0];
+    assert_eq!(
+        (success["userId"].as_str(), success["userName"].as_str()),
+        (Some("1"), Some("Ana"))
+    );
+    assert_eq!(success["unreadCount"], 3);
+    assert!(success["timestamp"].is_u64(), "{success}");
+
+    // Acknowledged: delivered, and not sent again.
+    db_until(
+        &db,
+        "SELECT COUNT(*) FROM notification_deliveries WHERE user_id = '1' AND status = 'DELIVERED'",
+        "3",
+    )
+    .await;
+    device.exit().await;
+    let mut again = notifications_socket(&node, "1", true).await;
+    let events = events_until_success(&mut again).await;
+    assert_eq!(events.len(), 2, "only the count and success: {events:?}");
+    let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"")
+        .await
+        .text();
+    for line in [
+        "switchboard_notifications_created_total 3",
+        "switchboard_notifications_delivered_total 3",
+        "switchboard_notification_delivery_seconds_count 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_ones_come_again_after_reconnect() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let mut device = notifications_socket(&node, "2", false).await;
+    events_until_success(&mut device).await;
+    let id = send_ok(&node, note(2, "live")).await[0];
+    let live = device
+        .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+        .await;
+    assert_eq!(live["args"][0]["id"], id);
+    assert_eq!(live["ackRequested"], true);
+    device.exit().await;
+
+    let mut device = notifications_socket(&node, "2", false).await;
+    let events = events_until_success(&mut device).await;
+    let first = &events[0];
+    assert_eq!(
+        (first["event"].as_str(), first["args"][0]["id"].as_u64()),
+        (Some("notification:new"), Some(id))
+    );
+    let attempts = db
+        .query(&format!(
+            "SELECT status, attempts FROM notification_deliveries WHERE notification_id = {id}"
+        ))
+        .await;
+    assert_eq!(attempts, [["PENDING", "1"]]);
+    // This time the client acknowledges it.
+    device
+        .send(json!({"cmd": "reply", "ref": first["ackRef"]}))
+        .await;
+    db_until(
+        &db,
+        &format!("SELECT status FROM notification_deliveries WHERE notification_id = {id}"),
+        "DELIVERED",
+    )
+    .await;
+    device.exit().await;
+    let mut device = notifications_socket(&node, "2", false).await;
+    let events = events_until_success(&mut device).await;
+    assert_eq!(events[0]["event"], "notification:count", "{events:?}");
+    assert_eq!(events[0]["args"][0], json!({"count": 1}));
+}
+
+#[tokio::test]
+async fn unknown_or_inactive_users_are_refused() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let mut inactive = agent(&node, "/notifications", "4", true);
+    assert_eq!(
+        inactive.expect_connect_error(TIMEOUT).await,
+        "user is inactive"
+    );
+    let mut unknown = agent(&node, "/notifications", "99", true);
+    assert_eq!(
+        unknown.expect_connect_error(TIMEOUT).await,
+        "user not found"
+    );
+    let mut no_token = Agent::spawn(
+        json!({"url": format!("{}/notifications", node.url()), "transports": ["websocket"]}),
+    );
+    assert_eq!(
+        no_token.expect_connect_error(TIMEOUT).await,
+        "missing token"
+    );
+
+    // Without a database the namespace and the API say notifications are off; `/` still works.
+    let plain = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
+    let mut refused = agent(&plain, "/notifications", "1", true);
+    assert_eq!(
+        refused.expect_connect_error(TIMEOUT).await,
+        "notifications are not enabled on this server"
+    );
+    assert_eq!(send(&plain, note(1, "x")).await.status, 501);
+    let mut root = agent(&plain, "", "1", true);
+    root.expect_connect(TIMEOUT).await;
+
+    // Bad requests and someone else's notification.
+    let response = send(
+        &node,
+        json!({"user_ids": [1], "sector_id": 10, "type": "t", "title": "t", "message": "m"}),
+    )
+    .await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    let response = send(
+        &node,
+        json!({"user_ids": [1], "type": "", "title": "t", "message": "m"}),
+    )
+    .await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    let theirs = send_ok(&node, note(2, "not yours")).await[0];
+    let mut device = notifications_socket(&node, "1", true).await;
+    events_until_success(&mut device).await;
+    let answer = device
+        .emit_ack("mark.read", json!([{"notificationId": theirs}]))
+        .await;
+    assert_eq!(answer[0]["success"], false, "{answer}");
+    assert!(answer[0]["error"].is_string(), "{answer}");
+    let read = db
+        .query(&format!(
+            "SELECT read_at IS NULL FROM notifications WHERE id = {theirs}"
+        ))
+        .await;
+    assert_eq!(read, [["1"]]);
+}
+
+#[tokio::test]
+async fn sector_and_admin_fan_out() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let mut ana = notifications_socket(&node, "1", true).await;
+    events_until_success(&mut ana).await;
+    let mut cleo = notifications_socket(&node, "3", true).await;
+    events_until_success(&mut cleo).await;
+
+    let response = send(
+        &node,
+        json!({"sector_id": 10, "type": "sector", "title": "Sector news", "message": "m"}),
+    )
+    .await;
+    assert_eq!(response.status, 201, "{}", response.text());
+    let mut users: Vec<String> = response.json()["notifications"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|n| n["user_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    users.sort();
+    assert_eq!(users, ["1", "2"], "active members of sector 10 only");
+    let new = ana
+        .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+        .await;
+    assert_eq!(new["args"][0]["title"], "Sector news");
+    let count = ana
+        .wait_for(|l| l["event"] == "notification:count", TIMEOUT)
+        .await;
+    assert_eq!(count["args"][0], json!({"count": 1}));
+
+    let ids = send_ok(
+        &node,
+        json!({"role": "ADMIN", "type": "admin", "title": "Admins only", "message": "m"}),
+    )
+    .await;
+    assert_eq!(ids.len(), 1);
+    let new = cleo
+        .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+        .await;
+    assert_eq!(new["args"][0]["title"], "Admins only");
+    ana.assert_no_event("notification:new", Duration::from_millis(300))
+        .await;
+
+    // The rooms each socket joined: its user, its sector, and `admin` for admins.
+    let channels = http(
+        "GET",
+        &format!("{}/api/channels?prefix=notifications|", node.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        b"",
+    )
+    .await
+    .json();
+    let mut names: Vec<&String> = channels["channels"]
+        .as_object()
+        .map(|c| c.keys().collect())
+        .unwrap_or_default();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "notifications|admin",
+            "notifications|sector:10",
+            "notifications|sector:20",
+            "notifications|user:1",
+            "notifications|user:3"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn read_on_one_device_reaches_the_others_on_every_node() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let redis = RedisServer::start().await;
+    let one = node(&db, Some(&redis)).await;
+    let two = node(&db, Some(&redis)).await;
+    let mut phone = notifications_socket(&one, "1", true).await;
+    events_until_success(&mut phone).await;
+    let mut laptop = notifications_socket(&two, "1", true).await;
+    events_until_success(&mut laptop).await;
+    let mut echo = agent(&two, "", "1", true);
+    echo.expect_connect(TIMEOUT).await;
+    echo.expect_event("subscribed", TIMEOUT).await;
+
+    let id = send_ok(&one, note(1, "hello")).await[0];
+    for device in [&mut phone, &mut laptop] {
+        let new = device
+            .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+            .await;
+        assert_eq!(new["args"][0]["id"], id);
+    }
+    let sent = echo.expect_event("notification.sent", TIMEOUT).await;
+    assert_eq!(sent[0], "private-user.1");
+    assert_eq!(sent[1]["notification"]["id"], id);
+    assert_eq!(sent[1]["unread_count"], 1);
+
+    let answer = phone
+        .emit_ack("mark.read", json!([{"notificationId": id}]))
+        .await;
+    assert_eq!(
+        (
+            answer[0]["success"].as_bool(),
+            answer[0]["notificationId"].as_u64()
+        ),
+        (Some(true), Some(id)),
+        "{answer}"
+    );
+    for device in [&mut phone, &mut laptop] {
+        let read = device
+            .wait_for(|l| l["event"] == "notification:read", TIMEOUT)
+            .await;
+        assert_eq!(read["args"][0]["notificationId"], id);
+        assert!(
+            read["args"][0]["readAt"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{read}"
+        );
+        let count = device
+            .wait_for(
+                |l| l["event"] == "notification:count" && l["args"][0]["count"] == 0,
+                TIMEOUT,
+            )
+            .await;
+        assert_eq!(count["args"][0], json!({"count": 0}));
+    }
+    let read = echo.expect_event("notification.read", TIMEOUT).await;
+    assert_eq!(
+        (
+            read[1]["notificationId"].as_u64(),
+            read[1]["unread_count"].as_u64()
+        ),
+        (Some(id), Some(0))
+    );
+
+    // The MechaMap flow: read on the default namespace, the other devices are told.
+    let id = send_ok(&two, note(1, "again")).await[0];
+    echo.expect_event("notification.sent", TIMEOUT).await;
+    let answer = echo
+        .emit_ack("notification_read", json!([{"notificationId": id}]))
+        .await;
+    assert_eq!(answer[0]["success"], true, "{answer}");
+    for device in [&mut phone, &mut laptop] {
+        device
+            .wait_for(
+                |l| l["event"] == "notification:read" && l["args"][0]["notificationId"] == id,
+                TIMEOUT,
+            )
+            .await;
+    }
+    echo.assert_no_event("notification.read", Duration::from_millis(300))
+        .await;
+    let metrics = http("GET", &format!("{}/metrics", one.url()), &[], b"")
+        .await
+        .text();
+    assert!(
+        metrics.contains("switchboard_notifications_read_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn database_outage_answers_503_and_loses_nothing() {
+    let mut db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let before = send_ok(&node, note(1, "before")).await;
+    let mut root = agent(&node, "", "1", true);
+    root.expect_connect(TIMEOUT).await;
+
+    db.kill().await;
+    let response = send(&node, note(1, "during")).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.json()["error"]["code"], "database_unavailable");
+    let mut refused = agent(&node, "/notifications", "1", true);
+    assert_eq!(
+        refused.expect_connect_error(TIMEOUT).await,
+        "service unavailable, try again"
+    );
+    // The sockets stay up.
+    assert_eq!(root.emit_ack("ping", json!([])).await, json!(["pong"]));
+
+    db.restart().await;
+    let after = send_ok(&node, note(1, "after")).await;
+    let mut device = notifications_socket(&node, "1", true).await;
+    let events = events_until_success(&mut device).await;
+    let titles: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "notification:new")
+        .filter_map(|e| e["args"][0]["title"].as_str())
+        .collect();
+    assert_eq!(
+        titles,
+        ["before", "after"],
+        "nothing of the failed call: {events:?}"
+    );
+    assert_eq!(
+        db.query("SELECT COUNT(*) FROM notifications").await,
+        [["2"]]
+    );
+    assert_eq!(
+        db.query("SELECT COUNT(*) FROM notification_deliveries")
+            .await,
+        [["2"]]
+    );
+    assert!(before[0] < after[0]);
+}
