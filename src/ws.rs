@@ -201,7 +201,9 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
     };
     // Every socket hears its user's own channel, as Socket.IO sockets do.
     let own = crate::channel::user_channel(&conn.socket.principal.user_id);
-    if let Err(e) = node.join(&conn.socket, &own).await {
+    // Boxed, like every step that is not the idle loop itself: an unboxed future would stay
+    // inline in every connection's task (the difference is kilobytes per idle socket).
+    if let Err(e) = Box::pin(node.join(&conn.socket, &own)).await {
         tracing::warn!(socket = %conn.socket.id, error = %e, "could not join the user's own channel");
     }
     let outbox = conn.socket.outbox.clone();
@@ -251,12 +253,16 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
                     conn.next_ping = now + node.config.ws_ping_interval;
                     conn.pong_due = Some(now + node.config.ws_ping_timeout);
                 }
-                conn.end_typing(node, |t| t.until <= now).await;
+                if conn.typing.iter().any(|t| t.until <= now) {
+                    Box::pin(conn.end_typing(node, |t| t.until <= now)).await;
+                }
                 timer.as_mut().reset(conn.deadline().into());
             },
         }
     };
-    conn.end_typing(node, |_| true).await;
+    if !conn.typing.is_empty() {
+        Box::pin(conn.end_typing(node, |_| true)).await;
+    }
     close_websocket(&mut ws, reason).await;
     finish(node, &conn.socket, reason);
 }
