@@ -18,9 +18,7 @@ pub struct Principal {
     /// The user id (`sub`, else `userId`), as a string.
     pub user_id: Arc<str>,
     /// The `role` claim, if any.
-    pub role: Option<String>,
-    /// The `name` claim, if any.
-    pub name: Option<String>,
+    pub role: Option<Box<str>>,
     /// The claims the channel policy reads (see [`JwtVerifier::with_retained_claims`]), by
     /// name. `None` when the token has none of them; an exact-size slice rather than a map,
     /// because every socket holds one (a map's first node alone is ~600 bytes) and a policy
@@ -180,8 +178,7 @@ impl JwtVerifier {
             .and_then(id_string)
             .or_else(|| claims.get("userId").and_then(id_string))
             .ok_or(TokenError::NoSubject)?;
-        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
-        let (role, name) = (text("role"), text("name"));
+        let role = claims.get("role").and_then(Value::as_str).map(Box::from);
         let retained: Vec<(String, Value)> = self
             .retained
             .iter()
@@ -190,7 +187,6 @@ impl JwtVerifier {
         Ok(Principal {
             user_id: user_id.into(),
             role,
-            name,
             claims: (!retained.is_empty()).then(|| retained.into_boxed_slice()),
         })
     }
@@ -264,10 +260,7 @@ mod tests {
                 json!({"sub": 42, "role": "admin", "name": "Ann", "exp": now() + 60}),
             ))
             .expect("valid");
-        assert_eq!(
-            (&*p.user_id, p.role.as_deref(), p.name.as_deref()),
-            ("42", Some("admin"), Some("Ann"))
-        );
+        assert_eq!((&*p.user_id, p.role.as_deref()), ("42", Some("admin")));
         let p = verifier()
             .verify(&token("s3cret", json!({"userId": "u-7"})))
             .expect("userId claim");

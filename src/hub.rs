@@ -417,7 +417,6 @@ mod tests {
         let principal = Principal {
             user_id: "u".into(),
             role: None,
-            name: None,
             claims: None,
         };
         Arc::new(Member::new(

@@ -7,7 +7,8 @@
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -68,19 +69,56 @@ impl Bucket {
     }
 }
 
-/// A bucket behind a lock, for one socket; made full on first use.
+/// A token bucket for one socket in 8 bytes (every socket holds one): the tokens as an `f32`
+/// and the last refill in milliseconds since the process started, updated lock-free. The
+/// tokens are never negative, so the `f32` sign bit marks a bucket in use; zero means "never
+/// used" and the bucket is full on first use.
 #[derive(Debug, Default)]
-pub struct SocketLimit(Mutex<Option<Bucket>>);
+pub struct SocketLimit(AtomicU64);
+
+/// The `f32` sign bit, set on every stored bucket.
+const IN_USE: u32 = 1 << 31;
+
+/// Milliseconds since the first call, wrapping after 49 days (a wrapped interval only
+/// under-refills one bucket once).
+fn millis() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
 
 impl SocketLimit {
     /// Takes a token if there is one.
     pub fn take(&self, rate: Rate) -> bool {
-        let now = Instant::now();
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(|| Bucket::new(rate, now))
-            .take(rate, now)
+        if rate.unlimited() {
+            return true;
+        }
+        let now = millis();
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            let (tokens, last) = if current == 0 {
+                (rate.burst as f32, now)
+            } else {
+                (
+                    f32::from_bits((current >> 32) as u32 & !IN_USE),
+                    current as u32,
+                )
+            };
+            let elapsed = f64::from(now.wrapping_sub(last)) / 1000.0;
+            let refilled = (f64::from(tokens) + elapsed * rate.per_second).min(rate.burst);
+            let (allowed, left) = if refilled >= 1.0 {
+                (true, refilled - 1.0)
+            } else {
+                (false, refilled)
+            };
+            let next = (u64::from((left as f32).to_bits() | IN_USE) << 32) | u64::from(now);
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return allowed,
+                Err(actual) => current = actual,
+            }
+        }
     }
 }
 
@@ -244,6 +282,26 @@ mod tests {
         let later = start + Duration::from_secs(60);
         assert!((0..3).all(|_| bucket.take(RATE, later)));
         assert!(!bucket.take(RATE, later));
+    }
+
+    #[test]
+    fn socket_limit_allows_burst_then_refills() {
+        let limit = SocketLimit::default();
+        let rate = Rate {
+            per_second: 10.0,
+            burst: 3.0,
+        };
+        assert!((0..3).all(|_| limit.take(rate)));
+        assert!(!limit.take(rate));
+        // 10 per second: one token every 100 ms (a second one would take 200).
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(limit.take(rate));
+        assert!(!limit.take(rate));
+        let off = Rate {
+            per_second: 0.0,
+            burst: 0.0,
+        };
+        assert!((0..100).all(|_| limit.take(off)));
     }
 
     #[test]

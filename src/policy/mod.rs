@@ -260,7 +260,6 @@ mod tests {
         Principal {
             user_id: id.into(),
             role: None,
-            name: None,
             claims: None,
         }
     }
