@@ -712,18 +712,15 @@ impl Writer {
             .clone();
         match self.redis.command::<i64>(&zadd).await {
             // New in the set: first beat, Redis restarted empty, or others swept us.
-            Ok(1) => {
-                if !self.resync(ops).await {
-                    return false;
-                }
-            }
-            Ok(_) if self.drifted.swap(false, Ordering::AcqRel) => {
-                if !self.resync(ops).await {
+            // New in the set (first beat, Redis restarted empty, or others swept us), not yet
+            // written (the node was still being built), or changed without Redis: rewrite.
+            Ok(added) => {
+                let drifted = self.drifted.swap(false, Ordering::AcqRel);
+                if (added == 1 || !self.registered || drifted) && !self.resync(ops).await {
                     self.drifted.store(true, Ordering::Release);
                     return false;
                 }
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat to Redis failed");
                 return false;
@@ -755,8 +752,9 @@ impl Writer {
     /// Rewrites this instance's whole share from the node's own state; false when Redis
     /// failed (the next heartbeat tries again).
     async fn resync(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> bool {
+        // None while the node is still being built: the next beat (soon) tries again.
         let Some(node) = self.node.upgrade() else {
-            return true;
+            return false;
         };
         let cluster = &node.cluster;
         let rewrite = cluster.rewrite.write().await;
