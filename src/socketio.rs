@@ -89,16 +89,21 @@ pub fn random_id() -> Result<Arc<str>, getrandom::Error> {
 }
 
 /// Queues a Socket.IO packet built by `write`.
-fn send(session: &Session, write: impl FnOnce(&mut String)) {
+pub(crate) fn send(session: &Session, write: impl FnOnce(&mut String)) {
     let mut out = engineio::message(64);
     write(&mut out);
     session.send(Frame::from(out));
 }
 
-/// Emits `event` with one argument.
+/// Emits `event` with one argument on the root namespace.
 fn emit(session: &Session, event: &str, value: &Value) {
+    emit_in(session, ROOT, event, value);
+}
+
+/// Emits `event` with one argument on `namespace`.
+pub(crate) fn emit_in(session: &Session, namespace: &str, event: &str, value: &Value) {
     send(session, |out| {
-        codec::write_event_value(out, ROOT, event, value)
+        codec::write_event_value(out, namespace, event, value)
     });
 }
 

@@ -13,8 +13,6 @@ use crate::auth::Principal;
 use crate::engine::Session;
 use crate::hub::Member;
 use crate::node::Node;
-use crate::outbox::Frame;
-use crate::protocol::engineio;
 use crate::protocol::socketio as codec;
 
 /// A connected `/notifications` socket and the user it was accepted for, kept for its life.
@@ -29,16 +27,10 @@ pub struct Socket {
 /// What the client is told when the connection is refused.
 pub type Refusal = &'static str;
 
-fn send(session: &Session, write: impl FnOnce(&mut String)) {
-    let mut out = engineio::message(64);
-    write(&mut out);
-    session.send(Frame::from(out));
-}
+use crate::socketio::send;
 
 fn emit(session: &Session, event: &str, value: &Value) {
-    send(session, |out| {
-        codec::write_event_value(out, NAMESPACE, event, value)
-    });
+    crate::socketio::emit_in(session, NAMESPACE, event, value);
 }
 
 /// Loads and checks the user of a token before the socket is accepted.
