@@ -140,3 +140,39 @@ pub async fn publish_read(
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("json")
+    }
+
+    #[test]
+    fn only_new_notifications_ask_for_an_ack_by_their_id() {
+        assert_eq!(
+            ack_id(NEW_EVENT, &raw(r#"{"id":42,"title":"t"}"#)),
+            Some(42)
+        );
+        assert_eq!(ack_id("notification:count", &raw(r#"{"id":42}"#)), None);
+        assert_eq!(ack_id(NEW_EVENT, &raw(r#"{"title":"no id"}"#)), None);
+        assert_eq!(ack_id(NEW_EVENT, &raw(r#"{"id":-1}"#)), None);
+    }
+
+    #[test]
+    fn ids_from_clients() {
+        assert_eq!(parse_id(&serde_json::json!(7)), Some(7));
+        assert_eq!(parse_id(&serde_json::json!(" 8 ")), Some(8));
+        assert_eq!(parse_id(&serde_json::json!("x")), None);
+        assert_eq!(parse_id(&serde_json::json!(-3)), None);
+        assert_eq!(parse_id(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn rooms_cannot_be_named_by_clients() {
+        assert_eq!(user_room("5"), "notifications|user:5");
+        // `|` is not a channel-name character: no client can subscribe to these.
+        assert!(crate::channel::validate(&user_room("5"), 200).is_err());
+    }
+}

@@ -271,6 +271,29 @@ mod tests {
     }
 
     #[test]
+    fn writes_events_asking_for_an_ack() {
+        let data = RawValue::from_string(r#"{"id":7}"#.to_owned()).expect("json");
+        let mut out = String::new();
+        write_event_ack(
+            &mut out,
+            "/notifications",
+            Some(7),
+            "notification:new",
+            &data,
+        );
+        assert_eq!(out, r#"2/notifications,7["notification:new",{"id":7}]"#);
+        out.clear();
+        write_event_ack(
+            &mut out,
+            "/notifications",
+            None,
+            "notification:count",
+            &data,
+        );
+        assert_eq!(out, r#"2/notifications,["notification:count",{"id":7}]"#);
+    }
+
+    #[test]
     fn decodes_events_with_ack_ids() {
         let p = decode(r#"212["subscribe",{"channel":"news"}]"#).expect("event");
         assert_eq!((p.kind, p.ack), (Kind::Event, Some(12)));
