@@ -452,12 +452,6 @@ pub async fn channels(
     Ok(Json(json!({"channels": channels})))
 }
 
-/// A channel name from the path, checked like a subscription's.
-fn channel_name(node: &Node, name: &str) -> Result<(), ApiError> {
-    channel::validate(name, node.config.max_channel_length)
-        .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))
-}
-
 /// `GET /api/channels/{name}`: one channel's counts across the cluster.
 pub async fn channel_info(
     State(node): State<Arc<Node>>,
@@ -465,7 +459,7 @@ pub async fn channel_info(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
-    channel_name(&node, &name)?;
+    check_channel(&node, &name)?;
     let info = node.cluster.channel(&node.hub, &name).await?;
     let mut body = json!({
         "channel": name,
@@ -485,7 +479,7 @@ pub async fn channel_users(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers)?;
-    channel_name(&node, &name)?;
+    check_channel(&node, &name)?;
     if channel::kind(&name) != channel::Kind::Presence {
         return Err(ApiError::bad_request(format!(
             "`{name}` is not a presence channel"

@@ -37,6 +37,17 @@ pub struct Bucket {
     last: Instant,
 }
 
+/// Refills `tokens` for `elapsed` seconds at `rate` (up to the burst) and spends one if there
+/// is one; returns whether it was spent and the tokens left.
+fn spend(tokens: f64, elapsed: f64, rate: Rate) -> (bool, f64) {
+    let refilled = (tokens + elapsed * rate.per_second).min(rate.burst);
+    if refilled >= 1.0 {
+        (true, refilled - 1.0)
+    } else {
+        (false, refilled)
+    }
+}
+
 impl Bucket {
     /// A full bucket.
     pub fn new(rate: Rate, now: Instant) -> Self {
@@ -52,14 +63,10 @@ impl Bucket {
             return true;
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        let (allowed, left) = spend(self.tokens, elapsed, rate);
+        self.tokens = left;
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        allowed
     }
 
     /// Whether the bucket has refilled completely, so forgetting it changes nothing.
@@ -104,12 +111,7 @@ impl SocketLimit {
                 )
             };
             let elapsed = f64::from(now.wrapping_sub(last)) / 1000.0;
-            let refilled = (f64::from(tokens) + elapsed * rate.per_second).min(rate.burst);
-            let (allowed, left) = if refilled >= 1.0 {
-                (true, refilled - 1.0)
-            } else {
-                (false, refilled)
-            };
+            let (allowed, left) = spend(f64::from(tokens), elapsed, rate);
             let next = (u64::from((left as f32).to_bits() | IN_USE) << 32) | u64::from(now);
             match self
                 .0

@@ -31,15 +31,8 @@ fn main() -> ExitCode {
     init_logging(config.log_format);
     raise_file_limit(config.max_connections);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("switchboard: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let listener = match listen(config.listen) {
@@ -62,17 +55,19 @@ fn main() -> ExitCode {
     })
 }
 
-/// `switchboard migrate`: applies the pending migrations and says which.
-fn migrate(args: &Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Builds a runtime, saying why on stderr when it cannot.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("switchboard: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| eprintln!("switchboard: cannot start the runtime: {e}"))
+        .ok()
+}
+
+/// `switchboard migrate`: applies the pending migrations and says which.
+fn migrate(args: &Args) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(switchboard::notifications::migrate::command(args)) {
         Ok(applied) if applied.is_empty() => {

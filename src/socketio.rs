@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 
 use crate::auth::{TokenError, bearer};
 use crate::channel;
-use crate::cluster::ConnectRefusal;
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
 use crate::node::Node;
@@ -323,16 +322,12 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         return refuse("server error");
     };
     if let Err(refusal) = node.cluster.connect(&principal.user_id).await {
-        let reason = match refusal {
-            ConnectRefusal::TooMany(_) => "too_many_connections",
-            ConnectRefusal::Unavailable(_) => "limit_unavailable",
-        };
-        node.metrics.errors.with_label_values(&[reason]).inc();
+        node.metrics
+            .errors
+            .with_label_values(&[refusal.label()])
+            .inc();
         tracing::info!(sid = %session.sid, user = %principal.user_id, error = %refusal, "connection refused");
-        return refuse(match refusal {
-            ConnectRefusal::TooMany(_) => "too many connections",
-            ConnectRefusal::Unavailable(_) => "service unavailable, try again",
-        });
+        return refuse(refusal.client_message());
     }
     match (which, user) {
         (Namespace::Notifications, Some(user)) => {

@@ -103,20 +103,15 @@ async fn accept(
         .map_err(|refusal| {
             node.metrics
                 .errors
-                .with_label_values(&["too_many_connections"])
+                .with_label_values(&[refusal.label()])
                 .inc();
-            match refusal {
-                ConnectRefusal::TooMany(_) => ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_connections",
-                    "too many connections",
-                ),
-                ConnectRefusal::Unavailable(_) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "service unavailable, try again",
-                ),
-            }
+            let (status, code) = match refusal {
+                ConnectRefusal::TooMany(_) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_connections")
+                }
+                ConnectRefusal::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            };
+            ApiError::new(status, code, refusal.client_message())
         })?;
     let id = crate::socketio::random_id().map_err(|_| {
         node.cluster.disconnect(&principal.user_id);

@@ -33,6 +33,24 @@ pub enum ConnectRefusal {
     Unavailable(#[from] ClusterError),
 }
 
+impl ConnectRefusal {
+    /// The metric label of the refusal.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::TooMany(_) => "too_many_connections",
+            Self::Unavailable(_) => "limit_unavailable",
+        }
+    }
+
+    /// What the client is told (no internal cause).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Self::TooMany(_) => "too many connections",
+            Self::Unavailable(_) => "service unavailable, try again",
+        }
+    }
+}
+
 /// A presence member of a channel, as its JSON text `{"user_id":…,"user_info":…}`.
 pub type MemberJson = Arc<str>;
 
