@@ -21,6 +21,7 @@ use crate::backend::Backend;
 use crate::database::Database;
 use crate::limit::{Network, Rate};
 use crate::policy::{Policy, PolicyConfig, Settings as PolicySettings};
+use crate::webhooks::{Kind as WebhookKind, Settings as WebhookSettings};
 
 /// The secret `--dev` signs and verifies tokens with. Public on purpose: never use it in production.
 pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
@@ -198,6 +199,39 @@ pub struct Args {
     /// Forwarded events one socket may have waiting for the back-end
     #[arg(long, env = "SWITCHBOARD_BACKEND_MAX_IN_FLIGHT", default_value_t = 8)]
     pub backend_max_in_flight: u32,
+
+    /// URL the webhooks are posted to (connections, channels, presence members); unset = none
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Comma-separated webhook events sent [default: all]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WEBHOOK_EVENTS",
+        value_delimiter = ',',
+        value_enum
+    )]
+    pub webhook_events: Vec<WebhookKind>,
+
+    /// Longest a webhook event waits for its batch to fill
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BATCH_WAIT", default_value = "100ms", value_parser = parse_duration)]
+    pub webhook_batch_wait: Duration,
+
+    /// Most webhook events in one request
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BATCH_MAX", default_value_t = 100)]
+    pub webhook_batch_max: usize,
+
+    /// Longest one webhook request may take
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Tries after the first before a failed webhook batch is given up (backoff 0.2 s doubling, at most 30 s)
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_RETRIES", default_value_t = 8)]
+    pub webhook_retries: u32,
+
+    /// Most webhook events waiting to be sent; more are dropped and counted
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
 
     /// HTTP API calls per second per API key (0 = no limit)
     #[arg(long, env = "SWITCHBOARD_API_RATE", default_value_t = 100.0)]
@@ -417,6 +451,8 @@ pub struct Config {
     pub typing_timeout: Duration,
     /// The back-end bridge, when configured.
     pub backend: Option<Arc<Backend>>,
+    /// Webhooks, when configured.
+    pub webhooks: Option<WebhookSettings>,
     /// API calls per key.
     pub api_rate: Rate,
     /// Lifetime of a silent node's shared state.
@@ -717,6 +753,44 @@ impl Args {
                 Some(Arc::new(backend))
             }
         };
+        let webhooks = match self.webhook_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                let secret = backend_secret.ok_or_else(|| {
+                    ConfigError::new(
+                        "backend_secret",
+                        "is required with SWITCHBOARD_WEBHOOK_URL: every webhook is signed",
+                    )
+                })?;
+                let parsed = reqwest::Url::parse(url.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "webhook_url",
+                            format!("`{}`: must be an http:// or https:// URL", redact_url(url)),
+                        )
+                    })?;
+                for (name, value) in [
+                    ("webhook_batch_max", self.webhook_batch_max),
+                    ("webhook_queue", self.webhook_queue),
+                ] {
+                    if value == 0 {
+                        return Err(ConfigError::new(name, "must be greater than 0"));
+                    }
+                }
+                Some(WebhookSettings {
+                    url: parsed,
+                    secret: secret.as_bytes().into(),
+                    events: self.webhook_events.clone(),
+                    batch_wait: self.webhook_batch_wait,
+                    batch_max: self.webhook_batch_max,
+                    timeout: self.webhook_timeout,
+                    retries: self.webhook_retries,
+                    queue: self.webhook_queue,
+                })
+            }
+        };
         let trusted_proxies = self
             .trusted_proxies
             .iter()
@@ -756,6 +830,7 @@ impl Args {
             typing_rate,
             typing_timeout: self.typing_timeout,
             backend,
+            webhooks,
             api_rate,
             presence_ttl: self.presence_ttl,
             max_connections_per_user: self.max_connections_per_user,

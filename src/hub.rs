@@ -36,6 +36,14 @@ pub enum Codec {
 const CODECS: usize = 3;
 
 impl Codec {
+    /// The wire protocol, as named in metrics and webhooks.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Codec::SocketIo | Codec::Notifications => "socketio",
+            Codec::Json => "json",
+        }
+    }
+
     /// The frame telling a client the server ended its socket on purpose, so it does not
     /// reconnect by itself (Socket.IO's DISCONNECT packet); `None` where the close frame says it.
     pub fn farewell(self) -> Option<Frame> {

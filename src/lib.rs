@@ -20,6 +20,7 @@
 //! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue.
 //! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
+//! - [`backend`]: client events forwarded to the application; [`webhooks`]: events posted to it.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
 
 pub mod api;
@@ -44,4 +45,5 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod socketio;
+pub mod webhooks;
 pub mod ws;

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub database_errors: IntCounterVec,
     /// Notification operations holding a database connection now.
     pub database_in_use: IntGauge,
+    /// Webhook events the application accepted, by event.
+    pub webhook_events: IntCounterVec,
+    /// Webhook failures, by kind (`retry`, `refused`, `given_up`, `queue_full`).
+    pub webhook_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -153,6 +157,16 @@ impl Metrics {
             database_in_use: gauge(
                 "database_connections_in_use",
                 "Notification operations holding a database connection",
+            )?,
+            webhook_events: counter_vec(
+                "webhook_events_total",
+                "Webhook events the application accepted",
+                &["event"],
+            )?,
+            webhook_failures: counter_vec(
+                "webhook_failures_total",
+                "Webhook batches retried, refused or given up, and events dropped",
+                &["kind"],
             )?,
             registry,
         })

@@ -28,12 +28,15 @@ use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::policy::Request;
+use crate::webhooks::Webhooks;
 
 /// The bus channel of node-to-node commands (e.g. closing a user's sockets everywhere).
 pub const CONTROL_CHANNEL: &str = "switchboard.control";
 
 /// How long a subscribe waits for the bus to confirm, when the bus is up.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+/// Longest shutdown waits for the last webhooks.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
 
 /// One gateway node.
 pub struct Node {
@@ -61,6 +64,8 @@ pub struct Node {
     pub plain: DashMap<SocketId, Arc<Member>>,
     /// The notification store, when a database is configured.
     pub notifications: Option<crate::notifications::store::Store>,
+    /// Events posted to the application, when configured.
+    pub webhooks: Webhooks,
     draining: AtomicBool,
     this: Weak<Node>,
 }
@@ -108,12 +113,20 @@ pub enum StartError {
     /// The shared state could not be set up.
     #[error("SWITCHBOARD_REDIS_URL: {0}")]
     Cluster(#[from] ClusterError),
+    /// The webhook sender could not be set up.
+    #[error("SWITCHBOARD_WEBHOOK_URL: {0}")]
+    Webhooks(String),
 }
 
 impl Node {
     /// Builds the node and starts its bus; must run inside a tokio runtime.
     pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
         let metrics = Metrics::new()?;
+        let webhooks = match &config.webhooks {
+            Some(settings) => Webhooks::start(settings.clone(), &config.node_id, metrics.clone())
+                .map_err(StartError::Webhooks)?,
+            None => Webhooks::off(),
+        };
         let notifications = config.database.clone().map(|database| {
             crate::notifications::store::Store::new(
                 database,
@@ -167,6 +180,7 @@ impl Node {
                 sessions: Sessions::default(),
                 plain: DashMap::new(),
                 notifications,
+                webhooks,
                 hub: Hub::default(),
                 bus,
                 cluster,
@@ -407,6 +421,10 @@ impl Node {
                 .hub
                 .join(member, channel, self.config.max_subscriptions, |name| {
                     self.metrics.channels.inc();
+                    if !self.cluster.is_shared() {
+                        // This node is the whole cluster; with Redis, its writer decides.
+                        self.webhooks.channel(name, true);
+                    }
                     self.bus.subscribe(name.clone())
                 })?;
             if !joined.already {
@@ -437,8 +455,28 @@ impl Node {
         }
     }
 
+    /// A socket was admitted: tells the application when webhooks are on.
+    pub fn connected(&self, member: &Member) {
+        self.webhooks.connected(
+            &member.id,
+            &member.principal.user_id,
+            member.codec.protocol(),
+        );
+    }
+
     /// Removes a socket from every channel and gives back its connection slot.
     pub fn disconnect(&self, member: &Member) {
+        // A socket whose connection is still open left by itself (Socket.IO `socket.disconnect()`).
+        let reason = member
+            .outbox
+            .close_reason()
+            .map_or("client_disconnect", CloseReason::label);
+        self.webhooks.disconnected(
+            &member.id,
+            &member.principal.user_id,
+            member.codec.protocol(),
+            reason,
+        );
         let _change = self.cluster.change();
         for name in self.hub.leave_all(member, |name| self.on_last(name)) {
             self.left(member, &name);
@@ -574,12 +612,20 @@ impl Node {
         member: &RawValue,
         except: Option<&str>,
     ) {
+        match event {
+            "presence:joining" => self.webhooks.member(channel, member, true),
+            "presence:leaving" => self.webhooks.member(channel, member, false),
+            _ => {}
+        }
         // A failed publish is logged and counted by `publish`; presence state itself is right.
         let _ = self.publish(channel, event, member, except).await;
     }
 
     fn on_last(&self, channel: &Arc<str>) {
         self.metrics.channels.dec();
+        if !self.cluster.is_shared() {
+            self.webhooks.channel(channel, false);
+        }
         self.bus.unsubscribe(channel.clone());
     }
 
@@ -642,6 +688,8 @@ impl Node {
                     .await;
             }
         }
+        // The clients' `disconnected` and the channels' `vacated` events leave before the node.
+        self.webhooks.flush(WEBHOOK_FLUSH).await;
     }
 }
 

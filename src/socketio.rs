@@ -365,6 +365,7 @@ async fn connect_root(
         session.outbox.clone(),
     ));
     session.sockets.set_root(Some(socket.clone()));
+    node.connected(&socket);
     let open = still_open(node, session, || {
         if let Some(socket) = session.sockets.set_root(None) {
             node.disconnect(&socket);
@@ -404,6 +405,7 @@ async fn connect_notifications(
         Codec::Notifications,
         session.outbox.clone(),
     ));
+    node.connected(&member);
     let socket = Arc::new(NotificationSocket { member, user });
     session.sockets.set_notifications(Some(socket.clone()));
     let open = still_open(node, session, || {

@@ -124,6 +124,7 @@ async fn accept(
     let outbox = Arc::new(Outbox::new(node.config.send_queue_bytes));
     let socket = Arc::new(Member::new(id, principal, Codec::Json, outbox));
     node.plain.insert(socket.id.clone(), socket.clone());
+    node.connected(&socket);
     node.metrics.connections.with_label_values(&["json"]).inc();
     node.metrics
         .connections_opened

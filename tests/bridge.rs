@@ -8,9 +8,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -24,21 +22,7 @@ fn token(sub: &str) -> String {
 
 /// Whether a request carries a valid signature of its exact body bytes.
 fn signed(request: &Received) -> bool {
-    let Some(hex) = request
-        .header("x-switchboard-signature")
-        .and_then(|h| h.strip_prefix("sha256="))
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(BACKEND_SECRET.as_bytes()).expect("key");
-    mac.update(&request.raw);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    expected == hex
+    request.signed_with(BACKEND_SECRET)
 }
 
 /// The application: `echo` answers with what it got, `slow` takes too long, `fail` is a 500;

@@ -30,28 +30,9 @@ async fn cluster(redis: &RedisServer) -> (Node, Node) {
     let one = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "one")]).await;
     let two = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "two")]).await;
     for node in [&one, &two] {
-        wait_ready(node, true).await;
+        node.wait_ready(true).await;
     }
     (one, two)
-}
-
-async fn ready(node: &Node) -> bool {
-    try_http("GET", &format!("{}/ready", node.url()), &[], b"")
-        .await
-        .map(|r| r.status == 200)
-        .unwrap_or(false)
-}
-
-async fn wait_ready(node: &Node, want: bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while ready(node).await != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never became {want}:\n{}",
-            node.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn client(node: &Node, user: u64, transports: &[&str]) -> (Agent, String) {
@@ -206,8 +187,8 @@ async fn redis_restart_is_survived() {
     subscribe(&mut b, "news").await;
 
     redis.kill().await;
-    wait_ready(&one, false).await;
-    wait_ready(&two, false).await;
+    one.wait_ready(false).await;
+    two.wait_ready(false).await;
     let refused = api_broadcast(&one, json!({"channel": "news", "event": "lost", "data": 0})).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.json()["error"]["code"], "bus_unavailable");
@@ -216,8 +197,8 @@ async fn redis_restart_is_survived() {
     assert_eq!(b.emit_ack("ping", json!([])).await, json!(["pong"]));
 
     redis.restart().await;
-    wait_ready(&one, true).await;
-    wait_ready(&two, true).await;
+    one.wait_ready(true).await;
+    two.wait_ready(true).await;
     let response =
         api_broadcast(&two, json!({"channel": "news", "event": "back", "data": 1})).await;
     assert_eq!(response.status, 202, "{}", response.text());

@@ -40,27 +40,8 @@ async fn node(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Node {
         &envs,
     )
     .await;
-    wait_ready(&node).await;
+    node.wait_ready(true).await;
     node
-}
-
-async fn wait_ready(node: &Node) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = try_http("GET", &format!("{}/ready", node.url()), &[], b"")
-            .await
-            .map(|r| r.status == 200)
-            .unwrap_or(false);
-        if ready {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never became true:\n{}",
-            node.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn client(node: &Node, user: &str) -> Agent {
@@ -351,7 +332,7 @@ async fn counts_come_back_after_redis_loses_everything() {
     assert_eq!(response.json()["error"]["code"], "state_unavailable");
     // The throwaway Redis keeps nothing on disk: a restart is an empty Redis.
     redis.restart().await;
-    wait_ready(&one).await;
+    one.wait_ready(true).await;
     api_until(&one, "/api/channels/news", |i| i["subscription_count"] == 1).await;
     api_until(&one, "/api/users/a", |u| u["connections"] == 1).await;
     let _b = client(&one, "b").await;

@@ -184,6 +184,11 @@ impl Cluster {
         last
     }
 
+    /// Whether the state is shared with other nodes through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
     /// A socket joined `channel` on this node.
     pub fn subscribed(&self, channel: &Arc<str>) {
         if let Some(redis) = &self.redis {

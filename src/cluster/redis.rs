@@ -6,6 +6,8 @@
 //!   per channel;
 //! - `sb:node:{instance}:presence` — that node's presence entries, one field
 //!   `channel \n user \n socket` per socket;
+//! - `sb:channels` — sockets per channel summed over every node's hash, whose changes from
+//!   and to 0 raise the `channel_occupied` / `channel_vacated` webhooks once per cluster;
 //! - `sb:presence:{channel}:counts` / `:members` — sockets per user across the cluster, and
 //!   each present user's member JSON.
 //!
@@ -59,14 +61,74 @@ end
 return out
 ";
 
-/// Applies counter deltas: ARGV = nodep, me, then (hash, field, delta) triples.
+/// Applies counter deltas: ARGV = nodep, me, totals, then (hash, field, delta) triples.
+/// Channel deltas also move the cluster-wide totals; returns {channel, "1" | "0", …} for
+/// each channel whose total left 0 (occupied) or came back to 0 (vacated), so exactly one
+/// node sees each transition.
 const APPLY: &str = r"
-local base = ARGV[1] .. ARGV[2] .. ':'
-for i = 3, #ARGV, 3 do
-  local key = base .. ARGV[i]
-  if redis.call('HINCRBY', key, ARGV[i + 1], ARGV[i + 2]) <= 0 then redis.call('HDEL', key, ARGV[i + 1]) end
+local base, totals = ARGV[1] .. ARGV[2] .. ':', ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  local hash, field, delta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key = base .. hash
+  local n = redis.call('HINCRBY', key, field, delta)
+  if n <= 0 then redis.call('HDEL', key, field) end
+  if hash == 'channels' then
+    -- A count below 0 is dropped from the node's hash, so the total drops it too.
+    if n < 0 then delta = delta - n end
+    if delta ~= 0 then
+      local total = redis.call('HINCRBY', totals, field, delta)
+      if total <= 0 then
+        redis.call('HDEL', totals, field)
+        if total - delta > 0 then
+          out[#out + 1] = field
+          out[#out + 1] = '0'
+        end
+      elseif total - delta <= 0 then
+        out[#out + 1] = field
+        out[#out + 1] = '1'
+      end
+    end
+  end
 end
-return 0
+return out
+";
+
+/// Replaces this node's channel counts (ARGV = its hash, totals, then (channel, count)
+/// pairs) and moves the totals by the difference; returns transitions as APPLY does.
+const RESYNC_CHANNELS: &str = r"
+local mine, totals = ARGV[1], ARGV[2]
+local touched, before = {}, {}
+local function touch(ch)
+  if before[ch] == nil then
+    before[ch] = tonumber(redis.call('HGET', totals, ch) or '0')
+    touched[#touched + 1] = ch
+  end
+end
+local old = redis.call('HGETALL', mine)
+for i = 1, #old, 2 do
+  touch(old[i])
+  redis.call('HINCRBY', totals, old[i], -tonumber(old[i + 1]))
+end
+redis.call('DEL', mine)
+for i = 3, #ARGV, 2 do
+  touch(ARGV[i])
+  redis.call('HSET', mine, ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', totals, ARGV[i], ARGV[i + 1])
+end
+local out = {}
+for _, ch in ipairs(touched) do
+  local now = tonumber(redis.call('HGET', totals, ch) or '0')
+  if now <= 0 then redis.call('HDEL', totals, ch) end
+  if before[ch] <= 0 and now > 0 then
+    out[#out + 1] = ch
+    out[#out + 1] = '1'
+  elseif before[ch] > 0 and now <= 0 then
+    out[#out + 1] = ch
+    out[#out + 1] = '0'
+  end
+end
+return out
 ";
 
 /// Adds a socket's presence entry (idempotent); returns {first, members}.
@@ -94,11 +156,13 @@ redis.call('HDEL', presp .. ch .. ':members', user)
 return member
 ";
 
-/// Removes a dead node's whole share; returns {channel, member, …} of users who left.
-/// Only the node whose ZREM succeeds sweeps, so each `leaving` is announced once.
+/// Removes a dead node's whole share; returns {{channel, member, …}, {vacated channel, …},
+/// {user, sockets, …}}: users who left presence channels with it, channels it was the last
+/// subscriber of, and its sockets per user. Only the node whose ZREM succeeds sweeps, so
+/// each `leaving` is announced once.
 const SWEEP: &str = r"
-local nodes, nodep, presp, dead = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('ZREM', nodes, dead) == 0 then return {} end
+local nodes, nodep, presp, dead, totals = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('ZREM', nodes, dead) == 0 then return {{}, {}, {}} end
 local key = nodep .. dead .. ':presence'
 local out = {}
 for _, field in ipairs(redis.call('HKEYS', key)) do
@@ -116,8 +180,19 @@ for _, field in ipairs(redis.call('HKEYS', key)) do
     end
   end
 end
+local vacated = {}
+local channels = redis.call('HGETALL', nodep .. dead .. ':channels')
+for i = 1, #channels, 2 do
+  local count = tonumber(channels[i + 1])
+  local total = redis.call('HINCRBY', totals, channels[i], -count)
+  if total <= 0 then
+    redis.call('HDEL', totals, channels[i])
+    if total + count > 0 then table.insert(vacated, channels[i]) end
+  end
+end
+local users = redis.call('HGETALL', nodep .. dead .. ':users')
 redis.call('DEL', key, nodep .. dead .. ':users', nodep .. dead .. ':channels')
-return out
+return {out, vacated, users}
 ";
 
 /// Sums one field of a per-node hash over live nodes.
@@ -169,6 +244,7 @@ enum Op {
 struct Scripts {
     connect: Script,
     apply: Script,
+    resync_channels: Script,
     join: Script,
     leave: Script,
     sweep: Script,
@@ -179,6 +255,8 @@ struct Scripts {
 /// Key names and timing.
 struct Keys {
     nodes: String,
+    /// Sockets per channel summed over every node's hash (live or not yet swept).
+    totals: String,
     node_prefix: String,
     presence_prefix: String,
     /// This process: the node id plus a random suffix, so a restarted node is a new
@@ -299,26 +377,29 @@ impl Redis {
         .await
     }
 
-    /// Removes a node instance's whole share; returns the (channel, member) pairs of users
-    /// who left with it (none if another node swept it first).
-    async fn sweep(&self, instance: &str) -> Result<Vec<(String, String)>, ClusterError> {
+    /// Removes a node instance's whole share (nothing if another node swept it first).
+    async fn sweep(&self, instance: &str) -> Result<Swept, ClusterError> {
         let k = &self.keys;
-        let flat: Vec<String> = self
+        let (left, vacated, users): (Vec<String>, Vec<String>, Vec<String>) = self
             .script(
                 self.scripts
                     .sweep
                     .arg(&k.nodes)
                     .arg(&k.node_prefix)
                     .arg(&k.presence_prefix)
-                    .arg(instance),
+                    .arg(instance)
+                    .arg(&k.totals),
             )
             .await?;
-        let mut pairs = Vec::with_capacity(flat.len() / 2);
-        let mut items = flat.into_iter();
-        while let (Some(channel), Some(member)) = (items.next(), items.next()) {
-            pairs.push((channel, member));
-        }
-        Ok(pairs)
+        let users = pairs(users)
+            .into_iter()
+            .map(|(user, sockets)| (user, sockets.parse().unwrap_or(0)))
+            .collect();
+        Ok(Swept {
+            left: pairs(left),
+            vacated,
+            users,
+        })
     }
 
     /// Sums one field of a per-node hash over live nodes.
@@ -349,6 +430,8 @@ pub struct RedisState {
     drifted: Arc<AtomicBool>,
     /// Wakes the writer for a heartbeat now.
     beat_now: Arc<Notify>,
+    /// The node, for the webhooks of what the shutdown sweep finds.
+    node: Weak<Node>,
 }
 
 impl RedisState {
@@ -367,6 +450,7 @@ impl RedisState {
             pool,
             keys: Keys {
                 nodes: format!("{prefix}sb:nodes"),
+                totals: format!("{prefix}sb:channels"),
                 node_prefix: format!("{prefix}sb:node:"),
                 presence_prefix: format!("{prefix}sb:presence:"),
                 instance: format!("{node_id}.{}", &suffix[..8]),
@@ -375,6 +459,7 @@ impl RedisState {
             scripts: Scripts {
                 connect: Script::new(CONNECT),
                 apply: Script::new(APPLY),
+                resync_channels: Script::new(RESYNC_CHANNELS),
                 join: Script::new(JOIN),
                 leave: Script::new(LEAVE),
                 sweep: Script::new(SWEEP),
@@ -389,7 +474,7 @@ impl RedisState {
             beat_now: beat_now.clone(),
             redis: redis.clone(),
             drifted: drifted.clone(),
-            node,
+            node: node.clone(),
             pending: Pending::default(),
             registered: false,
         };
@@ -403,6 +488,7 @@ impl RedisState {
             limit,
             drifted,
             beat_now,
+            node,
         })
     }
 
@@ -519,13 +605,20 @@ impl RedisState {
     /// Removes this instance's share now (its sockets are gone at shutdown); returns the
     /// (channel, member) pairs of users who left with it.
     pub async fn shutdown(&self) -> Vec<(String, String)> {
-        self.redis
-            .sweep(&self.redis.keys.instance)
-            .await
-            .unwrap_or_else(|e| {
+        match self.redis.sweep(&self.redis.keys.instance).await {
+            Ok(swept) => {
+                if let Some(node) = self.node.upgrade() {
+                    for channel in &swept.vacated {
+                        node.webhooks.channel(channel, false);
+                    }
+                }
+                swept.left
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "could not remove this node's shared state; the other nodes will sweep it");
                 Vec::new()
-            })
+            }
+        }
     }
 }
 
@@ -567,6 +660,26 @@ async fn admit(redis: Arc<Redis>, mut waiting: mpsc::UnboundedReceiver<Connect>,
             let _ = connect.answer.send(result);
         }
     }
+}
+
+/// What sweeping a node removed.
+struct Swept {
+    /// (channel, member) of users who left presence channels with it.
+    left: Vec<(String, String)>,
+    /// Channels it held the last subscribers of.
+    vacated: Vec<String>,
+    /// Its sockets per user.
+    users: Vec<(String, u64)>,
+}
+
+/// Pairs up a flat {a, b, a, b, …} answer.
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut pairs = Vec::with_capacity(flat.len() / 2);
+    let mut items = flat.into_iter();
+    while let (Some(a), Some(b)) = (items.next(), items.next()) {
+        pairs.push((a, b));
+    }
+    pairs
 }
 
 /// Members read from Redis; anything that is not JSON (written by someone else) is skipped.
@@ -662,11 +775,18 @@ impl Writer {
         let k = &self.redis.keys;
         for chunk in deltas.chunks(BATCH) {
             let mut invocation = self.redis.scripts.apply.prepare_invoke();
-            invocation.arg(&k.node_prefix).arg(&k.instance);
+            invocation
+                .arg(&k.node_prefix)
+                .arg(&k.instance)
+                .arg(&k.totals);
             for (hash, field, delta) in chunk {
                 invocation.arg(*hash).arg(&**field).arg(*delta);
             }
-            if let Err(e) = self.redis.script::<i64>(&invocation).await {
+            let applied = self.redis.script::<Vec<String>>(&invocation).await;
+            if let Ok(transitions) = &applied {
+                self.channels_changed(transitions);
+            }
+            if let Err(e) = applied {
                 tracing::warn!(error = %e, "shared counts not updated; will retry");
                 for (hash, field, delta) in chunk {
                     let op = if *hash == "users" {
@@ -687,6 +807,16 @@ impl Writer {
                     self.pending.leaves.push((channel, socket, user));
                 }
             }
+        }
+    }
+
+    /// Raises `channel_occupied` / `channel_vacated` for {channel, "1" | "0", …}.
+    fn channels_changed(&self, transitions: &[String]) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        for pair in transitions.chunks_exact(2) {
+            node.webhooks.channel(&pair[0], pair[1] == "1");
         }
     }
 
@@ -735,10 +865,19 @@ impl Writer {
         let dead: Vec<String> = self.redis.command(&dead).await.unwrap_or_default();
         for instance in dead {
             match self.redis.sweep(&instance).await {
-                Ok(left) => {
-                    tracing::info!(node = %instance, members_left = left.len(), "swept a node that stopped heart-beating");
-                    for (channel, member) in left {
+                Ok(swept) => {
+                    tracing::info!(node = %instance, members_left = swept.left.len(), "swept a node that stopped heart-beating");
+                    for (channel, member) in swept.left {
                         self.announce(&channel, "presence:leaving", member);
+                    }
+                    if let Some(node) = self.node.upgrade() {
+                        for channel in &swept.vacated {
+                            node.webhooks.channel(channel, false);
+                        }
+                        let dead = instance.rsplit_once('.').map_or(&*instance, |(id, _)| id);
+                        for (user, sockets) in &swept.users {
+                            node.webhooks.node_lost(dead, user, *sockets);
+                        }
                     }
                 }
                 Err(e) => {
@@ -775,26 +914,35 @@ impl Writer {
         let mut pipe = redis::pipe();
         // Presence entries are not deleted: re-adding them below is idempotent, and a delete
         // would leave the per-channel counts they contributed behind.
-        pipe.atomic().del(k.mine("users")).del(k.mine("channels"));
+        pipe.atomic().del(k.mine("users"));
         for chunk in users.chunks(BATCH) {
             let fields: Vec<(&str, u32)> = chunk.iter().map(|(u, c)| (&**u, *c)).collect();
             pipe.hset_multiple(k.mine("users"), &fields);
         }
-        for chunk in channels.chunks(BATCH) {
-            let fields: Vec<(&str, usize)> = chunk.iter().map(|(c, n)| (&**c, *n)).collect();
-            pipe.hset_multiple(k.mine("channels"), &fields);
+        let mut channels_invocation = self.redis.scripts.resync_channels.prepare_invoke();
+        channels_invocation.arg(k.mine("channels")).arg(&k.totals);
+        for (channel, count) in &channels {
+            channels_invocation.arg(&**channel).arg(*count);
         }
-        let written = self
+        let written = match self
             .redis
             .query(async |conn| pipe.query_async::<()>(&mut **conn).await)
-            .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "could not write this node's share to Redis; will retry");
-            // Forget the registration so the next beat tries again.
-            let zrem = redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance).clone();
-            let _ = self.redis.command::<i64>(&zrem).await;
-            return false;
-        }
+            .await
+        {
+            Ok(()) => self.redis.script::<Vec<String>>(&channels_invocation).await,
+            Err(e) => Err(e),
+        };
+        let transitions = match written {
+            Ok(transitions) => transitions,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write this node's share to Redis; will retry");
+                // Forget the registration so the next beat tries again.
+                let zrem = redis::cmd("ZREM").arg(&k.nodes).arg(&k.instance).clone();
+                let _ = self.redis.command::<i64>(&zrem).await;
+                return false;
+            }
+        };
+        self.channels_changed(&transitions);
         drop(rewrite);
         // Users the others saw leave (when they swept this node) are announced again.
         for (channel, socket, entry) in presence {

@@ -30,6 +30,27 @@ impl Received {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Whether the request carries `X-Switchboard-Signature: sha256=<hex HMAC-SHA256 of the
+    /// exact body bytes>` keyed with `secret`, as the application would check it.
+    pub fn signed_with(&self, secret: &str) -> bool {
+        use hmac::{Hmac, Mac};
+        let Some(hex) = self
+            .header("x-switchboard-signature")
+            .and_then(|h| h.strip_prefix("sha256="))
+        else {
+            return false;
+        };
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(&self.raw);
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        expected == hex
+    }
 }
 
 /// The answer to a request: HTTP status and JSON body text.

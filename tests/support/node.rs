@@ -79,6 +79,25 @@ impl Node {
         self.process.logs()
     }
 
+    /// Waits until `GET /ready` answers 200 (`want`) or not, within 15 s.
+    pub async fn wait_ready(&self, want: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let ready = try_http("GET", &format!("{}/ready", self.url()), &[], b"")
+                .await
+                .is_ok_and(|r| r.status == 200);
+            if ready == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never became {want}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Asks for a graceful shutdown; follow with [`Node::wait_exit`].
     pub fn sigterm(&self) {
         self.process.signal("TERM");
