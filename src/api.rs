@@ -446,7 +446,11 @@ pub async fn channels(
         .channels(&node.hub)
         .await?
         .into_iter()
-        .filter(|(name, _)| name.starts_with(&prefix))
+        // The node's own rooms only when the prefix asks for them.
+        .filter(|(name, _)| {
+            name.starts_with(&prefix)
+                && (!channel::is_internal(name) || channel::is_internal(&prefix))
+        })
         .map(|(name, count)| (name, json!({"subscription_count": count})))
         .collect();
     Ok(Json(json!({"channels": channels})))
@@ -619,7 +623,7 @@ pub async fn notifications(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    use crate::notifications::store::{NewNotification, Target};
+    use crate::notifications::store::{Created, NewNotification, Target};
     authorize(&node, &headers)?;
     let Some(store) = &node.notifications else {
         return Err(ApiError::new(
@@ -629,6 +633,19 @@ pub async fn notifications(
         ));
     };
     let request: NotificationRequest<'_> = json_body(&node, &body)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.chars().count() <= 191)
+                .ok_or_else(|| {
+                    ApiError::bad_request("`Idempotency-Key` must be 1 to 191 visible characters")
+                })?,
+        ),
+    };
     let check = |field: &str, value: &str, max: usize| {
         if value.trim().is_empty() || value.chars().count() > max {
             Err(ApiError::bad_request(format!(
@@ -690,10 +707,24 @@ pub async fn notifications(
         message: &request.message,
         data: request.data,
     };
-    let created = store
-        .create(&recipients, &new)
+    let created = match store
+        .create(&recipients, &new, key)
         .await
-        .map_err(|_| database_unavailable())?;
+        .map_err(|_| database_unavailable())?
+    {
+        Created::New(created) => created,
+        Created::Repeated(pairs) => {
+            // Stored and announced by the first call; recipients who missed it get it on connect.
+            let ids: Vec<u64> = pairs.iter().map(|(id, _)| *id).collect();
+            let notifications: Vec<serde_json::Value> = pairs
+                .iter()
+                .map(|(id, user)| json!({"id": id, "user_id": user}))
+                .collect();
+            return Ok(Json(json!({"ids": ids, "recipients": pairs.len(),
+                "notifications": notifications, "repeated": true}))
+            .into_response());
+        }
+    };
 
     // Stored: from here on a failure only delays delivery to the recipient's next connect.
     let users: Vec<&str> = created.iter().map(|n| n.user_id.as_str()).collect();

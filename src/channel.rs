@@ -59,6 +59,12 @@ pub fn allows_whispers(name: &str) -> bool {
     kind(name) != Kind::Public || has_presence(name)
 }
 
+/// Whether a hub channel is the node's own (a `/notifications` room, `notifications|…`):
+/// no client can name one, so the API and webhooks do not show them.
+pub fn is_internal(name: &str) -> bool {
+    name.contains('|')
+}
+
 /// Whether a character may appear in a channel name.
 pub fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.:=@,;#+/".contains(c)

@@ -233,9 +233,7 @@ impl Webhooks {
 
     /// A channel's cluster-wide socket count went from 0 to more (`true`) or back to 0.
     pub fn channel(&self, channel: &str, occupied: bool) {
-        // Internal rooms (the notifications namespace's `notifications|…`) are not channels
-        // the application knows.
-        if channel.contains('|') {
+        if crate::channel::is_internal(channel) {
             return;
         }
         let kind = if occupied {

@@ -19,6 +19,7 @@ async fn migrations_run_twice_safely() {
     let db = MariaDb::start().await;
     let first = migrate(&db).await;
     assert!(first.contains("applied 0001_notifications"), "{first}");
+    assert!(first.contains("0002_notification_requests"), "{first}");
     let second = migrate(&db).await;
     assert!(second.contains("nothing to apply"), "{second}");
     let tables = db.query("SHOW TABLES").await;
@@ -26,12 +27,16 @@ async fn migrations_run_twice_safely() {
     for table in [
         "notifications",
         "notification_deliveries",
+        "notification_requests",
         "switchboard_migrations",
     ] {
         assert!(names.contains(&table), "{table} missing: {names:?}");
     }
     let recorded = db.query("SELECT version FROM switchboard_migrations").await;
-    assert_eq!(recorded, [["0001_notifications"]]);
+    assert_eq!(
+        recorded,
+        [["0001_notifications"], ["0002_notification_requests"]]
+    );
     // `--migrate` at start is a no-op now too, and the node serves.
     let node = Node::spawn(
         &["--dev", "--migrate"],
@@ -123,13 +128,21 @@ async fn events_until_success(agent: &mut Agent) -> Vec<Value> {
 }
 
 async fn send(node: &Node, body: Value) -> HttpResponse {
+    send_keyed(node, body, None).await
+}
+
+/// POST /api/notifications with an `Idempotency-Key` header when `key` is given.
+async fn send_keyed(node: &Node, body: Value, key: Option<&str>) -> HttpResponse {
+    let auth = format!("Bearer {API_KEY}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend(key.map(|k| ("idempotency-key", k)));
     http(
         "POST",
         &format!("{}/api/notifications", node.url()),
-        &[
-            ("authorization", &format!("Bearer {API_KEY}")),
-            ("content-type", "application/json"),
-        ],
+        &headers,
         body.to_string().as_bytes(),
     )
     .await
@@ -553,4 +566,97 @@ async fn database_outage_answers_503_and_loses_nothing() {
         [["2"]]
     );
     assert!(before[0] < after[0]);
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_a_node_crash_and_a_redis_restart() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let mut redis = RedisServer::start().await;
+    let one = node(&db, Some(&redis)).await;
+    let mut two = node(&db, Some(&redis)).await;
+    one.wait_ready(true).await;
+    two.wait_ready(true).await;
+
+    // Delivered to a device on node two, which crashes before the device acknowledges it.
+    let mut device = notifications_socket(&two, "1", false).await;
+    events_until_success(&mut device).await;
+    let crashed = send_ok(&one, note(1, "before the crash")).await[0];
+    let live = device
+        .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+        .await;
+    assert_eq!(live["args"][0]["id"], crashed);
+    two.kill().await;
+    drop(device);
+
+    // Redis goes away: the notification is stored all the same, and nobody is told yet.
+    redis.kill().await;
+    let stored = send_ok(&one, note(1, "while Redis is down")).await[0];
+    redis.restart().await;
+    one.wait_ready(true).await;
+
+    // Both are waiting for the user's next connection, in order.
+    let mut device = notifications_socket(&one, "1", true).await;
+    let events = events_until_success(&mut device).await;
+    let ids: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "notification:new")
+        .filter_map(|e| e["args"][0]["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [crashed, stored], "{events:?}");
+    db_until(
+        &db,
+        "SELECT COUNT(*) FROM notification_deliveries WHERE status = 'DELIVERED'",
+        "2",
+    )
+    .await;
+
+    // The namespace's rooms are the node's own: the channel list does not show them.
+    let listed = http(
+        "GET",
+        &format!("{}/api/channels", one.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        b"",
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json(), json!({"channels": {}}));
+
+    // The bus is back: a new one reaches the online device at once.
+    let after = send_ok(&one, note(1, "after the restart")).await[0];
+    let live = device
+        .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+        .await;
+    assert_eq!(live["args"][0]["id"], after);
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_stores_nothing_twice() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let body = json!({"user_ids": [1, 2], "type": "info", "title": "once", "message": "m"});
+    let first = send_keyed(&node, body.clone(), Some("order-17-shipped")).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    // The caller did not see the answer (say it timed out) and tries again.
+    let again = send_keyed(&node, body.clone(), Some("order-17-shipped")).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    let (first, again) = (first.json(), again.json());
+    assert_eq!(again["repeated"], true);
+    assert_eq!(again["ids"], first["ids"]);
+    assert_eq!(again["notifications"], first["notifications"]);
+    assert_eq!(
+        db.query("SELECT COUNT(*) FROM notifications").await,
+        [["2"]]
+    );
+    // Another key is another call; a bad key is refused before anything is stored.
+    let other = send_keyed(&node, body.clone(), Some("order-18-shipped")).await;
+    assert_eq!(other.status, 201, "{}", other.text());
+    let long = "k".repeat(192);
+    let refused = send_keyed(&node, body, Some(&long)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        db.query("SELECT COUNT(*) FROM notifications").await,
+        [["4"]]
+    );
 }

@@ -17,10 +17,16 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: "0001_notifications",
-    sql: include_str!("../../migrations/0001_notifications.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: "0001_notifications",
+        sql: include_str!("../../migrations/0001_notifications.sql"),
+    },
+    Migration {
+        version: "0002_notification_requests",
+        sql: include_str!("../../migrations/0002_notification_requests.sql"),
+    },
+];
 
 /// The named lock that serialises migrating nodes.
 const LOCK: &str = "switchboard_migrations";

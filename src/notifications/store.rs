@@ -22,10 +22,23 @@ pub const MAX_PENDING: usize = 500;
 const COLUMNS: &str = "n.id, n.user_id, n.type, n.title, n.message, n.data, \
      CAST(n.created_at AS CHAR), CAST(n.read_at AS CHAR)";
 
+/// MySQL's and MariaDB's "duplicate entry for key" error.
+const DUPLICATE_KEY: u16 = 1062;
+
+/// What [`Store::create`] did.
+#[derive(Debug)]
+pub enum Created {
+    /// Stored these.
+    New(Vec<Notification>),
+    /// The idempotency key was used before: the first call's (id, user) pairs.
+    Repeated(Vec<(u64, String)>),
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed or did not answer in time; nothing was changed by this call.
+    /// The database failed or did not answer in time. Nothing was changed, except when the
+    /// time ran out while a write committed: repeat it with the same idempotency key to know.
     #[error("database unavailable")]
     Unavailable,
     /// No such notification for this user.
@@ -200,18 +213,52 @@ impl Store {
     }
 
     /// Stores one notification per recipient, each with a pending in-app delivery, in one
-    /// transaction: all of them or none.
+    /// transaction: all of them or none. With an idempotency key already used (within a
+    /// day), nothing is stored and the first call's (id, user) pairs are answered.
     pub async fn create(
         &self,
         recipients: &[String],
         new: &NewNotification<'_>,
-    ) -> Result<Vec<Notification>, StoreError> {
+        key: Option<&str>,
+    ) -> Result<Created, StoreError> {
         let data = new.data.map(|d| d.get().to_owned());
         self.run("create", async {
             let mut conn = self.conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             let now: Option<String> = tx.query_first("SELECT CAST(UTC_TIMESTAMP(3) AS CHAR)").await?;
             let now = now.unwrap_or_default();
+            if let Some(key) = key {
+                tx.exec_drop(
+                    "DELETE FROM notification_requests WHERE created_at < ? - INTERVAL 1 DAY LIMIT 100",
+                    (now.as_str(),),
+                )
+                .await?;
+                let claimed = tx
+                    .exec_drop(
+                        "INSERT INTO notification_requests (idempotency_key, created_at) VALUES (?, ?)",
+                        (key, now.as_str()),
+                    )
+                    .await;
+                match claimed {
+                    // A concurrent first call holds the key's row lock until it commits, so
+                    // the repeat waits here and then reads the committed answer.
+                    Err(mysql_async::Error::Server(e)) if e.code == DUPLICATE_KEY => {
+                        tx.rollback().await?;
+                        let first: Option<Option<String>> = conn
+                            .exec_first(
+                                "SELECT CAST(notifications AS CHAR) FROM notification_requests WHERE idempotency_key = ?",
+                                (key,),
+                            )
+                            .await?;
+                        let pairs = first
+                            .flatten()
+                            .and_then(|json| serde_json::from_str(&json).ok())
+                            .unwrap_or_default();
+                        return Ok(Created::Repeated(pairs));
+                    }
+                    other => other?,
+                }
+            }
             let mut created = Vec::with_capacity(recipients.len());
             for user in recipients {
                 tx.exec_drop(
@@ -245,12 +292,24 @@ impl Store {
                 )
                 .await?;
             }
+            if let Some(key) = key {
+                let pairs: Vec<(u64, &str)> =
+                    created.iter().map(|n| (n.id, n.user_id.as_str())).collect();
+                let pairs = serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into());
+                tx.exec_drop(
+                    "UPDATE notification_requests SET notifications = ? WHERE idempotency_key = ?",
+                    (pairs, key),
+                )
+                .await?;
+            }
             tx.commit().await?;
-            Ok(created)
+            Ok(Created::New(created))
         })
         .await
         .inspect(|created| {
-            self.metrics.notifications_created.inc_by(created.len() as u64);
+            if let Created::New(created) = created {
+                self.metrics.notifications_created.inc_by(created.len() as u64);
+            }
         })
     }
 
