@@ -175,6 +175,11 @@ impl Outbox {
         self.closed.notify_waiters();
     }
 
+    /// Frames waiting to be written (sampled for metrics).
+    pub fn queued_frames(&self) -> usize {
+        self.lock().frames.len()
+    }
+
     /// The reason the queue was closed, if it was.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.lock().closed

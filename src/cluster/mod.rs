@@ -349,6 +349,11 @@ impl Cluster {
         }
     }
 
+    /// Whether the state is shared with other nodes (through Redis).
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
     /// Users with at least one socket on this node.
     pub fn local_user_count(&self) -> usize {
         self.local.users.len()
