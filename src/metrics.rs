@@ -513,12 +513,12 @@ impl Metrics {
         }
     }
 
-    /// Starts the task that measures how late a periodic timer wakes (the runtime's
-    /// scheduling delay, like Node's `monitorEventLoopDelay`); it stops with the metrics.
-    pub fn watch_event_loop(&self) {
+    /// Starts watching the runtime: the task that measures how late a periodic timer wakes
+    /// (the scheduling delay, like Node's `monitorEventLoopDelay`; it stops with the
+    /// metrics), and the baseline of the first scrape's busy share.
+    pub fn watch_runtime(&self) {
         let lag = Arc::downgrade(&self.lag);
         tokio::spawn(watch_event_loop(lag));
-        // The busy share of the first scrape counts from here.
         self.sample_busy();
     }
 
@@ -712,7 +712,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn samples_runtime_busy_share_and_event_loop_lag() {
         let m = Metrics::new().expect("metrics");
-        m.watch_event_loop();
+        m.watch_runtime();
         // Keep one worker busy for a while: the share must be well above zero.
         let busy = tokio::spawn(async {
             let end = Instant::now() + Duration::from_millis(300);

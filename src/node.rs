@@ -188,7 +188,7 @@ impl Node {
         if let Some(e) = cluster_error {
             return Err(e.into());
         }
-        node.metrics.watch_event_loop();
+        node.metrics.watch_runtime();
         if !node.cluster.is_shared() {
             // Without Redis this node is the whole cluster; with it, the heartbeat counts.
             node.metrics.cluster_nodes.set(1);
