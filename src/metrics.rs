@@ -153,7 +153,7 @@ impl RedisHealth {
     }
 }
 
-/// The event-loop watch's findings; the watch task holds it weakly and stops with the node.
+/// The event-loop watch's findings; the watch task holds them weakly and stops with the metrics.
 struct Lag {
     histogram: Histogram,
     /// Largest lateness since the last scrape, in nanoseconds.

@@ -254,8 +254,10 @@ mod tests {
         let outbox = Outbox::new(100);
         outbox.push("a".into()).expect("push");
         outbox.push("b".into()).expect("push");
+        assert_eq!(outbox.queued_frames(), 2);
         let mut out = VecDeque::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(outbox.queued_frames(), 0);
         let texts: Vec<_> = out.iter().map(Frame::as_str).collect();
         assert_eq!(texts, ["a", "b"]);
         assert_eq!(outbox.try_drain(&mut out), None);
