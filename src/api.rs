@@ -18,6 +18,7 @@ use crate::auth::{bearer, constant_time_eq};
 use crate::channel;
 use crate::cluster::ClusterError;
 use crate::error::ApiError;
+use crate::metrics::Limit;
 use crate::node::Node;
 
 /// Most channels one broadcast call may name.
@@ -25,17 +26,23 @@ const MAX_CHANNELS_PER_CALL: usize = 100;
 /// Longest event name accepted.
 const MAX_EVENT_LENGTH: usize = 200;
 
-/// Counts API calls by route and status.
+/// Counts API calls by route and status, and times them by route.
 pub async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    node.metrics
+    let metrics = &node.metrics;
+    metrics
         .api_requests
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .inc();
+    metrics
+        .api_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -64,10 +71,7 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
         if node.api_limits.take(key.as_str()) {
             return Ok(());
         }
-        node.metrics
-            .errors
-            .with_label_values(&["api_rate_limited"])
-            .inc();
+        node.metrics.rate_limited(Limit::ApiKey);
         Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -568,7 +572,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        node.metrics.render(),
+        node.metrics.scrape(&node),
     )
         .into_response()
 }

@@ -13,6 +13,8 @@ pub struct Database {
     pool: Pool,
     /// `host:port/db`, for logs: the URL itself carries the password.
     name: String,
+    /// The pool's connection limit.
+    max_connections: usize,
 }
 
 impl Database {
@@ -25,15 +27,22 @@ impl Database {
             opts.tcp_port(),
             opts.db_name().unwrap_or_default()
         );
+        let max_connections = opts.pool_opts().constraints().max();
         Ok(Self {
             pool: Pool::new(opts),
             name,
+            max_connections,
         })
     }
 
     /// The pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The most connections the pool opens (`?pool_max=` in the URL).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 }
 

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::auth::bearer;
+use crate::metrics::Protocol;
 use crate::node::Node;
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
@@ -53,7 +54,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The metrics label.
+    /// The metrics label (a session still probing its upgrade counts as polling).
     pub fn label(self) -> &'static str {
         match self {
             Self::Polling | Self::Upgrading => "polling",
@@ -111,6 +112,11 @@ impl Session {
         }
     }
 
+    /// Time since the Engine.IO handshake.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
     fn set_transport(&self, transport: Transport) {
         self.transport.store(transport as u8, Ordering::Release);
     }
@@ -151,6 +157,11 @@ impl Sessions {
 
     fn get(&self, sid: &str) -> Option<Arc<Session>> {
         self.map.get(sid).map(|s| s.clone())
+    }
+
+    /// Frames waiting in every session's queue.
+    pub fn queued_frames(&self) -> usize {
+        self.map.iter().map(|s| s.outbox.queued_frames()).sum()
     }
 
     /// Closes every session (shutdown).
@@ -403,14 +414,7 @@ fn open_session(
     node.sessions
         .map
         .insert(session.sid.clone(), session.clone());
-    node.metrics
-        .connections
-        .with_label_values(&[transport.label()])
-        .inc();
-    node.metrics
-        .connections_opened
-        .with_label_values(&[transport.label()])
-        .inc();
+    node.metrics.opened(Protocol::SocketIo, transport.label());
     Ok(session)
 }
 
@@ -423,18 +427,8 @@ fn finish(node: &Node, session: &Session, reason: CloseReason) {
     // The queue may have been closed earlier with a more precise reason (e.g. slow consumer).
     let reason = session.outbox.close_reason().unwrap_or(reason);
     socketio::on_close(node, session);
-    let metrics = &node.metrics;
-    metrics
-        .connections
-        .with_label_values(&[session.transport().label()])
-        .dec();
-    metrics
-        .connections_closed
-        .with_label_values(&[reason.label()])
-        .inc();
-    if reason == CloseReason::SlowConsumer {
-        metrics.slow_consumers.inc();
-    }
+    node.metrics
+        .closed(Protocol::SocketIo, session.transport().label(), reason);
     match reason {
         CloseReason::ClientClosed | CloseReason::ShuttingDown => {
             tracing::debug!(sid = %session.sid, reason = reason.label(), "session closed");
@@ -802,14 +796,7 @@ async fn upgrade(node: &Node, session: &Session, socket: &mut WebSocket) -> Opti
         return None;
     }
     session.set_transport(Transport::WebSocket);
-    node.metrics
-        .connections
-        .with_label_values(&["polling"])
-        .dec();
-    node.metrics
-        .connections
-        .with_label_values(&["websocket"])
-        .inc();
+    node.metrics.upgraded();
     // The polling heartbeat stops now; ping at once so the client's timer never runs out.
     let config = &node.config;
     let heartbeat = Heartbeat::new(Instant::now(), config.ping_interval, config.ping_timeout);

@@ -16,6 +16,7 @@ use tokio::sync::SetOnce;
 
 use crate::auth::Principal;
 use crate::limit::SocketLimit;
+use crate::metrics::Protocol;
 use crate::outbox::{Frame, Outbox, PushError};
 
 /// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
@@ -36,11 +37,11 @@ pub enum Codec {
 const CODECS: usize = 3;
 
 impl Codec {
-    /// The wire protocol, as named in metrics and webhooks.
-    pub fn protocol(self) -> &'static str {
+    /// The kind of client it serves, for metrics.
+    pub fn protocol(self) -> Protocol {
         match self {
-            Codec::SocketIo | Codec::Notifications => "socketio",
-            Codec::Json => "json",
+            Codec::SocketIo | Codec::Notifications => Protocol::SocketIo,
+            Codec::Json => Protocol::Json,
         }
     }
 
@@ -279,6 +280,8 @@ impl<'a> Broadcast<'a> {
 pub struct Fanout {
     /// Sockets the frame was queued to.
     pub delivered: usize,
+    /// Of those, per [`Protocol`].
+    pub by_protocol: [usize; 2],
     /// Sockets dropped because their queue overflowed.
     pub slow: usize,
 }
@@ -377,7 +380,10 @@ impl Hub {
                 return;
             }
             match member.outbox.push(message.frame(member.codec).clone()) {
-                Ok(()) => fanout.delivered += 1,
+                Ok(()) => {
+                    fanout.delivered += 1;
+                    fanout.by_protocol[member.codec.protocol() as usize] += 1;
+                }
                 Err(PushError::Overflow) => fanout.slow += 1,
                 Err(PushError::Closed) => {}
             }
@@ -514,6 +520,7 @@ mod tests {
             hub.broadcast(&message, |_| true),
             Fanout {
                 delivered: 1,
+                by_protocol: [1, 0],
                 slow: 0
             }
         );

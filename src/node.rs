@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
 use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::CloseReason;
 use crate::policy::Request;
 use crate::webhooks::Webhooks;
@@ -51,7 +51,7 @@ pub struct Node {
     /// Cached chat block lists.
     pub blocks: Blocks,
     /// Chat messages waiting for their author's block list, delivered in order.
-    chat: mpsc::UnboundedSender<(String, Bytes)>,
+    chat: mpsc::UnboundedSender<ChatMessage>,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
     /// HTTP API calls per key.
@@ -145,6 +145,7 @@ impl Node {
                         url,
                         config.redis_prefix.clone(),
                         weak.clone(),
+                        &metrics,
                     ) {
                         Ok(bus) => Bus::Redis(bus),
                         Err(e) => {
@@ -163,6 +164,7 @@ impl Node {
                     &config.node_id,
                     (config.presence_ttl, per_user),
                     weak.clone(),
+                    metrics.redis("state"),
                 ) {
                     Ok(state) => Cluster::redis(state, per_user),
                     Err(e) => {
@@ -199,6 +201,11 @@ impl Node {
         }
         if let Some(e) = cluster_error {
             return Err(e.into());
+        }
+        node.metrics.watch_runtime();
+        if !node.cluster.is_shared() {
+            // Without Redis this node is the whole cluster; with it, the heartbeat counts.
+            node.metrics.cluster_nodes.set(1);
         }
         let _ = node.bus.subscribe(Arc::from(CONTROL_CHANNEL));
         if node.blocks.enabled() {
@@ -239,10 +246,7 @@ impl Node {
             .connect_limits
             .take(&client_ip(peer, headers, &self.config.trusted_proxies))
         {
-            self.metrics
-                .errors
-                .with_label_values(&["connect_rate_limited"])
-                .inc();
+            self.metrics.rate_limited(Limit::ConnectIp);
             Admission::RateLimited
         } else if self.connection_count() >= self.config.max_connections {
             self.metrics
@@ -263,6 +267,7 @@ impl Node {
 
     /// Delivers a bus message to the local members of its channel.
     pub fn on_bus_message(&self, channel: &str, payload: &[u8]) {
+        let received = Instant::now();
         self.metrics.bus_receives.inc();
         let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
             Ok(envelope) => envelope,
@@ -286,27 +291,43 @@ impl Node {
         }
         if self.blocks.enabled() && blocks::FILTERED_EVENTS.contains(&&*envelope.event) {
             // Delivered by one task, in order, once the author's block list is known.
-            let _ = self
-                .chat
-                .send((channel.to_owned(), Bytes::copy_from_slice(payload)));
+            let _ = self.chat.send(ChatMessage {
+                channel: channel.to_owned(),
+                payload: Bytes::copy_from_slice(payload),
+                received,
+            });
             return;
         }
-        self.deliver(channel, &envelope, None);
+        self.deliver(channel, &envelope, None, received);
     }
 
     /// Hands a broadcast to the hub, leaving out recipients who blocked `author` or whom the
-    /// author blocked.
-    fn deliver(&self, channel: &str, envelope: &Envelope<'_>, author: Option<&str>) {
+    /// author blocked; `received` is when the bus handed it over.
+    fn deliver(
+        &self,
+        channel: &str,
+        envelope: &Envelope<'_>,
+        author: Option<&str>,
+        received: Instant,
+    ) {
         let data = envelope.data.unwrap_or(RawValue::NULL);
         let message = Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
         let fanout = self.hub.broadcast(&message, |member| {
             author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
         });
-        self.metrics.fanout.observe(fanout.delivered as f64);
-        self.metrics
-            .messages_out
-            .with_label_values(&["broadcast"])
-            .inc_by(fanout.delivered as u64);
+        let metrics = &self.metrics;
+        metrics.fanout.observe(fanout.delivered as f64);
+        for protocol in [Protocol::SocketIo, Protocol::Json] {
+            let sent = fanout.by_protocol[protocol as usize];
+            if sent > 0 {
+                metrics
+                    .messages_out
+                    .inc_by(protocol, "broadcast", sent as u64);
+            }
+        }
+        metrics
+            .delivery_latency
+            .observe(received.elapsed().as_secs_f64());
         if fanout.slow > 0 {
             tracing::warn!(
                 channel,
@@ -377,6 +398,7 @@ impl Node {
         let in_flight = socket.forwards.fetch_add(1, Ordering::AcqRel);
         if in_flight >= backend.max_in_flight {
             socket.forwards.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rate_limited(Limit::Forward);
             return reply(Err(ForwardError::Busy));
         }
         let socket = socket.clone();
@@ -392,14 +414,13 @@ impl Node {
                 .await;
             socket.forwards.fetch_sub(1, Ordering::AcqRel);
             let outcome = match &answer {
-                Ok(_) => "ok",
-                Err(ForwardError::NotAllowed(_)) => "not_allowed",
-                Err(_) => "failed",
+                Ok(_) => "forward_ok",
+                Err(ForwardError::NotAllowed(_)) => "forward_not_allowed",
+                Err(_) => "forward_failed",
             };
             node.metrics
                 .messages_in
-                .with_label_values(&[&format!("forward_{outcome}")])
-                .inc();
+                .inc(socket.codec.protocol(), outcome);
             if let Err(e) = &answer {
                 tracing::info!(event, error = %e, "forwarded event not answered");
             }
@@ -460,7 +481,7 @@ impl Node {
         self.webhooks.connected(
             &member.id,
             &member.principal.user_id,
-            member.codec.protocol(),
+            member.codec.protocol().label(),
         );
     }
 
@@ -474,7 +495,7 @@ impl Node {
         self.webhooks.disconnected(
             &member.id,
             &member.principal.user_id,
-            member.codec.protocol(),
+            member.codec.protocol().label(),
             reason,
         );
         let _change = self.cluster.change();
@@ -520,10 +541,7 @@ impl Node {
         auth: Option<&serde_json::Value>,
     ) -> Result<Option<Vec<Box<RawValue>>>, Refusal> {
         if !socket.subscribe_limit.take(self.config.subscribe_rate) {
-            self.metrics
-                .errors
-                .with_label_values(&["subscribe_rate_limited"])
-                .inc();
+            self.metrics.rate_limited(Limit::Subscribe);
             return Err(Refusal::RateLimited);
         }
         channel::validate(channel, self.config.max_channel_length).map_err(Refusal::InvalidName)?;
@@ -693,17 +711,30 @@ impl Node {
     }
 }
 
+/// A chat message from the bus waiting for its author's block list.
+struct ChatMessage {
+    channel: String,
+    payload: Bytes,
+    /// When the bus handed it over: its delivery latency includes the wait.
+    received: Instant,
+}
+
 /// Delivers chat messages in arrival order, each once its author's block list is loaded.
-async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<(String, Bytes)>) {
-    while let Some((channel, payload)) = queue.recv().await {
+async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<ChatMessage>) {
+    while let Some(message) = queue.recv().await {
         let Some(node) = node.upgrade() else { return };
-        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&payload) else {
+        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&message.payload) else {
             continue;
         };
         let author = envelope.data.and_then(blocks::author);
         if let Some(author) = &author {
             node.blocks.ensure(author).await;
         }
-        node.deliver(&channel, &envelope, author.as_deref());
+        node.deliver(
+            &message.channel,
+            &envelope,
+            author.as_deref(),
+            message.received,
+        );
     }
 }

@@ -175,6 +175,11 @@ impl Outbox {
         self.closed.notify_waiters();
     }
 
+    /// Frames waiting to be written (sampled for metrics).
+    pub fn queued_frames(&self) -> usize {
+        self.lock().frames.len()
+    }
+
     /// The reason the queue was closed, if it was.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.lock().closed
@@ -249,8 +254,10 @@ mod tests {
         let outbox = Outbox::new(100);
         outbox.push("a".into()).expect("push");
         outbox.push("b".into()).expect("push");
+        assert_eq!(outbox.queued_frames(), 2);
         let mut out = VecDeque::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(outbox.queued_frames(), 0);
         let texts: Vec<_> = out.iter().map(Frame::as_str).collect();
         assert_eq!(texts, ["a", "b"]);
         assert_eq!(outbox.try_drain(&mut out), None);

@@ -15,9 +15,10 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::auth::{TokenError, bearer};
-use crate::channel;
+use crate::channel::{self, Refusal};
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
+use crate::metrics::Protocol;
 use crate::node::Node;
 use crate::notifications::namespace::{self as notifications, Socket as NotificationSocket};
 use crate::notifications::store::User;
@@ -341,10 +342,10 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
 /// its cleanup may have missed the socket, so `release` gives the slot back.
 fn still_open(node: &Node, session: &Session, release: impl FnOnce()) -> bool {
     if node.sessions.contains(&session.sid) {
-        session
-            .sockets
-            .ever_connected
-            .store(true, Ordering::Release);
+        let first = !session.sockets.ever_connected.swap(true, Ordering::AcqRel);
+        if first {
+            node.metrics.handshake(Protocol::SocketIo, session.age());
+        }
         true
     } else {
         release();
@@ -466,7 +467,7 @@ async fn on_event(
         "notification_read" => "notification_read",
         _ => "other",
     };
-    node.metrics.messages_in.with_label_values(&[kind]).inc();
+    node.metrics.messages_in.inc(Protocol::SocketIo, kind);
     match name {
         "subscribe" => subscribe(node, session, socket, args, ack).await,
         "unsubscribe" => {
@@ -586,10 +587,13 @@ async fn subscribe(
             );
         }
         Err(refusal) => {
-            node.metrics
-                .errors
-                .with_label_values(&["subscription_refused"])
-                .inc();
+            // Rate-limit refusals are counted by the limit, in `rate_limited_total`.
+            if !matches!(refusal, Refusal::RateLimited) {
+                node.metrics
+                    .errors
+                    .with_label_values(&["subscription_refused"])
+                    .inc();
+            }
             answer(
                 session,
                 ack,

@@ -30,12 +30,15 @@ use crate::engine::{close_websocket, origin_allowed, write_queued};
 use crate::error::ApiError;
 use crate::hub::{Codec, JoinError, Member};
 use crate::limit::Bucket;
+use crate::metrics::{Limit, Protocol};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::json::{self, ErrorCode};
 
 /// Read buffer per socket; frames larger than this are read in several steps.
 const READ_BUFFER: usize = 512;
+/// The `transport` label of these sockets.
+const TRANSPORT: &str = "websocket";
 
 /// The query string of the upgrade request.
 #[derive(Debug, Deserialize)]
@@ -64,6 +67,7 @@ async fn accept(
     headers: &HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     if !origin_allowed(node, headers) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -125,11 +129,8 @@ async fn accept(
     let socket = Arc::new(Member::new(id, principal, Codec::Json, outbox));
     node.plain.insert(socket.id.clone(), socket.clone());
     node.connected(&socket);
-    node.metrics.connections.with_label_values(&["json"]).inc();
-    node.metrics
-        .connections_opened
-        .with_label_values(&["json"])
-        .inc();
+    node.metrics.opened(Protocol::Json, TRANSPORT);
+    node.metrics.handshake(Protocol::Json, started.elapsed());
     tracing::debug!(socket = %socket.id, user = %socket.principal.user_id, "json socket connected");
 
     let ws = ws
@@ -156,11 +157,7 @@ fn finish(node: &Node, socket: &Member, reason: CloseReason) {
     }
     socket.outbox.close(reason);
     node.disconnect(socket);
-    node.metrics.connections.with_label_values(&["json"]).dec();
-    node.metrics
-        .connections_closed
-        .with_label_values(&[reason.label()])
-        .inc();
+    node.metrics.closed(Protocol::Json, TRANSPORT, reason);
     tracing::debug!(socket = %socket.id, reason = reason.label(), "json socket closed");
 }
 
@@ -320,7 +317,10 @@ impl Conn {
         message: &str,
         reference: Option<&RawValue>,
     ) -> Result<(), CloseReason> {
-        node.metrics.errors.with_label_values(&["json_frame"]).inc();
+        // Rate-limit refusals are counted by the limit, in `rate_limited_total`.
+        if code != ErrorCode::RateLimited {
+            node.metrics.errors.with_label_values(&["json_frame"]).inc();
+        }
         self.send(|out| json::write_error(out, code, message, reference));
         self.errors += 1;
         if self.errors > node.config.ws_max_errors {
@@ -332,6 +332,7 @@ impl Conn {
 
     async fn on_text(&mut self, node: &Node, text: &str) -> Result<(), CloseReason> {
         if !self.frames.take(node.config.ws_frame_rate, Instant::now()) {
+            node.metrics.rate_limited(Limit::WsFrame);
             return self.error(
                 node,
                 ErrorCode::RateLimited,
@@ -361,18 +362,16 @@ impl Conn {
             }
         };
         let kind = frame.kind.as_ref();
-        node.metrics
-            .messages_in
-            .with_label_values(&[match kind {
-                "PING" => "ping",
-                "SUBSCRIBE" => "subscribe",
-                "UNSUBSCRIBE" => "unsubscribe",
-                "TYPING" => "typing",
-                "CLIENT_EVENT" => "client_event",
-                "EVENT" => "event",
-                _ => "other",
-            }])
-            .inc();
+        let label = match kind {
+            "PING" => "ping",
+            "SUBSCRIBE" => "subscribe",
+            "UNSUBSCRIBE" => "unsubscribe",
+            "TYPING" => "typing",
+            "CLIENT_EVENT" => "client_event",
+            "EVENT" => "event",
+            _ => "other",
+        };
+        node.metrics.messages_in.inc(Protocol::Json, label);
         match kind {
             "PING" => {
                 self.reply("PONG", None, &json!({}), reference);
@@ -560,6 +559,7 @@ impl Conn {
                     .typing_rate
                     .take(node.config.typing_rate, Instant::now())
             {
+                node.metrics.rate_limited(Limit::Typing);
                 return self.error(
                     node,
                     ErrorCode::RateLimited,

@@ -242,6 +242,9 @@ async fn offline_user_gets_pending_ones_on_connect_in_order() {
         "switchboard_notifications_created_total 3",
         "switchboard_notifications_delivered_total 3",
         "switchboard_notification_delivery_seconds_count 3",
+        // mysql_async's default pool limit; the idle connections are the ones used above.
+        "switchboard_database_pool_connections{state=\"max\"} 100",
+        "switchboard_database_pool_connections{state=\"idle\"} ",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }

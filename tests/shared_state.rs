@@ -387,7 +387,9 @@ async fn connection_attempts_are_rate_limited_per_client_address() {
     }
     let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"").await;
     assert!(
-        metrics.text().contains("connect_rate_limited"),
+        metrics
+            .text()
+            .contains(r#"switchboard_rate_limited_total{limit="connect_ip"} "#),
         "refusals are counted"
     );
 }

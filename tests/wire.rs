@@ -281,7 +281,7 @@ async fn unanswered_pings_close_the_session() {
     assert_eq!(
         metric(
             &node,
-            "switchboard_connections_closed_total{reason=\"ping_timeout\"}"
+            "switchboard_connections_closed_total{protocol=\"socketio\",reason=\"ping_timeout\"}"
         )
         .await,
         1.0
@@ -534,12 +534,18 @@ async fn health_ready_and_metrics() {
     );
     let text = metrics.text();
     for series in [
-        "switchboard_connections{transport=\"websocket\"} 1",
+        "switchboard_connections{protocol=\"socketio\",transport=\"websocket\"} 1",
         "switchboard_subscriptions 1",
         "switchboard_channels 1",
-        "switchboard_connections_opened_total{transport=\"websocket\"} 1",
+        "switchboard_connections_opened_total{protocol=\"socketio\",transport=\"websocket\"} 1",
         "switchboard_broadcast_fanout_bucket",
         "switchboard_bus_publishes_total 0",
+        "switchboard_handshake_duration_seconds_count{protocol=\"socketio\"} 1",
+        "switchboard_outgoing_queue_frames 0",
+        "switchboard_cluster_nodes 1",
+        "switchboard_rate_limited_total{limit=\"connect_ip\"} 0",
+        "switchboard_runtime_busy_ratio ",
+        "switchboard_event_loop_lag_seconds_count ",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }

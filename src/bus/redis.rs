@@ -13,11 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::StreamExt;
+use prometheus::IntCounter;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
 use super::BusError;
 use crate::hub::Ready;
+use crate::metrics::Metrics;
 use crate::node::Node;
 
 /// How long a command may wait for a pooled connection, or to connect.
@@ -30,6 +32,24 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Most channels in one SUBSCRIBE (after a reconnect, or batched from waiting commands).
 const BATCH: usize = 500;
 
+/// The bus's failure counters, resolved once.
+#[derive(Clone)]
+struct Failures {
+    /// Every failed Redis call (`redis_errors_total{component="bus"}`).
+    redis: IntCounter,
+    /// The subscriber could not connect, or lost its connection (`bus_errors_total{op="connect"}`).
+    connect: IntCounter,
+    /// A SUBSCRIBE or UNSUBSCRIBE failed (`bus_errors_total{op="subscribe"}`).
+    subscribe: IntCounter,
+}
+
+impl Failures {
+    fn count(&self, op: &IntCounter) {
+        self.redis.inc();
+        op.inc();
+    }
+}
+
 enum Command {
     Subscribe(Arc<str>, Arc<Ready>),
     Unsubscribe(Arc<str>),
@@ -41,6 +61,7 @@ pub struct RedisBus {
     prefix: String,
     commands: mpsc::UnboundedSender<Command>,
     healthy: Arc<AtomicBool>,
+    failures: Failures,
 }
 
 impl RedisBus {
@@ -50,6 +71,7 @@ impl RedisBus {
         url: &str,
         prefix: String,
         node: Weak<Node>,
+        metrics: &Metrics,
     ) -> Result<Self, BusError> {
         let mut config = deadpool_redis::Config::from_url(url);
         config.pool = Some(PoolConfig {
@@ -65,12 +87,18 @@ impl RedisBus {
             .map_err(|e| BusError(format!("cannot create the Redis pool: {e}")))?;
         let (commands, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(false));
+        let failures = Failures {
+            redis: metrics.redis("bus").errors,
+            connect: metrics.bus_errors.with_label_values(&["connect"]),
+            subscribe: metrics.bus_errors.with_label_values(&["subscribe"]),
+        };
         let subscriber = Subscriber {
             client,
             prefix: prefix.clone(),
             node,
             healthy: healthy.clone(),
             wanted: HashMap::new(),
+            failures: failures.clone(),
         };
         tokio::spawn(subscriber.run(rx));
         Ok(Self {
@@ -78,11 +106,20 @@ impl RedisBus {
             prefix,
             commands,
             healthy,
+            failures,
         })
     }
 
     /// Publishes one envelope.
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
+        let result = self.try_publish(channel, payload).await;
+        if result.is_err() {
+            self.failures.redis.inc();
+        }
+        result
+    }
+
+    async fn try_publish(&self, channel: &str, payload: Bytes) -> Result<(), BusError> {
         let mut conn = self
             .pool
             .get()
@@ -134,6 +171,7 @@ struct Subscriber {
     healthy: Arc<AtomicBool>,
     /// Channels wanted, with the handle of the latest subscribe waiting for confirmation.
     wanted: HashMap<Arc<str>, Arc<Ready>>,
+    failures: Failures,
 }
 
 impl Subscriber {
@@ -146,6 +184,7 @@ impl Subscriber {
                 Ok(pair) => pair,
                 Err(e) => {
                     self.healthy.store(false, Ordering::Release);
+                    self.failures.count(&self.failures.connect);
                     tracing::warn!(attempt, retry_in = ?backoff, error = %e, "redis subscriber: cannot connect");
                     // Keep the wanted set current while waiting, so a reconnect subscribes the right channels.
                     let sleep = tokio::time::sleep(backoff);
@@ -164,6 +203,7 @@ impl Subscriber {
                 }
             };
             if let Err(e) = self.resubscribe(&mut sink).await {
+                self.failures.count(&self.failures.subscribe);
                 tracing::warn!(error = %e, "redis subscriber: re-subscribe failed; reconnecting");
                 continue;
             }
@@ -188,6 +228,7 @@ impl Subscriber {
                     _ = liveness.tick() => {
                         let ping = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
                         if !matches!(ping, Ok(Ok(_))) {
+                            self.failures.count(&self.failures.connect);
                             tracing::warn!("redis subscriber: no answer to PING; reconnecting");
                             break;
                         }
@@ -204,12 +245,14 @@ impl Subscriber {
                             }
                         }
                         if let Err(e) = self.apply(&mut sink, batch).await {
+                            self.failures.count(&self.failures.subscribe);
                             tracing::warn!(error = %e, "redis subscriber: command failed; reconnecting");
                             break;
                         }
                     }
                     message = stream.next() => {
                         let Some(message) = message else {
+                            self.failures.count(&self.failures.connect);
                             tracing::warn!("redis subscriber: connection lost; reconnecting");
                             break;
                         };

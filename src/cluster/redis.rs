@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin};
 use crate::hub::SocketId;
+use crate::metrics::RedisHealth;
 use crate::node::Node;
 
 /// How long a script may take, pool wait included.
@@ -293,6 +294,8 @@ struct Redis {
     pool: Pool,
     keys: Keys,
     scripts: Scripts,
+    /// `redis_up`/`redis_errors_total` of the `state` component.
+    health: RedisHealth,
 }
 
 impl Redis {
@@ -311,9 +314,12 @@ impl Redis {
                 .await
                 .map_err(|e| ClusterError(format!("Redis failed: {e}")))
         };
-        tokio::time::timeout(TIMEOUT, work)
+        let result = tokio::time::timeout(TIMEOUT, work)
             .await
-            .map_err(|_| ClusterError("Redis timed out".into()))?
+            .map_err(|_| ClusterError("Redis timed out".into()))
+            .and_then(|result| result);
+        self.health.record(&result);
+        result
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -443,6 +449,7 @@ impl RedisState {
         node_id: &str,
         (ttl, limit): (Duration, usize),
         node: Weak<Node>,
+        health: RedisHealth,
     ) -> Result<Self, ClusterError> {
         let suffix = crate::socketio::random_id()
             .map_err(|e| ClusterError(format!("no randomness for the instance id: {e}")))?;
@@ -466,6 +473,7 @@ impl RedisState {
                 sum: Script::new(SUM),
                 all_channels: Script::new(ALL_CHANNELS),
             },
+            health,
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let drifted = Arc::new(AtomicBool::new(false));
@@ -884,6 +892,16 @@ impl Writer {
                     tracing::warn!(node = %instance, error = %e, "sweeping a dead node failed")
                 }
             }
+        }
+        let live = redis::cmd("ZCOUNT")
+            .arg(&k.nodes)
+            .arg(k.oldest_live())
+            .arg("+inf")
+            .clone();
+        if let (Ok(live), Some(node)) =
+            (self.redis.command::<i64>(&live).await, self.node.upgrade())
+        {
+            node.metrics.cluster_nodes.set(live);
         }
         true
     }

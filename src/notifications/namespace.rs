@@ -12,6 +12,7 @@ use super::{NAMESPACE, NEW_EVENT, parse_id, publish_read, room, user_room};
 use crate::auth::Principal;
 use crate::engine::Session;
 use crate::hub::Member;
+use crate::metrics::Protocol;
 use crate::node::Node;
 use crate::protocol::socketio as codec;
 
@@ -119,8 +120,7 @@ pub async fn on_connect(node: &Node, session: &Session, socket: &Socket) {
     );
     node.metrics
         .messages_out
-        .with_label_values(&["notification"])
-        .inc_by(pending.len() as u64);
+        .inc_by(Protocol::SocketIo, "notification", pending.len() as u64);
 }
 
 /// A client's acknowledgement of `notification:new`: its id is the notification's.
@@ -143,8 +143,7 @@ pub async fn on_event(
 ) {
     node.metrics
         .messages_in
-        .with_label_values(&["notification"])
-        .inc();
+        .inc(Protocol::SocketIo, "notification");
     let answer = |value: Value| {
         if let Some(id) = ack {
             send(session, |out| codec::write_ack(out, NAMESPACE, id, &value));

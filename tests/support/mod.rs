@@ -7,6 +7,7 @@
 //! ([`Agent`], `tests/js/agent.mjs`; [`EchoAgent`], `tests/js/echo-agent.mjs`).
 //! [`http`] is a small raw HTTP/1.1 client that can pick its source address, so
 //! a test can look like several distinct clients to nginx's `hash $remote_addr`.
+//! [`Prometheus`] is a real Prometheus scraping nodes, queried over its HTTP API.
 //!
 //! Use it from a test file with `mod support;` and `use support::*;`.
 //! Every process is killed when its handle drops; when that drop happens because
@@ -25,6 +26,7 @@ mod mariadb;
 mod nginx;
 mod node;
 mod process;
+mod prometheus;
 mod redis_server;
 
 use std::net::TcpListener;
@@ -41,6 +43,7 @@ pub use jwt::{jwt_hs256, jwt_none};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;
 pub use node::{Node, run_switchboard};
+pub use prometheus::Prometheus;
 pub use redis_server::RedisServer;
 
 /// A generous default for "this should happen soon" waits; local round trips
