@@ -21,7 +21,9 @@
 //! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
+//! - [`admin`]: the `/admin` page and its JSON endpoints; recent warnings and errors.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod backend;
