@@ -470,7 +470,9 @@ pub struct NotificationSettings {
 impl NotificationSettings {
     /// Whether `role` is one of the admin roles (case-insensitive).
     pub fn is_admin(&self, role: &str) -> bool {
-        self.admin_roles.iter().any(|r| r.eq_ignore_ascii_case(role))
+        self.admin_roles
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(role))
     }
 }
 
@@ -1062,6 +1064,21 @@ mod tests {
         let err = args(&[]).expect("parses").validate().expect_err("no key");
         assert_eq!(err.setting, "SWITCHBOARD_JWT_SECRET");
         assert!(args(&["--dev"]).expect("parses").validate().is_ok());
+    }
+
+    #[test]
+    fn admin_keys_default_to_the_api_keys() {
+        let config = args(&["--dev", "--api-keys", "a, b"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(config.admin_keys, ["a", "b"]);
+        let config = args(&["--dev", "--api-keys", "a", "--admin-keys", " x ,,y"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(config.api_keys, ["a"]);
+        assert_eq!(config.admin_keys, ["x", "y"]);
     }
 
     #[test]

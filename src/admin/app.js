@@ -103,7 +103,8 @@ function push(series, value) {
 }
 
 function chart(container, seriesList) {
-  const width = 600;
+  // Drawn at the container's own width, so text and dots are not stretched.
+  const width = Math.max(300, container.clientWidth || 600);
   const height = 140;
   const pad = { top: 10, right: 8, bottom: 4, left: 44 };
   const values = seriesList.flat().filter((v) => v !== null);
@@ -113,7 +114,6 @@ function chart(container, seriesList) {
 
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   for (const fraction of [0, 0.5, 1]) {
     const line = document.createElementNS(SVG, "line");
@@ -152,6 +152,14 @@ function chart(container, seriesList) {
     line.setAttribute("points", points.join(" "));
     line.setAttribute("class", `series s${index + 1}`);
     svg.appendChild(line);
+    // The latest value, marked so that a short history is still visible.
+    const [lastX, lastY] = points[points.length - 1].split(",");
+    const dot = document.createElementNS(SVG, "circle");
+    dot.setAttribute("cx", lastX);
+    dot.setAttribute("cy", lastY);
+    dot.setAttribute("r", 3);
+    dot.setAttribute("class", `dot-end s${index + 1}`);
+    svg.appendChild(dot);
   });
   container.replaceChildren(svg);
 }
@@ -162,7 +170,7 @@ function renderOverview(data) {
   const node = data.node;
   const cluster = data.cluster;
   $("node-id").textContent = node.id;
-  $("bus").textContent = `${node.bus} bus ${node.bus_up ? "up" : "down"}${node.draining ? " · draining" : ""}`;
+  $("bus").textContent = `bus: ${node.bus} · ${node.bus_up ? "up" : "down"}${node.draining ? " · draining" : ""}`;
   $("bus").className = `pill ${node.bus_up && !node.draining ? "ok" : "bad"}`;
   $("updated").textContent = `updated ${new Date(data.time_ms).toLocaleTimeString()}`;
 

@@ -136,7 +136,10 @@ fn fresh(body: Value) -> Response {
 }
 
 /// `GET /admin/api/overview`: this node's figures and the cluster's nodes.
-async fn overview(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn overview(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let node = &admin.node;
     authorize(node, &headers)?;
     let connections = node.connection_count() as u64;
@@ -159,7 +162,8 @@ async fn overview(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result
     let now = crate::cluster::now_ms();
     let cluster = match node.cluster.nodes(&node.config.node_id, connections).await {
         Ok(nodes) => {
-            let live_connections: u64 = nodes.iter().filter(|n| n.live).map(|n| n.connections).sum();
+            let live_connections: u64 =
+                nodes.iter().filter(|n| n.live).map(|n| n.connections).sum();
             let nodes: Vec<Value> = nodes
                 .iter()
                 .map(|n| {
@@ -178,7 +182,9 @@ async fn overview(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result
         // The node's own figures are still worth showing while Redis is away.
         Err(e) => json!({"error": e.to_string()}),
     };
-    Ok(fresh(json!({"time_ms": now, "node": this, "cluster": cluster})))
+    Ok(fresh(
+        json!({"time_ms": now, "node": this, "cluster": cluster}),
+    ))
 }
 
 /// Query of `GET /admin/api/channels`.
@@ -250,17 +256,18 @@ fn by_labels(collector: &dyn Collector) -> Vec<Value> {
                 MetricType::GAUGE => metric.get_gauge().get_value(),
                 _ => continue,
             };
-            series.push(json!({"labels": labels, "value": value}));
+            // Every metric read here is an integer one (IntGauge, IntCounter).
+            series.push(json!({"labels": labels, "value": value as i64}));
         }
     }
     series
 }
 
-/// The sum over every series of a counter or gauge family.
-fn total(collector: &dyn Collector) -> f64 {
+/// The sum over every series of an integer counter or gauge family.
+fn total(collector: &dyn Collector) -> i64 {
     by_labels(collector)
         .iter()
-        .filter_map(|s| s["value"].as_f64())
+        .filter_map(|s| s["value"].as_i64())
         .sum()
 }
 
@@ -288,15 +295,15 @@ mod tests {
         let series = by_labels(&gauge);
         assert_eq!(series.len(), 2);
         assert!(series.contains(
-            &json!({"labels": {"transport": "websocket", "protocol": "json"}, "value": 2.0})
+            &json!({"labels": {"transport": "websocket", "protocol": "json"}, "value": 2})
         ));
-        assert_eq!(total(&gauge), 5.0);
+        assert_eq!(total(&gauge), 5);
 
         let counter =
             prometheus::IntCounterVec::new(prometheus::Opts::new("c", "c"), &["kind"]).unwrap();
-        assert_eq!(total(&counter), 0.0);
+        assert_eq!(total(&counter), 0);
         counter.with_label_values(&["a"]).inc_by(4);
-        assert_eq!(total(&counter), 4.0);
+        assert_eq!(total(&counter), 4);
     }
 
     #[test]

@@ -155,8 +155,10 @@ mod tests {
         assert_eq!(kept[0].message, format!("{}", CAPACITY + 4));
         assert_eq!(kept[CAPACITY - 1].message, "5");
 
-        let mut long = Text::default();
-        long.message = "é".repeat(MAX_MESSAGE);
+        let long = Text {
+            message: "é".repeat(MAX_MESSAGE),
+            ..Text::default()
+        };
         let text = long.finish();
         assert!(text.len() <= MAX_MESSAGE + '…'.len_utf8());
         assert!(text.ends_with('…'));

@@ -746,7 +746,12 @@ impl Writer {
     /// false when Redis could not be reached.
     async fn beat(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> bool {
         let k = &self.redis.keys;
-        let connections = self.node.upgrade().map_or(0, |node| node.connection_count());
+        // Each heartbeat also records this node's connection count, for the admin page's
+        // node list (read back by NODES; removed by SWEEP with the rest of the node).
+        let connections = self
+            .node
+            .upgrade()
+            .map_or(0, |node| node.connection_count());
         let mut heartbeat = redis::pipe();
         heartbeat
             .cmd("ZADD")
