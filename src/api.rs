@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::auth::{bearer, constant_time_eq};
+use crate::auth::{bearer, find_key};
 use crate::channel;
 use crate::cluster::ClusterError;
 use crate::error::ApiError;
@@ -59,15 +59,7 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
                 "missing Authorization: Bearer <api key>",
             )
         })?;
-    // Compare with every key, without stopping early, so timing says nothing about which matched.
-    let matched = node.config.api_keys.iter().fold(None, |found, key| {
-        if constant_time_eq(key.as_bytes(), given.as_bytes()) {
-            Some(key)
-        } else {
-            found
-        }
-    });
-    if let Some(key) = matched {
+    if let Some(key) = find_key(&node.config.api_keys, given) {
         if node.api_limits.take(key.as_str()) {
             return Ok(());
         }
@@ -487,14 +479,22 @@ pub async fn channel_users(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers)?;
-    check_channel(&node, &name)?;
-    if channel::kind(&name) != channel::Kind::Presence {
+    let members = presence_members(&node, &name).await?;
+    Ok(Json(json!({"channel": name, "users": members})).into_response())
+}
+
+/// The members of presence channel `name` across the cluster; 400 for another kind of channel.
+pub(crate) async fn presence_members(
+    node: &Node,
+    name: &str,
+) -> Result<Vec<Box<RawValue>>, ApiError> {
+    check_channel(node, name)?;
+    if channel::kind(name) != channel::Kind::Presence {
         return Err(ApiError::bad_request(format!(
             "`{name}` is not a presence channel"
         )));
     }
-    let members = node.cluster.presence_members(&name).await?;
-    Ok(Json(json!({"channel": name, "users": members})).into_response())
+    Ok(node.cluster.presence_members(name).await?)
 }
 
 /// Query of `GET /health`.
@@ -524,9 +524,7 @@ fn verbose_health(node: &Node) -> serde_json::Value {
     let connections = node.connection_count();
     let users = node.cluster.local_user_count();
     let bus = node.bus.is_healthy();
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let timestamp = crate::cluster::now_ms();
     json!({
         "success": true,
         "data": {

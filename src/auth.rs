@@ -217,6 +217,18 @@ pub fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The configured key equal to `given`. Every key is compared, without stopping early, so
+/// timing says nothing about which one matched.
+pub fn find_key<'a>(keys: &'a [String], given: &str) -> Option<&'a String> {
+    keys.iter().fold(None, |found, key| {
+        if constant_time_eq(key.as_bytes(), given.as_bytes()) {
+            Some(key)
+        } else {
+            found
+        }
+    })
+}
+
 /// Compares secrets in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

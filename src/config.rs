@@ -84,6 +84,15 @@ pub struct Args {
     )]
     pub api_keys: Vec<String>,
 
+    /// Comma-separated bearer keys for the admin page's JSON endpoints [default: the API keys]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<String>,
+
     /// Comma-separated origins allowed to connect, e.g. https://app.example.com (empty = any)
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -409,6 +418,8 @@ pub struct Config {
     pub dev: bool,
     /// Accepted API keys.
     pub api_keys: Vec<String>,
+    /// Keys accepted by the admin endpoints (the API keys when none are configured).
+    pub admin_keys: Vec<String>,
     /// Allowed origins; empty means any.
     pub allowed_origins: HashSet<String>,
     /// This node's name.
@@ -490,6 +501,15 @@ pub struct NotificationSettings {
     pub role_query: String,
     /// Roles that join the `admin` room (compared case-insensitively).
     pub admin_roles: Vec<String>,
+}
+
+impl NotificationSettings {
+    /// Whether `role` is one of the admin roles (case-insensitive).
+    pub fn is_admin(&self, role: &str) -> bool {
+        self.admin_roles
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(role))
+    }
 }
 
 impl Args {
@@ -642,12 +662,17 @@ impl Args {
             return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
         }
 
-        let api_keys: Vec<String> = self
-            .api_keys
-            .into_iter()
-            .map(|k| k.trim().to_owned())
-            .filter(|k| !k.is_empty())
-            .collect();
+        let keys = |keys: Vec<String>| -> Vec<String> {
+            keys.into_iter()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .collect()
+        };
+        let api_keys = keys(self.api_keys);
+        let admin_keys = match keys(self.admin_keys) {
+            admin if admin.is_empty() => api_keys.clone(),
+            admin => admin,
+        };
         let allowed_origins = self
             .allowed_origins
             .iter()
@@ -809,6 +834,7 @@ impl Args {
             jwt,
             dev: self.dev,
             api_keys,
+            admin_keys,
             allowed_origins,
             node_id,
             ping_interval: self.ping_interval,
@@ -1113,6 +1139,21 @@ mod tests {
         let err = args(&[]).expect("parses").validate().expect_err("no key");
         assert_eq!(err.setting, "SWITCHBOARD_JWT_SECRET");
         assert!(args(&["--dev"]).expect("parses").validate().is_ok());
+    }
+
+    #[test]
+    fn admin_keys_default_to_the_api_keys() {
+        let config = args(&["--dev", "--api-keys", "a, b"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(config.admin_keys, ["a", "b"]);
+        let config = args(&["--dev", "--api-keys", "a", "--admin-keys", " x ,,y"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(config.api_keys, ["a"]);
+        assert_eq!(config.admin_keys, ["x", "y"]);
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`backend`]: client events forwarded to the application; [`webhooks`]: events posted to it.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
+//! - [`admin`]: the `/admin` page and its JSON endpoints; recent warnings and errors.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod backend;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use switchboard::config::{Args, Command, LogFormat, describe_arg_error};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let args = match Args::load_from(std::env::args_os()) {
@@ -118,12 +120,14 @@ fn raise_file_limit(max_connections: usize) {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // The admin page's recent warnings and errors see what the filter lets through, no more.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(switchboard::admin::recent::layer());
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(lines).init(),
+        LogFormat::Json => registry.with(lines.json()).init(),
     }
 }
 

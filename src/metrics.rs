@@ -115,6 +115,11 @@ impl KindCounters {
         }
     }
 
+    /// The whole family, for reading (the admin page's totals).
+    pub fn family(&self) -> &IntCounterVec {
+        &self.family
+    }
+
     /// Adds one.
     pub fn inc(&self, protocol: Protocol, kind: &str) {
         self.inc_by(protocol, kind, 1);
@@ -476,6 +481,12 @@ impl Metrics {
             )?,
             registry,
         })
+    }
+
+    /// Open sessions by transport and protocol, for reading (changed only through
+    /// [`Metrics::opened`], [`Metrics::upgraded`] and [`Metrics::closed`]).
+    pub fn connections(&self) -> &IntGaugeVec {
+        &self.connections
     }
 
     /// A client session opened.

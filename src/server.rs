@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
-use crate::{api, engine, ws};
+use crate::{admin, api, engine, ws};
 
 /// Every route of a node.
 pub fn router(node: Arc<Node>) -> Router {
@@ -44,6 +44,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/socket.io/", engine_routes.clone())
         .route("/socket.io", engine_routes)
         .merge(api_routes)
+        .merge(admin::routes(node.clone()))
         .route("/health", get(api::health))
         .route("/api/community/ws/health", get(api::ws_health))
         .route("/ready", get(api::ready))

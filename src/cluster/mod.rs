@@ -72,6 +72,21 @@ pub struct ChannelInfo {
     pub users: Option<u64>,
 }
 
+/// A node of the cluster, as its heartbeats show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its instance id: the node id, plus a per-process suffix with Redis.
+    pub id: String,
+    /// Whether it is this node.
+    pub this: bool,
+    /// Its last heartbeat, in ms since the Unix epoch (now, for this node without Redis).
+    pub last_heartbeat_ms: u64,
+    /// Whether that heartbeat is recent enough for the node to count as live.
+    pub live: bool,
+    /// Its client connections at that heartbeat.
+    pub connections: u64,
+}
+
 #[derive(Debug, Clone)]
 struct PresenceEntry {
     user: Arc<str>,
@@ -314,6 +329,29 @@ impl Cluster {
         }
     }
 
+    /// Every node of the cluster. This node, `node_id` with `connections` now, is listed with
+    /// its current count rather than the one of its last heartbeat.
+    pub async fn nodes(
+        &self,
+        node_id: &str,
+        connections: u64,
+    ) -> Result<Vec<NodeInfo>, ClusterError> {
+        let Some(redis) = &self.redis else {
+            return Ok(vec![NodeInfo {
+                id: node_id.to_owned(),
+                this: true,
+                last_heartbeat_ms: now_ms(),
+                live: true,
+                connections,
+            }]);
+        };
+        let mut nodes = redis.nodes().await?;
+        for node in nodes.iter_mut().filter(|n| n.this) {
+            node.connections = connections;
+        }
+        Ok(nodes)
+    }
+
     /// This node's share, to rewrite its mirror in Redis after Redis lost it.
     fn snapshot(&self) -> Snapshot {
         let users = self
@@ -358,6 +396,13 @@ impl Cluster {
     pub fn local_user_count(&self) -> usize {
         self.local.users.len()
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One member per user, in a stable order.

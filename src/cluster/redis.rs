@@ -2,6 +2,8 @@
 //!
 //! Keys (all under the configured prefix):
 //! - `sb:nodes` — sorted set of node instance → last heartbeat (ms since the epoch);
+//! - `sb:nodes:connections` — hash of node instance → its client connections at its last
+//!   heartbeat (for the admin page; exact counts stay in each node);
 //! - `sb:node:{instance}:users` / `:channels` — hashes of that node's sockets per user and
 //!   per channel;
 //! - `sb:node:{instance}:presence` — that node's presence entries, one field
@@ -20,14 +22,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use redis::Script;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin};
+use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin, now_ms};
 use crate::hub::SocketId;
 use crate::metrics::RedisHealth;
 use crate::node::Node;
@@ -193,6 +195,7 @@ for i = 1, #channels, 2 do
 end
 local users = redis.call('HGETALL', nodep .. dead .. ':users')
 redis.call('DEL', key, nodep .. dead .. ':users', nodep .. dead .. ':channels')
+redis.call('HDEL', nodes .. ':connections', dead)
 return {out, vacated, users}
 ";
 
@@ -231,6 +234,20 @@ end
 return out
 ";
 
+/// Every node instance with its last heartbeat and its connections then, as
+/// {instance, heartbeat, connections, …}.
+const NODES: &str = r"
+local nodes = ARGV[1]
+local entries = redis.call('ZRANGE', nodes, 0, -1, 'WITHSCORES')
+local out = {}
+for i = 1, #entries, 2 do
+  table.insert(out, entries[i])
+  table.insert(out, entries[i + 1])
+  table.insert(out, redis.call('HGET', nodes .. ':connections', entries[i]) or '0')
+end
+return out
+";
+
 /// A write whose answer nobody waits for.
 enum Op {
     User(Arc<str>, i64),
@@ -251,6 +268,7 @@ struct Scripts {
     sweep: Script,
     sum: Script,
     all_channels: Script,
+    nodes: Script,
 }
 
 /// Key names and timing.
@@ -258,6 +276,8 @@ struct Keys {
     nodes: String,
     /// Sockets per channel summed over every node's hash (live or not yet swept).
     totals: String,
+    /// `nodes` + `:connections`, as the sweep and nodes scripts name it.
+    connections: String,
     node_prefix: String,
     presence_prefix: String,
     /// This process: the node id plus a random suffix, so a restarted node is a new
@@ -281,12 +301,6 @@ impl Keys {
     fn mine(&self, hash: &str) -> String {
         format!("{}{}:{hash}", self.node_prefix, self.instance)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The connection pool, key names and scripts, shared by the handle and the writer task.
@@ -458,6 +472,7 @@ impl RedisState {
             keys: Keys {
                 nodes: format!("{prefix}sb:nodes"),
                 totals: format!("{prefix}sb:channels"),
+                connections: format!("{prefix}sb:nodes:connections"),
                 node_prefix: format!("{prefix}sb:node:"),
                 presence_prefix: format!("{prefix}sb:presence:"),
                 instance: format!("{node_id}.{}", &suffix[..8]),
@@ -472,6 +487,7 @@ impl RedisState {
                 sweep: Script::new(SWEEP),
                 sum: Script::new(SUM),
                 all_channels: Script::new(ALL_CHANNELS),
+                nodes: Script::new(NODES),
             },
             health,
         });
@@ -608,6 +624,31 @@ impl RedisState {
                     .arg(k.oldest_live()),
             )
             .await
+    }
+
+    /// Every node instance in the cluster, with its last heartbeat and its connections then.
+    pub async fn nodes(&self) -> Result<Vec<super::NodeInfo>, ClusterError> {
+        let k = &self.redis.keys;
+        let flat: Vec<String> = self
+            .redis
+            .script(&self.redis.scripts.nodes.arg(&k.nodes))
+            .await?;
+        let oldest_live = k.oldest_live();
+        let nodes = flat
+            .chunks_exact(3)
+            .map(|entry| {
+                // A score is a double in Redis; heartbeats are whole milliseconds.
+                let heartbeat = entry[1].parse::<f64>().map_or(0, |ms| ms as u64);
+                super::NodeInfo {
+                    id: entry[0].clone(),
+                    this: entry[0] == k.instance,
+                    last_heartbeat_ms: heartbeat,
+                    live: heartbeat >= oldest_live,
+                    connections: entry[2].parse().unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(nodes)
     }
 
     /// Removes this instance's share now (its sockets are gone at shutdown); returns the
@@ -843,13 +884,29 @@ impl Writer {
     /// false when Redis could not be reached.
     async fn beat(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> bool {
         let k = &self.redis.keys;
-        let zadd = redis::cmd("ZADD")
+        // Each heartbeat also records this node's connection count, for the admin page's
+        // node list (read back by NODES; removed by SWEEP with the rest of the node).
+        let connections = self
+            .node
+            .upgrade()
+            .map_or(0, |node| node.connection_count());
+        let mut heartbeat = redis::pipe();
+        heartbeat
+            .cmd("ZADD")
             .arg(&k.nodes)
             .arg(now_ms())
             .arg(&k.instance)
-            .clone();
-        match self.redis.command::<i64>(&zadd).await {
-            // New in the set: first beat, Redis restarted empty, or others swept us.
+            .cmd("HSET")
+            .arg(&k.connections)
+            .arg(&k.instance)
+            .arg(connections)
+            .ignore();
+        let added = self
+            .redis
+            .query(async |conn| heartbeat.query_async::<(i64,)>(&mut **conn).await)
+            .await
+            .map(|(added,)| added);
+        match added {
             // New in the set (first beat, Redis restarted empty, or others swept us), not yet
             // written (the node was still being built), or changed without Redis: rewrite.
             Ok(added) => {

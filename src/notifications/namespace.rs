@@ -58,13 +58,10 @@ pub async fn on_connect(node: &Node, session: &Session, socket: &Socket) {
     if let Some(sector) = user.sector_id.as_deref().filter(|s| !s.is_empty()) {
         rooms.push(room(&format!("sector:{sector}")));
     }
-    let admin = user.role.as_deref().is_some_and(|role| {
-        store
-            .settings()
-            .admin_roles
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(role))
-    });
+    let admin = user
+        .role
+        .as_deref()
+        .is_some_and(|role| store.settings().is_admin(role));
     if admin {
         rooms.push(room("admin"));
     }
