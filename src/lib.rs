@@ -21,6 +21,7 @@
 //! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
+//! - [`telemetry`]: logs (text or JSON, `RUST_LOG`) and OpenTelemetry traces over OTLP.
 
 pub mod api;
 pub mod auth;
@@ -44,4 +45,5 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod socketio;
+pub mod telemetry;
 pub mod ws;
