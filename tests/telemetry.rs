@@ -118,10 +118,11 @@ async fn wait_for_spans(collector: &AppServer, done: impl Fn(&[Span]) -> bool) -
     }
 }
 
-async fn broadcast(node: &Node, key: &str, body: &Value) -> HttpResponse {
+/// `POST <path>` on the node's API with a bearer key and a JSON body.
+async fn api(node: &Node, key: &str, path: &str, body: Value) -> HttpResponse {
     http(
         "POST",
-        &format!("{}/api/broadcast", node.url()),
+        &format!("{}{path}", node.url()),
         &[
             ("authorization", &format!("Bearer {key}")),
             ("content-type", "application/json"),
@@ -181,10 +182,11 @@ async fn one_broadcast_is_traced_from_the_api_call_to_the_delivery() {
     let mut client = agent(&node, &token).await;
     join(&mut client, json!({"channel": "orders"})).await;
     let marker = "traced-body-marker";
-    let response = broadcast(
+    let response = api(
         &node,
         API_KEY,
-        &json!({"channel": "orders", "event": "OrderShipped", "data": {"note": marker}}),
+        "/api/broadcast",
+        json!({"channel": "orders", "event": "OrderShipped", "data": {"note": marker}}),
     )
     .await;
     assert_eq!(response.status, 202, "{}", response.text());
@@ -264,10 +266,11 @@ async fn http_json_service_name_and_the_last_spans_at_shutdown() {
         ],
     )
     .await;
-    let response = broadcast(
+    let response = api(
         &node,
         API_KEY,
-        &json!({"channel": "news", "event": "Posted", "data": {}}),
+        "/api/broadcast",
+        json!({"channel": "news", "event": "Posted", "data": {}}),
     )
     .await;
     assert_eq!(response.status, 202, "{}", response.text());
@@ -335,4 +338,214 @@ async fn unsupported_otel_settings_stop_the_start() {
     // Without an endpoint there is no exporter, so nothing to refuse.
     let node = Node::spawn(&["--dev"], &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).await;
     assert!(!node.logs().contains("OTLP"), "{}", node.logs());
+}
+
+mod hygiene {
+    //! Every kind of secret and private data the node handles, driven through it at debug
+    //! level, then looked for in every log line.
+
+    use super::*;
+
+    const JWT_SECRET: &str = "jwt-secret-hygiene-5f2c";
+    const KEY: &str = "api-key-hygiene-9d41";
+    const WRONG_KEY: &str = "api-key-wrong-0e77";
+    const BACKEND_SECRET: &str = "backend-secret-hygiene-77ab";
+    const CALLBACK_TOKEN: &str = "callback-session-token-b00c";
+    const EMAIL: &str = "ana.hygiene@example.com";
+    const BODY: &str = "body-marker-3141";
+
+    fn token(user: &str) -> String {
+        jwt_hs256(
+            JWT_SECRET,
+            json!({"sub": user, "name": format!("User {user}")}),
+        )
+    }
+
+    /// The application: `/auth` allows every channel, `/app/events` echoes forwarded events.
+    async fn application() -> AppServer {
+        AppServer::start(|request: Received| -> Answer {
+            Box::pin(async move {
+                match request.path.as_str() {
+                    "/auth" => (200, "{}".to_owned()),
+                    _ => (200, json!({"echo": request.body["data"]}).to_string()),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn database() -> MariaDb {
+        let db = MariaDb::start().await;
+        let (status, output) =
+            run_switchboard(&["migrate"], &[("SWITCHBOARD_DATABASE_URL", &db.url())]).await;
+        assert!(status.success(), "switchboard migrate failed: {output}");
+        db.exec_sql(&format!(
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR(100), email VARCHAR(100),
+                 role VARCHAR(32), sector_id BIGINT NULL, is_active TINYINT(1) NOT NULL DEFAULT 1);
+             INSERT INTO users VALUES (1, 'Ana', '{EMAIL}', 'MEMBER', 10, 1);"
+        ))
+        .await;
+        db
+    }
+
+    #[tokio::test]
+    async fn logs_carry_no_secret_and_every_line_is_json() {
+        let (app, redis, db) = tokio::join!(application(), RedisServer::start(), database());
+        let policy = format!(
+            "[[channel]]\npattern = \"private-orders.*\"\nallow = \"callback\"\nurl = \"{}\"\n",
+            app.url("/auth")
+        );
+        let (_policy_dir, policy_path) = policy_file(&policy);
+        let backend = app.url("/app");
+        let mut node = Node::spawn(
+            &[
+                "--log-format",
+                "json",
+                "--jwt-secret",
+                JWT_SECRET,
+                "--api-keys",
+                KEY,
+                "--backend-url",
+                &backend,
+                "--backend-secret",
+                BACKEND_SECRET,
+                "--policy-file",
+                &policy_path.to_string_lossy(),
+                "--drain-time",
+                "1s",
+            ],
+            &[
+                ("RUST_LOG", "debug,switchboard=trace"),
+                ("SWITCHBOARD_REDIS_URL", &redis.url()),
+                ("SWITCHBOARD_DATABASE_URL", &db.url()),
+            ],
+        )
+        .await;
+        let tokens = [token("1"), token("2"), token("3")];
+        let forged = jwt_hs256("not-the-secret", json!({"sub": "9"}));
+
+        // Socket.IO over websocket with `auth.token`; a callback channel with the client's
+        // Authorization header; a whisper and a forwarded event with bodies.
+        let mut ana = agent(&node, &tokens[0]).await;
+        join(&mut ana, json!({"channel": "orders"})).await;
+        join(
+            &mut ana,
+            json!({"channel": "private-orders.5",
+                   "auth": {"headers": {"Authorization": format!("Bearer {CALLBACK_TOKEN}")}}}),
+        )
+        .await;
+        ana.emit(
+            "client event",
+            json!([{"channel": "private-orders.5", "event": "client-typing", "data": {"text": BODY}}]),
+        )
+        .await;
+        let echoed = ana.emit_ack("chat.send", json!([{"text": BODY}])).await;
+        assert_eq!(echoed[0]["echo"]["text"], BODY, "{echoed}");
+
+        // Socket.IO over polling with the token in the query string; a forged token.
+        let mut polling = Agent::spawn(json!({
+            "url": node.url(),
+            "query": {"token": tokens[1]},
+            "transports": ["polling"],
+        }));
+        polling.expect_connect(TIMEOUT).await;
+        let mut refused = Agent::spawn(json!({
+            "url": node.url(),
+            "auth": {"token": forged},
+            "transports": ["websocket"],
+        }));
+        refused.expect_connect_error(TIMEOUT).await;
+
+        // The JSON endpoint with a token in the query, and with a forged one.
+        let ws = format!("ws://{}/ws?token=", node.addr());
+        let (_json, _) = tokio_tungstenite::connect_async(format!("{ws}{}", tokens[2]))
+            .await
+            .expect("json websocket");
+        assert!(
+            tokio_tungstenite::connect_async(format!("{ws}{forged}"))
+                .await
+                .is_err()
+        );
+
+        // The API with bodies and an email address; a wrong key.
+        let data = json!({"text": BODY, "email": EMAIL});
+        for (key, status) in [(KEY, 202), (WRONG_KEY, 401)] {
+            let said = json!({"channel": "orders", "event": "Said", "data": data});
+            let sent = api(&node, key, "/api/broadcast", said).await;
+            assert_eq!(sent.status, status, "{}", sent.text());
+        }
+        ana.expect_event("Said", TIMEOUT).await;
+        let bad_body = api(&node, KEY, "/api/broadcast", json!(BODY)).await;
+        assert_eq!(bad_body.status, 400);
+
+        // A notification, to a socket whose user row holds the email address.
+        let mut notified = Agent::spawn(json!({
+            "url": format!("{}/notifications", node.url()),
+            "auth": {"token": tokens[0]},
+            "transports": ["websocket"],
+        }));
+        notified.expect_connect(TIMEOUT).await;
+        notified.expect_event("connection:success", TIMEOUT).await;
+        let stored = api(
+            &node,
+            KEY,
+            "/api/notifications",
+            json!({"user_ids": [1], "type": "info", "title": BODY, "message": BODY, "data": data}),
+        )
+        .await;
+        assert_eq!(stored.status, 201, "{}", stored.text());
+        notified.expect_event("notification:new", TIMEOUT).await;
+
+        // Something on the bus that is not an envelope, quoting a body.
+        redis.publish("orders", json!(BODY).to_string()).await;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while !node.logs().contains("not a broadcast envelope") {
+            assert!(tokio::time::Instant::now() < deadline, "{}", node.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.sigterm();
+        assert!(node.wait_exit(Duration::from_secs(10)).await.is_some());
+
+        let logs = node.logs();
+        let mut secrets = vec![
+            JWT_SECRET,
+            KEY,
+            WRONG_KEY,
+            BACKEND_SECRET,
+            CALLBACK_TOKEN,
+            EMAIL,
+            BODY,
+        ];
+        for token in tokens.iter().chain([&forged]) {
+            secrets.push(token);
+            // The signature alone would do as much harm.
+            secrets.push(token.rsplit('.').next().unwrap_or_default());
+        }
+        for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+            for secret in &secrets {
+                assert!(
+                    !line.contains(secret),
+                    "a log line carries {secret}: {line}"
+                );
+            }
+            let entry: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+            assert!(entry["level"].is_string(), "{line}");
+            assert!(entry["target"].is_string(), "{line}");
+            assert!(entry["fields"].is_object(), "{line}");
+        }
+        // The test saw what it drove: debug lines, spans as their context, refusals.
+        for expected in [
+            "connection refused: bad token",
+            "\"name\":\"socketio.connect\"",
+            "\"name\":\"subscribe\"",
+            "\"name\":\"ws.connect\"",
+            "not a broadcast envelope",
+        ] {
+            assert!(
+                logs.contains(expected),
+                "no {expected} in the logs:\n{logs}"
+            );
+        }
+    }
 }
