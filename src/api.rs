@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::auth::{bearer, find_key};
 use crate::channel;
@@ -26,14 +27,31 @@ const MAX_CHANNELS_PER_CALL: usize = 100;
 /// Longest event name accepted.
 const MAX_EVENT_LENGTH: usize = 200;
 
-/// Counts API calls by route and status, and times them by route.
+/// Counts API calls by route and status, times them by route, and runs each in a span named
+/// like `POST /api/broadcast`.
 pub async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
+    let span = tracing::debug_span!(
+        "api.request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = request.method().as_str(),
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("otel.name", format!("{} {route}", request.method()));
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     let metrics = &node.metrics;
     metrics
         .api_requests

@@ -388,7 +388,14 @@ fn open_session(
     headers: &HeaderMap,
     remote: SocketAddr,
 ) -> Result<Arc<Session>, EngineError> {
+    let span = tracing::debug_span!(
+        "engineio.handshake",
+        switchboard.transport = transport.label(),
+        switchboard.refusal = tracing::field::Empty,
+    );
+    let _span = span.enter();
     node.admit(remote, headers).map_err(|refusal| {
+        span.record("switchboard.refusal", refusal.message());
         EngineError::with(refusal.status(), ErrorCode::Forbidden, refusal.message())
     })?;
     let session = Arc::new(Session {

@@ -23,6 +23,7 @@
 //! - [`backend`]: client events forwarded to the application; [`webhooks`]: events posted to it.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
 //! - [`admin`]: the `/admin` page and its JSON endpoints; recent warnings and errors.
+//! - [`telemetry`]: logs (text or JSON, `RUST_LOG`) and OpenTelemetry traces over OTLP.
 
 pub mod admin;
 pub mod api;
@@ -48,4 +49,5 @@ pub mod protocol;
 pub mod server;
 pub mod socketio;
 pub mod webhooks;
+pub mod telemetry;
 pub mod ws;

@@ -1,12 +1,13 @@
-//! The `switchboard` binary: parse the configuration, start logging, serve until a signal.
+//! The `switchboard` binary: parse the configuration, start logging and tracing, serve until
+//! a signal.
 
 use std::process::ExitCode;
 
-use switchboard::config::{Args, Command, LogFormat, describe_arg_error};
+use switchboard::config::{Args, Command, describe_arg_error};
+use switchboard::telemetry::{Setup, Telemetry};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> ExitCode {
     let args = match Args::load_from(std::env::args_os()) {
@@ -20,7 +21,10 @@ fn main() -> ExitCode {
         },
     };
     if args.command == Some(Command::Migrate) {
-        init_logging(args.log_format);
+        if let Err(e) = Setup::logs(args.log_format).install() {
+            eprintln!("switchboard: {e}");
+            return ExitCode::FAILURE;
+        }
         return migrate(&args);
     }
     let config = match args.validate() {
@@ -30,12 +34,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
-    raise_file_limit(config.max_connections);
-
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
+    let telemetry = {
+        // The span exporter is a task on this runtime.
+        let _runtime = runtime.enter();
+        // The admin page's recent warnings and errors, with their own (cheap) level filter.
+        let recent = switchboard::admin::recent::layer()
+            .with_filter(LevelFilter::WARN)
+            .boxed();
+        match Setup::logs(config.log_format)
+            .traces(&config.node_id)
+            .layer(recent)
+            .install()
+        {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("switchboard: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    raise_file_limit(config.max_connections);
+    if telemetry.traces() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    let code = serve(&runtime, config);
+    // Outside the runtime's tasks, which must still run to send the last spans.
+    Telemetry::shutdown(telemetry);
+    code
+}
+
+/// Serves until a shutdown signal and the drain that follows.
+fn serve(runtime: &tokio::runtime::Runtime, config: switchboard::config::Config) -> ExitCode {
     runtime.block_on(async {
         let listener = match listen(config.listen) {
             Ok(listener) => listener,
@@ -115,19 +147,6 @@ fn raise_file_limit(max_connections: usize) {
         ),
         Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // The admin page's recent warnings and errors see what the filter lets through, no more.
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(switchboard::admin::recent::layer());
-    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => registry.with(lines).init(),
-        LogFormat::Json => registry.with(lines.json()).init(),
     }
 }
 

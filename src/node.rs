@@ -12,6 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::backend::ForwardError;
 use crate::blocks::{self, Blocks};
@@ -276,7 +277,8 @@ impl Node {
                     .errors
                     .with_label_values(&["bus_envelope"])
                     .inc();
-                tracing::warn!(channel, error = %e, "ignoring a bus message that is not a broadcast envelope");
+                // Not `%e`: serde's message can quote the payload (`invalid type: string "…"`).
+                tracing::warn!(channel, problem = ?e.classify(), column = e.column(), "ignoring a bus message that is not a broadcast envelope");
                 return;
             }
         };
@@ -310,11 +312,23 @@ impl Node {
         author: Option<&str>,
         received: Instant,
     ) {
+        // A root span on a node that received the message from Redis; under the publish's
+        // span when the in-process bus delivers it within the publish.
+        let span = tracing::debug_span!(
+            "bus.deliver",
+            otel.kind = "consumer",
+            messaging.destination.name = channel,
+            switchboard.event = &*envelope.event,
+            switchboard.recipients = tracing::field::Empty,
+            switchboard.slow = tracing::field::Empty,
+        );
+        let _span = span.enter();
         let data = envelope.data.unwrap_or(RawValue::NULL);
         let message = Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
         let fanout = self.hub.broadcast(&message, |member| {
             author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
         });
+        span.record("switchboard.recipients", fanout.delivered);
         let metrics = &self.metrics;
         metrics.fanout.observe(fanout.delivered as f64);
         for protocol in [Protocol::SocketIo, Protocol::Json] {
@@ -329,6 +343,7 @@ impl Node {
             .delivery_latency
             .observe(received.elapsed().as_secs_f64());
         if fanout.slow > 0 {
+            span.record("switchboard.slow", fanout.slow);
             tracing::warn!(
                 channel,
                 sockets = fanout.slow,
@@ -540,6 +555,28 @@ impl Node {
         channel: &str,
         auth: Option<&serde_json::Value>,
     ) -> Result<Option<Vec<Box<RawValue>>>, Refusal> {
+        let span = tracing::debug_span!(
+            "subscribe",
+            messaging.destination.name = channel,
+            switchboard.refusal = tracing::field::Empty,
+        );
+        let result = self
+            .check_and_join(socket, channel, auth)
+            .instrument(span.clone())
+            .await;
+        if let Err(refusal) = &result {
+            span.record("switchboard.refusal", tracing::field::display(refusal));
+        }
+        result
+    }
+
+    /// [`Node::subscribe`] within its span.
+    async fn check_and_join(
+        &self,
+        socket: &Arc<Member>,
+        channel: &str,
+        auth: Option<&serde_json::Value>,
+    ) -> Result<Option<Vec<Box<RawValue>>>, Refusal> {
         if !socket.subscribe_limit.take(self.config.subscribe_rate) {
             self.metrics.rate_limited(Limit::Subscribe);
             return Err(Refusal::RateLimited);
@@ -661,12 +698,26 @@ impl Node {
             socket: except.map(Into::into),
         }
         .to_bytes();
-        match self.bus.publish(channel, payload).await {
+        let span = tracing::debug_span!(
+            "bus.publish",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = self.bus.kind(),
+            messaging.destination.name = channel,
+            switchboard.event = event,
+        );
+        match self
+            .bus
+            .publish(channel, payload)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => {
                 self.metrics.bus_publishes.inc();
                 Ok(())
             }
             Err(e) => {
+                span.record("otel.status_code", "error");
                 self.metrics
                     .bus_errors
                     .with_label_values(&["publish"])

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::auth::{TokenError, bearer};
 use crate::channel::{self, Refusal};
@@ -130,7 +131,13 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
     };
     match packet.kind {
         PacketKind::Connect => {
-            connect(node, session, &packet).await;
+            let span = tracing::debug_span!(
+                "socketio.connect",
+                switchboard.namespace = packet.namespace,
+                enduser.id = tracing::field::Empty,
+                switchboard.refusal = tracing::field::Empty,
+            );
+            connect(node, session, &packet).instrument(span).await;
             Ok(())
         }
         PacketKind::Disconnect => {
@@ -261,6 +268,7 @@ enum Namespace {
 async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
     let namespace = packet.namespace;
     let refuse = |message: &str| {
+        tracing::Span::current().record("switchboard.refusal", message);
         send(session, |out| {
             codec::write_connect_error(out, namespace, message)
         });
@@ -294,7 +302,10 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
         .ok_or(TokenError::Missing)
         .and_then(|token| node.config.jwt.verify(&token))
     {
-        Ok(principal) => principal,
+        Ok(principal) => {
+            tracing::Span::current().record("enduser.id", &*principal.user_id);
+            principal
+        }
         Err(e) => {
             node.metrics
                 .auth_failures

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::auth::{TokenError, bearer};
 use crate::backend::ForwardError;
@@ -54,9 +55,20 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(&node, remote, query, &headers, ws).await {
+    let span = tracing::debug_span!(
+        "ws.connect",
+        enduser.id = tracing::field::Empty,
+        switchboard.refusal = tracing::field::Empty,
+    );
+    match accept(&node, remote, query, &headers, ws)
+        .instrument(span.clone())
+        .await
+    {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            span.record("switchboard.refusal", error.code);
+            error.into_response()
+        }
     }
 }
 
@@ -101,6 +113,7 @@ async fn accept(
                 .inc();
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
         })?;
+    tracing::Span::current().record("enduser.id", &*principal.user_id);
     node.cluster
         .connect(&principal.user_id)
         .await

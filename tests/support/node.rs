@@ -130,13 +130,7 @@ impl Node {
 
 fn command(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    // Settings exported in the developer's shell must not leak into tests;
-    // each test says exactly which ones it sets.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
-            command.env_remove(name);
-        }
-    }
+    clear_settings(&mut command);
     command.args(args).arg("--listen").arg(addr.to_string());
     command.envs(envs.iter().copied());
     command
@@ -146,11 +140,7 @@ fn command(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Command {
 /// added, and returns its exit status and everything it printed.
 pub async fn run_switchboard(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
-            command.env_remove(name);
-        }
-    }
+    clear_settings(&mut command);
     command
         .args(args)
         .envs(envs.iter().copied())
@@ -165,4 +155,16 @@ pub async fn run_switchboard(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatu
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status, text)
+}
+
+/// Settings exported in the developer's shell (`SWITCHBOARD_*`, and `OTEL_*`, which would
+/// send the tests' traces to their collector) must not leak into tests; each test says
+/// exactly which ones it sets.
+fn clear_settings(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("SWITCHBOARD_") || text.starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
 }
