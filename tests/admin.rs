@@ -80,14 +80,8 @@ async fn admin_until(
 }
 
 async fn client(node: &Node, user: &str) -> Agent {
-    let mut agent = Agent::spawn(json!({
-        "url": node.url(),
-        "auth": {"token": token(json!({"sub": user, "name": format!("User {user}")}))},
-        "transports": ["websocket"],
-    }));
-    agent.expect_connect(TIMEOUT).await;
-    agent.expect_event("subscribed", TIMEOUT).await;
-    agent
+    let token = token(json!({"sub": user, "name": format!("User {user}")}));
+    Agent::connected(&node.url(), &token).await
 }
 
 async fn subscribe(agent: &mut Agent, channel: &str) {

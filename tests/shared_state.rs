@@ -45,14 +45,7 @@ async fn node(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Node {
 }
 
 async fn client(node: &Node, user: &str) -> Agent {
-    let mut agent = Agent::spawn(json!({
-        "url": node.url(),
-        "auth": {"token": token(user, &format!("User {user}"))},
-        "transports": ["websocket"],
-    }));
-    agent.expect_connect(TIMEOUT).await;
-    agent.expect_event("subscribed", TIMEOUT).await;
-    agent
+    Agent::connected(&node.url(), &token(user, &format!("User {user}"))).await
 }
 
 async fn api_get(node: &Node, path: &str) -> Value {

@@ -87,14 +87,7 @@ fn token(sub: &str) -> String {
 }
 
 async fn client(node: &Node, user: &str) -> Agent {
-    let mut agent = Agent::spawn(json!({
-        "url": node.url(),
-        "auth": {"token": token(user)},
-        "transports": ["websocket"],
-    }));
-    agent.expect_connect(TIMEOUT).await;
-    agent.expect_event("subscribed", TIMEOUT).await;
-    agent
+    Agent::connected(&node.url(), &token(user)).await
 }
 
 async fn subscribe(agent: &mut Agent, channel: &str) {

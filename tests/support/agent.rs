@@ -57,6 +57,19 @@ impl Agent {
         }
     }
 
+    /// A websocket-only client of `url` with `token`, connected and told it joined its own
+    /// `private-user.{id}` channel (the `subscribed` event every connect brings).
+    pub async fn connected(url: &str, token: &str) -> Agent {
+        let mut agent = Agent::spawn(serde_json::json!({
+            "url": url,
+            "auth": {"token": token},
+            "transports": ["websocket"],
+        }));
+        agent.expect_connect(super::TIMEOUT).await;
+        agent.expect_event("subscribed", super::TIMEOUT).await;
+        agent
+    }
+
     /// Emits `event` with `args` (a JSON array), without an ack.
     pub async fn emit(&mut self, event: &str, args: Value) {
         assert!(
