@@ -238,17 +238,23 @@ async fn do_push(node: &Node, request: PushRequest) -> Result<Done, ApiError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let data = request.data.as_deref().unwrap_or(RawValue::NULL);
-    let mut online = 0;
-    for user in &users {
-        let own = channel::user_channel(user);
-        check_channel(node, &own)?;
-        node.publish(&own, &request.event, data, None)
-            .await
-            .map_err(bus_unavailable)?;
-        if node.cluster.user_connections(user).await? > 0 {
-            online += 1;
-        }
-    }
+    // Every id checked before anything is sent, so a bad one sends nothing.
+    let channels = users
+        .iter()
+        .map(|user| {
+            let own = channel::user_channel(user);
+            check_channel(node, &own).map(|()| own)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    futures_util::future::try_join_all(
+        channels
+            .iter()
+            .map(|own| node.publish(own, &request.event, data, None)),
+    )
+    .await
+    .map_err(bus_unavailable)?;
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let online = node.cluster.online(&names).await?;
     Ok((
         StatusCode::OK,
         json!({"users": users.len(), "online": online}),

@@ -200,6 +200,15 @@ async fn push_room_broadcast_and_disconnect_across_nodes() {
         assert_eq!(args, [json!("private-user.ann"), json!({"n": 1})]);
     }
     b.assert_no_event("alert", Duration::from_millis(200)).await;
+    // One bad id refuses the whole push: nobody gets a half-sent event.
+    let refused = api(
+        &one,
+        "/api/push",
+        json!({"user_ids": ["ann", "not an id!"], "event": "half", "data": 1}),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    a1.assert_no_event("half", Duration::from_millis(200)).await;
 
     for agent in [&mut a1, &mut a2, &mut b] {
         let answer = agent

@@ -300,6 +300,22 @@ impl Cluster {
         }
     }
 
+    /// How many of `users` have a socket somewhere in the cluster (one Redis call).
+    pub async fn online(&self, users: &[&str]) -> Result<usize, ClusterError> {
+        match &self.redis {
+            Some(redis) => Ok(redis
+                .users_connections(users)
+                .await?
+                .iter()
+                .filter(|n| **n > 0)
+                .count()),
+            None => Ok(users
+                .iter()
+                .filter(|u| self.local.users.contains_key(**u))
+                .count()),
+        }
+    }
+
     /// One channel's counts across the cluster.
     pub async fn channel(&self, hub: &Hub, channel: &str) -> Result<ChannelInfo, ClusterError> {
         let presence = crate::channel::kind(channel) == crate::channel::Kind::Presence;

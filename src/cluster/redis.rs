@@ -199,14 +199,19 @@ redis.call('HDEL', nodes .. ':connections', dead)
 return {out, vacated, users}
 ";
 
-/// Sums one field of a per-node hash over live nodes.
+/// Sums fields (ARGV[5..]) of a per-node hash over live nodes; one total per field.
 const SUM: &str = r"
-local nodes, nodep, oldest, hash, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local total = 0
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')) do
-  total = total + tonumber(redis.call('HGET', nodep .. n .. ':' .. hash, field) or '0')
+local nodes, nodep, oldest, hash = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local live = redis.call('ZRANGEBYSCORE', nodes, oldest, '+inf')
+local totals = {}
+for i = 5, #ARGV do
+  local total = 0
+  for _, n in ipairs(live) do
+    total = total + tonumber(redis.call('HGET', nodep .. n .. ':' .. hash, ARGV[i]) or '0')
+  end
+  totals[#totals + 1] = total
 end
-return total
+return totals
 ";
 
 /// Every channel's socket count summed over live nodes, as {name, count, …}.
@@ -422,19 +427,24 @@ impl Redis {
         })
     }
 
+    /// Sums fields of a per-node hash over live nodes, in one script call.
+    async fn sums(&self, hash: &str, fields: &[&str]) -> Result<Vec<u64>, ClusterError> {
+        let k = &self.keys;
+        let mut invocation = self.scripts.sum.prepare_invoke();
+        invocation
+            .arg(&k.nodes)
+            .arg(&k.node_prefix)
+            .arg(k.oldest_live())
+            .arg(hash);
+        for field in fields {
+            invocation.arg(*field);
+        }
+        self.script(&invocation).await
+    }
+
     /// Sums one field of a per-node hash over live nodes.
     async fn sum(&self, hash: &str, field: &str) -> Result<u64, ClusterError> {
-        let k = &self.keys;
-        self.script(
-            self.scripts
-                .sum
-                .arg(&k.nodes)
-                .arg(&k.node_prefix)
-                .arg(k.oldest_live())
-                .arg(hash)
-                .arg(field),
-        )
-        .await
+        Ok(self.sums(hash, &[field]).await?.first().copied().unwrap_or(0))
     }
 }
 
@@ -590,6 +600,11 @@ impl RedisState {
     /// Sockets of `user` on live nodes.
     pub async fn user_connections(&self, user: &str) -> Result<u64, ClusterError> {
         self.redis.sum("users", user).await
+    }
+
+    /// Sockets of each of `users` on live nodes.
+    pub async fn users_connections(&self, users: &[&str]) -> Result<Vec<u64>, ClusterError> {
+        self.redis.sums("users", users).await
     }
 
     /// One channel's counts on live nodes.
