@@ -15,14 +15,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::ws::{
-    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
-use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -31,11 +27,10 @@ use crate::metrics::Protocol;
 use crate::node::Node;
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
+use crate::protocol::websocket::{self as framing, FrameError, Message};
 use crate::socketio;
+use crate::websocket::{NotAnUpgrade, ReadError, Upgrade, WebSocket};
 
-/// Per-connection websocket read buffer. Tungstenite allocates it eagerly for every
-/// connection; clients send small packets (pongs, subscribes), and a larger frame just grows it.
-const WS_READ_BUFFER: usize = 512;
 /// Time a client has to finish the upgrade once it starts probing.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time given to write the close frame to a leaving websocket.
@@ -331,7 +326,7 @@ pub async fn get(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     query: Result<Query<EngineQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Response {
     let handle = async {
         let query = check_query(query)?;
@@ -691,35 +686,29 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
 
 fn websocket(
     node: Arc<Node>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     query: EngineQuery,
     headers: &HeaderMap,
     remote: SocketAddr,
 ) -> Result<Response, EngineError> {
-    let ws = ws
-        .read_buffer_size(WS_READ_BUFFER)
-        .max_message_size(node.config.max_message_size)
-        .max_frame_size(node.config.max_message_size);
+    let max_message = node.config.max_message_size;
     let response = match &query.sid {
         None => {
             let session = open_session(&node, Transport::WebSocket, &query, headers, remote)?;
-            ws.on_failed_upgrade({
-                let (node, session) = (node.clone(), session.clone());
-                move |e| {
-                    tracing::info!(error = %e, "websocket upgrade failed");
-                    finish(&node, &session, CloseReason::TransportError);
-                }
-            })
-            .on_upgrade(move |socket| {
-                // The socket is boxed and the preamble too: what stays in every connection's
-                // task is then the session loop alone (measured: 2 KB → 0.6 KB per task).
-                let mut socket = Box::new(socket);
-                async move {
-                    if let Some(heartbeat) =
-                        Box::pin(open_websocket(&node, &session, &mut socket)).await
-                    {
-                        run_websocket(&node, &session, socket, heartbeat).await;
+            ws.accept(max_message, move |socket| async move {
+                let mut socket = match socket {
+                    // Boxed, and the preamble too: what stays in every connection's task is
+                    // then the session loop alone.
+                    Ok(socket) => Box::new(socket),
+                    Err(e) => {
+                        tracing::info!(error = %e, "websocket upgrade failed");
+                        return finish(&node, &session, CloseReason::TransportError);
                     }
+                };
+                if let Some(heartbeat) =
+                    Box::pin(open_websocket(&node, &session, &mut socket)).await
+                {
+                    run_websocket(&node, &session, socket, heartbeat).await;
                 }
             })
         }
@@ -735,12 +724,12 @@ fn websocket(
                     "session is not upgradable",
                 ));
             }
-            ws.on_upgrade(move |socket| {
+            ws.accept(max_message, move |socket| async move {
+                // A failed upgrade leaves the session on polling.
+                let Ok(socket) = socket else { return };
                 let mut socket = Box::new(socket);
-                async move {
-                    if let Some(heartbeat) = Box::pin(upgrade(&node, &session, &mut socket)).await {
-                        run_websocket(&node, &session, socket, heartbeat).await;
-                    }
+                if let Some(heartbeat) = Box::pin(upgrade(&node, &session, &mut socket)).await {
+                    run_websocket(&node, &session, socket, heartbeat).await;
                 }
             })
         }
@@ -754,8 +743,8 @@ async fn open_websocket(
     session: &Session,
     socket: &mut WebSocket,
 ) -> Option<Heartbeat> {
-    let open = handshake_packet(node, &session.sid, &[]);
-    if socket.send(Message::Text(open.into())).await.is_err() {
+    let open = Frame::from(handshake_packet(node, &session.sid, &[]));
+    if socket.send(&open).await.is_err() {
         finish(node, session, CloseReason::TransportError);
         return None;
     }
@@ -780,10 +769,7 @@ async fn upgrade(node: &Node, session: &Session, socket: &mut WebSocket) -> Opti
             };
             match engineio::decode(&text) {
                 Ok(Packet::Ping("probe")) if !probed => {
-                    socket
-                        .send(Message::Text(engineio::PONG_PROBE.into()))
-                        .await
-                        .ok()?;
+                    socket.send(&Frame::from(engineio::PONG_PROBE)).await.ok()?;
                     session.send(Frame::from(engineio::NOOP));
                     probed = true;
                 }
@@ -810,9 +796,7 @@ async fn upgrade(node: &Node, session: &Session, socket: &mut WebSocket) -> Opti
     Some(heartbeat)
 }
 
-/// The websocket session loop: write what is queued (all of it in one flush), read packets,
-/// keep the heartbeat. Ends the session when it returns.
-/// Writes the drained frames in one flush (after the write delay, when set). False when
+/// Writes the drained frames in one vectored write (after the write delay, when set). False when
 /// the socket failed, or the outbox was closed while the socket would not take more bytes
 /// (a slow consumer is cut off even then).
 pub async fn write_queued(
@@ -827,12 +811,7 @@ pub async fn write_queued(
         Box::pin(tokio::time::sleep(node.config.write_delay)).await;
         outbox.try_drain(batch);
     }
-    let write = async {
-        for frame in batch.drain(..) {
-            socket.feed(Message::Text(frame.0)).await?;
-        }
-        socket.flush().await
-    };
+    let write = socket.write_frames(batch);
     // Only a close that drops the queue (slow consumer) cuts the write short; after one that
     // flushes (protocol error, shutdown) the last frames still go out.
     let cut_off = async {
@@ -849,28 +828,31 @@ pub async fn write_queued(
 }
 
 /// Tells the client why its socket closes, when the reason is one to tell; code 1001 (going
-/// away) and 1008/1009 make clients reconnect.
+/// away) and 1008/1009 make clients reconnect. A client's own close frame is answered.
 pub async fn close_websocket(socket: &mut WebSocket, reason: CloseReason) {
-    if !reason.flushes() {
-        return;
-    }
     let code = match reason {
-        CloseReason::ShuttingDown => 1001,
-        CloseReason::MessageTooLarge => 1009,
-        _ => 1008,
+        CloseReason::ShuttingDown => framing::GOING_AWAY,
+        CloseReason::MessageTooLarge => framing::TOO_BIG,
+        _ if reason.flushes() => framing::POLICY_VIOLATION,
+        _ if socket.peer_closed() => framing::NORMAL,
+        _ => return,
     };
-    let frame = CloseFrame {
-        code,
-        reason: reason.label().into(),
-    };
-    let close = tokio::time::timeout(
-        CLOSE_WRITE_TIMEOUT,
-        socket.send(Message::Close(Some(frame))),
-    );
+    let close = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.close(code, reason.label()));
     // Boxed: it runs once per connection and would otherwise enlarge every idle task.
     let _ = Box::pin(close).await;
 }
 
+/// Why a websocket read ended the session.
+pub fn read_failed(error: &ReadError) -> CloseReason {
+    match error {
+        ReadError::Frame(FrameError::TooLarge(_)) => CloseReason::MessageTooLarge,
+        ReadError::Frame(_) => CloseReason::ProtocolError,
+        ReadError::Io(_) => CloseReason::TransportError,
+    }
+}
+
+/// The websocket session loop: write what is queued (all of it in one write), read packets,
+/// keep the heartbeat. Ends the session when it returns.
 async fn run_websocket(
     node: &Node,
     session: &Session,
@@ -906,11 +888,12 @@ async fn run_websocket(
                     },
                     Some(Ok(Message::Binary(data))) => socketio::on_binary(node, session, &data),
                     Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Ping(payload))) => socket.pong(&payload).await.map_err(|_| CloseReason::TransportError),
+                    Some(Ok(Message::Pong)) => Ok(()),
                     Some(Err(e)) => {
-                        // Resets are routine on mobile networks; oversized frames land here too.
+                        // Resets are routine on mobile networks.
                         tracing::debug!(sid = %session.sid, error = %e, "closing a websocket session: read failed");
-                        Err(CloseReason::TransportError)
+                        Err(read_failed(&e))
                     }
                 };
                 if let Err(reason) = result {

@@ -14,7 +14,8 @@
 //! - [`config`]: every setting, its default and validation.
 //! - [`server`]: the router and the serve loop with graceful drain.
 //! - [`engine`]: Engine.IO sessions over polling and websocket; [`socketio`] on top of it.
-//! - [`protocol`]: pure codecs (Engine.IO, Socket.IO).
+//! - [`websocket`]: the upgrade and websocket I/O; [`ws`]: the plain JSON endpoint on it.
+//! - [`protocol`]: pure codecs (Engine.IO, Socket.IO, JSON, websocket framing).
 //! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and kinds of channels.
 //! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: MySQL pool.
 //! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue.
@@ -48,6 +49,7 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod socketio;
-pub mod webhooks;
 pub mod telemetry;
+pub mod webhooks;
+pub mod websocket;
 pub mod ws;

@@ -7,33 +7,46 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-
-use axum::extract::ws::Utf8Bytes;
 use std::task::Poll;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-/// One encoded text frame; cloning shares the bytes, so a broadcast is encoded once.
+use crate::protocol::websocket;
+
+/// One text message, kept as its whole websocket frame (header and payload): a broadcast is
+/// encoded once, and every recipient's socket writes the same shared bytes.
 #[derive(Debug, Clone)]
-pub struct Frame(pub Utf8Bytes);
+pub struct Frame(Bytes);
 
 impl Frame {
-    /// The frame's text.
+    /// The message's text.
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        // Frames are only built from text, so this never falls back.
+        std::str::from_utf8(self.payload()).unwrap_or_default()
+    }
+
+    /// The message's bytes, without the websocket header.
+    fn payload(&self) -> &[u8] {
+        websocket::payload(&self.0)
+    }
+
+    /// The bytes on the wire: the websocket frame.
+    pub fn wire(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(text: &str) -> Self {
+        Self(websocket::encode(websocket::TEXT, text.as_bytes()))
     }
 }
 
 impl From<String> for Frame {
     fn from(text: String) -> Self {
-        Self(Utf8Bytes::from(text))
-    }
-}
-
-impl From<&'static str> for Frame {
-    fn from(text: &'static str) -> Self {
-        Self(Utf8Bytes::from_static(text))
+        Self::from(text.as_str())
     }
 }
 
@@ -145,7 +158,7 @@ impl Outbox {
             if state.closed.is_some() {
                 return Err(PushError::Closed);
             }
-            let len = frame.as_str().len();
+            let len = frame.payload().len();
             if state.bytes + len > self.limit && !state.frames.is_empty() {
                 drop(state);
                 self.close(CloseReason::SlowConsumer);

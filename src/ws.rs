@@ -12,9 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{
-    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +24,7 @@ use crate::auth::{TokenError, bearer};
 use crate::backend::ForwardError;
 use crate::channel::Refusal;
 use crate::cluster::ConnectRefusal;
-use crate::engine::{close_websocket, origin_allowed, write_queued};
+use crate::engine::{close_websocket, origin_allowed, read_failed, write_queued};
 use crate::error::ApiError;
 use crate::hub::{Codec, JoinError, Member};
 use crate::limit::Bucket;
@@ -35,9 +32,8 @@ use crate::metrics::{Limit, Protocol};
 use crate::node::Node;
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::json::{self, ErrorCode};
-
-/// Read buffer per socket; frames larger than this are read in several steps.
-const READ_BUFFER: usize = 512;
+use crate::protocol::websocket::Message;
+use crate::websocket::{NotAnUpgrade, Upgrade, WebSocket};
 /// The `transport` label of these sockets.
 const TRANSPORT: &str = "websocket";
 
@@ -53,7 +49,7 @@ pub async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     query: Result<Query<WsQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Response {
     let span = tracing::debug_span!(
         "ws.connect",
@@ -77,7 +73,7 @@ async fn accept(
     remote: SocketAddr,
     query: Result<Query<WsQuery>, QueryRejection>,
     headers: &HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     if !origin_allowed(node, headers) {
@@ -146,21 +142,18 @@ async fn accept(
     node.metrics.handshake(Protocol::Json, started.elapsed());
     tracing::debug!(socket = %socket.id, user = %socket.principal.user_id, "json socket connected");
 
-    let ws = ws
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(node.config.max_message_size)
-        .max_frame_size(node.config.max_message_size);
-    let failed = (node.clone(), socket.clone());
     let node = node.clone();
-    Ok(ws
-        .on_failed_upgrade(move |e| {
-            tracing::info!(error = %e, "websocket upgrade failed");
-            finish(&failed.0, &failed.1, CloseReason::TransportError);
-        })
-        .on_upgrade(move |ws| {
-            let ws = Box::new(ws);
-            async move { Box::pin(run(&node, socket, ws)).await }
-        }))
+    Ok(
+        ws.accept(node.config.max_message_size, move |ws| async move {
+            match ws {
+                Ok(ws) => Box::pin(run(&node, socket, Box::new(ws))).await,
+                Err(e) => {
+                    tracing::info!(error = %e, "websocket upgrade failed");
+                    finish(&node, &socket, CloseReason::TransportError);
+                }
+            }
+        }),
+    )
 }
 
 /// Releases a socket once: its channels, presence, typing states and connection slot.
@@ -228,19 +221,19 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
             },
             message = ws.recv() => {
                 let result = match message {
-                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(node, text.as_str())).await,
+                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(node, &text)).await,
                     Some(Ok(Message::Binary(_))) => {
                         conn.error(node, ErrorCode::InvalidFrame, "binary frames are not supported", None)
                     }
-                    Some(Ok(Message::Pong(_))) => {
+                    Some(Ok(Message::Pong)) => {
                         conn.pong_due = None;
                         Ok(())
                     }
-                    Some(Ok(Message::Ping(_))) => Ok(()),
+                    Some(Ok(Message::Ping(payload))) => ws.pong(&payload).await.map_err(|_| CloseReason::TransportError),
                     Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
                     Some(Err(e)) => {
                         tracing::debug!(socket = %conn.socket.id, error = %e, "closing a json socket: read failed");
-                        Err(CloseReason::TransportError)
+                        Err(read_failed(&e))
                     }
                 };
                 if let Err(reason) = result {
@@ -253,7 +246,7 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
                 if conn.pong_due.is_some_and(|due| due <= now) {
                     outbox.close(CloseReason::PingTimeout);
                 } else if conn.next_ping <= now {
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    if ws.ping().await.is_err() {
                         outbox.close(CloseReason::TransportError);
                     }
                     conn.next_ping = now + node.config.ws_ping_interval;

@@ -444,7 +444,12 @@ impl Redis {
 
     /// Sums one field of a per-node hash over live nodes.
     async fn sum(&self, hash: &str, field: &str) -> Result<u64, ClusterError> {
-        Ok(self.sums(hash, &[field]).await?.first().copied().unwrap_or(0))
+        Ok(self
+            .sums(hash, &[field])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0))
     }
 }
 

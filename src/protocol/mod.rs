@@ -4,6 +4,7 @@
 pub mod engineio;
 pub mod json;
 pub mod socketio;
+pub mod websocket;
 
 /// Appends a string as a JSON string literal.
 fn write_json_str(out: &mut String, value: &str) {

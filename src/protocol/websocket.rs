@@ -1,0 +1,445 @@
+//! WebSocket framing (RFC 6455 §5), server side: unmasked frames out, masked client frames in.
+//!
+//! A frame going out is built once, header and payload in one buffer, so a broadcast's bytes
+//! are shared by every recipient and written as they are. Frames coming in are read into a
+//! [`Reader`], which reassembles fragmented messages, hands control frames over as they come,
+//! and refuses a message over the size limit as soon as its header says so, before buffering it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Continuation of a fragmented message.
+const CONTINUATION: u8 = 0x0;
+/// A UTF-8 text message.
+pub const TEXT: u8 = 0x1;
+/// A binary message.
+const BINARY: u8 = 0x2;
+/// Close.
+pub const CLOSE: u8 = 0x8;
+/// Ping.
+pub const PING: u8 = 0x9;
+/// Pong.
+pub const PONG: u8 = 0xA;
+/// The last frame of a message.
+const FIN: u8 = 0x80;
+/// Reserved bits: set only by an extension, and none is agreed.
+const RESERVED: u8 = 0x70;
+/// The mask bit of the second byte.
+const MASKED: u8 = 0x80;
+/// The longest control frame payload.
+const MAX_CONTROL: u64 = 125;
+
+/// Close code: a normal close.
+pub const NORMAL: u16 = 1000;
+/// Close code: the endpoint is going away (server shutdown).
+pub const GOING_AWAY: u16 = 1001;
+/// Close code: the peer broke the protocol.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// Close code: a text message was not UTF-8.
+pub const INVALID_PAYLOAD: u16 = 1007;
+/// Close code: the peer broke a rule of the application.
+pub const POLICY_VIOLATION: u16 = 1008;
+/// Close code: a message over the size limit.
+pub const TOO_BIG: u16 = 1009;
+
+/// A complete unmasked frame with `opcode`: the header, then `payload`.
+pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut out = BytesMut::with_capacity(header_len(len) + len);
+    out.put_u8(FIN | opcode);
+    match len {
+        0..=125 => out.put_u8(len as u8),
+        126..=0xFFFF => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        _ => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A close frame: the code, then the reason (cut to fit a control frame).
+pub fn encode_close(code: u16, reason: &str) -> Bytes {
+    let mut payload = code.to_be_bytes().to_vec();
+    let mut end = reason.len().min(MAX_CONTROL as usize - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(CLOSE, &payload)
+}
+
+/// The header length of an unmasked frame carrying `len` bytes.
+fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
+/// The payload of a frame [`encode`] built.
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let start = match frame.get(1).map(|b| b & !MASKED) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(start..).unwrap_or_default()
+}
+
+/// A message (or control frame) from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A text message, fragments joined.
+    Text(String),
+    /// A binary message, fragments joined.
+    Binary(Vec<u8>),
+    /// A ping; the answer is a pong with the same payload.
+    Ping(Vec<u8>),
+    /// A pong.
+    Pong,
+    /// The client closes, with its close code if it gave one.
+    Close(Option<u16>),
+}
+
+/// Why the client's bytes are not acceptable; each maps to a close code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The frames break RFC 6455.
+    #[error("websocket protocol violation: {0}")]
+    Protocol(&'static str),
+    /// A message over the size limit.
+    #[error("websocket message over {0} bytes")]
+    TooLarge(usize),
+    /// A text message that is not UTF-8.
+    #[error("websocket text message is not UTF-8")]
+    NotUtf8,
+}
+
+impl FrameError {
+    /// The close code that tells the client.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::Protocol(_) => PROTOCOL_ERROR,
+            Self::TooLarge(_) => TOO_BIG,
+            Self::NotUtf8 => INVALID_PAYLOAD,
+        }
+    }
+}
+
+/// One whole frame taken from the input.
+struct RawFrame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// Client bytes in, messages out. Holds no memory at rest: its buffers are allocated while a
+/// frame is incomplete and released once it is taken.
+#[derive(Debug)]
+pub struct Reader {
+    /// Bytes received and not yet taken as whole frames.
+    unread: Vec<u8>,
+    /// A fragmented message so far: its opcode and payload.
+    fragments: Option<(u8, Vec<u8>)>,
+    max_message: usize,
+}
+
+impl Reader {
+    /// A reader refusing messages over `max_message` bytes.
+    pub fn new(max_message: usize) -> Self {
+        Self {
+            unread: Vec::new(),
+            fragments: None,
+            max_message,
+        }
+    }
+
+    /// Adds bytes read from the socket.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.unread.extend_from_slice(bytes);
+    }
+
+    /// The next message if the bytes so far complete one.
+    pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
+        while let Some(frame) = self.next_frame()? {
+            if frame.opcode & 0x8 != 0 {
+                return control(frame).map(Some);
+            }
+            let (opcode, payload) = match (frame.opcode, self.fragments.take()) {
+                (TEXT | BINARY, Some(_)) => {
+                    return Err(FrameError::Protocol(
+                        "a message began before the previous one ended",
+                    ));
+                }
+                (TEXT | BINARY, None) => (frame.opcode, frame.payload),
+                (CONTINUATION, Some((opcode, mut so_far))) => {
+                    so_far.extend_from_slice(&frame.payload);
+                    (opcode, so_far)
+                }
+                (CONTINUATION, None) => {
+                    return Err(FrameError::Protocol(
+                        "a continuation frame without a message",
+                    ));
+                }
+                _ => return Err(FrameError::Protocol("unknown opcode")),
+            };
+            if !frame.fin {
+                self.fragments = Some((opcode, payload));
+                continue;
+            }
+            return match opcode {
+                TEXT => String::from_utf8(payload)
+                    .map(|text| Some(Message::Text(text)))
+                    .map_err(|_| FrameError::NotUtf8),
+                _ => Ok(Some(Message::Binary(payload))),
+            };
+        }
+        Ok(None)
+    }
+
+    fn next_frame(&mut self) -> Result<Option<RawFrame>, FrameError> {
+        let buf = &self.unread;
+        let [first, second, ..] = buf[..] else {
+            return Ok(None);
+        };
+        if first & RESERVED != 0 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        if second & MASKED == 0 {
+            return Err(FrameError::Protocol("client frames must be masked"));
+        }
+        let (fin, opcode) = (first & FIN != 0, first & 0x0F);
+        let (len, mut at) = match second & !MASKED {
+            126 => match buf.get(2..4) {
+                Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+                _ => return Ok(None),
+            },
+            127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(b) => (u64::from_be_bytes(b), 10),
+                None => return Ok(None),
+            },
+            len => (u64::from(len), 2),
+        };
+        if opcode & 0x8 != 0 && (!fin || len > MAX_CONTROL) {
+            return Err(FrameError::Protocol(
+                "control frames must be whole and at most 125 bytes",
+            ));
+        }
+        // Refused on the header alone: an oversized message is never buffered.
+        // A control frame between fragments is not part of the message.
+        let so_far = match &self.fragments {
+            Some((_, payload)) if opcode & 0x8 == 0 => payload.len(),
+            _ => 0,
+        };
+        let room = self.max_message.saturating_sub(so_far);
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= room => len,
+            _ => return Err(FrameError::TooLarge(self.max_message)),
+        };
+        let Some(mask) = buf
+            .get(at..at + 4)
+            .and_then(|m| <[u8; 4]>::try_from(m).ok())
+        else {
+            return Ok(None);
+        };
+        at += 4;
+        let Some(masked) = buf.get(at..at + len) else {
+            return Ok(None);
+        };
+        let payload = masked
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(byte, key)| byte ^ key)
+            .collect();
+        let taken = at + len;
+        if taken == self.unread.len() {
+            // Release the buffer: an idle connection keeps none.
+            self.unread = Vec::new();
+        } else {
+            self.unread.drain(..taken);
+        }
+        Ok(Some(RawFrame {
+            fin,
+            opcode,
+            payload,
+        }))
+    }
+}
+
+fn control(frame: RawFrame) -> Result<Message, FrameError> {
+    match frame.opcode {
+        CLOSE => match frame.payload[..] {
+            [] => Ok(Message::Close(None)),
+            [a, b, ..] => Ok(Message::Close(Some(u16::from_be_bytes([a, b])))),
+            [_] => Err(FrameError::Protocol("a close frame with a one-byte code")),
+        },
+        PING => Ok(Message::Ping(frame.payload)),
+        PONG => Ok(Message::Pong),
+        _ => Err(FrameError::Protocol("unknown opcode")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser sends it.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![first];
+        match payload.len() {
+            n @ 0..=125 => out.push(MASKED | n as u8),
+            n @ 126..=0xFFFF => {
+                out.push(MASKED | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(MASKED | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
+        out
+    }
+
+    fn read_all(bytes: &[u8], max: usize) -> Vec<Result<Message, FrameError>> {
+        let mut reader = Reader::new(max);
+        reader.extend(bytes);
+        let mut out = Vec::new();
+        loop {
+            match reader.next_message() {
+                Ok(Some(message)) => out.push(Ok(message)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encodes_each_length_form() {
+        assert_eq!(&encode(TEXT, b"hi")[..], b"\x81\x02hi");
+        for (len, header) in [(125, 2), (126, 4), (0xFFFF, 4), (0x10000, 10)] {
+            let frame = encode(TEXT, &vec![b'x'; len]);
+            assert_eq!(frame.len(), header + len);
+            assert_eq!(payload(&frame).len(), len);
+        }
+        assert_eq!(&encode(TEXT, &[b'x'; 126])[..4], [0x81, 126, 0, 126]);
+        assert_eq!(&encode(PING, b"")[..], [0x89, 0]);
+    }
+
+    #[test]
+    fn close_frames_carry_code_and_a_reason_cut_at_a_char_boundary() {
+        assert_eq!(&encode_close(1001, "bye")[..], b"\x88\x05\x03\xe9bye");
+        let long = "é".repeat(100);
+        let frame = encode_close(1008, &long);
+        let reason = &payload(&frame)[2..];
+        assert!(reason.len() <= 123);
+        assert!(std::str::from_utf8(reason).is_ok());
+    }
+
+    #[test]
+    fn reads_masked_messages_of_every_length_form() {
+        for len in [0, 5, 125, 126, 70_000] {
+            let text = "y".repeat(len);
+            let got = read_all(&client_frame(FIN | TEXT, text.as_bytes()), 100_000);
+            assert_eq!(got, [Ok(Message::Text(text))]);
+        }
+    }
+
+    #[test]
+    fn waits_for_the_rest_of_a_frame_byte_by_byte() {
+        let frame = client_frame(FIN | TEXT, b"hello");
+        let mut reader = Reader::new(100);
+        for (i, byte) in frame.iter().enumerate() {
+            assert_eq!(reader.next_message(), Ok(None), "after {i} bytes");
+            reader.extend(&[*byte]);
+        }
+        assert_eq!(
+            reader.next_message(),
+            Ok(Some(Message::Text("hello".into())))
+        );
+        assert_eq!(reader.unread.capacity(), 0, "no buffer kept at rest");
+    }
+
+    #[test]
+    fn joins_fragments_with_control_frames_in_between() {
+        let mut bytes = client_frame(TEXT, b"hel");
+        bytes.extend(client_frame(FIN | PING, b"p"));
+        bytes.extend(client_frame(CONTINUATION, b"lo "));
+        bytes.extend(client_frame(FIN | CONTINUATION, b"world"));
+        bytes.extend(client_frame(FIN | BINARY, &[1, 2]));
+        bytes.extend(client_frame(FIN | PONG, b""));
+        bytes.extend(client_frame(FIN | CLOSE, &1000u16.to_be_bytes()));
+        assert_eq!(
+            read_all(&bytes, 100),
+            [
+                Ok(Message::Ping(b"p".to_vec())),
+                Ok(Message::Text("hello world".into())),
+                Ok(Message::Binary(vec![1, 2])),
+                Ok(Message::Pong),
+                Ok(Message::Close(Some(1000))),
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_what_breaks_the_protocol() {
+        let unmasked = b"\x81\x02hi".to_vec();
+        let reserved = client_frame(FIN | 0x40 | TEXT, b"x");
+        let long_ping = client_frame(FIN | PING, &[0; 126]);
+        let split_ping = client_frame(PING, b"");
+        let stray = client_frame(FIN | CONTINUATION, b"x");
+        let mut interleaved = client_frame(TEXT, b"a");
+        interleaved.extend(client_frame(FIN | TEXT, b"b"));
+        let unknown = client_frame(FIN | 0x3, b"");
+        let short_close = client_frame(FIN | CLOSE, &[3]);
+        for bytes in [
+            unmasked,
+            reserved,
+            long_ping,
+            split_ping,
+            stray,
+            interleaved,
+            unknown,
+            short_close,
+        ] {
+            let got = read_all(&bytes, 1000);
+            assert!(
+                matches!(got.last(), Some(Err(FrameError::Protocol(_)))),
+                "{bytes:?} gave {got:?}"
+            );
+        }
+        let got = read_all(&client_frame(FIN | TEXT, &[0xff, 0xfe]), 1000);
+        assert_eq!(got, [Err(FrameError::NotUtf8)]);
+        assert_eq!(FrameError::NotUtf8.close_code(), INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn refuses_an_oversized_message_from_its_header_alone() {
+        let frame = client_frame(FIN | TEXT, &[b'x'; 2000]);
+        // Only the header has arrived: refused before the payload is buffered.
+        let got = read_all(&frame[..8], 1000);
+        assert_eq!(got, [Err(FrameError::TooLarge(1000))]);
+        // Fragments add up against the same limit.
+        let mut bytes = client_frame(TEXT, &[b'x'; 600]);
+        bytes.extend(client_frame(FIN | CONTINUATION, &[b'x'; 600]));
+        assert_eq!(read_all(&bytes, 1000), [Err(FrameError::TooLarge(1000))]);
+        // A ping between fragments that nearly fill the limit is still read.
+        let mut bytes = client_frame(TEXT, &[b'x'; 990]);
+        bytes.extend(client_frame(FIN | PING, &[b'p'; 20]));
+        assert_eq!(read_all(&bytes, 1000), [Ok(Message::Ping(vec![b'p'; 20]))]);
+        // A 64-bit length beyond usize or the limit never allocates.
+        let mut huge = vec![FIN | TEXT, MASKED | 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(read_all(&huge, 1000), [Err(FrameError::TooLarge(1000))]);
+    }
+}

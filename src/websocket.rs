@@ -1,0 +1,241 @@
+//! WebSocket connections (RFC 6455), server side: the upgrade answer, then frames both ways
+//! (framing itself is in `protocol::websocket`).
+//!
+//! The node owns this layer rather than using a general-purpose one because of two costs that
+//! every connection pays: an idle connection holds no read or write buffer (reads go through
+//! the stack, a partial frame alone is kept on the heap), and a delivery is one vectored write
+//! of frames that were encoded, header included, once for every recipient.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::outbox::Frame;
+use crate::protocol::websocket::{self as framing, FrameError, Message, Reader};
+
+/// Bytes read per call, on the stack; client messages are small.
+const READ_CHUNK: usize = 4096;
+/// Frames given to one vectored write (Linux takes up to 1,024).
+const WRITE_SLICES: usize = 64;
+
+/// A checked upgrade request (RFC 6455 §4.2.1), answered with [`Upgrade::accept`].
+pub struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request is not a websocket upgrade.
+#[derive(Debug, thiserror::Error)]
+#[error("not a websocket upgrade: {0}")]
+pub struct NotAnUpgrade(&'static str);
+
+impl IntoResponse for NotAnUpgrade {
+    fn into_response(self) -> Response {
+        (StatusCode::UPGRADE_REQUIRED, self.to_string()).into_response()
+    }
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = NotAnUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET {
+            return Err(NotAnUpgrade("the method is not GET"));
+        }
+        if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(NotAnUpgrade("no `Connection: upgrade`"));
+        }
+        if !has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(NotAnUpgrade("no `Upgrade: websocket`"));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v != "13")
+        {
+            return Err(NotAnUpgrade("`Sec-WebSocket-Version` is not 13"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(NotAnUpgrade("no `Sec-WebSocket-Key`"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(NotAnUpgrade("this connection cannot be upgraded"))?;
+        Ok(Self { key, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// Answers `101 Switching Protocols`; once the connection is handed over, `run` gets the
+    /// socket, or the error if the hand-over failed.
+    pub fn accept<F, Fut>(self, max_message: usize, run: F) -> Response
+    where
+        F: FnOnce(Result<WebSocket, hyper::Error>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(accept) = HeaderValue::try_from(derive_accept_key(self.key.as_bytes())) else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let socket = on_upgrade
+                .await
+                .map(|upgraded| WebSocket::new(upgraded, max_message));
+            run(socket).await;
+        });
+        let headers = [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ];
+        (StatusCode::SWITCHING_PROTOCOLS, headers).into_response()
+    }
+}
+
+/// Why reading from a socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The connection failed.
+    #[error("websocket read failed: {0}")]
+    Io(#[from] io::Error),
+    /// The client's frames are not acceptable.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// One upgraded connection.
+pub struct WebSocket {
+    io: TokioIo<Upgraded>,
+    reader: Reader,
+    /// The client sent a close frame: closing answers it.
+    peer_closed: bool,
+}
+
+impl WebSocket {
+    fn new(upgraded: Upgraded, max_message: usize) -> Self {
+        Self {
+            io: TokioIo::new(upgraded),
+            reader: Reader::new(max_message),
+            peer_closed: false,
+        }
+    }
+
+    /// The next message or control frame; `None` once the connection is closed. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Result<Message, ReadError>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, ReadError>>> {
+        loop {
+            match self.reader.next_message() {
+                Ok(Some(message)) => {
+                    self.peer_closed |= matches!(message, Message::Close(_));
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+            // The chunk lives on the stack for this poll only: idle sockets keep no buffer.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            if let Err(e) = ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            if buf.filled().is_empty() {
+                return Poll::Ready(None);
+            }
+            self.reader.extend(buf.filled());
+        }
+    }
+
+    /// Writes whole frames in order, as many per vectored write as the socket takes.
+    pub async fn write_frames(&mut self, frames: &VecDeque<Frame>) -> io::Result<()> {
+        // Where writing stands: the frame, and the bytes of it already written.
+        let (mut first, mut offset) = (0, 0);
+        while first < frames.len() {
+            let written = poll_fn(|cx| {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let mut count = 0;
+                for (slice, frame) in slices.iter_mut().zip(frames.range(first..)) {
+                    let bytes = frame.wire();
+                    *slice = IoSlice::new(if count == 0 { &bytes[offset..] } else { bytes });
+                    count += 1;
+                }
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count])
+            })
+            .await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            offset += written;
+            while let Some(frame) = frames.get(first)
+                && offset >= frame.wire().len()
+            {
+                offset -= frame.wire().len();
+                first += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one frame.
+    pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
+        self.io.write_all(frame.wire()).await
+    }
+
+    /// Sends a ping with no payload.
+    pub async fn ping(&mut self) -> io::Result<()> {
+        self.io
+            .write_all(&framing::encode(framing::PING, &[]))
+            .await
+    }
+
+    /// Answers a ping.
+    pub async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.io
+            .write_all(&framing::encode(framing::PONG, payload))
+            .await
+    }
+
+    /// Sends a close frame with `code` and `reason`, or echoes the client's close if it sent one.
+    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let frame = if self.peer_closed {
+            framing::encode_close(framing::NORMAL, "")
+        } else {
+            framing::encode_close(code, reason)
+        };
+        self.io.write_all(&frame).await?;
+        self.io.shutdown().await
+    }
+
+    /// Whether the client has sent its close frame.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+}
