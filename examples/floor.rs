@@ -51,6 +51,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time, into a buffer on the stack.
 const READ_BUFFER: usize = 2 * 1024;
+/// Reads one socket may do before its task lets the others run.
+const READS_PER_TURN: usize = 8;
 /// Largest client frame accepted (clients send pongs, CONNECT with a token, subscribes).
 const MAX_CLIENT_FRAME: usize = 16 * 1024;
 /// Bytes a socket may have queued before it is closed as too slow.
@@ -558,10 +560,11 @@ struct ChannelArg<'a> {
 }
 
 impl Session {
-    /// Reads what the socket has; `false` once the connection is gone.
+    /// Reads what the socket has, a few buffers at most (a busy client waits for the next
+    /// turn, the others are not held up); `false` once the connection is gone.
     fn on_readable(&mut self) -> bool {
         let mut buffer = [0u8; READ_BUFFER];
-        loop {
+        for _ in 0..READS_PER_TURN {
             match self.socket.stream.try_read(&mut buffer) {
                 Ok(0) => return false,
                 Ok(n) => self.on_bytes(&mut buffer[..n]),
@@ -569,9 +572,10 @@ impl Session {
                 Err(_) => return false,
             }
             if self.closing {
-                return true;
+                break;
             }
         }
+        true
     }
 
     /// Handles the client frames in `data` (after what `pending` holds).
