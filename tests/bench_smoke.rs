@@ -1,8 +1,12 @@
 //! A small run of each `switchboard-bench` scenario against a real node, so the load generator
 //! keeps working: its JSON summary parses and counts what happened. Nothing here is timed.
+//! The floor (`examples/floor.rs`, the benchmarks' minimal reference server) runs the same
+//! fanout, so it keeps working too.
 
 mod support;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -49,12 +53,11 @@ fn count(summary: &Value, path: &str) -> u64 {
 }
 
 /// Fanout of 20 messages to 5 clients on 2 channels: every delivery arrives exactly once.
-async fn fanout(node: &Node, publish: &[&str]) -> Value {
-    let url = node.url();
+async fn fanout(url: &str, publish: &[&str]) -> Value {
     let mut args = vec![
         "fanout",
         "--url",
-        &url,
+        url,
         "--connections",
         "5",
         "--channels",
@@ -87,7 +90,7 @@ async fn fanout_through_the_http_api() {
     let node = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
     let pid = node.pid().to_string();
     let summary = fanout(
-        &node,
+        &node.url(),
         &[
             "--publish",
             "http",
@@ -121,7 +124,7 @@ async fn fanout_through_redis() {
     )
     .await;
     let summary = fanout(
-        &node,
+        &node.url(),
         &[
             "--publish",
             "redis",
@@ -140,7 +143,7 @@ async fn fanout_through_redis() {
 async fn fanout_over_the_json_protocol() {
     let node = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
     let summary = fanout(
-        &node,
+        &node.url(),
         &[
             "--protocol",
             "json",
@@ -228,12 +231,11 @@ async fn connect_counts_refused_tokens() {
 }
 
 /// Holds 5 clients for a second: all connect and none is dropped.
-async fn idle(node: &Node, extra: &[&str]) -> Value {
-    let url = node.url();
+async fn idle(url: &str, extra: &[&str]) -> Value {
     let mut args = vec![
         "idle",
         "--url",
-        &url,
+        url,
         "--connections",
         "5",
         "--duration",
@@ -251,7 +253,7 @@ async fn idle(node: &Node, extra: &[&str]) -> Value {
 async fn idle_holds_connections_and_measures_the_server() {
     let node = Node::spawn(&["--dev"], &[]).await;
     let pid = node.pid().to_string();
-    let summary = idle(&node, &["--server-pid", &pid]).await;
+    let summary = idle(&node.url(), &["--server-pid", &pid]).await;
     for field in [
         "rss_bytes",
         "rss_before_bytes",
@@ -281,6 +283,137 @@ async fn idle_json_clients_answer_pings() {
         &[],
     )
     .await;
-    let summary = idle(&node, &["--protocol", "json"]).await;
+    let summary = idle(&node.url(), &["--protocol", "json"]).await;
     assert_eq!(summary["params"]["protocol"], "json", "{summary}");
+}
+
+/// The floor (`examples/floor.rs`) as a child process on a free port.
+struct Floor {
+    addr: SocketAddr,
+    // Declared before `_dir` so the process is gone before its log file.
+    process: LoggedChild,
+    _dir: TempDir,
+}
+
+impl Floor {
+    /// Builds the floor and runs it against `redis_url` with `--redis-prefix <prefix>` and
+    /// `extra` flags; returns once `GET /health` answers 200.
+    async fn spawn(redis_url: &str, prefix: &str, extra: &[&str]) -> Floor {
+        let binary = build_floor().await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = TempDir::new("floor");
+        let mut command = Command::new(&binary);
+        command
+            .args(["--listen", &addr.to_string()])
+            .args(["--redis-url", redis_url, "--redis-prefix", prefix])
+            .args(extra);
+        let process = LoggedChild::spawn("floor", command, &dir.path().join("floor.log"));
+        let mut floor = Floor {
+            addr,
+            process,
+            _dir: dir,
+        };
+        let health = format!("{}/health", floor.url());
+        floor
+            .process
+            .wait_ready(
+                &format!("answer GET /health with 200 on {addr}"),
+                async || match try_http("GET", &health, &[], b"").await {
+                    Ok(response) if response.status == 200 => Ok(()),
+                    Ok(response) => Err(format!("status {}", response.status)),
+                    Err(err) => Err(err.to_string()),
+                },
+            )
+            .await;
+        floor
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// `cargo build --example floor` with this test's profile and target directory (`cargo test
+/// --test bench_smoke` builds no example); returns the binary's path.
+async fn build_floor() -> PathBuf {
+    // This test runs as <target dir>/<profile dir>/deps/bench_smoke-<hash>.
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in <target>/<profile>/deps", exe.display()));
+    let target_dir = profile_dir.parent().expect("target directory");
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => panic!("no profile directory above {}", exe.display()),
+    };
+    let mut cargo = Command::new(env!("CARGO"));
+    // What cargo set for running this test describes this crate, not the build: left in, it
+    // would dirty the fingerprints of build scripts that watch it (ring's watches
+    // CARGO_MANIFEST_DIR) and rebuild them here and again in the next `cargo test`.
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("CARGO_PKG_")
+            || matches!(
+                &*text,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            cargo.env_remove(name);
+        }
+    }
+    let status = cargo
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "floor",
+            "--profile",
+            profile,
+        ])
+        .arg("--manifest-path")
+        .arg(manifest_dir().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .await
+        .expect("run cargo build --example floor");
+    assert!(status.success(), "cargo build --example floor: {status}");
+    profile_dir.join("examples").join("floor")
+}
+
+/// The floor runs the bench's fanout through Redis (with Engine.IO pings every 100 ms among
+/// the broadcasts) and its idle scenario: nothing lost, duplicated or dropped.
+#[tokio::test]
+async fn the_floor_fans_out_through_redis() {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+    let prefix = "laravel_database_";
+    let floor = Floor::spawn(&redis_url, prefix, &["--ping-interval-ms", "100"]).await;
+    let pid = floor.process.pid().to_string();
+    let summary = fanout(
+        &floor.url(),
+        &[
+            "--publish",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            prefix,
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(count(&summary, "/dropped"), 0, "{summary}");
+    assert!(summary["server"]["cpu_seconds"].is_number(), "{summary}");
+    idle(&floor.url(), &["--server-pid", &pid]).await;
 }

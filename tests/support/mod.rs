@@ -43,6 +43,7 @@ pub use jwt::{jwt_hs256, jwt_none};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;
 pub use node::{Node, run_switchboard};
+pub(crate) use process::LoggedChild;
 pub use prometheus::Prometheus;
 pub use redis_server::RedisServer;
 
