@@ -58,12 +58,21 @@ pub struct Sample {
     pub cpu_ticks: u64,
     /// VmRSS, in bytes, summed.
     pub rss_bytes: u64,
+    /// Softirq ticks of the cores the processes are pinned to, when none of those cores is
+    /// the bench's own (see [`softirq_ticks`]).
+    pub softirq_ticks: Option<u64>,
 }
 
 impl Sample {
     /// CPU seconds spent between `earlier` and this sample.
     pub fn cpu_seconds_since(&self, earlier: &Sample) -> f64 {
         self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / CLOCK_TICKS_PER_SEC
+    }
+
+    /// Softirq seconds on the processes' cores between `earlier` and this sample.
+    fn softirq_seconds_since(&self, earlier: &Sample) -> Option<f64> {
+        let ticks = self.softirq_ticks?.saturating_sub(earlier.softirq_ticks?);
+        Some(ticks as f64 / CLOCK_TICKS_PER_SEC)
     }
 }
 
@@ -73,12 +82,65 @@ pub fn sample_pids(pids: &[u32]) -> Result<Option<Sample>> {
         return Ok(None);
     }
     let mut total = Sample::default();
+    let mut cores = Vec::new();
     for pid in pids {
-        let one = sample(&pid.to_string()).with_context(|| format!("--server-pid {pid}"))?;
+        let pid = pid.to_string();
+        let one = sample(&pid).with_context(|| format!("--server-pid {pid}"))?;
         total.cpu_ticks += one.cpu_ticks;
         total.rss_bytes += one.rss_bytes;
+        cores.extend(allowed_cores(&pid)?);
     }
+    cores.sort_unstable();
+    cores.dedup();
+    total.softirq_ticks = softirq_ticks(&cores)?;
     Ok(Some(total))
+}
+
+/// The cores `/proc/<pid>/status` allows the process to run on (`Cpus_allowed_list`).
+fn allowed_cores(pid: &str) -> Result<Vec<u32>> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| parse_core_list(list.trim()))
+        .with_context(|| format!("no readable Cpus_allowed_list in {path}"))
+}
+
+/// `0-2,5` as `[0, 1, 2, 5]`.
+fn parse_core_list(list: &str) -> Option<Vec<u32>> {
+    let mut cores = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cores.extend(a.parse::<u32>().ok()?..=b.parse().ok()?),
+            None => cores.push(part.parse().ok()?),
+        }
+    }
+    Some(cores)
+}
+
+/// Softirq ticks summed over `cores` (from /proc/stat), or `None` when one of them is also a
+/// core the bench runs on. Linux (with IRQ time accounting) does not charge the kernel's
+/// network work in softirq context to the process that caused it: on loopback most of the
+/// receiving side of every send. When the server has its cores to itself, that work is its own.
+fn softirq_ticks(cores: &[u32]) -> Result<Option<u64>> {
+    let own = allowed_cores("self")?;
+    if cores.is_empty() || cores.iter().any(|core| own.contains(core)) {
+        return Ok(None);
+    }
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    Ok(per_core_softirq(&stat, cores))
+}
+
+/// The softirq field (the 7th time) of the `cpuN` lines of /proc/stat for `cores`, summed.
+fn per_core_softirq(stat: &str, cores: &[u32]) -> Option<u64> {
+    let mut total = 0;
+    for core in cores {
+        let prefix = format!("cpu{core} ");
+        let line = stat.lines().find(|l| l.starts_with(&prefix))?;
+        total += line.split_whitespace().nth(7)?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 /// Samples the bench's own process.
@@ -96,6 +158,7 @@ fn sample(pid: &str) -> Result<Sample> {
     Ok(Sample {
         cpu_ticks: cpu_ticks(&stat).with_context(|| format!("unexpected {stat_path}"))?,
         rss_bytes: rss_bytes(&status).with_context(|| format!("no VmRSS in {status_path}"))?,
+        softirq_ticks: None,
     })
 }
 
@@ -149,6 +212,13 @@ pub struct ServerStats {
     /// `cpu_seconds` per million unique deliveries (`fanout` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_seconds_per_million_deliveries: Option<f64>,
+    /// Softirq seconds on the cores the servers are pinned to, when the bench runs on other
+    /// cores: kernel network work their traffic caused that Linux charges to no process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub softirq_seconds: Option<f64>,
+    /// `cpu_seconds + softirq_seconds` per million unique deliveries (`fanout` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_with_softirq_seconds_per_million_deliveries: Option<f64>,
     /// Their resident memory at the end of the phase, summed, in bytes.
     pub rss_bytes: u64,
     /// Resident memory through an `idle` run.
@@ -174,6 +244,8 @@ impl ServerStats {
             pids: pids.to_vec(),
             cpu_seconds: after.cpu_seconds_since(&before),
             cpu_seconds_per_million_deliveries: None,
+            softirq_seconds: after.softirq_seconds_since(&before),
+            cpu_with_softirq_seconds_per_million_deliveries: None,
             rss_bytes: after.rss_bytes,
             memory: None,
         })
@@ -181,8 +253,12 @@ impl ServerStats {
 
     /// Adds the CPU cost per million of `deliveries`.
     pub fn per_million_deliveries(mut self, deliveries: u64) -> Self {
-        self.cpu_seconds_per_million_deliveries =
-            (deliveries > 0).then(|| self.cpu_seconds * 1e6 / deliveries as f64);
+        let per_million =
+            |seconds: f64| (deliveries > 0).then(|| seconds * 1e6 / deliveries as f64);
+        self.cpu_seconds_per_million_deliveries = per_million(self.cpu_seconds);
+        self.cpu_with_softirq_seconds_per_million_deliveries = self
+            .softirq_seconds
+            .and_then(|softirq| per_million(self.cpu_seconds + softirq));
         self
     }
 }
@@ -199,6 +275,18 @@ mod tests {
             rss_bytes("Name:\tx\nVmRSS:\t    2048 kB\nThreads: 1\n"),
             Some(2048 * 1024)
         );
+    }
+
+    #[test]
+    fn reads_cores_and_their_softirq() {
+        assert_eq!(parse_core_list("1"), Some(vec![1]));
+        assert_eq!(parse_core_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(parse_core_list("x"), None);
+        let stat =
+            "cpu  9 9 9 9 9 9 9 0 0 0\ncpu0 1 2 3 4 5 6 70 0 0 0\ncpu1 1 2 3 4 5 6 30 0 0 0\n";
+        assert_eq!(per_core_softirq(stat, &[1]), Some(30));
+        assert_eq!(per_core_softirq(stat, &[0, 1]), Some(100));
+        assert_eq!(per_core_softirq(stat, &[2]), None);
     }
 
     #[test]
