@@ -61,8 +61,11 @@ impl RedisPublisher {
     /// Connects to `url`.
     pub async fn connect(url: &str, prefix: String) -> Result<Self> {
         let client = redis::Client::open(url).with_context(|| format!("--redis-url {url}"))?;
+        // No response timeout (redis-rs's default is 500 ms): a large pipeline answered late
+        // was counted as failed although Redis had published it.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         let connection = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .with_context(|| format!("cannot connect to Redis at {url}"))?;
         Ok(Self { connection, prefix })
