@@ -135,6 +135,8 @@ pub struct WebSocket {
     reader: Reader,
     /// The client sent a close frame: closing answers it.
     peer_closed: bool,
+    /// The close code of the client's frame error, once there was one: closing tells it.
+    broken: Option<u16>,
 }
 
 impl WebSocket {
@@ -143,6 +145,7 @@ impl WebSocket {
             io: TokioIo::new(upgraded),
             reader: Reader::new(max_message),
             peer_closed: false,
+            broken: None,
         }
     }
 
@@ -159,7 +162,10 @@ impl WebSocket {
                     return Poll::Ready(Some(Ok(message)));
                 }
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                Err(e) => {
+                    self.broken = Some(e.close_code());
+                    return Poll::Ready(Some(Err(e.into())));
+                }
             }
             // The chunk lives on the stack for this poll only: idle sockets keep no buffer.
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -223,12 +229,13 @@ impl WebSocket {
             .await
     }
 
-    /// Sends a close frame with `code` and `reason`, or echoes the client's close if it sent one.
+    /// Sends a close frame with `code` and `reason`; echoes the client's close if it sent one,
+    /// and names the client's frame error (1002, 1007, 1009) if it made one.
     pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
-        let frame = if self.peer_closed {
-            framing::encode_close(framing::NORMAL, "")
-        } else {
-            framing::encode_close(code, reason)
+        let frame = match self.broken {
+            _ if self.peer_closed => framing::encode_close(framing::NORMAL, ""),
+            Some(broken) => framing::encode_close(broken, reason),
+            None => framing::encode_close(code, reason),
         };
         self.io.write_all(&frame).await?;
         self.io.shutdown().await

@@ -231,6 +231,111 @@ async fn malformed_and_oversized_frames_close_only_that_socket() {
     assert!(logs.contains("malformed Socket.IO packet"), "{logs}");
 }
 
+/// A raw websocket client: the upgrade by hand, then frames as bytes, so that frames no
+/// well-behaved client library would send can be sent.
+async fn raw_ws(node: &Node) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(node.addr()).await.expect("connect");
+    tcp.write_all(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n\
+          Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write the upgrade");
+    // Byte by byte up to the blank line, so no frame byte is read with the head.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("read the upgrade answer"));
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    tcp
+}
+
+/// Reads server frames until the close frame: its code, and the opcodes of the frames before.
+async fn close_code(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut before = Vec::new();
+    let read = async {
+        loop {
+            let (first, second) = (tcp.read_u8().await?, tcp.read_u8().await?);
+            assert_eq!(second & 0x80, 0, "server frames are not masked");
+            let len = match second & 0x7f {
+                126 => u64::from(tcp.read_u16().await?),
+                127 => tcp.read_u64().await?,
+                n => u64::from(n),
+            };
+            let mut payload = vec![0; usize::try_from(len).expect("frame length")];
+            tcp.read_exact(&mut payload).await?;
+            if first & 0x0f == 0x8 {
+                return std::io::Result::Ok(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            before.push(first & 0x0f);
+        }
+    };
+    let code = tokio::time::timeout(TIMEOUT, read)
+        .await
+        .expect("a close frame in time")
+        .expect("read frames");
+    (code, before)
+}
+
+/// A masked client frame.
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1, 2, 3, 4];
+    let mut out = vec![
+        first,
+        0x80 | u8::try_from(payload.len()).expect("a short frame"),
+    ];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
+    out
+}
+
+#[tokio::test]
+async fn websocket_violations_get_their_close_codes() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::spawn(&["--dev", "--max-message-size", "2048"], &[]).await;
+    let header_of_a_huge_message = {
+        let mut frame = vec![0x81, 0x80 | 127];
+        frame.extend_from_slice(&(10u64 << 20).to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        frame
+    };
+    let mut fragments = client_frame(0x01, &[b'x'; 100]);
+    fragments.extend(client_frame(0x01, &[b'x'; 100]));
+    let cases: [(&str, Vec<u8>, u16); 5] = [
+        // Refused from the header alone: the 10 MiB never need to arrive.
+        ("message over the limit", header_of_a_huge_message, 1009),
+        ("unmasked frame", b"\x81\x02hi".to_vec(), 1002),
+        ("reserved bit set", client_frame(0xc1, b"2"), 1002),
+        (
+            "text that is not UTF-8",
+            client_frame(0x81, &[0xff, 0xfe]),
+            1007,
+        ),
+        ("a message begun inside another", fragments, 1002),
+    ];
+    for (what, bytes, code) in cases {
+        let mut tcp = raw_ws(&node).await;
+        tcp.write_all(&bytes).await.expect("send");
+        assert_eq!(close_code(&mut tcp).await.0, code, "{what}");
+    }
+    // A client's own close is answered with 1000, and a ping with its pong.
+    let mut tcp = raw_ws(&node).await;
+    tcp.write_all(&client_frame(0x89, b"hi"))
+        .await
+        .expect("ping");
+    tcp.write_all(&client_frame(0x88, &1000u16.to_be_bytes()))
+        .await
+        .expect("close");
+    let (code, before) = close_code(&mut tcp).await;
+    assert_eq!(code, 1000);
+    assert!(before.contains(&0xA), "the ping was answered: {before:?}");
+}
+
 #[tokio::test]
 async fn binary_attachments_are_refused_cleanly() {
     let node = Node::spawn(&["--dev"], &[]).await;
