@@ -860,6 +860,7 @@ async fn run_websocket(
     mut heartbeat: Heartbeat,
 ) {
     let mut batch = VecDeque::new();
+    attach(node, &session.outbox, &socket);
     // One timer for the whole session, moved only when the heartbeat's deadline does: a timer
     // made per loop turn costs a registration and a removal on every write.
     let timer = tokio::time::sleep_until(heartbeat.deadline());
@@ -888,7 +889,7 @@ async fn run_websocket(
                     },
                     Some(Ok(Message::Binary(data))) => socketio::on_binary(node, session, &data),
                     Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
-                    Some(Ok(Message::Ping(payload))) => socket.pong(&payload).await.map_err(|_| CloseReason::TransportError),
+                    Some(Ok(Message::Ping(payload))) => session.outbox.push(Frame::pong(&payload)).map_err(|_| CloseReason::SlowConsumer),
                     Some(Ok(Message::Pong)) => Ok(()),
                     Some(Err(e)) => {
                         // Resets are routine on mobile networks.
@@ -908,8 +909,17 @@ async fn run_websocket(
             },
         }
     };
+    session.outbox.detach();
     close_websocket(&mut socket, reason).await;
     finish(node, session, reason);
+}
+
+/// Lets broadcasts write to the socket directly, unless writes are to be coalesced
+/// (`SWITCHBOARD_WRITE_DELAY`), which only the socket's task can do.
+pub fn attach(node: &Node, outbox: &Outbox, socket: &WebSocket) {
+    if node.config.write_delay.is_zero() {
+        outbox.attach(socket.stream());
+    }
 }
 
 #[cfg(test)]

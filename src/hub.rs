@@ -17,7 +17,7 @@ use tokio::sync::SetOnce;
 use crate::auth::Principal;
 use crate::limit::SocketLimit;
 use crate::metrics::Protocol;
-use crate::outbox::{Frame, Outbox, PushError};
+use crate::outbox::{Frame, Outbox, PushError, Write};
 
 /// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
 pub type SocketId = Arc<str>;
@@ -209,6 +209,8 @@ pub struct Broadcast<'a> {
     pub data: &'a serde_json::value::RawValue,
     /// A socket to leave out (the sender of a whisper, or Laravel's `toOthers()`).
     pub except: Option<&'a str>,
+    /// Whether the pushes may write straight to the sockets.
+    pub write: Write,
     encoded: [OnceCell<Frame>; CODECS],
 }
 
@@ -225,6 +227,7 @@ impl<'a> Broadcast<'a> {
             event,
             data,
             except,
+            write: Write::Direct,
             encoded: Default::default(),
         }
     }
@@ -372,14 +375,16 @@ impl Hub {
     /// excluded one.
     pub fn broadcast(&self, message: &Broadcast<'_>, keep: impl Fn(&Member) -> bool) -> Fanout {
         let mut fanout = Fanout::default();
-        let Some(entry) = self.channels.get(message.channel) else {
-            return fanout;
-        };
-        entry.members.for_each(|member| {
-            if message.except == Some(&*member.id) || !keep(member) {
-                return;
+        // Taken out of the map first: a push may write to the socket, and the channel's shard
+        // lock is not to be held through thousands of system calls.
+        for member in self.members(message.channel) {
+            if message.except == Some(&*member.id) || !keep(&member) {
+                continue;
             }
-            match member.outbox.push(message.frame(member.codec).clone()) {
+            match member
+                .outbox
+                .push_with(message.frame(member.codec).clone(), message.write)
+            {
                 Ok(()) => {
                     fanout.delivered += 1;
                     fanout.by_protocol[member.codec.protocol() as usize] += 1;
@@ -387,7 +392,7 @@ impl Hub {
                 Err(PushError::Overflow) => fanout.slow += 1,
                 Err(PushError::Closed) => {}
             }
-        });
+        }
         fanout
     }
 

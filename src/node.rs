@@ -27,7 +27,7 @@ use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
 use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
 use crate::metrics::{Limit, Metrics, Protocol};
-use crate::outbox::CloseReason;
+use crate::outbox::{CloseReason, Write};
 use crate::policy::Request;
 use crate::webhooks::Webhooks;
 
@@ -266,8 +266,9 @@ impl Node {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Delivers a bus message to the local members of its channel.
-    pub fn on_bus_message(&self, channel: &str, payload: &[u8]) {
+    /// Delivers a bus message to the local members of its channel; `write` says whether the
+    /// sockets may be written to at once (`Queued` when more messages are already waiting).
+    pub fn on_bus_message(&self, channel: &str, payload: &[u8], write: Write) {
         let received = Instant::now();
         self.metrics.bus_receives.inc();
         let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
@@ -300,7 +301,7 @@ impl Node {
             });
             return;
         }
-        self.deliver(channel, &envelope, None, received);
+        self.deliver(channel, &envelope, None, received, write);
     }
 
     /// Hands a broadcast to the hub, leaving out recipients who blocked `author` or whom the
@@ -311,6 +312,7 @@ impl Node {
         envelope: &Envelope<'_>,
         author: Option<&str>,
         received: Instant,
+        write: Write,
     ) {
         // A root span on a node that received the message from Redis; under the publish's
         // span when the in-process bus delivers it within the publish.
@@ -324,7 +326,9 @@ impl Node {
         );
         let _span = span.enter();
         let data = envelope.data.unwrap_or(RawValue::NULL);
-        let message = Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
+        let mut message =
+            Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
+        message.write = write;
         let fanout = self.hub.broadcast(&message, |member| {
             author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
         });
@@ -786,6 +790,7 @@ async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<ChatM
             &envelope,
             author.as_deref(),
             message.received,
+            Write::Direct,
         );
     }
 }

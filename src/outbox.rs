@@ -1,16 +1,22 @@
 //! A socket's bounded outgoing queue.
 //!
-//! The hub pushes encoded frames without ever waiting; the socket's own task drains the
-//! queue and writes everything waiting in one go. A socket whose queue passes its byte limit
+//! The hub pushes encoded frames without ever waiting. A websocket's outbox holds its TCP
+//! stream: a push finding nothing queued and nothing being written writes the frame itself,
+//! with one non-blocking `send` and no wake-up of the socket's task. Otherwise (the kernel
+//! would not take it all, or frames are waiting) it queues, and the socket's own task drains
+//! the queue and writes everything waiting in one go, so a socket that falls behind catches up
+//! several frames per write. A socket whose queue passes its byte limit
 //! is closed as a slow consumer, so one stuck client cannot make the node's memory grow.
 //! The queue allocates nothing until the first frame arrives, which keeps idle sockets small.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::protocol::websocket;
@@ -21,6 +27,22 @@ use crate::protocol::websocket;
 pub struct Frame(Bytes);
 
 impl Frame {
+    /// A websocket ping with no payload.
+    pub fn ping() -> Self {
+        Self(websocket::encode(websocket::PING, &[]))
+    }
+
+    /// The pong answering a ping with `payload`.
+    pub fn pong(payload: &[u8]) -> Self {
+        Self(websocket::encode(websocket::PONG, payload))
+    }
+
+    /// What a direct write left of this frame: bytes for the wire only, never read as text
+    /// (only websocket sessions write directly, and only polling reads frames as text).
+    fn rest(&self, written: usize) -> Self {
+        Self(self.0.slice(written..))
+    }
+
     /// The message's text.
     pub fn as_str(&self) -> &str {
         // Frames are only built from text, so this never falls back.
@@ -98,6 +120,16 @@ impl CloseReason {
     }
 }
 
+/// How a push may reach the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Straight to the socket when nothing is queued or being written there.
+    Direct,
+    /// Through the socket's task: for a node that is behind, so that frames pile up and the
+    /// task writes several per call.
+    Queued,
+}
+
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
@@ -112,6 +144,10 @@ struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
     closed: Option<CloseReason>,
+    /// The socket's task holds drained frames it has not finished writing.
+    writing: bool,
+    /// The socket a push may write to itself when nothing is queued or being written.
+    direct: Option<Arc<TcpStream>>,
 }
 
 /// What a drain found.
@@ -151,14 +187,44 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame without waiting.
+    /// Lets pushes write straight to `tcp` while nothing is queued or being written: one
+    /// frame is then one `send` from the pushing thread, with no wake-up of the socket's task.
+    pub fn attach(&self, tcp: Arc<TcpStream>) {
+        self.lock().direct = Some(tcp);
+    }
+
+    /// Ends direct writes; the socket's task writes everything from now on.
+    pub fn detach(&self) {
+        self.lock().direct = None;
+    }
+
+    /// Queues a frame without waiting, or writes it at once (see [`Outbox::attach`]).
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        self.push_with(frame, Write::Direct)
+    }
+
+    /// [`Outbox::push`], with direct writes allowed or not.
+    pub fn push_with(&self, mut frame: Frame, write: Write) -> Result<(), PushError> {
         {
             let mut state = self.lock();
             if state.closed.is_some() {
                 return Err(PushError::Closed);
             }
-            let len = frame.payload().len();
+            if write == Write::Direct
+                && state.frames.is_empty()
+                && !state.writing
+                && let Some(tcp) = &state.direct
+            {
+                // Under the lock, so no other write can come between this one and the task's.
+                match tcp.try_write(frame.wire()) {
+                    Ok(n) if n == frame.wire().len() => return Ok(()),
+                    Ok(n) => frame = frame.rest(n),
+                    // A full socket, or a broken one: the task's own write meets it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {}
+                }
+            }
+            let len = frame.wire().len();
             if state.bytes + len > self.limit && !state.frames.is_empty() {
                 drop(state);
                 self.close(CloseReason::SlowConsumer);
@@ -179,6 +245,7 @@ impl Outbox {
                 return;
             }
             state.closed = Some(reason);
+            state.direct = None;
             if !reason.flushes() {
                 state.frames = VecDeque::new();
                 state.bytes = 0;
@@ -209,21 +276,23 @@ impl Outbox {
                 out.extend(state.frames.drain(..));
             }
             state.bytes = 0;
+            state.writing = true;
             return Some(Drained::Frames);
         }
         state.closed.map(Drained::Closed)
     }
 
-    /// Returns a drained buffer's memory to the queue, so a socket keeps one buffer, not two.
+    /// After the drained frames are written: returns the buffer's memory to the queue, so a
+    /// socket keeps one buffer, not two, and allows direct writes again.
     pub fn recycle(&self, buffer: &mut VecDeque<Frame>) {
         buffer.clear();
         if buffer.capacity() > 64 {
             // Give back the memory of a burst; idle sockets should stay small.
             *buffer = VecDeque::new();
-            return;
         }
         let mut state = self.lock();
-        if state.frames.capacity() == 0 {
+        state.writing = false;
+        if state.frames.capacity() == 0 && buffer.capacity() > 0 {
             std::mem::swap(&mut state.frames, buffer);
         }
     }
@@ -338,5 +407,99 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.push("a".into()).expect("push");
         assert_eq!(waiter.await.expect("join"), 1);
+    }
+
+    /// A connected pair: the server side, and the client side that reads it.
+    async fn tcp_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (Arc::new(server), client)
+    }
+
+    /// Reads exactly `len` bytes.
+    async fn read(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = vec![0; len];
+        client.read_exact(&mut bytes).await.expect("read");
+        bytes
+    }
+
+    fn texts(frames: &VecDeque<Frame>) -> Vec<&str> {
+        frames.iter().map(Frame::as_str).collect()
+    }
+
+    #[tokio::test]
+    async fn pushes_write_directly_only_while_nothing_is_queued_or_being_written() {
+        let (server, mut client) = tcp_pair().await;
+        let outbox = Outbox::new(1 << 20);
+        outbox.attach(server);
+        outbox.push("a".into()).expect("push");
+        assert_eq!(outbox.queued_frames(), 0, "written, not queued");
+        assert_eq!(read(&mut client, 3).await, b"\x81\x01a");
+
+        // The task has drained frames and not yet written them: pushes queue behind them.
+        outbox.detach();
+        outbox.push("b".into()).expect("push");
+        outbox.attach(tcp_pair().await.0);
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.try_drain(&mut batch), Some(Drained::Frames));
+        outbox.push("c".into()).expect("push");
+        // Written by the task now; "c" waits, so "d" must too.
+        outbox.recycle(&mut batch);
+        outbox.push("d".into()).expect("push");
+        assert_eq!(outbox.try_drain(&mut batch), Some(Drained::Frames));
+        assert_eq!(texts(&batch), ["c", "d"]);
+        outbox.recycle(&mut batch);
+        outbox.push("e".into()).expect("push");
+        assert_eq!(outbox.queued_frames(), 0, "direct again");
+        // A node that is behind queues, so the task writes what piles up in one call.
+        outbox.push_with("f".into(), Write::Queued).expect("push");
+        assert_eq!(outbox.queued_frames(), 1);
+
+        // Closing ends direct writes: the stream is let go.
+        outbox.close(CloseReason::ShuttingDown);
+        assert!(outbox.lock().direct.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_part_of_a_frame_gets_the_rest_queued_in_order() {
+        let (server, mut client) = tcp_pair().await;
+        let outbox = Outbox::new(64 << 20);
+        outbox.attach(server.clone());
+        // Frames of 64 KiB and a client that does not read: the kernel's buffers fill, one
+        // frame goes in partly, and the rest of it and every later frame are queued.
+        let frames: Vec<Frame> = (0..200u8)
+            .map(|i| Frame::from(char::from(b'A' + i % 26).to_string().repeat(65536)))
+            .collect();
+        for frame in &frames {
+            outbox.push(frame.clone()).expect("push");
+        }
+        let queued = outbox.queued_frames();
+        assert!(queued > 0 && queued < frames.len(), "{queued} queued");
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.try_drain(&mut batch), Some(Drained::Frames));
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.wire().to_vec()).collect();
+        let reader =
+            tokio::spawn(async move { read(&mut client, expected.len()).await == expected });
+        // What the task does with a drained batch.
+        for frame in &batch {
+            let mut at = 0;
+            while at < frame.wire().len() {
+                server.writable().await.expect("writable");
+                match server.try_write(&frame.wire()[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+        }
+        assert!(
+            reader.await.expect("join"),
+            "the client read every frame whole, in order"
+        );
     }
 }

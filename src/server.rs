@@ -3,12 +3,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower_service::Service;
 
 use crate::config::Config;
 use crate::node::Node;
@@ -76,7 +80,7 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, node_id = %node.config.node_id, bus = node.bus.kind(), "switchboard listening");
 
-    let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(node.clone());
     let drain_node = node.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let signal = async move {
@@ -84,22 +88,103 @@ pub async fn run(
         tracing::info!("shutdown requested: no new connections");
         let _ = drained_tx.send(());
     };
-    // Small frames go out at once: with Nagle, a second frame waits for the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let serve = tokio::spawn(async move { serve.await });
+    let serve = serve(listener, app, signal);
+    let serve = tokio::spawn(serve);
     // The accept loop stops at the signal; then sockets are drained with a bounded wait.
     if drained_rx.await.is_ok() {
         drain_node.drain().await;
     }
-    match tokio::time::timeout(std::time::Duration::from_secs(1), serve).await {
-        Ok(Ok(result)) => result?,
+    match tokio::time::timeout(Duration::from_secs(1), serve).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => tracing::debug!("server connections still closing at exit"),
     }
     Ok(())
+}
+
+/// Longest wait for a request's head (slow clients holding connections open).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after an accept error that is not one connection's (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts HTTP/1.1 connections until `stop` resolves, then lets the open ones finish their
+/// request and waits for them (upgraded websockets are no longer theirs: the drain closes them).
+///
+/// The node's own loop rather than `axum::serve`: that one serves through hyper-util's
+/// version-sniffing builder, which wraps every connection in a private type, so an upgraded
+/// websocket could not be turned back into its `TcpStream`; the websocket layer needs it to
+/// let a broadcast write straight to the socket (src/websocket.rs).
+async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output = ()>) {
+    let (closing_tx, closing_rx) = watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                tokio::spawn(serve_connection(
+                    tcp,
+                    remote,
+                    app.clone(),
+                    closing_rx.clone(),
+                ));
+            }
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(closing_rx);
+    // Resolves once every connection task has dropped its receiver.
+    closing_tx.closed().await;
+}
+
+/// Errors of one connection that was gone before it was accepted.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// Serves one connection's requests, upgrades included; on shutdown, finishes the request in
+/// flight and closes.
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    mut closing: watch::Receiver<bool>,
+) {
+    // Small frames go out at once: with Nagle, a second frame waits for the peer's delayed ACK.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().call(request)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // Every receiver is cloned before the one change (to `true`) is sent.
+        _ = closing.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
 }

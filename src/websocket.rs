@@ -3,14 +3,15 @@
 //!
 //! The node owns this layer rather than using a general-purpose one because of two costs that
 //! every connection pays: an idle connection holds no read or write buffer (reads go through
-//! the stack, a partial frame alone is kept on the heap), and a delivery is one vectored write
-//! of frames that were encoded, header included, once for every recipient.
+//! the stack, a partial frame alone is kept on the heap), and a delivery is one write of
+//! frames that were encoded, header included, once for every recipient: straight from the
+//! outbox when the socket is idle (the stream is shared with it), else one vectored write of
+//! everything queued by the socket's task.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::FromRequestParts;
@@ -19,7 +20,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::outbox::Frame;
@@ -96,7 +98,7 @@ impl Upgrade {
     /// socket, or the error if the hand-over failed.
     pub fn accept<F, Fut>(self, max_message: usize, run: F) -> Response
     where
-        F: FnOnce(Result<WebSocket, hyper::Error>) -> Fut + Send + 'static,
+        F: FnOnce(io::Result<WebSocket>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Ok(accept) = HeaderValue::try_from(derive_accept_key(self.key.as_bytes())) else {
@@ -104,9 +106,10 @@ impl Upgrade {
         };
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
-            let socket = on_upgrade
-                .await
-                .map(|upgraded| WebSocket::new(upgraded, max_message));
+            let socket = match on_upgrade.await {
+                Ok(upgraded) => WebSocket::new(upgraded, max_message),
+                Err(e) => Err(io::Error::other(e)),
+            };
             run(socket).await;
         });
         let headers = [
@@ -131,7 +134,9 @@ pub enum ReadError {
 
 /// One upgraded connection.
 pub struct WebSocket {
-    io: TokioIo<Upgraded>,
+    /// Shared: a broadcast may write to it straight from the outbox (src/outbox.rs) while
+    /// this socket's task is not writing.
+    tcp: Arc<TcpStream>,
     reader: Reader,
     /// The client sent a close frame: closing answers it.
     peer_closed: bool,
@@ -140,13 +145,24 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
-    fn new(upgraded: Upgraded, max_message: usize) -> Self {
-        Self {
-            io: TokioIo::new(upgraded),
-            reader: Reader::new(max_message),
+    /// The TCP stream hyper upgraded, and the bytes it had already read past the request.
+    fn new(upgraded: Upgraded, max_message: usize) -> io::Result<Self> {
+        let parts = upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| io::Error::other("the upgraded connection is not a TCP stream"))?;
+        let mut reader = Reader::new(max_message);
+        reader.extend(&parts.read_buf);
+        Ok(Self {
+            tcp: Arc::new(parts.io.into_inner()),
+            reader,
             peer_closed: false,
             broken: None,
-        }
+        })
+    }
+
+    /// The TCP stream, for an outbox to write to while the socket's task is not writing.
+    pub fn stream(&self) -> Arc<TcpStream> {
+        self.tcp.clone()
     }
 
     /// The next message or control frame; `None` once the connection is closed. Cancel-safe.
@@ -167,17 +183,44 @@ impl WebSocket {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            // The chunk lives on the stack for this poll only: idle sockets keep no buffer.
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut buf = ReadBuf::uninit(&mut chunk);
-            if let Err(e) = ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+            if let Err(e) = ready!(self.tcp.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(e.into())));
             }
-            if buf.filled().is_empty() {
-                return Poll::Ready(None);
+            // On the stack, for this read only: idle sockets keep no buffer. Zeroed only once
+            // the socket is readable, which in a fan-out is rare.
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.tcp.try_read(&mut chunk) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(n) => self.reader.extend(&chunk[..n]),
+                // Readiness was stale; polling it again registers for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
-            self.reader.extend(buf.filled());
         }
+    }
+
+    /// Writes as much of `slices` as the socket takes now, waiting until it takes something.
+    fn poll_write(&self, cx: &mut Context<'_>, slices: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write_vectored(slices) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    /// Writes all of `bytes`.
+    async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            let written = poll_fn(|cx| self.poll_write(cx, &[IoSlice::new(&bytes[at..])])).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += written;
+        }
+        Ok(())
     }
 
     /// Writes whole frames in order, as many per vectored write as the socket takes.
@@ -193,7 +236,7 @@ impl WebSocket {
                     *slice = IoSlice::new(if count == 0 { &bytes[offset..] } else { bytes });
                     count += 1;
                 }
-                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count])
+                self.poll_write(cx, &slices[..count])
             })
             .await?;
             if written == 0 {
@@ -212,33 +255,24 @@ impl WebSocket {
 
     /// Writes one frame.
     pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
-        self.io.write_all(frame.wire()).await
-    }
-
-    /// Sends a ping with no payload.
-    pub async fn ping(&mut self) -> io::Result<()> {
-        self.io
-            .write_all(&framing::encode(framing::PING, &[]))
-            .await
-    }
-
-    /// Answers a ping.
-    pub async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.io
-            .write_all(&framing::encode(framing::PONG, payload))
-            .await
+        self.write_all(frame.wire()).await
     }
 
     /// Sends a close frame with `code` and `reason`; echoes the client's close if it sent one,
-    /// and names the client's frame error (1002, 1007, 1009) if it made one.
+    /// and names the client's frame error (1002, 1007, 1009) if it made one. Then shuts the
+    /// connection down, if no outbox still holds the stream.
     pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
         let frame = match self.broken {
             _ if self.peer_closed => framing::encode_close(framing::NORMAL, ""),
             Some(broken) => framing::encode_close(broken, reason),
             None => framing::encode_close(code, reason),
         };
-        self.io.write_all(&frame).await?;
-        self.io.shutdown().await
+        self.write_all(&frame).await?;
+        match Arc::get_mut(&mut self.tcp) {
+            Some(tcp) => tcp.shutdown().await,
+            // Closed when the last holder drops it.
+            None => Ok(()),
+        }
     }
 
     /// Whether the client has sent its close frame.

@@ -24,7 +24,7 @@ use crate::auth::{TokenError, bearer};
 use crate::backend::ForwardError;
 use crate::channel::Refusal;
 use crate::cluster::ConnectRefusal;
-use crate::engine::{close_websocket, origin_allowed, read_failed, write_queued};
+use crate::engine::{attach, close_websocket, origin_allowed, read_failed, write_queued};
 use crate::error::ApiError;
 use crate::hub::{Codec, JoinError, Member};
 use crate::limit::Bucket;
@@ -207,6 +207,7 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
     }
     let outbox = conn.socket.outbox.clone();
     let mut batch = VecDeque::new();
+    attach(node, &outbox, &ws);
     let timer = tokio::time::sleep_until(conn.deadline().into());
     tokio::pin!(timer);
     let reason = loop {
@@ -229,7 +230,7 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
                         conn.pong_due = None;
                         Ok(())
                     }
-                    Some(Ok(Message::Ping(payload))) => ws.pong(&payload).await.map_err(|_| CloseReason::TransportError),
+                    Some(Ok(Message::Ping(payload))) => outbox.push(Frame::pong(&payload)).map_err(|_| CloseReason::SlowConsumer),
                     Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
                     Some(Err(e)) => {
                         tracing::debug!(socket = %conn.socket.id, error = %e, "closing a json socket: read failed");
@@ -246,9 +247,8 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
                 if conn.pong_due.is_some_and(|due| due <= now) {
                     outbox.close(CloseReason::PingTimeout);
                 } else if conn.next_ping <= now {
-                    if ws.ping().await.is_err() {
-                        outbox.close(CloseReason::TransportError);
-                    }
+                    // A refused push has closed the outbox already.
+                    let _ = outbox.push(Frame::ping());
                     conn.next_ping = now + node.config.ws_ping_interval;
                     conn.pong_due = Some(now + node.config.ws_ping_timeout);
                 }
@@ -262,6 +262,7 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
     if !conn.typing.is_empty() {
         Box::pin(conn.end_typing(node, |_| true)).await;
     }
+    outbox.detach();
     close_websocket(&mut ws, reason).await;
     finish(node, &conn.socket, reason);
 }

@@ -4,6 +4,7 @@
 use std::sync::Weak;
 
 use crate::node::Node;
+use crate::outbox::Write;
 
 /// A bus that only reaches this node.
 pub struct MemoryBus {
@@ -19,7 +20,8 @@ impl MemoryBus {
     /// Delivers a message to this node.
     pub fn publish(&self, channel: &str, payload: &[u8]) {
         if let Some(node) = self.node.upgrade() {
-            node.on_bus_message(channel, payload);
+            // Delivered within the publish: no backlog to batch.
+            node.on_bus_message(channel, payload, Write::Direct);
         }
     }
 }
