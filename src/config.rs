@@ -142,6 +142,12 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_WRITE_DELAY", default_value = "0ms", value_parser = parse_duration)]
     pub write_delay: Duration,
 
+    /// Largest number of a node's sockets a broadcast is written to directly, from the task
+    /// that received it; larger fan-outs go through each socket's task (a direct fan-out does
+    /// not yield to other tasks). 0 = never write directly
+    #[arg(long, env = "SWITCHBOARD_DIRECT_WRITE_MAX", default_value_t = 2000)]
+    pub direct_write_max: usize,
+
     /// Time given to clients to leave on shutdown before the process exits
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
     pub drain_time: Duration,
@@ -442,6 +448,8 @@ pub struct Config {
     pub send_queue_bytes: usize,
     /// Write-coalescing delay.
     pub write_delay: Duration,
+    /// Largest fan-out written directly.
+    pub direct_write_max: usize,
     /// Shutdown drain time.
     pub drain_time: Duration,
     /// Paths of the JSON WebSocket endpoint.
@@ -846,6 +854,7 @@ impl Args {
             max_channel_length: self.max_channel_length,
             send_queue_bytes: self.send_queue_bytes,
             write_delay: self.write_delay,
+            direct_write_max: self.direct_write_max,
             drain_time: self.drain_time,
             ws_paths,
             ws_ping_interval: self.ws_ping_interval,

@@ -914,10 +914,11 @@ async fn run_websocket(
     finish(node, session, reason);
 }
 
-/// Lets broadcasts write to the socket directly, unless writes are to be coalesced
-/// (`SWITCHBOARD_WRITE_DELAY`), which only the socket's task can do.
+/// Lets broadcasts write to the socket directly, unless direct writes are off or writes are
+/// to be coalesced (`SWITCHBOARD_WRITE_DELAY`), which only the socket's task can do.
 pub fn attach(node: &Node, outbox: &Outbox, socket: &WebSocket) {
-    if node.config.write_delay.is_zero() {
+    let config = &node.config;
+    if config.write_delay.is_zero() && config.direct_write_max > 0 {
         outbox.attach(socket.stream());
     }
 }

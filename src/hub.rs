@@ -211,6 +211,8 @@ pub struct Broadcast<'a> {
     pub except: Option<&'a str>,
     /// Whether the pushes may write straight to the sockets.
     pub write: Write,
+    /// The most recipients a direct fan-out may have; beyond, the sockets' tasks write.
+    pub direct_max: usize,
     encoded: [OnceCell<Frame>; CODECS],
 }
 
@@ -228,6 +230,7 @@ impl<'a> Broadcast<'a> {
             data,
             except,
             write: Write::Direct,
+            direct_max: usize::MAX,
             encoded: Default::default(),
         }
     }
@@ -377,13 +380,21 @@ impl Hub {
         let mut fanout = Fanout::default();
         // Taken out of the map first: a push may write to the socket, and the channel's shard
         // lock is not to be held through thousands of system calls.
-        for member in self.members(message.channel) {
+        let members = self.members(message.channel);
+        // A direct fan-out does not yield: a large one would hold up every other task on this
+        // thread (and the next messages) for its whole length.
+        let write = if members.len() > message.direct_max {
+            Write::Queued
+        } else {
+            message.write
+        };
+        for member in members {
             if message.except == Some(&*member.id) || !keep(&member) {
                 continue;
             }
             match member
                 .outbox
-                .push_with(message.frame(member.codec).clone(), message.write)
+                .push_with(message.frame(member.codec).clone(), write)
             {
                 Ok(()) => {
                     fanout.delivered += 1;
@@ -533,5 +544,40 @@ mod tests {
         assert_eq!(b.outbox.try_drain(&mut out), Some(Drained::Frames));
         assert_eq!(out[0].as_str(), r#"42["update","news",{"x":1}]"#);
         assert_eq!(a.outbox.try_drain(&mut out), None);
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_over_the_direct_limit_goes_through_the_queues() {
+        let hub = Hub::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut clients = Vec::new();
+        for id in ["a", "b"] {
+            let m = member(id);
+            let client = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+                .await
+                .expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            m.outbox.attach(Arc::new(server));
+            hub.join(&m, "news", 10, |_| ready()).expect("join");
+            clients.push((m, client));
+        }
+        let data = RawValue::from_string("1".into()).expect("json");
+        let queued = |direct_max| {
+            let mut message = Broadcast::new("news", "update", &data, None);
+            message.direct_max = direct_max;
+            hub.broadcast(&message, |_| true);
+            clients
+                .iter()
+                .map(|(m, _)| m.outbox.queued_frames())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(queued(2), [0, 0], "two recipients: written at once");
+        assert_eq!(
+            queued(1),
+            [1, 1],
+            "over the limit: left to the sockets' tasks"
+        );
     }
 }

@@ -329,6 +329,7 @@ impl Node {
         let mut message =
             Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
         message.write = write;
+        message.direct_max = self.config.direct_write_max;
         let fanout = self.hub.broadcast(&message, |member| {
             author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
         });
