@@ -549,17 +549,11 @@ mod tests {
     #[tokio::test]
     async fn a_fan_out_over_the_direct_limit_goes_through_the_queues() {
         let hub = Hub::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let mut clients = Vec::new();
         for id in ["a", "b"] {
             let m = member(id);
-            let client = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
-                .await
-                .expect("connect");
-            let (server, _) = listener.accept().await.expect("accept");
-            m.outbox.attach(Arc::new(server));
+            let (server, client) = crate::outbox::tests::tcp_pair().await;
+            m.outbox.attach(server);
             hub.join(&m, "news", 10, |_| ready()).expect("join");
             clients.push((m, client));
         }

@@ -10,7 +10,6 @@
 //! The queue allocates nothing until the first frame arrives, which keeps idle sockets small.
 
 use std::collections::VecDeque;
-use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
@@ -219,8 +218,8 @@ impl Outbox {
                 match tcp.try_write(frame.wire()) {
                     Ok(n) if n == frame.wire().len() => return Ok(()),
                     Ok(n) => frame = frame.rest(n),
-                    // A full socket, or a broken one: the task's own write meets it.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // A full socket (would block), or a broken one: the frame is queued, and the
+                    // task's own write waits for room or meets the error.
                     Err(_) => {}
                 }
             }
@@ -328,7 +327,9 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::io;
+
     use super::*;
 
     #[tokio::test]
@@ -410,7 +411,7 @@ mod tests {
     }
 
     /// A connected pair: the server side, and the client side that reads it.
-    async fn tcp_pair() -> (Arc<TcpStream>, TcpStream) {
+    pub(crate) async fn tcp_pair() -> (Arc<TcpStream>, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

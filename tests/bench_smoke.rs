@@ -314,17 +314,7 @@ impl Floor {
             _dir: dir,
         };
         let health = format!("{}/health", floor.url());
-        floor
-            .process
-            .wait_ready(
-                &format!("answer GET /health with 200 on {addr}"),
-                async || match try_http("GET", &health, &[], b"").await {
-                    Ok(response) if response.status == 200 => Ok(()),
-                    Ok(response) => Err(format!("status {}", response.status)),
-                    Err(err) => Err(err.to_string()),
-                },
-            )
-            .await;
+        floor.process.wait_http_ok(&health).await;
         floor
     }
 

@@ -282,15 +282,16 @@ impl Subscriber {
                 return false;
             };
             // Looked at without waiting; the last of a burst counts as behind, as it is.
-            let next = if delivered < BURST {
-                stream.next().now_or_never()
-            } else {
+            let last = delivered == BURST;
+            let next = if last {
                 None
-            };
-            let write = if next.is_none() && delivered < BURST {
-                Write::Direct
             } else {
+                stream.next().now_or_never()
+            };
+            let write = if last || next.is_some() {
                 Write::Queued
+            } else {
+                Write::Direct
             };
             let name = current.get_channel_name();
             let channel = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);

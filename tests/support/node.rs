@@ -115,16 +115,7 @@ impl Node {
 
     async fn wait_healthy(&mut self) {
         let health = format!("{}/health", self.url());
-        self.process
-            .wait_ready(
-                &format!("answer GET /health with 200 on {}", self.addr),
-                async || match try_http("GET", &health, &[], b"").await {
-                    Ok(response) if response.status == 200 => Ok(()),
-                    Ok(response) => Err(format!("status {}: {}", response.status, response.text())),
-                    Err(err) => Err(err.to_string()),
-                },
-            )
-            .await;
+        self.process.wait_http_ok(&health).await;
     }
 }
 

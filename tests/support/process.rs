@@ -127,6 +127,19 @@ impl LoggedChild {
         }
     }
 
+    /// [`LoggedChild::wait_ready`] for an HTTP server: until `GET url` answers 200.
+    pub async fn wait_http_ok(&mut self, url: &str) {
+        self.wait_ready(
+            &format!("answer GET {url} with 200"),
+            async || match super::try_http("GET", url, &[], b"").await {
+                Ok(response) if response.status == 200 => Ok(()),
+                Ok(response) => Err(format!("status {}: {}", response.status, response.text())),
+                Err(err) => Err(err.to_string()),
+            },
+        )
+        .await;
+    }
+
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => {

@@ -51,17 +51,7 @@ impl Prometheus {
         let process = LoggedChild::spawn("prometheus", command, &dir.path().join("prometheus.log"));
         let mut prometheus = Prometheus { port, process, dir };
         let ready = format!("{}/-/ready", prometheus.url());
-        prometheus
-            .process
-            .wait_ready(
-                &format!("answer GET /-/ready with 200 on port {port}"),
-                async || match try_http("GET", &ready, &[], b"").await {
-                    Ok(response) if response.status == 200 => Ok(()),
-                    Ok(response) => Err(format!("status {}", response.status)),
-                    Err(err) => Err(err.to_string()),
-                },
-            )
-            .await;
+        prometheus.process.wait_http_ok(&ready).await;
         prometheus
     }
 
