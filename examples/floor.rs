@@ -10,14 +10,15 @@
 //! with its websocket header into one `Bytes`, written to every subscriber.
 //!
 //! What it costs is the point, so it is built for that: one current-thread runtime; one task
-//! per socket; client frames read into a small stack buffer (a partial frame is kept in a
-//! `Vec` only until it completes); the Redis task writes each frame itself with `try_write`
+//! per socket; client frames read into a small stack buffer and decoded by Switchboard's own
+//! framing codec (`protocol::websocket`, which keeps a partial frame only until it
+//! completes); the Redis task writes each frame itself with `try_write`
 //! when the socket has nothing queued, and only a socket the kernel will not take more from
 //! gets a queue (allocated then, freed once drained) that its own task drains in order.
 //!
 //! What it deliberately does not do: verify the JWT (any CONNECT is accepted), check channel
 //! authorization or policies, presence, client events, acks, Engine.IO long-polling, the
-//! pong timeout, fragmented or compressed client frames, Laravel's `socket` exclusion
+//! pong timeout, compressed client frames, Laravel's `socket` exclusion
 //! (`toOthers()`), the HTTP API, metrics, logs beyond errors, graceful shutdown. Not for
 //! production; an example of the package (`cargo build --release --example floor`).
 //!
@@ -40,6 +41,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use switchboard::protocol::websocket::{self as framing, Message, Reader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -61,17 +63,10 @@ const MAX_QUEUED: usize = 64 * 1024 * 1024;
 const MAX_CHANNELS: usize = 1000;
 /// How long a closing socket tries to write what it still has queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
-/// The longest websocket frame header a server writes (no mask).
-const MAX_HEADER: usize = 10;
 /// Frames written in one `writev` when draining a queue.
 const WRITEV_FRAMES: usize = 64;
 /// Engine.IO's ping timeout announced in the open packet (not enforced).
 const PING_TIMEOUT_MS: u64 = 20_000;
-
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// The floor's settings.
 #[derive(Debug, Parser)]
@@ -234,7 +229,7 @@ async fn fan_out(
 
 /// Sends an Engine.IO ping to every socket every `interval`: one timer for all of them.
 async fn ping_all(hub: SharedHub, interval: Duration) {
-    let ping = server_frame(OP_TEXT, b"2");
+    let ping = framing::encode(framing::TEXT, b"2");
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
@@ -248,45 +243,11 @@ async fn ping_all(hub: SharedHub, interval: Duration) {
 // Server frames
 // ---------------------------------------------------------------------------------------------
 
-/// Writes the header of an unmasked final frame at the end of `room`; returns where it starts.
-fn put_header(room: &mut [u8; MAX_HEADER], opcode: u8, len: usize) -> usize {
-    let start = if len < 126 {
-        room[9] = len as u8;
-        9
-    } else if let Ok(short) = u16::try_from(len) {
-        room[7] = 126;
-        room[8..].copy_from_slice(&short.to_be_bytes());
-        7
-    } else {
-        room[1] = 127;
-        room[2..].copy_from_slice(&(len as u64).to_be_bytes());
-        1
-    };
-    room[start - 1] = 0x80 | opcode;
-    start - 1
-}
-
-/// A frame whose payload starts at `MAX_HEADER` in `buffer`: the header goes in front of it.
-fn finish_frame(mut buffer: Vec<u8>, opcode: u8) -> Bytes {
-    let mut room = [0u8; MAX_HEADER];
-    let start = put_header(&mut room, opcode, buffer.len() - MAX_HEADER);
-    buffer[start..MAX_HEADER].copy_from_slice(&room[start..]);
-    Bytes::from(buffer).slice(start..)
-}
-
-fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut buffer = Vec::with_capacity(MAX_HEADER + payload.len());
-    buffer.resize(MAX_HEADER, 0);
-    buffer.extend_from_slice(payload);
-    finish_frame(buffer, opcode)
-}
-
-/// `42["event","channel",data]` in a text frame, in one allocation.
+/// `42["event","channel",data]` in a text frame (Switchboard's own framing codec).
 fn broadcast_frame(envelope: &Envelope, channel: &str) -> Option<Bytes> {
     let data = envelope.data.map_or("null", RawValue::get);
-    let size = MAX_HEADER + 12 + envelope.event.len() + channel.len() + data.len();
+    let size = 12 + envelope.event.len() + channel.len() + data.len();
     let mut buffer = Vec::with_capacity(size);
-    buffer.resize(MAX_HEADER, 0);
     buffer.extend_from_slice(b"42[");
     serde_json::to_writer(&mut buffer, &*envelope.event).ok()?;
     buffer.push(b',');
@@ -294,7 +255,7 @@ fn broadcast_frame(envelope: &Envelope, channel: &str) -> Option<Bytes> {
     buffer.push(b',');
     buffer.extend_from_slice(data.as_bytes());
     buffer.push(b']');
-    Some(finish_frame(buffer, OP_TEXT))
+    Some(framing::encode(framing::TEXT, &buffer))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,7 +387,7 @@ async fn serve(hub: SharedHub, id: u64, mut stream: TcpStream, ping_interval_ms:
     let mut session = Session {
         socket: socket.clone(),
         hub: hub.clone(),
-        pending: rest,
+        reader: Reader::new(MAX_CLIENT_FRAME),
         channels: Vec::new(),
         connected: false,
         closing: false,
@@ -436,9 +397,8 @@ async fn serve(hub: SharedHub, id: u64, mut stream: TcpStream, ping_interval_ms:
     ));
     hub.borrow_mut().sockets.insert(id, socket.clone());
     // Bytes that came with the HTTP request (a client that did not wait for the 101).
-    if !session.pending.is_empty() {
-        let mut early = std::mem::take(&mut session.pending);
-        session.on_bytes(&mut early);
+    if !rest.is_empty() {
+        session.on_bytes(&rest);
     }
     while !session.closing && !socket.broken.get() {
         let queued = socket.queued();
@@ -542,8 +502,8 @@ fn upgrade_key(head: &[u8]) -> Result<Option<&str>, &'static str> {
 struct Session {
     socket: Rc<Socket>,
     hub: SharedHub,
-    /// The start of a client frame whose rest has not arrived; empty (unallocated) otherwise.
-    pending: Vec<u8>,
+    /// Client frames in (it keeps only an incomplete frame).
+    reader: Reader,
     /// The channels this socket joined.
     channels: Vec<Box<str>>,
     /// Whether CONNECT was answered.
@@ -567,7 +527,7 @@ impl Session {
         for _ in 0..READS_PER_TURN {
             match self.socket.stream.try_read(&mut buffer) {
                 Ok(0) => return false,
-                Ok(n) => self.on_bytes(&mut buffer[..n]),
+                Ok(n) => self.on_bytes(&buffer[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(_) => return false,
             }
@@ -578,93 +538,32 @@ impl Session {
         true
     }
 
-    /// Handles the client frames in `data` (after what `pending` holds).
-    fn on_bytes(&mut self, data: &mut [u8]) {
-        if self.pending.is_empty() {
-            let used = self.on_frames(data);
-            self.pending.extend_from_slice(&data[used..]);
-        } else {
-            let mut pending = std::mem::take(&mut self.pending);
-            pending.extend_from_slice(data);
-            let used = self.on_frames(&mut pending);
-            pending.drain(..used);
-            if !pending.is_empty() {
-                self.pending = pending;
-            }
-        }
-    }
-
-    /// Handles every complete frame at the start of `data`; returns the bytes they took.
-    fn on_frames(&mut self, data: &mut [u8]) -> usize {
-        let mut used = 0;
+    /// Handles the client messages `data` completes.
+    fn on_bytes(&mut self, data: &[u8]) {
+        self.reader.extend(data);
         while !self.closing {
-            let rest = &mut data[used..];
-            if rest.len() < 2 {
-                break;
-            }
-            let (first, second) = (rest[0], rest[1]);
-            if second & 0x80 == 0 || first & 0x70 != 0 {
-                // Unmasked client frame, or an extension we did not agree to.
-                return self.close(1002);
-            }
-            let (len, head) = match second & 0x7f {
-                126 if rest.len() >= 4 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 8),
-                127 if rest.len() >= 10 => {
-                    let mut eight = [0u8; 8];
-                    eight.copy_from_slice(&rest[2..10]);
-                    (
-                        usize::try_from(u64::from_be_bytes(eight)).unwrap_or(usize::MAX),
-                        14,
-                    )
+            match self.reader.next_message() {
+                Ok(Some(Message::Text(text))) => self.on_text(&text),
+                Ok(Some(Message::Close(code))) => self.close(code.unwrap_or(framing::NORMAL)),
+                Ok(Some(Message::Ping(payload))) => {
+                    self.socket.send(&framing::encode(framing::PONG, &payload));
                 }
-                126 | 127 => break,
-                short => (usize::from(short), 6),
-            };
-            if len > MAX_CLIENT_FRAME {
-                return self.close(1009);
-            }
-            if rest.len() < head + len {
-                break;
-            }
-            let mut mask = [0u8; 4];
-            mask.copy_from_slice(&rest[head - 4..head]);
-            let payload = &mut rest[head..head + len];
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= mask[i & 3];
-            }
-            used += head + len;
-            if first & 0x80 == 0 {
-                // A fragmented message: the bench never sends one.
-                return self.close(1003);
-            }
-            match first & 0x0f {
-                OP_TEXT => match std::str::from_utf8(payload) {
-                    Ok(text) => self.on_text(text),
-                    Err(_) => return self.close(1007),
-                },
-                OP_CLOSE => {
-                    let code = payload.get(..2).unwrap_or(&[0x03, 0xe8]);
-                    self.socket.send(&server_frame(OP_CLOSE, code));
-                    self.closing = true;
-                }
-                OP_PING => self.socket.send(&server_frame(OP_PONG, payload)),
-                OP_PONG | 0x2 => {}
-                _ => return self.close(1002),
+                Ok(Some(Message::Pong | Message::Binary(_))) => {}
+                Ok(None) => break,
+                Err(e) => self.close(e.close_code()),
             }
         }
-        used
     }
 
-    /// Sends a close frame with `code` and ends the session; returns 0 (nothing more is read).
-    fn close(&mut self, code: u16) -> usize {
-        self.socket
-            .send(&server_frame(OP_CLOSE, &code.to_be_bytes()));
+    /// Sends a close frame with `code` and ends the session.
+    fn close(&mut self, code: u16) {
+        self.socket.send(&framing::encode_close(code, ""));
         self.closing = true;
-        0
     }
 
     fn send_text(&self, text: &str) {
-        self.socket.send(&server_frame(OP_TEXT, text.as_bytes()));
+        self.socket
+            .send(&framing::encode(framing::TEXT, text.as_bytes()));
     }
 
     /// One Engine.IO packet from the client.
