@@ -828,13 +828,14 @@ pub async fn write_queued(
 }
 
 /// Tells the client why its socket closes, when the reason is one to tell; code 1001 (going
-/// away) and 1008/1009 make clients reconnect. A client's own close frame is answered.
-pub async fn close_websocket(socket: &mut WebSocket, reason: CloseReason) {
+/// away) and 1008/1009 make clients reconnect. A client's own close frame is answered, unless
+/// the close cut a frame short: a close frame after a partial one would be read as its payload.
+pub async fn close_websocket(socket: &mut WebSocket, outbox: &Outbox, reason: CloseReason) {
     let code = match reason {
         CloseReason::ShuttingDown => framing::GOING_AWAY,
         CloseReason::MessageTooLarge => framing::TOO_BIG,
         _ if reason.flushes() => framing::POLICY_VIOLATION,
-        _ if socket.peer_closed() => framing::NORMAL,
+        _ if socket.peer_closed() && !outbox.cut() => framing::NORMAL,
         _ => return,
     };
     let close = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.close(code, reason.label()));
@@ -910,7 +911,7 @@ async fn run_websocket(
         }
     };
     session.outbox.detach();
-    close_websocket(&mut socket, reason).await;
+    close_websocket(&mut socket, &session.outbox, reason).await;
     finish(node, session, reason);
 }
 

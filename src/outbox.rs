@@ -147,6 +147,9 @@ struct State {
     writing: bool,
     /// The socket a push may write to itself when nothing is queued or being written.
     direct: Option<Arc<TcpStream>>,
+    /// A close dropped frames that may have been partly written (a direct write's rest, or
+    /// the task's write cut short): the stream may end inside a frame.
+    cut: bool,
 }
 
 /// What a drain found.
@@ -246,6 +249,7 @@ impl Outbox {
             state.closed = Some(reason);
             state.direct = None;
             if !reason.flushes() {
+                state.cut = !state.frames.is_empty() || state.writing;
                 state.frames = VecDeque::new();
                 state.bytes = 0;
             }
@@ -262,6 +266,12 @@ impl Outbox {
     /// The reason the queue was closed, if it was.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.lock().closed
+    }
+
+    /// Whether the close dropped frames that may have been partly on the wire, so nothing
+    /// (not even a close frame) may follow them on the stream.
+    pub fn cut(&self) -> bool {
+        self.lock().cut
     }
 
     /// Moves every queued frame into `out` if there are any, without waiting.
@@ -392,6 +402,30 @@ pub(crate) mod tests {
             outbox.drain(&mut out).await,
             Drained::Closed(CloseReason::ShuttingDown)
         );
+    }
+
+    #[test]
+    fn a_close_that_drops_frames_or_a_write_in_progress_cuts_the_stream() {
+        let clean = Outbox::new(100);
+        clean.close(CloseReason::ClientClosed);
+        assert!(!clean.cut(), "nothing was dropped");
+
+        let queued = Outbox::new(100);
+        queued.push("a".into()).expect("push");
+        queued.close(CloseReason::ClientClosed);
+        assert!(queued.cut(), "a queued frame may be a direct write's rest");
+
+        let writing = Outbox::new(100);
+        writing.push("a".into()).expect("push");
+        let mut batch = VecDeque::new();
+        writing.try_drain(&mut batch);
+        writing.close(CloseReason::SlowConsumer);
+        assert!(writing.cut(), "the task's write is cut short");
+
+        let flushed = Outbox::new(100);
+        flushed.push("a".into()).expect("push");
+        flushed.close(CloseReason::ShuttingDown);
+        assert!(!flushed.cut(), "a flushing close writes what is queued");
     }
 
     #[tokio::test]

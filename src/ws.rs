@@ -263,7 +263,7 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
         Box::pin(conn.end_typing(node, |_| true)).await;
     }
     outbox.detach();
-    close_websocket(&mut ws, reason).await;
+    close_websocket(&mut ws, &outbox, reason).await;
     finish(node, &conn.socket, reason);
 }
 
