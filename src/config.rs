@@ -142,11 +142,16 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_WRITE_DELAY", default_value = "0ms", value_parser = parse_duration)]
     pub write_delay: Duration,
 
-    /// Largest number of a node's sockets a broadcast is written to directly, from the task
-    /// that received it; larger fan-outs go through each socket's task (a direct fan-out does
-    /// not yield to other tasks). 0 = never write directly
-    #[arg(long, env = "SWITCHBOARD_DIRECT_WRITE_MAX", default_value_t = 2000)]
-    pub direct_write_max: usize,
+    /// Share of one thread's time broadcasts may spend writing straight to sockets from the
+    /// task that received them (estimated from the delivery rate and the measured cost of a
+    /// write); above it, writes go through the sockets' tasks, which batch. 0 = never directly
+    #[arg(long, env = "SWITCHBOARD_DIRECT_WRITE_SHARE", default_value_t = 0.9)]
+    pub direct_write_share: f64,
+
+    /// Longest one broadcast writes directly (a direct fan-out does not yield to other
+    /// tasks); its remaining recipients are left to their sockets' tasks
+    #[arg(long, env = "SWITCHBOARD_DIRECT_WRITE_BUDGET", default_value = "100ms", value_parser = parse_duration)]
+    pub direct_write_budget: Duration,
 
     /// Time given to clients to leave on shutdown before the process exits
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
@@ -448,8 +453,10 @@ pub struct Config {
     pub send_queue_bytes: usize,
     /// Write-coalescing delay.
     pub write_delay: Duration,
-    /// Largest fan-out written directly.
-    pub direct_write_max: usize,
+    /// Share of a thread direct writes may take.
+    pub direct_write_share: f64,
+    /// Longest direct part of one fan-out.
+    pub direct_write_budget: Duration,
     /// Shutdown drain time.
     pub drain_time: Duration,
     /// Paths of the JSON WebSocket endpoint.
@@ -669,6 +676,12 @@ impl Args {
         if self.auth_timeout.is_zero() {
             return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
         }
+        if !(0.0..=1.0).contains(&self.direct_write_share) {
+            return Err(ConfigError::new(
+                "direct_write_share",
+                format!("{} is not between 0 and 1", self.direct_write_share),
+            ));
+        }
 
         let keys = |keys: Vec<String>| -> Vec<String> {
             keys.into_iter()
@@ -854,7 +867,8 @@ impl Args {
             max_channel_length: self.max_channel_length,
             send_queue_bytes: self.send_queue_bytes,
             write_delay: self.write_delay,
-            direct_write_max: self.direct_write_max,
+            direct_write_share: self.direct_write_share,
+            direct_write_budget: self.direct_write_budget,
             drain_time: self.drain_time,
             ws_paths,
             ws_ping_interval: self.ws_ping_interval,

@@ -919,7 +919,7 @@ async fn run_websocket(
 /// to be coalesced (`SWITCHBOARD_WRITE_DELAY`), which only the socket's task can do.
 pub fn attach(node: &Node, outbox: &Outbox, socket: &WebSocket) {
     let config = &node.config;
-    if config.write_delay.is_zero() && config.direct_write_max > 0 {
+    if config.write_delay.is_zero() && node.hub.pacing().enabled() {
         outbox.attach(socket.stream());
     }
 }

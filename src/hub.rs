@@ -9,7 +9,7 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::SetOnce;
@@ -17,7 +17,8 @@ use tokio::sync::SetOnce;
 use crate::auth::Principal;
 use crate::limit::SocketLimit;
 use crate::metrics::Protocol;
-use crate::outbox::{Frame, Outbox, PushError, Write};
+use crate::outbox::{Frame, Outbox, PushError, Pushed, Write};
+use crate::pacing::Pacing;
 
 /// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
 pub type SocketId = Arc<str>;
@@ -209,10 +210,8 @@ pub struct Broadcast<'a> {
     pub data: &'a serde_json::value::RawValue,
     /// A socket to leave out (the sender of a whisper, or Laravel's `toOthers()`).
     pub except: Option<&'a str>,
-    /// Whether the pushes may write straight to the sockets.
+    /// Whether the pushes may write straight to the sockets (the hub's pacing decides too).
     pub write: Write,
-    /// The most recipients a direct fan-out may have; beyond, the sockets' tasks write.
-    pub direct_max: usize,
     encoded: [OnceCell<Frame>; CODECS],
 }
 
@@ -230,7 +229,6 @@ impl<'a> Broadcast<'a> {
             data,
             except,
             write: Write::Direct,
-            direct_max: usize::MAX,
             encoded: Default::default(),
         }
     }
@@ -290,15 +288,31 @@ pub struct Fanout {
     pub by_protocol: [usize; 2],
     /// Sockets dropped because their queue overflowed.
     pub slow: usize,
+    /// Of the delivered, frames the push wrote to the socket itself.
+    pub written: usize,
 }
 
 /// Local sockets and channel memberships.
 #[derive(Debug, Default)]
 pub struct Hub {
     channels: DashMap<Arc<str>, Channel>,
+    pacing: Pacing,
 }
 
 impl Hub {
+    /// An empty hub whose fan-outs write directly as `pacing` allows.
+    pub fn new(pacing: Pacing) -> Self {
+        Self {
+            channels: DashMap::new(),
+            pacing,
+        }
+    }
+
+    /// How fan-outs choose between direct and queued writes.
+    pub fn pacing(&self) -> &Pacing {
+        &self.pacing
+    }
+
     /// Adds `member` to `channel`. `on_first` runs, under the channel's lock, when the
     /// channel gains its first local member, so bus subscribe and unsubscribe stay ordered.
     pub fn join(
@@ -381,29 +395,41 @@ impl Hub {
         // Taken out of the map first: a push may write to the socket, and the channel's shard
         // lock is not to be held through thousands of system calls.
         let members = self.members(message.channel);
-        // A direct fan-out does not yield: a large one would hold up every other task on this
-        // thread (and the next messages) for its whole length.
-        let write = if members.len() > message.direct_max {
-            Write::Queued
-        } else {
-            message.write
+        let mut write = match message.write {
+            Write::Direct if self.pacing.direct() => Write::Direct,
+            _ => Write::Queued,
         };
-        for member in members {
-            if message.except == Some(&*member.id) || !keep(&member) {
+        let start = Instant::now();
+        // The time the direct part took.
+        let mut direct_took = Duration::ZERO;
+        for (i, member) in members.iter().enumerate() {
+            // A direct fan-out does not yield: past its budget the rest goes to the queues.
+            if write == Write::Direct && i % 32 == 31 && self.pacing.spent(start) {
+                write = Write::Queued;
+                direct_took = start.elapsed();
+            }
+            if message.except == Some(&*member.id) || !keep(member) {
                 continue;
             }
             match member
                 .outbox
                 .push_with(message.frame(member.codec).clone(), write)
             {
-                Ok(()) => {
+                Ok(pushed) => {
                     fanout.delivered += 1;
                     fanout.by_protocol[member.codec.protocol() as usize] += 1;
+                    fanout.written += usize::from(pushed == Pushed::Written);
                 }
                 Err(PushError::Overflow) => fanout.slow += 1,
                 Err(PushError::Closed) => {}
             }
         }
+        let now = Instant::now();
+        if write == Write::Direct {
+            direct_took = now - start;
+        }
+        self.pacing
+            .record(fanout.delivered, fanout.written, direct_took, now);
         fanout
     }
 
@@ -537,7 +563,8 @@ mod tests {
             Fanout {
                 delivered: 1,
                 by_protocol: [1, 0],
-                slow: 0
+                slow: 0,
+                written: 0
             }
         );
         let mut out = std::collections::VecDeque::new();
@@ -546,32 +573,46 @@ mod tests {
         assert_eq!(a.outbox.try_drain(&mut out), None);
     }
 
-    #[tokio::test]
-    async fn a_fan_out_over_the_direct_limit_goes_through_the_queues() {
-        let hub = Hub::default();
-        let mut clients = Vec::new();
-        for id in ["a", "b"] {
-            let m = member(id);
+    /// How many of `count` sockets on one channel a broadcast queued rather than wrote, under
+    /// `pacing`.
+    async fn queued_by(pacing: Pacing, count: usize) -> usize {
+        let hub = Hub::new(pacing);
+        let mut members = Vec::new();
+        for i in 0..count {
+            let m = member(&i.to_string());
             let (server, client) = crate::outbox::tests::tcp_pair().await;
             m.outbox.attach(server);
             hub.join(&m, "news", 10, |_| ready()).expect("join");
-            clients.push((m, client));
+            members.push((m, client));
         }
         let data = RawValue::from_string("1".into()).expect("json");
-        let queued = |direct_max| {
-            let mut message = Broadcast::new("news", "update", &data, None);
-            message.direct_max = direct_max;
-            hub.broadcast(&message, |_| true);
-            clients
-                .iter()
-                .map(|(m, _)| m.outbox.queued_frames())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(queued(2), [0, 0], "two recipients: written at once");
+        let fanout = hub.broadcast(&Broadcast::new("news", "update", &data, None), |_| true);
+        let queued = members
+            .iter()
+            .filter(|(m, _)| m.outbox.queued_frames() > 0)
+            .count();
         assert_eq!(
-            queued(1),
-            [1, 1],
-            "over the limit: left to the sockets' tasks"
+            fanout.written + queued,
+            count,
+            "each frame written or queued"
+        );
+        queued
+    }
+
+    #[tokio::test]
+    async fn a_direct_fan_out_hands_the_rest_to_the_queues_once_its_budget_is_spent() {
+        let budget = Duration::from_secs(60);
+        assert_eq!(
+            queued_by(Pacing::new(0.8, budget), 40).await,
+            0,
+            "all written at once"
+        );
+        // A spent budget is checked every 32 recipients, so the first 31 go directly.
+        assert_eq!(queued_by(Pacing::new(0.8, Duration::ZERO), 40).await, 9);
+        assert_eq!(
+            queued_by(Pacing::new(0.0, budget), 4).await,
+            4,
+            "direct writes off"
         );
     }
 }

@@ -18,7 +18,8 @@
 //! - [`protocol`]: pure codecs (Engine.IO, Socket.IO, JSON, websocket framing).
 //! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and kinds of channels.
 //! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: MySQL pool.
-//! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue.
+//! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue; [`pacing`]:
+//!   direct or queued writes per fan-out.
 //! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`backend`]: client events forwarded to the application; [`webhooks`]: events posted to it.
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod node;
 pub mod notifications;
 pub mod outbox;
+pub mod pacing;
 pub mod policy;
 pub mod protocol;
 pub mod server;

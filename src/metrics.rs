@@ -197,6 +197,8 @@ pub struct Metrics {
     pub fanout: Histogram,
     /// Seconds from a bus envelope's arrival to its frames queued to every local recipient.
     pub delivery_latency: Histogram,
+    /// Broadcast frames written by the delivering task itself rather than the socket's.
+    pub direct_writes: IntCounter,
     slow_consumers: IntCounter,
     outgoing_queue_frames: IntGauge,
     rate_limited: [IntCounter; Limit::ALL.len()],
@@ -388,6 +390,10 @@ impl Metrics {
                 "delivery_latency_seconds",
                 "Seconds from a bus message's arrival to its frames queued to every local recipient",
                 &FAST_SECONDS,
+            )?,
+            direct_writes: b.counter(
+                "broadcast_direct_writes_total",
+                "Broadcast frames written straight to the socket by the delivering task (the rest go through each socket's task)",
             )?,
             slow_consumers: b.counter(
                 "slow_consumer_disconnects_total",

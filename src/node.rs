@@ -28,6 +28,7 @@ use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
 use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
 use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::{CloseReason, Write};
+use crate::pacing::Pacing;
 use crate::policy::Request;
 use crate::webhooks::Webhooks;
 
@@ -184,7 +185,10 @@ impl Node {
                 plain: DashMap::new(),
                 notifications,
                 webhooks,
-                hub: Hub::default(),
+                hub: Hub::new(Pacing::new(
+                    config.direct_write_share,
+                    config.direct_write_budget,
+                )),
                 bus,
                 cluster,
                 blocks: Blocks::new(blocks_pool, config.redis_prefix.clone()),
@@ -329,13 +333,13 @@ impl Node {
         let mut message =
             Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
         message.write = write;
-        message.direct_max = self.config.direct_write_max;
         let fanout = self.hub.broadcast(&message, |member| {
             author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
         });
         span.record("switchboard.recipients", fanout.delivered);
         let metrics = &self.metrics;
         metrics.fanout.observe(fanout.delivered as f64);
+        metrics.direct_writes.inc_by(fanout.written as u64);
         for protocol in [Protocol::SocketIo, Protocol::Json] {
             let sent = fanout.by_protocol[protocol as usize];
             if sent > 0 {

@@ -129,6 +129,15 @@ pub enum Write {
     Queued,
 }
 
+/// What became of a frame a push took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written to the socket whole by the push itself.
+    Written,
+    /// Queued for the socket's task (all of it, or what a direct write left).
+    Queued,
+}
+
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
@@ -202,11 +211,11 @@ impl Outbox {
 
     /// Queues a frame without waiting, or writes it at once (see [`Outbox::attach`]).
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
-        self.push_with(frame, Write::Direct)
+        self.push_with(frame, Write::Direct).map(|_| ())
     }
 
     /// [`Outbox::push`], with direct writes allowed or not.
-    pub fn push_with(&self, mut frame: Frame, write: Write) -> Result<(), PushError> {
+    pub fn push_with(&self, mut frame: Frame, write: Write) -> Result<Pushed, PushError> {
         {
             let mut state = self.lock();
             if state.closed.is_some() {
@@ -219,7 +228,7 @@ impl Outbox {
             {
                 // Under the lock, so no other write can come between this one and the task's.
                 match tcp.try_write(frame.wire()) {
-                    Ok(n) if n == frame.wire().len() => return Ok(()),
+                    Ok(n) if n == frame.wire().len() => return Ok(Pushed::Written),
                     Ok(n) => frame = frame.rest(n),
                     // A full socket (would block), or a broken one: the frame is queued, and the
                     // task's own write waits for room or meets the error.
@@ -236,7 +245,7 @@ impl Outbox {
             state.frames.push_back(frame);
         }
         self.ready.wake();
-        Ok(())
+        Ok(Pushed::Queued)
     }
 
     /// Closes the queue; the first reason given wins.
