@@ -395,16 +395,23 @@ impl Hub {
         // Taken out of the map first: a push may write to the socket, and the channel's shard
         // lock is not to be held through thousands of system calls.
         let members = self.members(message.channel);
-        let mut write = match message.write {
-            Write::Direct if self.pacing.direct() => Write::Direct,
-            _ => Write::Queued,
+        let quota = match message.write {
+            Write::Direct => self.pacing.direct_quota(),
+            Write::Queued => 0,
+        };
+        let mut write = if quota > 0 {
+            Write::Direct
+        } else {
+            Write::Queued
         };
         let start = Instant::now();
         // The time the direct part took.
         let mut direct_took = Duration::ZERO;
         for (i, member) in members.iter().enumerate() {
-            // A direct fan-out does not yield: past its budget the rest goes to the queues.
-            if write == Write::Direct && i % 32 == 31 && self.pacing.spent(start) {
+            // A direct fan-out does not yield: past its quota or its time budget the rest goes
+            // to the queues.
+            if write == Write::Direct && (i == quota || (i % 32 == 31 && self.pacing.spent(start)))
+            {
                 write = Write::Queued;
                 direct_took = start.elapsed();
             }

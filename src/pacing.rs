@@ -6,7 +6,10 @@
 //! frames that pile up while a node is busy leave in one write per socket, which is what lets a
 //! loaded node catch up. So fan-outs write directly while the direct writes, at the current
 //! delivery rate and their measured cost, would take less than a set share of one thread, and
-//! a single direct fan-out stops writing directly once it has run for its time budget.
+//! a single direct fan-out stops writing directly once it has run for its time budget. While
+//! writes are queued, the cost is measured again once per window by writing the first few
+//! recipients of a fan-out directly, so that a cost measured at a bad moment does not rule
+//! direct writes out for good.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,10 +17,10 @@ use std::time::{Duration, Instant};
 /// How long deliveries are counted before the rate is updated.
 const WINDOW: Duration = Duration::from_millis(250);
 
-/// How much of the measured cost is kept after a window with no direct write.
-const COST_DECAY: f64 = 0.8;
+/// Recipients a fan-out writes directly to measure the cost again while writes are queued.
+const PROBE: usize = 256;
 
-/// Direct fan-outs smaller than this do not update the measured cost (timer noise).
+/// A window with fewer direct writes than this does not measure the cost (timer noise).
 const COST_SAMPLE_MIN: usize = 16;
 
 /// Chooses direct or queued writes fan-out by fan-out, from the node's delivery rate.
@@ -32,16 +35,17 @@ pub struct Pacing {
 
 #[derive(Debug)]
 struct Load {
-    /// Deliveries since `since`.
-    count: usize,
+    /// The current window's start, its deliveries, and its direct writes with their time.
     since: Instant,
+    count: usize,
+    written: usize,
+    took: Duration,
     /// Deliveries per second, smoothed over windows.
     rate: f64,
-    /// Seconds one direct write takes, smoothed; 0 until measured.
+    /// Seconds one direct write takes, smoothed over windows; 0 until measured.
     cost: f64,
-    /// Whether `cost` was measured in the current window.
-    sampled: bool,
-    /// Whether `cost` has decayed since it was last measured (the next sample replaces it).
+    /// Whether the last window measured no cost (fan-outs probe, and the next measurement
+    /// replaces `cost`).
     stale: bool,
 }
 
@@ -59,11 +63,12 @@ impl Pacing {
             share,
             budget,
             load: Mutex::new(Load {
-                count: 0,
                 since: Instant::now(),
+                count: 0,
+                written: 0,
+                took: Duration::ZERO,
                 rate: 0.0,
                 cost: 0.0,
-                sampled: false,
                 stale: false,
             }),
         }
@@ -79,13 +84,20 @@ impl Pacing {
         self.share > 0.0
     }
 
-    /// Whether the next fan-out may write directly.
-    pub fn direct(&self) -> bool {
+    /// How many of the next fan-out's recipients may be written directly: all of them, a
+    /// probe's worth, or none.
+    pub fn direct_quota(&self) -> usize {
         if !self.enabled() {
-            return false;
+            return 0;
         }
         let load = self.lock();
-        load.rate * load.cost < self.share
+        if load.rate * load.cost < self.share {
+            usize::MAX
+        } else if load.stale {
+            PROBE
+        } else {
+            0
+        }
     }
 
     /// Whether a direct fan-out that started at `start` has used up its time.
@@ -93,37 +105,34 @@ impl Pacing {
         start.elapsed() >= self.budget
     }
 
-    /// Records a fan-out that ended at `now`: `deliveries` in all, `direct` of them written
+    /// Records a fan-out that ended at `now`: `deliveries` in all, `written` of them written
     /// by the pushes themselves in `took`. (Pushes that found their socket busy queued instead;
     /// they are cheap, so the time is the direct writes'.)
-    pub fn record(&self, deliveries: usize, direct: usize, took: Duration, now: Instant) {
+    pub fn record(&self, deliveries: usize, written: usize, took: Duration, now: Instant) {
         let mut load = self.lock();
         load.count += deliveries;
+        load.written += written;
+        load.took += took;
         let elapsed = now.saturating_duration_since(load.since);
-        if elapsed >= WINDOW {
-            let rate = load.count as f64 / elapsed.as_secs_f64();
-            // Half the last window, half the history: a burst shows within one window, and a
-            // quiet spell clears it as fast.
-            load.rate = (load.rate + rate) / 2.0;
-            load.count = 0;
-            load.since = now;
-            if !std::mem::take(&mut load.sampled) {
-                // Not measured while writes were queued: let the estimate fall, so that a
-                // cost measured on a bad moment does not rule direct writes out for good; a
-                // direct fan-out then measures it again.
-                load.cost *= COST_DECAY;
-                load.stale = true;
-            }
+        if elapsed < WINDOW {
+            return;
         }
-        if direct >= COST_SAMPLE_MIN {
-            let cost = took.as_secs_f64() / direct as f64;
-            load.sampled = true;
-            load.cost = if load.cost == 0.0 || std::mem::take(&mut load.stale) {
+        let rate = load.count as f64 / elapsed.as_secs_f64();
+        // A rise counts at once (a node that starts writing directly into a burst falls
+        // behind); a fall by halves, so one quiet window does not undo the estimate.
+        load.rate = rate.max((load.rate + rate) / 2.0);
+        if load.written >= COST_SAMPLE_MIN {
+            let cost = load.took.as_secs_f64() / load.written as f64;
+            load.cost = if load.cost == 0.0 || load.stale {
                 cost
             } else {
-                0.75 * load.cost + 0.25 * cost
+                (load.cost + cost) / 2.0
             };
+            load.stale = false;
+        } else {
+            load.stale = true;
         }
+        (load.since, load.count, load.written, load.took) = (now, 0, 0, Duration::ZERO);
     }
 }
 
@@ -146,11 +155,11 @@ mod tests {
     #[test]
     fn writes_directly_until_the_writes_would_take_the_share() {
         let pacing = Pacing::new(0.8, Duration::from_millis(50));
-        assert!(pacing.direct(), "nothing measured yet");
+        assert_eq!(pacing.direct_quota(), usize::MAX, "nothing measured yet");
         let start = Instant::now();
         // 50,000 deliveries/s at 6 µs each: 30% of a thread.
         feed(&pacing, start, 8, 12_500, Duration::from_micros(6));
-        assert!(pacing.direct());
+        assert_eq!(pacing.direct_quota(), usize::MAX);
         // 200,000/s: 120% of a thread; the sockets' tasks batch instead.
         feed(
             &pacing,
@@ -159,44 +168,40 @@ mod tests {
             50_000,
             Duration::from_micros(6),
         );
-        assert!(!pacing.direct());
-        // Still 200,000/s, all queued: the unmeasured cost decays until a direct fan-out
-        // measures it again, and the real cost sends writes back to the queues.
+        assert_eq!(pacing.direct_quota(), 0);
+        // Still 200,000/s, all queued: after a window with no measurement, fan-outs probe.
         let later = start + WINDOW * 16;
-        let mut windows = 0;
-        while !pacing.direct() {
-            windows += 1;
-            pacing.record(50_000, 0, Duration::ZERO, later + WINDOW * windows);
-        }
-        assert!((2..=4).contains(&windows), "probed after {windows} windows");
-        pacing.record(
-            10_000,
-            10_000,
-            Duration::from_millis(60),
-            later + WINDOW * windows,
-        );
-        assert!(!pacing.direct());
-        // Quiet again: direct within a few windows.
-        let quiet = later + WINDOW * (windows + 1);
-        for w in 1..=8 {
-            pacing.record(1000, 0, Duration::ZERO, quiet + WINDOW * w);
-        }
-        assert!(pacing.direct());
+        pacing.record(50_000, 0, Duration::ZERO, later + WINDOW);
+        assert_eq!(pacing.direct_quota(), PROBE);
+        // The probes find writes cheaper now (3 µs: 60% of a thread): all direct again.
+        let probe = Duration::from_micros(3) * PROBE as u32;
+        pacing.record(50_000, PROBE, probe, later + WINDOW * 2);
+        assert_eq!(pacing.direct_quota(), usize::MAX);
     }
 
     #[test]
-    fn small_fan_outs_do_not_move_the_cost() {
+    fn small_fan_outs_add_up_to_a_measurement() {
         let pacing = Pacing::new(0.8, Duration::from_millis(50));
-        let now = Instant::now();
-        pacing.record(2, 2, Duration::from_millis(10), now);
-        assert_eq!(pacing.lock().cost, 0.0);
+        let start = Instant::now();
+        // One recipient per fan-out, 10 µs each, 100,000 a second: a whole thread.
+        let window = |w: u32| {
+            for i in 1..=25_000u32 {
+                let at = start + WINDOW * w + WINDOW * i / 25_000;
+                pacing.record(1, 1, Duration::from_micros(10), at);
+            }
+        };
+        window(0);
+        assert_eq!(pacing.direct_quota(), 0, "a rise counts at once");
+        // A quiet window halves the rate: 50% of a thread.
+        pacing.record(0, 0, Duration::ZERO, start + WINDOW * 2);
+        assert_eq!(pacing.direct_quota(), usize::MAX);
     }
 
     #[test]
     fn a_zero_share_never_writes_directly() {
         let pacing = Pacing::new(0.0, Duration::from_millis(50));
         assert!(!pacing.enabled());
-        assert!(!pacing.direct());
+        assert_eq!(pacing.direct_quota(), 0);
     }
 
     #[test]
