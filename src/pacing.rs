@@ -7,8 +7,8 @@
 //! loaded node catch up. So fan-outs write directly while the direct writes, at the current
 //! delivery rate and their measured cost, would take less than a set share of one thread, and
 //! a single direct fan-out stops writing directly once it has run for its time budget. While
-//! writes are queued, the cost is measured again once per window by writing the first few
-//! recipients of a fan-out directly, so that a cost measured at a bad moment does not rule
+//! writes are queued, the cost is measured again every other window by writing the first few
+//! recipients of one fan-out directly, so that a cost measured at a bad moment does not rule
 //! direct writes out for good.
 
 use std::sync::Mutex;
@@ -93,7 +93,9 @@ impl Pacing {
         let load = self.lock();
         if load.rate * load.cost < self.share {
             usize::MAX
-        } else if load.stale {
+        } else if load.stale && load.written < COST_SAMPLE_MIN {
+            // One probe per window: enough to measure, and it costs a node that is behind
+            // as little as can be.
             PROBE
         } else {
             0
@@ -115,6 +117,11 @@ impl Pacing {
         load.took += took;
         let elapsed = now.saturating_duration_since(load.since);
         if elapsed < WINDOW {
+            // A burst from idle shows half-way through its first window: a node that keeps
+            // writing directly into it for the whole window falls behind.
+            if elapsed >= WINDOW / 2 {
+                load.rate = load.rate.max(load.count as f64 / elapsed.as_secs_f64());
+            }
             return;
         }
         let rate = load.count as f64 / elapsed.as_secs_f64();
@@ -169,13 +176,15 @@ mod tests {
             Duration::from_micros(6),
         );
         assert_eq!(pacing.direct_quota(), 0);
-        // Still 200,000/s, all queued: after a window with no measurement, fan-outs probe.
+        // Still 200,000/s, all queued: after a window with no measurement, a fan-out probes.
         let later = start + WINDOW * 16;
         pacing.record(50_000, 0, Duration::ZERO, later + WINDOW);
         assert_eq!(pacing.direct_quota(), PROBE);
-        // The probes find writes cheaper now (3 µs: 60% of a thread): all direct again.
         let probe = Duration::from_micros(3) * PROBE as u32;
-        pacing.record(50_000, PROBE, probe, later + WINDOW * 2);
+        pacing.record(10_000, PROBE, probe, later + WINDOW + WINDOW / 10);
+        assert_eq!(pacing.direct_quota(), 0, "one probe per window");
+        // The probe found writes cheaper now (3 µs: 60% of a thread): all direct again.
+        pacing.record(40_000, 0, Duration::ZERO, later + WINDOW * 2);
         assert_eq!(pacing.direct_quota(), usize::MAX);
     }
 
@@ -195,6 +204,26 @@ mod tests {
         // A quiet window halves the rate: 50% of a thread.
         pacing.record(0, 0, Duration::ZERO, start + WINDOW * 2);
         assert_eq!(pacing.direct_quota(), usize::MAX);
+    }
+
+    #[test]
+    fn a_burst_from_idle_counts_before_its_window_ends() {
+        let pacing = Pacing::new(0.9, Duration::from_millis(100));
+        let start = Instant::now();
+        // Idle since the node started: the first fan-out closes an empty window.
+        pacing.record(
+            10_000,
+            10_000,
+            Duration::from_millis(80),
+            start + WINDOW * 40,
+        );
+        assert_eq!(pacing.direct_quota(), usize::MAX);
+        // 10,000 recipients every 50 ms at 8 µs each: 1.6 threads, seen half-way.
+        for i in 1..=3 {
+            let at = start + WINDOW * 40 + Duration::from_millis(50) * i;
+            pacing.record(10_000, 0, Duration::ZERO, at);
+        }
+        assert_eq!(pacing.direct_quota(), 0);
     }
 
     #[test]
