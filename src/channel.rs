@@ -32,10 +32,20 @@ pub fn user_channel(user_id: &str) -> String {
     format!("private-user.{user_id}")
 }
 
+/// The prefix of the node's own bus channels (node-to-node commands, block-list changes). The
+/// back-end may publish on them through Redis; no client and no HTTP API call may name one, or
+/// a user could read that traffic and, by leaving, unsubscribe the node from it.
+pub const RESERVED_PREFIX: &str = "switchboard.";
+
 /// Checks a channel name; the error says what is wrong with it.
 pub fn validate(name: &str, max_len: usize) -> Result<(), String> {
     if name.is_empty() {
         return Err("channel name is empty".into());
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(format!(
+            "channel names starting with {RESERVED_PREFIX:?} are reserved"
+        ));
     }
     if name.len() > max_len {
         return Err(format!("channel name is longer than {max_len} bytes"));
@@ -128,5 +138,15 @@ mod tests {
         assert!(validate("news*", 200).is_err());
         assert!(validate("news\n", 200).is_err());
         assert!(validate(&"a".repeat(201), 200).is_err());
+    }
+
+    #[test]
+    fn the_nodes_own_channels_cannot_be_named() {
+        for internal in [crate::node::CONTROL_CHANNEL, crate::blocks::CHANGED_CHANNEL] {
+            assert!(internal.starts_with(RESERVED_PREFIX), "{internal}");
+            assert!(validate(internal, 200).is_err(), "{internal}");
+        }
+        assert!(validate("switchboard.anything", 200).is_err());
+        assert!(validate("public.switchboard.news", 200).is_ok());
     }
 }

@@ -222,3 +222,46 @@ async fn redis_restart_is_survived() {
     assert!(logs.contains("connection lost"), "{logs}");
     assert!(logs.contains("connected and subscribed"), "{logs}");
 }
+
+/// Issue 16.1: a user who could join the node's own control or block-list channel could read
+/// that traffic and, by leaving it, unsubscribe the node, so kicks stopped working on it.
+#[tokio::test]
+async fn the_nodes_own_channels_are_out_of_reach() {
+    let redis = RedisServer::start().await;
+    let (one, _two) = cluster(&redis).await;
+    let (mut attacker, _) = client(&one, 1, &["websocket"]).await;
+    for internal in ["switchboard.control", "switchboard.blocks"] {
+        let answer = attacker
+            .emit_ack("subscribe", json!([{"channel": internal}]))
+            .await;
+        assert!(
+            answer[0]["error"].to_string().contains("reserved"),
+            "{internal}: {answer}"
+        );
+        let _ = attacker
+            .emit_ack("unsubscribe", json!([{"channel": internal}]))
+            .await;
+        let published = api_broadcast(
+            &one,
+            json!({"channel": internal, "event": "disconnect_user", "data": {"userId": "2"}}),
+        )
+        .await;
+        assert_eq!(published.status, 400, "{internal}: {}", published.text());
+    }
+    drop(attacker);
+
+    // The node still hears its control channel: a kick reaches a socket on it.
+    let (mut victim, _) = client(&one, 2, &["websocket"]).await;
+    let kicked = http(
+        "POST",
+        &format!("{}/api/users/2/disconnect", one.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        b"",
+    )
+    .await;
+    assert_eq!(kicked.status, 200, "{}", kicked.text());
+    assert_eq!(
+        victim.expect_disconnect(TIMEOUT).await,
+        "io server disconnect"
+    );
+}

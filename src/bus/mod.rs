@@ -76,8 +76,12 @@ impl Bus {
         }
     }
 
-    /// Stops receiving a channel.
+    /// Stops receiving a channel; never one of the node's own (`switchboard.…`), which it
+    /// hears for its whole life whatever the hub's bookkeeping says.
     pub fn unsubscribe(&self, channel: Arc<str>) {
+        if channel.starts_with(crate::channel::RESERVED_PREFIX) {
+            return;
+        }
         match self {
             Self::Memory(_) => {}
             Self::Redis(bus) => bus.unsubscribe(channel),
