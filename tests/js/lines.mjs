@@ -127,4 +127,9 @@ export function runCommands(handlers, disconnect) {
     out({ type: "error", message: `uncaught: ${err.stack ?? err}` });
     process.exit(1);
   });
+  // A rejected promise nobody awaited is as much a crash of the agent as a throw.
+  process.on("unhandledRejection", (reason) => {
+    out({ type: "error", message: `unhandled rejection: ${reason?.stack ?? reason}` });
+    process.exit(1);
+  });
 }

@@ -11,6 +11,11 @@
 //!
 //! When a test panics, each process prints every line it received and its
 //! stderr as it is dropped, so failure messages stay short.
+//!
+//! A process that reports `{"type":"error"}` (a script exception, a rejected
+//! promise, a bad command) fails the test at once, and so does one that exits
+//! before the test asked it to: otherwise a crashed agent would read as
+//! "nothing arrived" and every negative check would pass.
 
 use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
@@ -44,6 +49,8 @@ pub struct JsonLinesProcess {
     seen: Vec<Value>,
     /// Without reconnection a `connect_error` is final.
     reconnection: bool,
+    /// The test asked the process to exit: its end is expected.
+    exiting: bool,
     /// A std Mutex: only the reader task appends, only panics read, and the
     /// lock is never held across an await.
     stderr: Arc<Mutex<String>>,
@@ -107,6 +114,7 @@ impl JsonLinesProcess {
             backlog: VecDeque::new(),
             seen: Vec::new(),
             reconnection: config["reconnection"].as_bool().unwrap_or(false),
+            exiting: false,
             stderr,
         }
     }
@@ -174,7 +182,13 @@ impl JsonLinesProcess {
             match self.recv_until(deadline).await {
                 Ok(line) if pred(&line) => panic!("unexpected {what}: {line}"),
                 Ok(line) => self.backlog.push_back(line),
-                // A process that has exited prints nothing more.
+                Err(Closed) if !self.exiting => {
+                    panic!(
+                        "the {} exited during a check that nothing arrives",
+                        self.label
+                    )
+                }
+                // A process that has exited on request prints nothing more.
                 Err(Closed) | Err(TimedOut) => return,
             }
         }
@@ -183,6 +197,7 @@ impl JsonLinesProcess {
     /// Sends `{"cmd":"exit"}` (the agents disconnect cleanly, then exit) and
     /// waits for the process to end.
     pub async fn exit(&mut self) -> ExitStatus {
+        self.exiting = true;
         self.send(json!({"cmd": "exit"})).await;
         match tokio::time::timeout(super::TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) => status,
@@ -255,6 +270,9 @@ impl JsonLinesProcess {
         match tokio::time::timeout_at(deadline, self.lines.recv()).await {
             Ok(Some(line)) => {
                 self.seen.push(line.clone());
+                if line["type"] == "error" {
+                    panic!("the {} reported an error: {line}", self.label);
+                }
                 Ok(line)
             }
             Ok(None) => Err(Closed),
