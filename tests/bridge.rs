@@ -199,7 +199,6 @@ async fn push_room_broadcast_and_disconnect_across_nodes() {
         let args = agent.expect_event("alert", TIMEOUT).await;
         assert_eq!(args, [json!("private-user.ann"), json!({"n": 1})]);
     }
-    b.assert_no_event("alert", Duration::from_millis(200)).await;
     // One bad id refuses the whole push: nobody gets a half-sent event.
     let refused = api(
         &one,
@@ -208,7 +207,16 @@ async fn push_room_broadcast_and_disconnect_across_nodes() {
     )
     .await;
     assert_eq!(refused.status, 400, "{}", refused.text());
-    a1.assert_no_event("half", Duration::from_millis(200)).await;
+    // Absence proved by order: a push after the refused one arrives, and nothing before it.
+    let whole = api(
+        &one,
+        "/api/push",
+        json!({"user_ids": ["ann"], "event": "whole", "data": 2}),
+    )
+    .await;
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    a1.expect_event("whole", TIMEOUT).await;
+    a1.assert_no_event("half", Duration::ZERO).await;
 
     for agent in [&mut a1, &mut a2, &mut b] {
         let answer = agent
@@ -237,6 +245,8 @@ async fn push_room_broadcast_and_disconnect_across_nodes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     b.expect_event("tick", TIMEOUT).await;
+    // Published before the tick, so it would have arrived by now.
+    b.assert_no_event("alert", Duration::ZERO).await;
 
     // Ann is banned: every socket of hers closes, on both nodes, and does not come back.
     let kicked = http(
@@ -270,10 +280,14 @@ async fn batches_answer_per_item_and_keys_are_rate_limited() {
         ],
     )
     .await;
+    let (mut u, _) = agent(&node, "u").await;
+    let (mut seven, _) = agent(&node, "7").await;
+    let joined = u.emit_ack("subscribe", json!([{"channel": "news"}])).await;
+    assert_eq!(joined[0]["status"], "success", "{joined}");
     let batch = json!({"batch": [
         {"op": "broadcast", "channel": "news", "event": "e", "data": 1},
-        {"op": "push", "user_ids": ["u"], "event": "e"},
-        {"op": "room_broadcast", "room": "news", "event": "e"},
+        {"op": "push", "user_ids": ["u"], "event": "pushed"},
+        {"op": "room_broadcast", "room": "news", "event": "room", "data": 3},
         {"op": "disconnect", "user_id": 7},
         {"op": "push", "user_ids": [], "event": "e"},
         {"op": "explode"},
@@ -296,6 +310,23 @@ async fn batches_answer_per_item_and_keys_are_rate_limited() {
             json!(400),
             json!(400)
         ]
+    );
+    // Each accepted item happened, in order.
+    assert_eq!(
+        u.expect_event("e", TIMEOUT).await,
+        [json!("news"), json!(1)]
+    );
+    assert_eq!(
+        u.expect_event("pushed", TIMEOUT).await[0],
+        json!("private-user.u")
+    );
+    assert_eq!(
+        u.expect_event("room", TIMEOUT).await,
+        [json!("news"), json!(3)]
+    );
+    assert_eq!(
+        seven.expect_disconnect(TIMEOUT).await,
+        "io server disconnect"
     );
     let too_many = api(
         &node,

@@ -136,6 +136,8 @@ async fn echo_presence_here_joining_leaving_and_whispers_across_nodes() {
     assert_eq!(refused["error"], "forbidden", "{refused}");
 
     // Whispers cross nodes and skip the sender.
+    b.listen_for_whisper(ChannelKind::Presence, "chat.1", "typing")
+        .await;
     b.whisper(
         ChannelKind::Presence,
         "chat.1",
@@ -146,6 +148,19 @@ async fn echo_presence_here_joining_leaving_and_whispers_across_nodes() {
     assert_eq!(
         a.expect_whisper(channel, "typing", TIMEOUT).await,
         json!({"who": "Bob"})
+    );
+    // Alice answers; Bob's own whisper would have reached him before her answer.
+    a.whisper(
+        ChannelKind::Presence,
+        "chat.1",
+        "typing",
+        json!({"who": "Alice"}),
+    )
+    .await;
+    assert_eq!(
+        b.expect_whisper(channel, "typing", TIMEOUT).await,
+        json!({"who": "Alice"}),
+        "Bob heard his own whisper"
     );
 
     b.disconnect().await;
