@@ -223,8 +223,15 @@ async fn each_event_is_sent_once_per_cluster() {
         })
         .await;
     drop(carol);
-    // Settle, then check nothing came twice: ids are unique and every event above once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A barrier instead of a pause: node one sends its events in order, so once a later
+    // one has arrived, any late duplicate of the events above would have too.
+    let _dave = client(&one, "dave").await;
+    hooks
+        .until("dave's connect, after everything above", |h| {
+            h.count("connected", "user_id", "dave") == 1
+        })
+        .await;
+    // Nothing came twice: ids are unique and every event above came once.
     let events = hooks.events();
     let mut ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
     ids.sort_unstable();
@@ -240,6 +247,11 @@ async fn each_event_is_sent_once_per_cluster() {
     ] {
         assert_eq!(hooks.count(name, "channel", channel), 1, "{name} {channel}");
     }
+    assert_eq!(
+        hooks.count("member_added", "channel", room),
+        2,
+        "bob's second tab is not a second member"
+    );
     assert!(
         hooks
             .server
