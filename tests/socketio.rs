@@ -228,7 +228,14 @@ async fn subscribe_unsubscribe_and_private_isolation() {
         two.expect_event("secret", TIMEOUT).await,
         vec![json!("private-user.2"), json!("for two")]
     );
-    one.assert_no_event("secret", std::time::Duration::from_millis(300))
+    // Absence by order: user 1's own channel hears a later broadcast, and nothing before it.
+    broadcast(
+        &node,
+        json!({"channel": "private-user.1", "event": "mine", "data": 1}),
+    )
+    .await;
+    one.expect_event("mine", TIMEOUT).await;
+    one.assert_no_event("secret", std::time::Duration::ZERO)
         .await;
 
     // Unsubscribe stops delivery.
@@ -244,8 +251,13 @@ async fn subscribe_unsubscribe_and_private_isolation() {
         json!({"channel": "news", "event": "late", "data": null}),
     )
     .await;
-    one.assert_no_event("late", std::time::Duration::from_millis(300))
-        .await;
+    broadcast(
+        &node,
+        json!({"channel": "private-user.1", "event": "after", "data": 2}),
+    )
+    .await;
+    one.expect_event("after", TIMEOUT).await;
+    one.assert_no_event("late", std::time::Duration::ZERO).await;
 }
 
 #[tokio::test]
