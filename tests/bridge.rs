@@ -173,10 +173,14 @@ async fn an_unreachable_back_end_is_a_clear_error() {
 async fn cluster(redis: &RedisServer, extra: &[(&str, &str)]) -> (Node, Node) {
     let url = redis.url();
     let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url];
-    (
+    let (one, two) = (
         Node::spawn(&args, extra).await,
         Node::spawn(&args, extra).await,
-    )
+    );
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    (one, two)
 }
 
 #[tokio::test]

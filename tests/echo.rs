@@ -45,6 +45,9 @@ async fn cluster(redis: &RedisServer) -> (Node, Node) {
         ],
     )
     .await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
     (one, two)
 }
 

@@ -277,6 +277,9 @@ async fn one_broadcast_reaches_socketio_and_json_clients() {
     ];
     let one = Node::spawn(&args, &[]).await;
     let two = Node::spawn(&args, &[]).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
 
     let mut ws = client(&one, "1").await;
     send(
@@ -323,6 +326,9 @@ async fn rooms_presence_typing_and_chat_across_nodes() {
     let envs = [("SWITCHBOARD_TYPING_TIMEOUT", "800ms")];
     let one = Node::spawn(&["--dev", "--redis-url", &url], &envs).await;
     let two = Node::spawn(&["--dev", "--redis-url", &url], &envs).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
 
     let mut alice = client(&one, "alice").await;
     send(
@@ -490,6 +496,9 @@ async fn blocked_users_do_not_get_each_others_messages() {
     let url = redis.url();
     let one = Node::spawn(&["--dev", "--redis-url", &url], &[]).await;
     let two = Node::spawn(&["--dev", "--redis-url", &url], &[]).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
     let mut ann = client(&one, "ann").await;
     let mut ben = client(&two, "ben").await;
     let mut cat = client(&two, "cat").await;

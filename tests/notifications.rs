@@ -443,6 +443,9 @@ async fn read_on_one_device_reaches_the_others_on_every_node() {
     let redis = RedisServer::start().await;
     let one = node(&db, Some(&redis)).await;
     let two = node(&db, Some(&redis)).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
     let mut phone = notifications_socket(&one, "1", true).await;
     events_until_success(&mut phone).await;
     let mut laptop = notifications_socket(&two, "1", true).await;

@@ -49,6 +49,9 @@ async fn prometheus_sums_two_nodes() {
     let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url];
     let one = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "one")]).await;
     let two = Node::spawn(&args, &[("SWITCHBOARD_NODE_ID", "two")]).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
     let prometheus = Prometheus::start(&[one.addr(), two.addr()]).await;
 
     // Three Socket.IO sessions (one on long-polling) and two JSON sockets, across the nodes.
