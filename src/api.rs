@@ -15,11 +15,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use crate::auth::{bearer, find_key};
+use crate::access::ApiKey;
 use crate::channel;
 use crate::cluster::ClusterError;
 use crate::error::ApiError;
-use crate::metrics::Limit;
 use crate::node::Node;
 
 /// Most channels one broadcast call may name.
@@ -62,42 +61,6 @@ pub async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) 
         .with_label_values(&[route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// Checks the bearer API key against every configured key.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing Authorization: Bearer <api key>",
-            )
-        })?;
-    if let Some(key) = find_key(&node.config.api_keys, given) {
-        if node.api_limits.take(key.as_str()) {
-            return Ok(());
-        }
-        node.metrics.rate_limited(Limit::ApiKey);
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many API calls with this key, slow down",
-        ))
-    } else {
-        node.metrics
-            .auth_failures
-            .with_label_values(&["api_key"])
-            .inc();
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid API key",
-        ))
-    }
 }
 
 /// Reads a JSON body within the size limit.
@@ -297,10 +260,9 @@ fn respond(done: Done) -> Response {
 /// `POST /api/broadcast`: publishes an event to channels on every node.
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_broadcast(&node, request).await.map(respond)
 }
@@ -308,10 +270,9 @@ pub async fn broadcast(
 /// `POST /api/push`: an event to every socket of some users, on every node.
 pub async fn push(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_push(&node, request).await.map(respond)
 }
@@ -320,11 +281,10 @@ pub async fn push(
 /// across the cluster are subscribed to it.
 pub async fn room_broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(room): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_room_broadcast(&node, &room, request).await.map(respond)
 }
@@ -332,10 +292,9 @@ pub async fn room_broadcast(
 /// `POST /api/users/{id}/disconnect`: closes that user's sockets on every node.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     do_disconnect(&node, &user).await.map(respond)
 }
 
@@ -399,10 +358,9 @@ struct BatchRequest {
 /// `POST /api/batch`: up to 100 operations, each answered on its own.
 pub async fn batch(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request: BatchRequest = json_body(&node, &body)?;
     if request.batch.is_empty() || request.batch.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
@@ -433,10 +391,9 @@ impl From<ClusterError> for ApiError {
 /// `GET /api/users/{id}`: whether a user has a socket on any node, and how many.
 pub async fn user(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     let connections = node.cluster.user_connections(&id).await?;
     Ok(Json(json!({
         "user_id": id,
@@ -456,10 +413,9 @@ pub struct ChannelsQuery {
 /// `GET /api/channels`: every channel with subscribers across the cluster.
 pub async fn channels(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Query(query): Query<ChannelsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     let prefix = query.prefix.unwrap_or_default();
     let channels: serde_json::Map<String, serde_json::Value> = node
         .cluster
@@ -479,10 +435,9 @@ pub async fn channels(
 /// `GET /api/channels/{name}`: one channel's counts across the cluster.
 pub async fn channel_info(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     check_channel(&node, &name)?;
     let info = node.cluster.channel(&node.hub, &name).await?;
     let mut body = json!({
@@ -499,10 +454,9 @@ pub async fn channel_info(
 /// `GET /api/channels/{name}/users`: a presence channel's members.
 pub async fn channel_users(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let members = presence_members(&node, &name).await?;
     Ok(Json(json!({"channel": name, "users": members})).into_response())
 }
@@ -646,11 +600,11 @@ fn database_unavailable() -> ApiError {
 /// then delivers it to their devices on every node.
 pub async fn notifications(
     State(node): State<Arc<Node>>,
+    _key: ApiKey,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     use crate::notifications::store::{Created, NewNotification, Target};
-    authorize(&node, &headers)?;
     let Some(store) = &node.notifications else {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
