@@ -1,9 +1,11 @@
 //! What the client port tells strangers, and how it treats key guessers: wrong API and admin
-//! keys throttled per client address.
+//! keys throttled per client address, the admin listener (`SWITCHBOARD_ADMIN_LISTEN`) taking
+//! `/metrics`, `/admin` and the verbose health off the client port, and health answers
+//! without counts.
 
 mod support;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 const API_KEY: &str = "the-api-key";
@@ -50,7 +52,7 @@ async fn wrong_api_and_admin_keys_are_throttled_per_client_address() {
     assert!((10..=12).contains(&refused), "{refused} wrong keys before 429");
     // Once throttled, the key is not even compared: the right one waits too, on the API and
     // on the admin endpoints alike.
-    for path in ["/api/channels", "/admin/api/overview"] {
+    for path in ["/api/channels", "/admin/api/overview", "/health?verbose=1"] {
         let response = get_from("127.0.0.2", &base, path, Some(API_KEY)).await;
         assert_eq!(response.status, 429, "{path} from the throttled address");
     }
@@ -97,4 +99,117 @@ async fn wrong_api_and_admin_keys_are_throttled_per_client_address() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no failed_auth series:\n{metrics}"));
     assert!(throttled >= 5, "{throttled} throttled requests counted");
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort_unstable();
+    keys
+}
+
+/// `2026-12-05T13:42:18.123Z`.
+fn is_iso8601_utc(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[tokio::test]
+async fn health_shows_strangers_no_counts() {
+    let node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY],
+        &[("SWITCHBOARD_NODE_ID", "node-h")],
+    )
+    .await;
+    let base = node.url();
+    let health = http("GET", &format!("{base}/health"), &[], b"").await;
+    assert_eq!(health.json(), json!({"status": "ok", "node_id": "node-h"}));
+
+    let ws = http("GET", &format!("{base}/api/community/ws/health"), &[], b"").await;
+    assert_eq!(ws.status, 200);
+    let body = ws.json();
+    assert_eq!(keys(&body), ["status", "timestamp"], "{body}");
+    assert_eq!(body["status"], "ok");
+    let timestamp = body["timestamp"].as_str().unwrap_or_default();
+    assert!(is_iso8601_utc(timestamp), "timestamp {timestamp:?}");
+
+    // Without an admin listener, the figures need an admin credential.
+    for credential in [None, Some("wrong")] {
+        let refused = get_from("127.0.0.1", &base, "/health?verbose=1", credential).await;
+        assert_eq!(refused.status, 401, "{credential:?}: {}", refused.text());
+        assert!(refused.json().get("data").is_none());
+    }
+    let verbose = get_from("127.0.0.1", &base, "/health?verbose=1", Some(API_KEY)).await;
+    assert_eq!(verbose.status, 200);
+    assert_eq!(verbose.json()["data"]["websocket"]["totalConnections"], 0);
+    assert_eq!(verbose.json()["data"]["node_id"], "node-h");
+    // /metrics and /admin stay on the client port when no admin listener is set.
+    let metrics = http("GET", &format!("{base}/metrics"), &[], b"").await;
+    assert_eq!(metrics.status, 200);
+    assert_eq!(http("GET", &format!("{base}/admin"), &[], b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_admin_listener_takes_metrics_admin_and_verbose_health_off_the_client_port() {
+    let admin_port = free_port();
+    let admin_listen = format!("127.0.0.1:{admin_port}");
+    let node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY, "--admin-listen", &admin_listen],
+        &[],
+    )
+    .await;
+    let public = node.url();
+    let admin = format!("http://{admin_listen}");
+
+    // The client port: no metrics, no admin page or endpoints, no figures.
+    for path in ["/metrics", "/admin", "/admin/app.js", "/admin/api/overview"] {
+        let response = get_from("127.0.0.1", &public, path, Some(API_KEY)).await;
+        assert_eq!(response.status, 404, "{path} on the client port");
+    }
+    let health = get_from("127.0.0.1", &public, "/health?verbose=1", Some(API_KEY)).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(keys(&health.json()), ["node_id", "status"]);
+    // The client port still serves clients and the API.
+    let api = get_from("127.0.0.1", &public, "/api/channels", Some(API_KEY)).await;
+    assert_eq!(api.status, 200, "{}", api.text());
+    let handshake = http(
+        "GET",
+        &format!("{public}/socket.io/?EIO=4&transport=polling"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(handshake.status, 200);
+
+    // The admin listener: all of it.
+    let metrics = http("GET", &format!("{admin}/metrics"), &[], b"").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("switchboard_connections"),
+        "{}",
+        metrics.text()
+    );
+    assert_eq!(http("GET", &format!("{admin}/admin"), &[], b"").await.status, 200);
+    let verbose = http("GET", &format!("{admin}/health?verbose=1"), &[], b"").await;
+    assert_eq!(verbose.json()["success"], true);
+    assert!(verbose.json()["data"]["websocket"]["totalConnections"].is_number());
+    // The admin endpoints still want an admin credential there.
+    let bare = get_from("127.0.0.1", &admin, "/admin/api/overview", None).await;
+    assert_eq!(bare.status, 401);
+    let overview = get_from("127.0.0.1", &admin, "/admin/api/overview", Some(API_KEY)).await;
+    assert_eq!(overview.status, 200, "{}", overview.text());
+    // And the API is not served there.
+    let api = get_from("127.0.0.1", &admin, "/api/channels", Some(API_KEY)).await;
+    assert_eq!(api.status, 404);
 }

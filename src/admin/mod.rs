@@ -3,6 +3,7 @@
 //! secret; every endpoint needs `Authorization: Bearer` with an admin key
 //! (`SWITCHBOARD_ADMIN_KEYS`, else the API keys) or the JWT of a user whose role is one of
 //! `SWITCHBOARD_NOTIFICATIONS_ADMIN_ROLES` ([`AdminAccess`]), and answers 401 without one.
+//! Served on the admin listener when `SWITCHBOARD_ADMIN_LISTEN` is set, else on the client port.
 
 pub mod recent;
 
