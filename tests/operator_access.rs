@@ -1,7 +1,7 @@
 //! What the client port tells strangers, and how it treats key guessers: wrong API and admin
 //! keys throttled per client address, the admin listener (`SWITCHBOARD_ADMIN_LISTEN`) taking
-//! `/metrics`, `/admin` and the verbose health off the client port, and health answers
-//! without counts.
+//! `/metrics`, `/admin` and the verbose health off the client port, health answers without
+//! counts, and no credentialed CORS for origins nobody configured.
 
 mod support;
 
@@ -212,4 +212,37 @@ async fn the_admin_listener_takes_metrics_admin_and_verbose_health_off_the_clien
     // And the API is not served there.
     let api = get_from("127.0.0.1", &admin, "/api/channels", Some(API_KEY)).await;
     assert_eq!(api.status, 404);
+}
+
+#[tokio::test]
+async fn without_configured_origins_no_origin_gets_credentials() {
+    for args in [&["--dev"][..], &["--dev", "--allowed-origins", "*"][..]] {
+        let node = Node::spawn(args, &[]).await;
+        let handshake = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
+        let origin = [("origin", "https://evil.example")];
+        // socket.io-client in a browser polls without credentials by default
+        // (`withCredentials: false`), which `*` serves.
+        let open = http("GET", &handshake, &origin, b"").await;
+        assert_eq!(open.status, 200, "{args:?}");
+        assert_eq!(open.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(open.header("access-control-allow-credentials"), None);
+        let preflight = http(
+            "OPTIONS",
+            &handshake,
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            b"",
+        )
+        .await;
+        assert_eq!(preflight.status, 204, "{args:?}");
+        assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(preflight.header("access-control-allow-credentials"), None);
+        assert_eq!(
+            preflight.header("access-control-allow-headers"),
+            Some("content-type")
+        );
+    }
 }
