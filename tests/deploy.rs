@@ -454,7 +454,10 @@ fn metrics_and_admin_are_on_an_admin_port_that_no_proxy_exposes() {
         .collect();
     assert_eq!(targets.len(), 3, "{job}");
     for target in targets {
-        assert!(target.ends_with(&format!(":{admin}")), "scrape target {target}");
+        assert!(
+            target.ends_with(&format!(":{admin}")),
+            "scrape target {target}"
+        );
     }
     let production = read("nginx/production.conf");
     assert!(
@@ -462,7 +465,10 @@ fn metrics_and_admin_are_on_an_admin_port_that_no_proxy_exposes() {
         "nginx/production.conf names the admin port {admin}"
     );
     for internal in ["location /metrics", "location /admin"] {
-        assert!(!block(&production, internal).contains("proxy_pass"), "{internal} is proxied");
+        assert!(
+            !block(&production, internal).contains("proxy_pass"),
+            "{internal} is proxied"
+        );
     }
 
     // Kubernetes: the same port in the ConfigMap, the pod and the Service; scraped by the

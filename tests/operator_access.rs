@@ -49,7 +49,10 @@ async fn wrong_api_and_admin_keys_are_throttled_per_client_address() {
 
     // A burst of about ten wrong keys, then 429 from that address.
     let refused = wrong_keys_until_throttled("127.0.0.2", &base, "/api/channels").await;
-    assert!((10..=12).contains(&refused), "{refused} wrong keys before 429");
+    assert!(
+        (10..=12).contains(&refused),
+        "{refused} wrong keys before 429"
+    );
     // Once throttled, the key is not even compared: the right one waits too, on the API and
     // on the admin endpoints alike.
     for path in ["/api/channels", "/admin/api/overview", "/health?verbose=1"] {
@@ -67,7 +70,10 @@ async fn wrong_api_and_admin_keys_are_throttled_per_client_address() {
     let first = get_from("127.0.0.4", &base, "/admin/api/overview", Some(&forged)).await;
     assert_eq!(first.status, 401);
     let refused = wrong_keys_until_throttled("127.0.0.4", &base, "/admin/api/logs").await;
-    assert!((9..=11).contains(&refused), "{refused} wrong admin keys before 429");
+    assert!(
+        (9..=11).contains(&refused),
+        "{refused} wrong admin keys before 429"
+    );
 
     // A request without any credential guesses nothing and costs nothing.
     for _ in 0..20 {
@@ -92,7 +98,9 @@ async fn wrong_api_and_admin_keys_are_throttled_per_client_address() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 
-    let metrics = http("GET", &format!("{base}/metrics"), &[], b"").await.text();
+    let metrics = http("GET", &format!("{base}/metrics"), &[], b"")
+        .await
+        .text();
     let throttled = metrics
         .lines()
         .find_map(|l| l.strip_prefix(r#"switchboard_rate_limited_total{limit="failed_auth"} "#))
@@ -157,15 +165,24 @@ async fn health_shows_strangers_no_counts() {
     // /metrics and /admin stay on the client port when no admin listener is set.
     let metrics = http("GET", &format!("{base}/metrics"), &[], b"").await;
     assert_eq!(metrics.status, 200);
-    assert_eq!(http("GET", &format!("{base}/admin"), &[], b"").await.status, 200);
+    assert_eq!(
+        http("GET", &format!("{base}/admin"), &[], b"").await.status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn the_admin_listener_takes_metrics_admin_and_verbose_health_off_the_client_port() {
     let admin_port = free_port();
     let admin_listen = format!("127.0.0.1:{admin_port}");
-    let node = Node::spawn(
-        &["--dev", "--api-keys", API_KEY, "--admin-listen", &admin_listen],
+    let mut node = Node::spawn(
+        &[
+            "--dev",
+            "--api-keys",
+            API_KEY,
+            "--admin-listen",
+            &admin_listen,
+        ],
         &[],
     )
     .await;
@@ -200,7 +217,12 @@ async fn the_admin_listener_takes_metrics_admin_and_verbose_health_off_the_clien
         "{}",
         metrics.text()
     );
-    assert_eq!(http("GET", &format!("{admin}/admin"), &[], b"").await.status, 200);
+    assert_eq!(
+        http("GET", &format!("{admin}/admin"), &[], b"")
+            .await
+            .status,
+        200
+    );
     let verbose = http("GET", &format!("{admin}/health?verbose=1"), &[], b"").await;
     assert_eq!(verbose.json()["success"], true);
     assert!(verbose.json()["data"]["websocket"]["totalConnections"].is_number());
@@ -212,6 +234,17 @@ async fn the_admin_listener_takes_metrics_admin_and_verbose_health_off_the_clien
     // And the API is not served there.
     let api = get_from("127.0.0.1", &admin, "/api/channels", Some(API_KEY)).await;
     assert_eq!(api.status, 404);
+
+    // Both listeners stop with the node.
+    node.sigterm();
+    let status = node.wait_exit(std::time::Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    assert!(
+        try_http("GET", &format!("{admin}/metrics"), &[], b"")
+            .await
+            .is_err(),
+        "the admin listener outlived the node"
+    );
 }
 
 #[tokio::test]
