@@ -1,7 +1,8 @@
 //! What the client port tells strangers, and how it treats key guessers: wrong API and admin
 //! keys throttled per client address, the admin listener (`SWITCHBOARD_ADMIN_LISTEN`) taking
 //! `/metrics`, `/admin` and the verbose health off the client port, health answers without
-//! counts, and no credentialed CORS for origins nobody configured.
+//! counts, and no credentialed CORS for origins nobody configured (checked with
+//! socket.io-client in headless Chromium too, `tests/js/cors-browser.mjs`).
 
 mod support;
 
@@ -278,4 +279,46 @@ async fn without_configured_origins_no_origin_gets_credentials() {
             Some("content-type")
         );
     }
+}
+
+/// socket.io-client in headless Chromium, on a page of another origin, long-polling a node
+/// with no configured origins.
+async fn browser_poll(node: &Node, with_credentials: bool) -> Value {
+    let token = jwt_hs256(
+        "switchboard-dev-secret",
+        json!({"sub": "7", "exp": 4_102_444_800_u64}),
+    );
+    let mut browser = JsonLinesProcess::spawn_node(
+        "socket.io-client in chromium".into(),
+        "cors-browser.mjs",
+        "playwright-core",
+        &json!({"url": node.url(), "token": token, "withCredentials": with_credentials,
+                "chromium": "/usr/bin/chromium", "timeout": 10_000}),
+    );
+    let line = browser
+        .wait_for(
+            |l| l["type"] == "result" || l["type"] == "error",
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(line["type"], "result", "{line}");
+    line
+}
+
+#[tokio::test]
+async fn a_browser_on_another_origin_polls_without_credentials() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    // socket.io-client's default (`withCredentials: false`): `*` lets every poll through,
+    // the POST carrying the subscribe and the GET carrying its ack.
+    let plain = browser_poll(&node, false).await;
+    assert_eq!(plain["connected"], true, "{plain}");
+    assert_eq!(
+        plain["ack"],
+        json!({"channel": "news", "status": "success"}),
+        "{plain}"
+    );
+    // With credentials the browser refuses `*`: an origin must be configured for cookies.
+    let credentialed = browser_poll(&node, true).await;
+    assert_eq!(credentialed["connected"], false, "{credentialed}");
+    assert_eq!(credentialed["error"], "xhr poll error", "{credentialed}");
 }
