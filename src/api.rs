@@ -1,5 +1,6 @@
 //! The HTTP API on the client port: `POST /api/broadcast` for back-ends, and `/health`,
-//! `/ready`, `/metrics` for operators.
+//! `/ready`, `/metrics` for operators (`/metrics` and the verbose health on the admin
+//! listener when there is one).
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,11 +17,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use crate::auth::{bearer, find_key};
+use crate::access::{AdminAccess, ApiKey};
 use crate::channel;
 use crate::cluster::ClusterError;
 use crate::error::ApiError;
-use crate::metrics::Limit;
 use crate::node::Node;
 
 /// Most channels one broadcast call may name.
@@ -62,42 +63,6 @@ pub async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) 
         .with_label_values(&[route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// Checks the bearer API key against every configured key.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing Authorization: Bearer <api key>",
-            )
-        })?;
-    if let Some(key) = find_key(&node.config.api_keys, given) {
-        if node.api_limits.take(key.as_str()) {
-            return Ok(());
-        }
-        node.metrics.rate_limited(Limit::ApiKey);
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many API calls with this key, slow down",
-        ))
-    } else {
-        node.metrics
-            .auth_failures
-            .with_label_values(&["api_key"])
-            .inc();
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid API key",
-        ))
-    }
 }
 
 /// Reads a JSON body within the size limit.
@@ -297,10 +262,9 @@ fn respond(done: Done) -> Response {
 /// `POST /api/broadcast`: publishes an event to channels on every node.
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_broadcast(&node, request).await.map(respond)
 }
@@ -308,10 +272,9 @@ pub async fn broadcast(
 /// `POST /api/push`: an event to every socket of some users, on every node.
 pub async fn push(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_push(&node, request).await.map(respond)
 }
@@ -320,11 +283,10 @@ pub async fn push(
 /// across the cluster are subscribed to it.
 pub async fn room_broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(room): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_room_broadcast(&node, &room, request).await.map(respond)
 }
@@ -332,10 +294,9 @@ pub async fn room_broadcast(
 /// `POST /api/users/{id}/disconnect`: closes that user's sockets on every node.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     do_disconnect(&node, &user).await.map(respond)
 }
 
@@ -399,10 +360,9 @@ struct BatchRequest {
 /// `POST /api/batch`: up to 100 operations, each answered on its own.
 pub async fn batch(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request: BatchRequest = json_body(&node, &body)?;
     if request.batch.is_empty() || request.batch.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
@@ -433,10 +393,9 @@ impl From<ClusterError> for ApiError {
 /// `GET /api/users/{id}`: whether a user has a socket on any node, and how many.
 pub async fn user(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     let connections = node.cluster.user_connections(&id).await?;
     Ok(Json(json!({
         "user_id": id,
@@ -456,10 +415,9 @@ pub struct ChannelsQuery {
 /// `GET /api/channels`: every channel with subscribers across the cluster.
 pub async fn channels(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Query(query): Query<ChannelsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     let prefix = query.prefix.unwrap_or_default();
     let channels: serde_json::Map<String, serde_json::Value> = node
         .cluster
@@ -479,10 +437,9 @@ pub async fn channels(
 /// `GET /api/channels/{name}`: one channel's counts across the cluster.
 pub async fn channel_info(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     check_channel(&node, &name)?;
     let info = node.cluster.channel(&node.hub, &name).await?;
     let mut body = json!({
@@ -499,10 +456,9 @@ pub async fn channel_info(
 /// `GET /api/channels/{name}/users`: a presence channel's members.
 pub async fn channel_users(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    _key: ApiKey,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let members = presence_members(&node, &name).await?;
     Ok(Json(json!({"channel": name, "users": members})).into_response())
 }
@@ -524,26 +480,77 @@ pub(crate) async fn presence_members(
 /// Query of `GET /health`.
 #[derive(Debug, Deserialize)]
 pub struct HealthQuery {
-    /// `1` adds the connection and pub/sub figures of [`ws_health`].
+    /// `1` asks for this node's connection and pub/sub figures ([`verbose_health`]).
     verbose: Option<String>,
 }
 
-/// `GET /health`: the process is up; `?verbose=1` answers as [`ws_health`].
-pub async fn health(
-    State(node): State<Arc<Node>>,
-    Query(query): Query<HealthQuery>,
-) -> Json<serde_json::Value> {
-    if matches!(query.verbose.as_deref(), Some("1" | "true")) {
-        return Json(verbose_health(&node));
+impl HealthQuery {
+    fn verbose(&self) -> bool {
+        matches!(self.verbose.as_deref(), Some("1" | "true"))
     }
+}
+
+/// The public answer of `GET /health`: the process is up, and nothing about its clients.
+fn minimal_health(node: &Node) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "node_id": node.config.node_id}))
 }
 
-/// `GET /api/community/ws/health`: this node's connections and pub/sub state.
-pub async fn ws_health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
-    Json(verbose_health(&node))
+/// `GET /health` on the client port: the process is up. `?verbose=1` adds the connection
+/// and pub/sub figures for an admin key or admin JWT when there is no admin listener; with
+/// one (`SWITCHBOARD_ADMIN_LISTEN`) the figures are served only there.
+pub async fn health(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HealthQuery>,
+    parts: Parts,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !query.verbose() || node.config.admin_listen.is_some() {
+        return Ok(minimal_health(&node));
+    }
+    AdminAccess::check(&node, &parts)?;
+    Ok(Json(verbose_health(&node)))
 }
 
+/// `GET /health` on the admin listener: `?verbose=1` answers the figures without a key
+/// (the admin port is reachable only from inside, as `/metrics` is).
+pub async fn admin_health(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HealthQuery>,
+) -> Json<serde_json::Value> {
+    if query.verbose() {
+        Json(verbose_health(&node))
+    } else {
+        minimal_health(&node)
+    }
+}
+
+/// `GET /api/community/ws/health`: the JSON endpoint is up, and when this was answered
+/// (ISO 8601, UTC); no counts.
+pub async fn ws_health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "timestamp": iso8601(std::time::SystemTime::now())}))
+}
+
+/// `2026-12-05T13:42:18.123Z`: a UTC time in RFC 3339 form, to the millisecond.
+fn iso8601(time: std::time::SystemTime) -> String {
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let (days, ms_of_day) = ((ms / 86_400_000) as i64, (ms % 86_400_000) as u64);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (second, milli) = (ms_of_day / 1_000 % 60, ms_of_day % 1_000);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z")
+}
+
+/// This node's connections and pub/sub state, for operators.
 fn verbose_health(node: &Node) -> serde_json::Value {
     let connections = node.connection_count();
     let users = node.cluster.local_user_count();
@@ -646,11 +653,11 @@ fn database_unavailable() -> ApiError {
 /// then delivers it to their devices on every node.
 pub async fn notifications(
     State(node): State<Arc<Node>>,
+    _key: ApiKey,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     use crate::notifications::store::{Created, NewNotification, Target};
-    authorize(&node, &headers)?;
     let Some(store) = &node.notifications else {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -775,4 +782,23 @@ pub async fn notifications(
         Json(json!({"ids": ids, "recipients": created.len(), "notifications": notifications})),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::iso8601;
+
+    #[test]
+    fn iso8601_in_utc_to_the_millisecond() {
+        let at = |ms: u64| iso8601(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        // `date -u -d @1795312345.678 +%FT%T.%3NZ`
+        assert_eq!(at(1_795_312_345_678), "2026-11-22T01:52:25.678Z");
+        // A leap day, and the last millisecond of a leap year.
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(at(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
+    }
 }

@@ -46,6 +46,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:6001")]
     pub listen: String,
 
+    /// Address and port serving /metrics, /admin and the verbose /health, and only there
+    /// [default: none; they are served on the client port]
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
     /// Redis URL for the cluster bus (redis://host:port/db); unset = single node, in-process bus
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -417,6 +422,8 @@ impl ConfigError {
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/admin` and the verbose health are served, when not on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     /// The Redis bus, when clustered.
     pub redis: Option<redis::Client>,
     /// The Redis URL, kept for the command pool.
@@ -622,6 +629,18 @@ impl Args {
                 format!("`{}` is not host:port ({e})", self.listen),
             )
         })?;
+        let admin_listen = match self.admin_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new("admin_listen", format!("`{text}` is not host:port ({e})"))
+            })?),
+        };
+        if admin_listen.is_some_and(|admin| admin.port() != 0 && admin.port() == listen.port()) {
+            return Err(ConfigError::new(
+                "admin_listen",
+                "must be another port than SWITCHBOARD_LISTEN's",
+            ));
+        }
 
         let database = self.database()?;
         if self.migrate && database.is_none() {
@@ -849,6 +868,7 @@ impl Args {
 
         Ok(Config {
             listen,
+            admin_listen,
             redis,
             redis_url,
             redis_prefix: self.redis_prefix,
@@ -1177,6 +1197,24 @@ mod tests {
             .expect("valid");
         assert_eq!(config.api_keys, ["a"]);
         assert_eq!(config.admin_keys, ["x", "y"]);
+    }
+
+    #[test]
+    fn admin_listen_is_off_by_default_and_another_port() {
+        let config = args(&["--dev"]).expect("parses").validate().expect("valid");
+        assert_eq!(config.admin_listen, None);
+        let config = args(&["--dev", "--admin-listen", "127.0.0.1:9601"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9601".parse().unwrap()));
+        for bad in ["nowhere", "0.0.0.0:6001"] {
+            let err = args(&["--dev", "--admin-listen", bad])
+                .expect("parses")
+                .validate()
+                .expect_err(bad);
+            assert_eq!(err.setting, "SWITCHBOARD_ADMIN_LISTEN", "{bad}");
+        }
     }
 
     #[test]

@@ -218,8 +218,12 @@ impl EngineError {
 enum Cors {
     /// No Origin header (not a browser): no CORS headers needed.
     None,
-    /// An allowed origin, echoed back.
+    /// An origin named in `SWITCHBOARD_ALLOWED_ORIGINS`, echoed back with credentials.
     Allow(HeaderValue),
+    /// Any origin (none configured, or `*`): `*` and no credentials, so a page on another
+    /// site can poll (socket.io-client's default, `withCredentials: false`) but never with
+    /// the user's cookies.
+    Any,
 }
 
 /// Whether a request's Origin (if any) may connect; refusals are counted.
@@ -244,7 +248,10 @@ impl Cors {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(Self::None);
         };
-        if origin_allowed(node, headers) {
+        let allowed = &node.config.allowed_origins;
+        if allowed.is_empty() || allowed.contains("*") {
+            Ok(Self::Any)
+        } else if origin_allowed(node, headers) {
             Ok(Self::Allow(origin.clone()))
         } else {
             Err(EngineError::with(
@@ -256,14 +263,23 @@ impl Cors {
     }
 
     fn apply(&self, mut response: Response) -> Response {
-        if let Self::Allow(origin) = self {
-            let headers = response.headers_mut();
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-            headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        let headers = response.headers_mut();
+        match self {
+            Self::None => {}
+            Self::Allow(origin) => {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+                headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+            }
+            Self::Any => {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+            }
         }
         response
     }

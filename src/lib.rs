@@ -24,9 +24,11 @@
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`backend`]: client events forwarded to the application; [`webhooks`]: events posted to it.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
+//! - [`access`]: who may call the API and the admin endpoints; wrong keys throttled.
 //! - [`admin`]: the `/admin` page and its JSON endpoints; recent warnings and errors.
 //! - [`telemetry`]: logs (text or JSON, `RUST_LOG`) and OpenTelemetry traces over OTLP.
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod auth;

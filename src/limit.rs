@@ -69,6 +69,16 @@ impl Bucket {
         allowed
     }
 
+    /// How long until a token is there; `None` when one is there now. Takes nothing.
+    fn wait(&self, rate: Rate, now: Instant) -> Option<Duration> {
+        if rate.unlimited() {
+            return None;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / rate.per_second))
+    }
+
     /// Whether the bucket has refilled completely, so forgetting it changes nothing.
     fn is_full(&self, rate: Rate, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -163,6 +173,18 @@ impl<K: Eq + Hash + Clone> KeyedLimits<K> {
             .entry(key.to_owned())
             .or_insert_with(|| Bucket::new(self.rate, now))
             .take(self.rate, now)
+    }
+
+    /// How long until `key` has a token again; `None` when it has one now. Takes nothing and
+    /// stores nothing, so a key that is never over its rate costs no memory.
+    pub fn wait<Q>(&self, key: &Q) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.buckets
+            .get(key)
+            .and_then(|bucket| bucket.wait(self.rate, Instant::now()))
     }
 
     /// Forgets full buckets, so the map holds only recently active addresses.
@@ -330,6 +352,21 @@ mod tests {
         // A bucket still below its burst is kept by a sweep.
         limits.sweep();
         assert!(!limits.take(&a));
+    }
+
+    #[test]
+    fn wait_says_when_a_token_returns_without_taking_one() {
+        let limits = AddressLimits::new(RATE);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(limits.wait(&a), None, "an unseen key has its whole burst");
+        assert!((0..3).all(|_| limits.take(&a)));
+        // 10 per second: the next token is at most 100 ms away.
+        let wait = limits.wait(&a).expect("the burst is spent");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(limits.wait(&a).is_some(), "waiting takes nothing");
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert_eq!(limits.wait(&a), None);
+        assert!(limits.take(&a));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct Node {
     pub connect_limits: AddressLimits,
     /// HTTP API calls per key.
     pub api_limits: KeyedLimits<String>,
+    /// Wrong API and admin credentials per client address.
+    pub failed_auth: AddressLimits,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Live Engine.IO sessions.
@@ -195,6 +197,7 @@ impl Node {
                 chat,
                 connect_limits: AddressLimits::new(config.connect_rate),
                 api_limits: KeyedLimits::new(config.api_rate),
+                failed_auth: AddressLimits::new(crate::access::FAILED_ATTEMPTS),
                 metrics,
                 config,
                 draining: AtomicBool::new(false),
@@ -227,6 +230,7 @@ impl Node {
                 let Some(node) = weak.upgrade() else { return };
                 node.connect_limits.sweep();
                 node.api_limits.sweep();
+                node.failed_auth.sweep();
             }
         });
         Ok(node)

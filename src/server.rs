@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::node::Node;
 use crate::{admin, api, engine, ws};
 
-/// Every route of a node.
+/// Every route of a node's client port; with no admin listener, the admin routes too.
 pub fn router(node: Arc<Node>) -> Router {
     // Bodies are read whole, then checked against the limit to answer 413 with our own error.
     let body_limit = DefaultBodyLimit::max(node.config.max_message_size + 1);
@@ -44,16 +44,31 @@ pub fn router(node: Arc<Node>) -> Router {
     for path in &node.config.ws_paths {
         router = router.route(path, get(ws::upgrade));
     }
-    router
+    let mut router = router
         .route("/socket.io/", engine_routes.clone())
         .route("/socket.io", engine_routes)
         .merge(api_routes)
-        .merge(admin::routes(node.clone()))
         .route("/health", get(api::health))
         .route("/api/community/ws/health", get(api::ws_health))
-        .route("/ready", get(api::ready))
+        .route("/ready", get(api::ready));
+    if node.config.admin_listen.is_none() {
+        router = router
+            .merge(admin::routes(node.clone()))
+            .route("/metrics", get(api::metrics));
+    }
+    router.layer(body_limit).with_state(node)
+}
+
+/// The routes of the admin listener (`SWITCHBOARD_ADMIN_LISTEN`): metrics, the admin page
+/// and the verbose health, for operators and Prometheus on an address kept off the internet.
+pub fn admin_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .merge(admin::routes(node.clone()))
         .route("/metrics", get(api::metrics))
-        .layer(body_limit)
+        .route("/health", get(api::admin_health))
+        .route("/ready", get(api::ready))
+        // The admin endpoints take no body.
+        .layer(DefaultBodyLimit::max(0))
         .with_state(node)
 }
 
@@ -76,6 +91,13 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("--migrate: {e}"))?;
         tracing::info!(applied = applied.len(), "migrations up to date");
     }
+    // Bound before the node starts, so a taken port fails the start, not a task later.
+    let admin_listener = match config.admin_listen {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
+            anyhow::anyhow!("SWITCHBOARD_ADMIN_LISTEN: cannot listen on {address}: {e}")
+        })?),
+        None => None,
+    };
     let node = Node::start(config)?;
     let address = listener.local_addr()?;
     tracing::info!(%address, node_id = %node.config.node_id, bus = node.bus.kind(), "switchboard listening");
@@ -83,10 +105,28 @@ pub async fn run(
     let app = router(node.clone());
     let drain_node = node.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections");
+        let _ = stop_tx.send(true);
         let _ = drained_tx.send(());
+    };
+    let admin = match admin_listener {
+        Some(listener) => {
+            let address = listener.local_addr()?;
+            tracing::info!(%address, "admin listener: /metrics, /admin, /health?verbose=1");
+            let mut stop = stop_rx;
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            Some(tokio::spawn(serve(
+                listener,
+                admin_router(node.clone()),
+                stopped,
+            )))
+        }
+        None => None,
     };
     let serve = serve(listener, app, signal);
     let serve = tokio::spawn(serve);
@@ -94,7 +134,14 @@ pub async fn run(
     if drained_rx.await.is_ok() {
         drain_node.drain().await;
     }
-    match tokio::time::timeout(Duration::from_secs(1), serve).await {
+    let served = async {
+        let public = serve.await;
+        if let Some(admin) = admin {
+            admin.await?;
+        }
+        public
+    };
+    match tokio::time::timeout(Duration::from_secs(1), served).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => tracing::debug!("server connections still closing at exit"),

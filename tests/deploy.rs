@@ -429,6 +429,74 @@ fn kubernetes_manifests_validate() {
     );
 }
 
+/// The port of a `host:port` setting.
+fn port_of(address: &str) -> &str {
+    address
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .unwrap_or_else(|| panic!("`{address}` has no port"))
+}
+
+#[test]
+fn metrics_and_admin_are_on_an_admin_port_that_no_proxy_exposes() {
+    // Compose: every node has the admin listener, Prometheus scrapes that port, nginx never
+    // names it and refuses /metrics and /admin itself.
+    let compose = read("docker-compose.yml");
+    let admin = port_of(yaml_value(&compose, "SWITCHBOARD_ADMIN_LISTEN")).to_owned();
+    let prometheus = read("deploy/prometheus/prometheus.yml");
+    let job = prometheus
+        .split("- job_name:")
+        .find(|job| job.trim_start().starts_with("switchboard"))
+        .expect("a switchboard scrape job");
+    let targets: Vec<&str> = job
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- switchboard-"))
+        .collect();
+    assert_eq!(targets.len(), 3, "{job}");
+    for target in targets {
+        assert!(
+            target.ends_with(&format!(":{admin}")),
+            "scrape target {target}"
+        );
+    }
+    let production = read("nginx/production.conf");
+    assert!(
+        !production.contains(&format!(":{admin}")),
+        "nginx/production.conf names the admin port {admin}"
+    );
+    for internal in ["location /metrics", "location /admin"] {
+        assert!(
+            !block(&production, internal).contains("proxy_pass"),
+            "{internal} is proxied"
+        );
+    }
+
+    // Kubernetes: the same port in the ConfigMap, the pod and the Service; scraped by the
+    // ServiceMonitor, never routed by the Ingress.
+    let configmap = read("k8s/configmap.yaml");
+    let admin = port_of(yaml_value(&configmap, "SWITCHBOARD_ADMIN_LISTEN")).to_owned();
+    let deployment = read("k8s/deployment.yaml");
+    let (_, pod_port) = deployment
+        .split_once("- name: admin")
+        .expect("a container port named admin");
+    assert_eq!(yaml_value(pod_port, "containerPort"), admin);
+    let service = read("k8s/service.yaml");
+    let (_, service_port) = service
+        .split_once("- name: admin")
+        .expect("a Service port named admin");
+    assert_eq!(yaml_value(service_port, "targetPort"), "admin");
+    let monitor = read("k8s/servicemonitor.yaml");
+    assert_eq!(yaml_value(&monitor, "- port"), "admin");
+    let ingress = read("k8s/ingress.yaml");
+    assert!(
+        ingress
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("name:"))
+            .all(|name| name.trim() != "admin"),
+        "the Ingress routes the admin port"
+    );
+}
+
 #[test]
 fn kubernetes_grace_period_covers_prestop_pause_and_drain() {
     let deployment = read("k8s/deployment.yaml");

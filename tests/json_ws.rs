@@ -420,7 +420,7 @@ async fn rooms_presence_typing_and_chat_across_nodes() {
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_and_cleaned_up() {
     let node = Node::spawn(
-        &["--dev"],
+        &["--dev", "--api-keys", "health-key"],
         &[
             ("SWITCHBOARD_WS_PING_INTERVAL", "300ms"),
             ("SWITCHBOARD_WS_PING_TIMEOUT", "300ms"),
@@ -436,10 +436,11 @@ async fn a_client_that_never_answers_pings_is_closed_and_cleaned_up() {
     });
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
+        // The figures are the verbose health's, for an admin key.
         let health = http(
             "GET",
-            &format!("{}/api/community/ws/health", node.url()),
-            &[],
+            &format!("{}/health?verbose=1", node.url()),
+            &[("authorization", "Bearer health-key")],
             b"",
         )
         .await;
@@ -456,7 +457,13 @@ async fn a_client_that_never_answers_pings_is_closed_and_cleaned_up() {
     }
     // Well past several ping rounds, the live one is still there.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let health = http("GET", &format!("{}/health?verbose=1", node.url()), &[], b"").await;
+    let health = http(
+        "GET",
+        &format!("{}/health?verbose=1", node.url()),
+        &[("authorization", "Bearer health-key")],
+        b"",
+    )
+    .await;
     assert_eq!(health.json()["data"]["websocket"]["totalConnections"], 1);
     assert_eq!(health.json()["success"], true);
     drop(silent);

@@ -2,15 +2,16 @@
 //! the JSON endpoints under `/admin/api/` that it polls. The shell holds no data and no
 //! secret; every endpoint needs `Authorization: Bearer` with an admin key
 //! (`SWITCHBOARD_ADMIN_KEYS`, else the API keys) or the JWT of a user whose role is one of
-//! `SWITCHBOARD_NOTIFICATIONS_ADMIN_ROLES`, and answers 401 without one.
+//! `SWITCHBOARD_NOTIFICATIONS_ADMIN_ROLES` ([`AdminAccess`]), and answers 401 without one.
+//! Served on the admin listener when `SWITCHBOARD_ADMIN_LISTEN` is set, else on the client port.
 
 pub mod recent;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -19,7 +20,7 @@ use prometheus::proto::MetricType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{bearer, find_key};
+use crate::access::AdminAccess;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -39,9 +40,17 @@ const MAX_CHANNELS: usize = 1_000;
 
 /// What the admin handlers share: the node, and when the page's routes were built (the
 /// node's start, for its uptime).
+#[derive(Clone)]
 struct Admin {
     node: Arc<Node>,
     started: Instant,
+}
+
+/// Lets the [`AdminAccess`] extractor find the node.
+impl FromRef<Admin> for Arc<Node> {
+    fn from_ref(admin: &Admin) -> Self {
+        admin.node.clone()
+    }
 }
 
 /// The admin routes, with their own state; merge into the node's router.
@@ -59,10 +68,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>(node: Arc<Node>) -> Router<S> {
         .route("/admin/app.js", get(script))
         .route("/admin/style.css", get(style))
         .merge(api)
-        .with_state(Arc::new(Admin {
+        .with_state(Admin {
             node,
             started: Instant::now(),
-        }))
+        })
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -99,49 +108,14 @@ async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE_CSS)
 }
 
-/// Lets through an admin key or the JWT of a user with an admin role; 401 otherwise.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
-    let unauthorized = |message: &str| {
-        node.metrics
-            .auth_failures
-            .with_label_values(&["admin"])
-            .inc();
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or_else(|| unauthorized("missing Authorization: Bearer <admin key or admin JWT>"))?;
-    if find_key(&node.config.admin_keys, given).is_some() {
-        return Ok(());
-    }
-    match node.config.jwt.verify(given) {
-        Ok(principal)
-            if principal
-                .role
-                .as_deref()
-                .is_some_and(|role| node.config.notifications.is_admin(role)) =>
-        {
-            Ok(())
-        }
-        Ok(_) => Err(unauthorized("this token's role is not an admin role")),
-        Err(_) => Err(unauthorized("invalid admin key or token")),
-    }
-}
-
 /// A JSON answer that browsers and proxies must not keep.
 fn fresh(body: Value) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
 /// `GET /admin/api/overview`: this node's figures and the cluster's nodes.
-async fn overview(
-    State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+async fn overview(State(admin): State<Admin>, _: AdminAccess) -> Result<Response, ApiError> {
     let node = &admin.node;
-    authorize(node, &headers)?;
     let connections = node.connection_count() as u64;
     let metrics = &node.metrics;
     let this = json!({
@@ -197,12 +171,11 @@ struct ChannelsQuery {
 /// `GET /admin/api/channels?limit=N`: the channels with the most subscribers across the
 /// cluster, most first.
 async fn channels(
-    State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
+    State(admin): State<Admin>,
+    _: AdminAccess,
     Query(query): Query<ChannelsQuery>,
 ) -> Result<Response, ApiError> {
     let node = &admin.node;
-    authorize(node, &headers)?;
     let limit = query.limit.unwrap_or(DEFAULT_CHANNELS).min(MAX_CHANNELS);
     let mut all = node.cluster.channels(&node.hub).await?;
     let total = all.len();
@@ -221,19 +194,17 @@ async fn channels(
 
 /// `GET /admin/api/channels/{name}/presence`: a presence channel's members across the cluster.
 async fn presence(
-    State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
+    State(admin): State<Admin>,
+    _: AdminAccess,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let node = &admin.node;
-    authorize(node, &headers)?;
     let members = crate::api::presence_members(node, &name).await?;
     Ok(fresh(json!({"channel": name, "members": members})))
 }
 
 /// `GET /admin/api/logs`: this process's most recent warnings and errors, newest first.
-async fn logs(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&admin.node, &headers)?;
+async fn logs(_: AdminAccess) -> Result<Response, ApiError> {
     Ok(fresh(
         json!({"entries": recent::entries(), "capacity": recent::CAPACITY}),
     ))

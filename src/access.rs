@@ -1,0 +1,195 @@
+//! Who may call the HTTP API and the admin endpoints: the [`ApiKey`] and [`AdminAccess`]
+//! extractors, and the throttle on wrong credentials per client address they share.
+//!
+//! A handler that takes one of them runs only for an authorized caller, and since these
+//! extractors read only the request's head, no body is read for anyone else. After
+//! [`FAILED_ATTEMPTS`]' burst of wrong keys or tokens, an address gets 429 with
+//! `Retry-After`, without its credential even being compared, until its budget refills.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+
+use crate::auth::{bearer, find_key};
+use crate::error::ApiError;
+use crate::limit::{Rate, client_ip};
+use crate::metrics::Limit;
+use crate::node::Node;
+
+/// Wrong API keys, admin keys or admin tokens one client address may present: a burst of 10,
+/// then one a second. An honest client with a stale key notices long before; a guesser gets
+/// 86,400 tries a day, nothing against a key of 128 bits or more.
+pub const FAILED_ATTEMPTS: Rate = Rate {
+    per_second: 1.0,
+    burst: 10.0,
+};
+
+/// A caller of the HTTP API with a valid API key, within that key's rate.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiKey;
+
+/// A caller of the admin endpoints: an admin key, or the JWT of a user with an admin role.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAccess;
+
+/// Which credential an endpoint wants.
+#[derive(Debug, Clone, Copy)]
+enum Realm {
+    Api,
+    Admin,
+}
+
+impl Realm {
+    /// The `reason` label of `switchboard_auth_failures_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Api => "api_key",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn missing(self) -> &'static str {
+        match self {
+            Self::Api => "missing Authorization: Bearer <api key>",
+            Self::Admin => "missing Authorization: Bearer <admin key or admin JWT>",
+        }
+    }
+}
+
+/// What a presented credential turned out to be.
+enum Verdict<T> {
+    /// Let in.
+    Valid(T),
+    /// A genuine credential without the right (a user's JWT without an admin role): refused,
+    /// but not a guess, so not counted against the address.
+    Insufficient(&'static str),
+    /// Not a credential we know: refused and counted against the address.
+    Wrong(&'static str),
+}
+
+/// The client's address as the rate limits see it (trusted proxies' forwarding headers
+/// believed); requests that did not come through the node's listener (in-process tests)
+/// share one bucket.
+fn client_address(node: &Node, parts: &Parts) -> IpAddr {
+    match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => client_ip(*peer, &parts.headers, &node.config.trusted_proxies),
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// Checks the request's bearer credential with `verify`, unless its address has run out of
+/// failed attempts.
+fn check<T>(
+    node: &Node,
+    parts: &Parts,
+    realm: Realm,
+    verify: impl FnOnce(&str) -> Verdict<T>,
+) -> Result<T, ApiError> {
+    let address = client_address(node, parts);
+    if let Some(wait) = node.failed_auth.wait(&address) {
+        node.metrics.rate_limited(Limit::FailedAuth);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many wrong keys or tokens from this address, try again later",
+        )
+        .retry_after(wait));
+    }
+    let unauthorized = |message: &str| {
+        node.metrics
+            .auth_failures
+            .with_label_values(&[realm.label()])
+            .inc();
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    };
+    // A missing credential guesses nothing, so it costs the address nothing.
+    let given = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .ok_or_else(|| unauthorized(realm.missing()))?;
+    match verify(given) {
+        Verdict::Valid(value) => Ok(value),
+        Verdict::Insufficient(message) => Err(unauthorized(message)),
+        Verdict::Wrong(message) => {
+            node.failed_auth.take(&address);
+            Err(unauthorized(message))
+        }
+    }
+}
+
+impl ApiKey {
+    /// Checks the request's API key and its rate.
+    pub fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
+        let key = check(node, parts, Realm::Api, |given| {
+            match find_key(&node.config.api_keys, given) {
+                Some(key) => Verdict::Valid(key),
+                None => Verdict::Wrong("invalid API key"),
+            }
+        })?;
+        if node.api_limits.take(key.as_str()) {
+            return Ok(Self);
+        }
+        node.metrics.rate_limited(Limit::ApiKey);
+        let error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many API calls with this key, slow down",
+        );
+        Err(match node.api_limits.wait(key.as_str()) {
+            Some(wait) => error.retry_after(wait),
+            None => error,
+        })
+    }
+}
+
+impl AdminAccess {
+    /// Checks the request's admin key or admin JWT.
+    pub fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
+        check(node, parts, Realm::Admin, |given| {
+            if find_key(&node.config.admin_keys, given).is_some() {
+                return Verdict::Valid(Self);
+            }
+            match node.config.jwt.verify(given) {
+                Ok(principal)
+                    if principal
+                        .role
+                        .as_deref()
+                        .is_some_and(|role| node.config.notifications.is_admin(role)) =>
+                {
+                    Verdict::Valid(Self)
+                }
+                Ok(_) => Verdict::Insufficient("this token's role is not an admin role"),
+                Err(_) => Verdict::Wrong("invalid admin key or token"),
+            }
+        })
+    }
+}
+
+impl<S> FromRequestParts<S> for ApiKey
+where
+    Arc<Node>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Self::check(&Arc::<Node>::from_ref(state), parts)
+    }
+}
+
+impl<S> FromRequestParts<S> for AdminAccess
+where
+    Arc<Node>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Self::check(&Arc::<Node>::from_ref(state), parts)
+    }
+}
