@@ -435,7 +435,8 @@ fn finish(node: &Node, session: &Session, reason: CloseReason) {
     node.metrics
         .closed(Protocol::SocketIo, session.transport().label(), reason);
     match reason {
-        CloseReason::ClientClosed | CloseReason::ShuttingDown => {
+        // A refused connect is logged (once per interval) where it is refused.
+        CloseReason::ClientClosed | CloseReason::ShuttingDown | CloseReason::ConnectRefused => {
             tracing::debug!(sid = %session.sid, reason = reason.label(), "session closed");
         }
         _ => {
@@ -566,7 +567,9 @@ async fn receive_polling(
     for packet in engineio::decode_payload(text) {
         let packet = packet.map_err(|e| protocol_error(&e.to_string()))?;
         match on_packet(node, &session, packet).await {
-            Ok(()) => {}
+            // The rest of a payload is not for a closed session (a flood of refused connects).
+            Ok(()) if session.outbox.close_reason().is_none() => {}
+            Ok(()) => break,
             Err(reason) => {
                 session.close(reason);
                 break;

@@ -56,16 +56,19 @@ pub enum Limit {
     WsFrame = 4,
     /// Typing states started per plain WebSocket socket.
     Typing = 5,
+    /// Packets per Socket.IO session.
+    Event = 6,
 }
 
 impl Limit {
-    const ALL: [Limit; 6] = [
+    const ALL: [Limit; 7] = [
         Self::ConnectIp,
         Self::Subscribe,
         Self::ApiKey,
         Self::Forward,
         Self::WsFrame,
         Self::Typing,
+        Self::Event,
     ];
 
     /// The label value.
@@ -77,6 +80,7 @@ impl Limit {
             Self::Forward => "forward",
             Self::WsFrame => "ws_frame",
             Self::Typing => "typing",
+            Self::Event => "socketio_event",
         }
     }
 }

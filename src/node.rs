@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
+use crate::limit::{AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, client_ip};
 use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::{CloseReason, Write};
 use crate::pacing::Pacing;
@@ -60,6 +60,8 @@ pub struct Node {
     pub connect_limits: AddressLimits,
     /// HTTP API calls per key.
     pub api_limits: KeyedLimits<String>,
+    /// Log lines of refused Socket.IO connects: one per sweep interval, then a count.
+    pub connect_refusals: LogBudget,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Live Engine.IO sessions.
@@ -198,6 +200,7 @@ impl Node {
                 chat_waiting: AtomicUsize::new(0),
                 connect_limits: AddressLimits::new(config.connect_rate),
                 api_limits: KeyedLimits::new(config.api_rate),
+                connect_refusals: LogBudget::default(),
                 metrics,
                 config,
                 draining: AtomicBool::new(false),
@@ -230,6 +233,10 @@ impl Node {
                 let Some(node) = weak.upgrade() else { return };
                 node.connect_limits.sweep();
                 node.api_limits.sweep();
+                let refused = node.connect_refusals.summary();
+                if refused > 0 {
+                    tracing::info!(refused, interval = ?SWEEP_INTERVAL, "more Socket.IO connects refused than logged");
+                }
             }
         });
         Ok(node)
