@@ -197,6 +197,10 @@ fn answer(session: &Session, ack: Option<u64>, event: &str, value: &Value) {
 
 /// Handles one Socket.IO packet; an error closes the session.
 pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<(), CloseReason> {
+    if session.outbox.close_reason().is_some() {
+        // Read before the close took effect (a websocket's next frames): not for a closed session.
+        return Ok(());
+    }
     if session.sockets.discard.load(Ordering::Acquire) > 0 {
         return protocol_error(
             node,
@@ -349,7 +353,10 @@ fn refuse_over_rate(
     node.metrics.rate_limited(Limit::Event);
     let refused = session.sockets.refused.fetch_add(1, Ordering::AcqRel) + 1;
     if refused > MAX_REFUSED {
-        tracing::info!(sid = %session.sid, remote = %session.handshake.remote, refused, "closing session: too many packets over the rate");
+        // Packets read before the close takes effect land here too: one line is enough.
+        if refused == MAX_REFUSED + 1 {
+            tracing::info!(sid = %session.sid, remote = %session.handshake.remote, "closing session: too many packets over the rate");
+        }
         return Err(CloseReason::ProtocolError);
     }
     let namespace = packet.namespace;
