@@ -1,5 +1,5 @@
-//! Block lists for chat: a user never receives chat messages from someone they blocked, nor
-//! from someone who blocked them.
+//! Block lists for chat: a user never receives chat messages, whispers or typing from someone
+//! they blocked, nor from someone who blocked them.
 //!
 //! The back-end keeps each user's list as the Redis set `<prefix>blocks:{userId}` (the ids that
 //! user blocked) and, when a list changes, publishes `{"event": "blocks.changed", "data":
@@ -17,7 +17,8 @@ use deadpool_redis::Pool;
 /// The bus channel on which the back-end announces a changed block list.
 pub const CHANGED_CHANNEL: &str = "switchboard.blocks";
 
-/// The broadcast events filtered by block lists: they carry an `authorId`.
+/// The back-end's broadcast events filtered by block lists: they carry an `authorId`. What
+/// clients send each other is filtered too, by the envelope's `author`.
 pub const FILTERED_EVENTS: [&str; 2] = ["CHAT_MESSAGE", "MESSAGE_EDIT"];
 
 /// How long loading one list may take.
@@ -50,6 +51,11 @@ impl Blocks {
         if self.enabled() && !self.lists.contains_key(user) {
             self.reload(user).await;
         }
+    }
+
+    /// Whether `user`'s list is cached (a user who blocked no one has an empty one).
+    pub fn is_cached(&self, user: &str) -> bool {
+        self.lists.contains_key(user)
     }
 
     /// Reads `user`'s list from Redis; on failure the cached list (if any) stays.

@@ -298,6 +298,14 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_BURST", default_value_t = 100.0)]
     pub subscribe_burst: f64,
 
+    /// Socket.IO events, acks and connects per second from one session (0 = no limit)
+    #[arg(long, env = "SWITCHBOARD_EVENT_RATE", default_value_t = 50.0)]
+    pub event_rate: f64,
+
+    /// Socket.IO packets one session may send at once above its rate
+    #[arg(long, env = "SWITCHBOARD_EVENT_BURST", default_value_t = 100.0)]
+    pub event_burst: f64,
+
     /// Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For and
     /// X-Real-IP headers are believed [default: none]
     #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -496,6 +504,8 @@ pub struct Config {
     pub connect_rate: Rate,
     /// Subscribe requests per socket.
     pub subscribe_rate: Rate,
+    /// Socket.IO packets per session.
+    pub event_rate: Rate,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<Network>,
     /// Log format.
@@ -747,6 +757,10 @@ impl Args {
             ("subscribe_rate", self.subscribe_rate),
             ("subscribe_burst", self.subscribe_burst),
         )?;
+        let event_rate = rate(
+            ("event_rate", self.event_rate),
+            ("event_burst", self.event_burst),
+        )?;
         let ws_frame_rate = rate(
             ("ws_frame_rate", self.ws_frame_rate),
             ("ws_frame_burst", self.ws_frame_burst),
@@ -905,6 +919,7 @@ impl Args {
             max_connections_per_user: self.max_connections_per_user,
             connect_rate,
             subscribe_rate,
+            event_rate,
             trusted_proxies,
             log_format: self.log_format,
             database,

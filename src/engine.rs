@@ -33,6 +33,9 @@ use crate::websocket::{NotAnUpgrade, ReadError, Upgrade, WebSocket};
 
 /// Time a client has to finish the upgrade once it starts probing.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a closed polling session keeps the frames queued before its close for the client's
+/// next poll (which a socket.io-client has pending, or sends at once).
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time given to write the close frame to a leaving websocket.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -448,7 +451,8 @@ fn finish(node: &Node, session: &Session, reason: CloseReason) {
     node.metrics
         .closed(Protocol::SocketIo, session.transport().label(), reason);
     match reason {
-        CloseReason::ClientClosed | CloseReason::ShuttingDown => {
+        // A refused connect is logged (once per interval) where it is refused.
+        CloseReason::ClientClosed | CloseReason::ShuttingDown | CloseReason::ConnectRefused => {
             tracing::debug!(sid = %session.sid, reason = reason.label(), "session closed");
         }
         _ => {
@@ -515,7 +519,17 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
     let _guard = PollGuard(&session.polling);
     let mut frames = std::collections::VecDeque::new();
     let body = match session.outbox.drain(&mut frames).await {
-        Drained::Frames => engineio::encode_payload(frames.iter().map(Frame::as_str)),
+        Drained::Frames => {
+            // The last frames of a closed session (a CONNECT_ERROR, a kick's farewell) go
+            // out with the close packet, and the session ends.
+            let closed = session.outbox.close_reason();
+            let close = closed.map(|_| engineio::CLOSE);
+            let body = engineio::encode_payload(frames.iter().map(Frame::as_str).chain(close));
+            if let Some(reason) = closed {
+                finish(node, &session, reason);
+            }
+            body
+        }
         Drained::Closed(_) => engineio::CLOSE.to_owned(),
     };
     Ok(text_response(body))
@@ -569,7 +583,9 @@ async fn receive_polling(
     for packet in engineio::decode_payload(text) {
         let packet = packet.map_err(|e| protocol_error(&e.to_string()))?;
         match on_packet(node, &session, packet).await {
-            Ok(()) => {}
+            // The rest of a payload is not for a closed session (a flood of refused connects).
+            Ok(()) if session.outbox.close_reason().is_none() => {}
+            Ok(()) => break,
             Err(reason) => {
                 session.close(reason);
                 break;
@@ -696,6 +712,10 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
         }
     };
     if session.transport() != Transport::WebSocket {
+        if reason.flushes() && session.outbox.queued_frames() > 0 {
+            // Left for the client's next poll, which ends the session when it takes them.
+            tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
+        }
         finish(&node, &session, reason);
     }
 }

@@ -8,7 +8,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -131,6 +131,33 @@ impl SocketLimit {
                 Err(actual) => current = actual,
             }
         }
+    }
+}
+
+/// One log line per interval for a kind of event a client can repeat at will (refused
+/// connects): the first since the last [`LogBudget::summary`] is logged, the rest counted.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    logged: AtomicBool,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    /// Whether to log this occurrence; when not, it is counted for the summary.
+    pub fn admit(&self) -> bool {
+        if self.logged.swap(true, Ordering::AcqRel) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// The occurrences not logged since the last call; the next one is logged again.
+    pub fn summary(&self) -> u64 {
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        self.logged.store(false, Ordering::Release);
+        suppressed
     }
 }
 
@@ -326,6 +353,18 @@ mod tests {
             burst: 0.0,
         };
         assert!((0..100).all(|_| limit.take(off)));
+    }
+
+    #[test]
+    fn log_budget_lets_one_line_through_per_interval() {
+        let budget = LogBudget::default();
+        assert!(budget.admit());
+        assert!((0..1000).all(|_| !budget.admit()));
+        assert_eq!(budget.summary(), 1000);
+        assert_eq!(budget.summary(), 0);
+        assert!(budget.admit());
+        assert!(!budget.admit());
+        assert_eq!(budget.summary(), 1);
     }
 
     #[test]

@@ -58,10 +58,12 @@ pub enum Limit {
     Typing = 5,
     /// Wrong API or admin keys per client address.
     FailedAuth = 6,
+    /// Packets per Socket.IO session.
+    Event = 7,
 }
 
 impl Limit {
-    const ALL: [Limit; 7] = [
+    const ALL: [Limit; 8] = [
         Self::ConnectIp,
         Self::Subscribe,
         Self::ApiKey,
@@ -69,6 +71,7 @@ impl Limit {
         Self::WsFrame,
         Self::Typing,
         Self::FailedAuth,
+        Self::Event,
     ];
 
     /// The label value.
@@ -81,6 +84,7 @@ impl Limit {
             Self::WsFrame => "ws_frame",
             Self::Typing => "typing",
             Self::FailedAuth => "failed_auth",
+            Self::Event => "socketio_event",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! bus is decoded once here and handed to the hub.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
+use crate::limit::{AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, client_ip};
 use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::{CloseReason, Write};
 use crate::pacing::Pacing;
@@ -54,12 +54,16 @@ pub struct Node {
     pub blocks: Blocks,
     /// Chat messages waiting for their author's block list, delivered in order.
     chat: mpsc::UnboundedSender<ChatMessage>,
+    /// Chat messages sent to that queue and not yet delivered.
+    chat_waiting: AtomicUsize,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
     /// HTTP API calls per key.
     pub api_limits: KeyedLimits<String>,
     /// Wrong API and admin credentials per client address.
     pub failed_auth: AddressLimits,
+    /// Log lines of refused Socket.IO connects: one per sweep interval, then a count.
+    pub connect_refusals: LogBudget,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Live Engine.IO sessions.
@@ -195,9 +199,11 @@ impl Node {
                 cluster,
                 blocks: Blocks::new(blocks_pool, config.redis_prefix.clone()),
                 chat,
+                chat_waiting: AtomicUsize::new(0),
                 connect_limits: AddressLimits::new(config.connect_rate),
                 api_limits: KeyedLimits::new(config.api_rate),
                 failed_auth: AddressLimits::new(crate::access::FAILED_ATTEMPTS),
+                connect_refusals: LogBudget::default(),
                 metrics,
                 config,
                 draining: AtomicBool::new(false),
@@ -231,6 +237,10 @@ impl Node {
                 node.connect_limits.sweep();
                 node.api_limits.sweep();
                 node.failed_auth.sweep();
+                let refused = node.connect_refusals.summary();
+                if refused > 0 {
+                    tracing::info!(refused, interval = ?SWEEP_INTERVAL, "more Socket.IO connects refused than logged");
+                }
             }
         });
         Ok(node)
@@ -300,8 +310,14 @@ impl Node {
             self.on_control(&envelope.event, data);
             return;
         }
-        if self.blocks.enabled() && blocks::FILTERED_EVENTS.contains(&&*envelope.event) {
-            // Delivered by one task, in order, once the author's block list is known.
+        if let Some(author) = self.blocks.enabled().then(|| author(&envelope)).flatten() {
+            // At once when the author's list is known and nothing waits before it; else by one
+            // task, in order, once the list is loaded.
+            if self.chat_waiting.load(Ordering::Acquire) == 0 && self.blocks.is_cached(&author) {
+                self.deliver(channel, &envelope, Some(&author), received, write);
+                return;
+            }
+            self.chat_waiting.fetch_add(1, Ordering::AcqRel);
             let _ = self.chat.send(ChatMessage {
                 channel: channel.to_owned(),
                 payload: Bytes::copy_from_slice(payload),
@@ -603,11 +619,14 @@ impl Node {
         };
         let grant = self.config.policy.authorize(&request).await?;
         let (name, _) = self.join(socket, channel).await?;
+        if channel::allows_whispers(&name) {
+            // Users reach each other here (chat, whispers, typing): the member's block list
+            // must be known before their messages arrive.
+            self.blocks.ensure(&socket.principal.user_id).await;
+        }
         if !channel::has_presence(&name) {
             return Ok(None);
         }
-        // Chat happens here: the member's block list must be known before messages arrive.
-        self.blocks.ensure(&socket.principal.user_id).await;
         let member = grant
             .member
             .unwrap_or_else(|| self.config.policy.member_from_token(&socket.principal));
@@ -643,7 +662,7 @@ impl Node {
         if !socket.is_in(channel) {
             return Err(WhisperRefusal::NotSubscribed);
         }
-        self.publish(channel, event, data, Some(&socket.id))
+        self.publish_from(socket, channel, event, data)
             .await
             .map_err(|_| WhisperRefusal::Unavailable)
     }
@@ -705,12 +724,40 @@ impl Node {
         data: &RawValue,
         except: Option<&str>,
     ) -> Result<(), BusError> {
-        let payload = Envelope {
+        let envelope = Envelope {
             event: event.into(),
             data: Some(data),
             socket: except.map(Into::into),
-        }
-        .to_bytes();
+            author: None,
+        };
+        self.publish_envelope(channel, &envelope).await
+    }
+
+    /// Publishes what a client sends the other members of a channel (a whisper, typing): not
+    /// back to its socket, and not to users who blocked its user or whom it blocked.
+    pub async fn publish_from(
+        &self,
+        sender: &Member,
+        channel: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<(), BusError> {
+        let envelope = Envelope {
+            event: event.into(),
+            data: Some(data),
+            socket: Some((*sender.id).into()),
+            author: Some((*sender.principal.user_id).into()),
+        };
+        self.publish_envelope(channel, &envelope).await
+    }
+
+    async fn publish_envelope(
+        &self,
+        channel: &str,
+        envelope: &Envelope<'_>,
+    ) -> Result<(), BusError> {
+        let event = &*envelope.event;
+        let payload = envelope.to_bytes();
         let span = tracing::debug_span!(
             "bus.publish",
             otel.kind = "producer",
@@ -783,6 +830,18 @@ struct ChatMessage {
     received: Instant,
 }
 
+/// The user whose messages block lists filter: a client's (whisper, typing), or the author of
+/// a back-end chat message.
+fn author(envelope: &Envelope<'_>) -> Option<String> {
+    match &envelope.author {
+        Some(author) => Some(author.to_string()),
+        None if blocks::FILTERED_EVENTS.contains(&&*envelope.event) => {
+            envelope.data.and_then(blocks::author)
+        }
+        None => None,
+    }
+}
+
 /// Delivers chat messages in arrival order, each once its author's block list is loaded.
 async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<ChatMessage>) {
     while let Some(message) = queue.recv().await {
@@ -790,7 +849,7 @@ async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<ChatM
         let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&message.payload) else {
             continue;
         };
-        let author = envelope.data.and_then(blocks::author);
+        let author = author(&envelope);
         if let Some(author) = &author {
             node.blocks.ensure(author).await;
         }
@@ -801,5 +860,6 @@ async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<ChatM
             message.received,
             Write::Direct,
         );
+        node.chat_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -92,6 +92,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// The application asked for the user's sockets to be closed (ban, password change).
     Kicked,
+    /// A Socket.IO connect was refused and nothing else was connected on the session.
+    ConnectRefused,
 }
 
 impl CloseReason {
@@ -107,6 +109,7 @@ impl CloseReason {
             Self::MessageTooLarge => "message_too_large",
             Self::ShuttingDown => "shutting_down",
             Self::Kicked => "disconnected_by_server",
+            Self::ConnectRefused => "connect_refused",
         }
     }
 

@@ -6,7 +6,7 @@
 //! [`Member`]. Answers are queued on the session's outbox like any broadcast.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -19,10 +19,11 @@ use crate::auth::{TokenError, bearer};
 use crate::channel::{self, Refusal};
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
-use crate::metrics::Protocol;
+use crate::limit::{Rate, SocketLimit};
+use crate::metrics::{Limit, Protocol};
 use crate::node::Node;
 use crate::notifications::namespace::{self as notifications, Socket as NotificationSocket};
-use crate::notifications::store::User;
+use crate::notifications::store::{MAX_PENDING, User};
 use crate::outbox::{CloseReason, Frame};
 use crate::protocol::engineio;
 use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
@@ -30,48 +31,126 @@ use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 /// The default namespace.
 pub const ROOT: &str = "/";
 
-/// The Socket.IO state of one Engine.IO session: a slot per namespace it may connect.
+/// A namespace's socket on a session: none, one being connected, or one connected.
+#[derive(Debug)]
+enum State<T> {
+    Free,
+    Connecting,
+    Open(Arc<T>),
+}
+
+/// The slot of one namespace. A connect claims it before its first await, so two connects
+/// racing on one session cannot both take a per-user connection slot.
+#[derive(Debug)]
+struct Slot<T>(Mutex<State<T>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self(Mutex::new(State::Free))
+    }
+}
+
+impl<T> Slot<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connected socket, if any.
+    fn get(&self) -> Option<Arc<T>> {
+        match &*self.lock() {
+            State::Open(socket) => Some(socket.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether no socket is connected or being connected.
+    fn is_free(&self) -> bool {
+        matches!(*self.lock(), State::Free)
+    }
+
+    /// Marks a free slot as being connected; `None` when it is taken or being taken already.
+    fn claim(&self) -> Option<Claim<'_, T>> {
+        let mut state = self.lock();
+        if !matches!(*state, State::Free) {
+            return None;
+        }
+        *state = State::Connecting;
+        Some(Claim {
+            slot: self,
+            filled: false,
+        })
+    }
+
+    /// Empties the slot, returning its connected socket (a connect in progress keeps its claim).
+    fn take(&self) -> Option<Arc<T>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, State::Free) {
+            State::Open(socket) => Some(socket),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+}
+
+/// A slot claimed by a connect in progress; dropped unfilled (refused, or the connect's future
+/// dropped), it frees the slot again.
+struct Claim<'a, T> {
+    slot: &'a Slot<T>,
+    filled: bool,
+}
+
+impl<T> Claim<'_, T> {
+    /// Installs the connected socket.
+    fn fill(mut self, socket: Arc<T>) {
+        *self.slot.lock() = State::Open(socket);
+        self.filled = true;
+    }
+}
+
+impl<T> Drop for Claim<'_, T> {
+    fn drop(&mut self) {
+        if !self.filled {
+            let mut state = self.slot.lock();
+            if matches!(*state, State::Connecting) {
+                *state = State::Free;
+            }
+        }
+    }
+}
+
+/// The Socket.IO state of one Engine.IO session: a slot per namespace it may connect, and the
+/// limits on what its client sends.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    root: Mutex<Option<Arc<Member>>>,
-    notifications: Mutex<Option<Arc<NotificationSocket>>>,
+    root: Slot<Member>,
+    notifications: Slot<NotificationSocket>,
     ever_connected: AtomicBool,
     /// Binary attachments still to discard after a refused binary packet.
     discard: AtomicUsize,
+    /// Packets sent, against `SWITCHBOARD_EVENT_RATE`.
+    events: SocketLimit,
+    /// Acknowledgements sent (each one a database write on `/notifications`).
+    acks: SocketLimit,
+    /// Connects refused while another namespace stays connected.
+    failed_connects: SocketLimit,
+    /// Packets refused for their rate; [`MAX_REFUSED`] of them close the session.
+    refused: AtomicU32,
 }
 
 impl Sockets {
     fn root(&self) -> Option<Arc<Member>> {
-        self.root.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set_root(&self, socket: Option<Arc<Member>>) -> Option<Arc<Member>> {
-        std::mem::replace(
-            &mut *self.root.lock().unwrap_or_else(|p| p.into_inner()),
-            socket,
-        )
+        self.root.get()
     }
 
     fn notifications(&self) -> Option<Arc<NotificationSocket>> {
-        self.notifications
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_notifications(
-        &self,
-        socket: Option<Arc<NotificationSocket>>,
-    ) -> Option<Arc<NotificationSocket>> {
-        std::mem::replace(
-            &mut *self.notifications.lock().unwrap_or_else(|p| p.into_inner()),
-            socket,
-        )
+        self.notifications.get()
     }
 
     /// Empties the `/notifications` slot, returning its socket.
     pub fn take_notifications(&self) -> Option<Arc<NotificationSocket>> {
-        self.set_notifications(None)
+        self.notifications.take()
     }
 
     /// Whether any namespace was ever connected (the connect timeout stops then).
@@ -118,6 +197,10 @@ fn answer(session: &Session, ack: Option<u64>, event: &str, value: &Value) {
 
 /// Handles one Socket.IO packet; an error closes the session.
 pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<(), CloseReason> {
+    if session.outbox.close_reason().is_some() {
+        // Read before the close took effect (a websocket's next frames): not for a closed session.
+        return Ok(());
+    }
     if session.sockets.discard.load(Ordering::Acquire) > 0 {
         return protocol_error(
             node,
@@ -129,6 +212,9 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
         Ok(packet) => packet,
         Err(e) => return protocol_error(node, session, &e.to_string()),
     };
+    if !within_rate(node, session, packet.kind) {
+        return refuse_over_rate(node, session, &packet);
+    }
     match packet.kind {
         PacketKind::Connect => {
             let span = tracing::debug_span!(
@@ -137,12 +223,11 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
                 enduser.id = tracing::field::Empty,
                 switchboard.refusal = tracing::field::Empty,
             );
-            connect(node, session, &packet).instrument(span).await;
-            Ok(())
+            connect(node, session, &packet).instrument(span).await
         }
         PacketKind::Disconnect => {
             if packet.namespace == ROOT
-                && let Some(socket) = session.sockets.set_root(None)
+                && let Some(socket) = session.sockets.root.take()
             {
                 node.disconnect(&socket);
             }
@@ -229,6 +314,71 @@ pub fn on_binary(node: &Node, session: &Session, _data: &[u8]) -> Result<(), Clo
     protocol_error(node, session, "unexpected binary message")
 }
 
+/// What a client is told for a packet over its rate.
+const RATE_LIMITED: &str = "too many events, slow down";
+
+/// Packets a session may have refused for their rate before it is closed.
+const MAX_REFUSED: u32 = 20;
+
+/// Connects a session may have refused while another of its namespaces is connected: three,
+/// then one a minute. (With none connected, socket.io-client closes the session itself.)
+const FAILED_CONNECTS: Rate = Rate {
+    per_second: 1.0 / 60.0,
+    burst: 3.0,
+};
+
+/// Whether a packet of `kind` is within the session's rate. Acknowledgements have their own
+/// bucket, large enough for the notifications a `/notifications` connect sends at once.
+fn within_rate(node: &Node, session: &Session, kind: PacketKind) -> bool {
+    let rate = node.config.event_rate;
+    match kind {
+        PacketKind::Connect | PacketKind::Event => session.sockets.events.take(rate),
+        PacketKind::Ack => session.sockets.acks.take(Rate {
+            burst: rate.burst.max(MAX_PENDING as f64),
+            ..rate
+        }),
+        // Cheap, and answered at most once each: a disconnect, a refused binary packet or
+        // a client's CONNECT_ERROR (a protocol error).
+        _ => true,
+    }
+}
+
+/// Refuses a packet over the rate: an error acknowledgement or `error` event for an event, a
+/// CONNECT_ERROR for a connect, nothing for an ack. Too many refusals close the session.
+fn refuse_over_rate(
+    node: &Node,
+    session: &Session,
+    packet: &Packet<'_>,
+) -> Result<(), CloseReason> {
+    node.metrics.rate_limited(Limit::Event);
+    let refused = session.sockets.refused.fetch_add(1, Ordering::AcqRel) + 1;
+    if refused > MAX_REFUSED {
+        // Packets read before the close takes effect land here too: one line is enough.
+        if refused == MAX_REFUSED + 1 {
+            tracing::info!(sid = %session.sid, remote = %session.handshake.remote, "closing session: too many packets over the rate");
+        }
+        return Err(CloseReason::ProtocolError);
+    }
+    let namespace = packet.namespace;
+    match (packet.kind, packet.ack) {
+        (PacketKind::Connect, _) => return refused_connect(session, namespace, RATE_LIMITED),
+        (PacketKind::Event, Some(id)) => send(session, |out| {
+            codec::write_ack(out, namespace, id, &json!({"error": RATE_LIMITED}))
+        }),
+        (PacketKind::Event, None) => {
+            let event = packet.event().ok().map(|event| event.name);
+            emit_in(
+                session,
+                namespace,
+                "error",
+                &json!({"event": event, "error": RATE_LIMITED}),
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn protocol_error(node: &Node, session: &Session, problem: &str) -> Result<(), CloseReason> {
     node.metrics.errors.with_label_values(&["protocol"]).inc();
     tracing::info!(sid = %session.sid, remote = %session.handshake.remote, problem, "closing session: malformed Socket.IO packet");
@@ -258,35 +408,77 @@ fn find_token(auth: &ConnectAuth, session: &Session) -> Option<String> {
         .or_else(|| session.handshake.token())
 }
 
-/// The namespaces a client may connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Namespace {
-    Root,
-    Notifications,
+async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<(), CloseReason> {
+    match attempt(node, session, packet).await {
+        Ok(()) => Ok(()),
+        Err(message) => refused_connect(session, packet.namespace, &message),
+    }
 }
 
-async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
-    let namespace = packet.namespace;
-    let refuse = |message: &str| {
-        tracing::Span::current().record("switchboard.refusal", message);
-        send(session, |out| {
-            codec::write_connect_error(out, namespace, message)
-        });
-    };
-    let which = match namespace {
-        ROOT => Namespace::Root,
-        crate::notifications::NAMESPACE => Namespace::Notifications,
-        _ => return refuse("Invalid namespace"),
-    };
-    let connected = match which {
-        Namespace::Root => session.sockets.root().is_some(),
-        Namespace::Notifications => session.sockets.notifications().is_some(),
-    };
-    if connected {
-        return;
+/// Tells the client its connect was refused. The session is closed when no other namespace is
+/// connected or being connected (socket.io-client closes it itself then, and a client
+/// retrying on it is not one), or after a few refusals.
+fn refused_connect(session: &Session, namespace: &str, message: &str) -> Result<(), CloseReason> {
+    tracing::Span::current().record("switchboard.refusal", message);
+    send(session, |out| {
+        codec::write_connect_error(out, namespace, message)
+    });
+    let sockets = &session.sockets;
+    let alone = sockets.root.is_free() && sockets.notifications.is_free();
+    if alone || !sockets.failed_connects.take(FAILED_CONNECTS) {
+        return Err(CloseReason::ConnectRefused);
     }
+    Ok(())
+}
+
+/// Connects a namespace; the error is what the client is told. A connect of a namespace that
+/// is connected, or being connected, is ignored.
+async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<(), String> {
+    match packet.namespace {
+        ROOT => {
+            // Claimed before the first await: a second connect racing this one finds it taken.
+            let Some(claim) = session.sockets.root.claim() else {
+                return Ok(());
+            };
+            let principal = authenticate(node, session, packet)?;
+            let id = take_slot(node, session, &principal).await?;
+            connect_root(node, session, claim, id, principal).await;
+        }
+        crate::notifications::NAMESPACE => {
+            let Some(claim) = session.sockets.notifications.claim() else {
+                return Ok(());
+            };
+            let principal = authenticate(node, session, packet)?;
+            // The user of a `/notifications` socket must exist and be active in the application.
+            let user = match notifications::admit(node, &principal).await {
+                Ok(user) => user,
+                Err(refusal) => {
+                    node.metrics
+                        .auth_failures
+                        .with_label_values(&["notification_user"])
+                        .inc();
+                    if node.connect_refusals.admit() {
+                        tracing::info!(sid = %session.sid, user = %principal.user_id, refusal, "notifications connection refused");
+                    }
+                    return Err(refusal.to_owned());
+                }
+            };
+            let id = take_slot(node, session, &principal).await?;
+            connect_notifications(node, session, claim, id, principal, user).await;
+        }
+        _ => return Err("Invalid namespace".to_owned()),
+    }
+    Ok(())
+}
+
+/// The principal of a connect's token.
+fn authenticate(
+    node: &Node,
+    session: &Session,
+    packet: &Packet<'_>,
+) -> Result<crate::auth::Principal, String> {
     if node.is_draining() {
-        return refuse("server shutting down");
+        return Err("server shutting down".to_owned());
     }
     let auth: ConnectAuth = match packet.data.map(serde_json::from_str).transpose() {
         Ok(auth) => auth.unwrap_or_default(),
@@ -295,58 +487,51 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
                 .auth_failures
                 .with_label_values(&["malformed"])
                 .inc();
-            return refuse("invalid auth payload");
+            return Err("invalid auth payload".to_owned());
         }
     };
-    let principal = match find_token(&auth, session)
+    match find_token(&auth, session)
         .ok_or(TokenError::Missing)
         .and_then(|token| node.config.jwt.verify(&token))
     {
         Ok(principal) => {
             tracing::Span::current().record("enduser.id", &*principal.user_id);
-            principal
+            Ok(principal)
         }
         Err(e) => {
             node.metrics
                 .auth_failures
                 .with_label_values(&[e.reason()])
                 .inc();
-            tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = e.reason(), "connection refused: bad token");
-            return refuse(&e.to_string());
-        }
-    };
-    // The user of a `/notifications` socket must exist and be active in the application.
-    let user = match which {
-        Namespace::Root => None,
-        Namespace::Notifications => match notifications::admit(node, &principal).await {
-            Ok(user) => Some(user),
-            Err(refusal) => {
-                node.metrics
-                    .auth_failures
-                    .with_label_values(&["notification_user"])
-                    .inc();
-                tracing::info!(sid = %session.sid, user = %principal.user_id, refusal, "notifications connection refused");
-                return refuse(refusal);
+            if node.connect_refusals.admit() {
+                tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = e.reason(), "connection refused: bad token");
             }
-        },
-    };
+            Err(e.to_string())
+        }
+    }
+}
+
+/// A new socket id and the user's connection slot; whoever gets them must install the socket
+/// or give the slot back.
+async fn take_slot(
+    node: &Node,
+    session: &Session,
+    principal: &crate::auth::Principal,
+) -> Result<Arc<str>, String> {
     let Ok(id) = random_id() else {
-        return refuse("server error");
+        return Err("server error".to_owned());
     };
     if let Err(refusal) = node.cluster.connect(&principal.user_id).await {
         node.metrics
             .errors
             .with_label_values(&[refusal.label()])
             .inc();
-        tracing::info!(sid = %session.sid, user = %principal.user_id, error = %refusal, "connection refused");
-        return refuse(refusal.client_message());
-    }
-    match (which, user) {
-        (Namespace::Notifications, Some(user)) => {
-            connect_notifications(node, session, id, principal, user).await
+        if node.connect_refusals.admit() {
+            tracing::info!(sid = %session.sid, user = %principal.user_id, error = %refusal, "connection refused");
         }
-        _ => connect_root(node, session, id, principal).await,
+        return Err(refusal.client_message().to_owned());
     }
+    Ok(id)
 }
 
 /// Whether the session is still open after a socket took its slot; if it closed meanwhile,
@@ -367,6 +552,7 @@ fn still_open(node: &Node, session: &Session, release: impl FnOnce()) -> bool {
 async fn connect_root(
     node: &Node,
     session: &Session,
+    claim: Claim<'_, Member>,
     id: Arc<str>,
     principal: crate::auth::Principal,
 ) {
@@ -376,10 +562,10 @@ async fn connect_root(
         Codec::SocketIo,
         session.outbox.clone(),
     ));
-    session.sockets.set_root(Some(socket.clone()));
+    claim.fill(socket.clone());
     node.connected(&socket);
     let open = still_open(node, session, || {
-        if let Some(socket) = session.sockets.set_root(None) {
+        if let Some(socket) = session.sockets.root.take() {
             node.disconnect(&socket);
         }
     });
@@ -407,6 +593,7 @@ async fn connect_root(
 async fn connect_notifications(
     node: &Node,
     session: &Session,
+    claim: Claim<'_, NotificationSocket>,
     id: Arc<str>,
     principal: crate::auth::Principal,
     user: User,
@@ -419,7 +606,7 @@ async fn connect_notifications(
     ));
     node.connected(&member);
     let socket = Arc::new(NotificationSocket { member, user });
-    session.sockets.set_notifications(Some(socket.clone()));
+    claim.fill(socket.clone());
     let open = still_open(node, session, || {
         if let Some(socket) = session.sockets.take_notifications() {
             node.disconnect(&socket.member);
@@ -649,7 +836,7 @@ async fn whisper(
 
 /// Releases the session's sockets when the session ends.
 pub fn on_close(node: &Node, session: &Session) {
-    if let Some(socket) = session.sockets.set_root(None) {
+    if let Some(socket) = session.sockets.root.take() {
         node.disconnect(&socket);
         tracing::debug!(socket = %socket.id, "socket disconnected");
     }

@@ -617,7 +617,7 @@ impl Conn {
         };
         // A failed publish is logged and counted by `publish`.
         let _ = node
-            .publish(channel, "TYPING", &data, Some(&self.socket.id))
+            .publish_from(&self.socket, channel, "TYPING", &data)
             .await;
     }
 

@@ -670,3 +670,63 @@ async fn a_repeated_idempotency_key_stores_nothing_twice() {
         [["4"]]
     );
 }
+
+#[tokio::test]
+async fn refused_connects_and_event_floods_stop_before_the_database() {
+    use futures_util::SinkExt;
+
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+
+    // 100 connects of an unknown user back to back: the first one's user query refuses it
+    // and closes the session, so the others never reach the database.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket handshake");
+    let connect = format!("40/notifications,{}", json!({"token": token("99")}));
+    for _ in 0..100 {
+        let frame = tokio_tungstenite::tungstenite::Message::text(connect.clone());
+        if ws.send(frame).await.is_err() {
+            break;
+        }
+    }
+    let metrics_url = format!("{}/metrics", node.url());
+    let refused = r#"switchboard_auth_failures_total{reason="notification_user"} 1"#;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let metrics = http("GET", &metrics_url, &[], b"").await.text();
+        // The metric says 1 once the first refusal is counted; more would follow at once.
+        if metrics.contains(refused) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed = tokio::time::timeout(TIMEOUT, async {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the session stays open");
+    let metrics = http("GET", &metrics_url, &[], b"").await.text();
+    assert!(metrics.contains(refused), "{metrics}");
+
+    // `mark.read` (a database write each) beyond the event rate is refused, then the session
+    // is closed.
+    let theirs = send_ok(&node, note(2, "not yours")).await[0];
+    let mut device = notifications_socket(&node, "1", true).await;
+    events_until_success(&mut device).await;
+    for _ in 0..150 {
+        device
+            .emit("mark.read", json!([{"notificationId": theirs}]))
+            .await;
+    }
+    let refusal = device.expect_event("error", TIMEOUT).await;
+    assert_eq!(
+        refusal,
+        [json!({"event": "mark.read", "error": "too many events, slow down"})]
+    );
+    device.expect_disconnect(TIMEOUT).await;
+}

@@ -29,6 +29,10 @@ pub struct Envelope<'a> {
     /// A socket id to leave out, or null.
     #[serde(borrow, default)]
     pub socket: Option<Cow<'a, str>>,
+    /// The user who sent it, for what clients send each other (whispers, typing): block lists
+    /// apply to it. Only nodes write it; Laravel's envelopes have none.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Cow<'a, str>>,
 }
 
 impl Envelope<'_> {
@@ -135,6 +139,7 @@ mod tests {
             event: "update".into(),
             data: Some(&data),
             socket: None,
+            author: None,
         };
         assert_eq!(
             &env.to_bytes()[..],
