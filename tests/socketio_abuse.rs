@@ -514,3 +514,50 @@ async fn blocks_apply_to_whispers_and_typing() {
     assert_eq!(next_json_note(&mut ann).await, 3);
     assert_eq!(next_json_note(&mut ann).await, 5, "nothing from Ben");
 }
+
+/// A client that hangs up while its connect waits for the cluster's slot must not leave the
+/// slot taken: Redis is paused so the connect waits, the client closes its connection (the
+/// node drops the request), and once Redis answers, the slot it granted is given back.
+#[tokio::test]
+async fn a_connect_abandoned_while_waiting_for_its_slot_leaks_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start().await;
+    let node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY, "--redis-url", &redis.url()],
+        &[],
+    )
+    .await;
+    node.wait_ready(true).await;
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(polling_session(&node).await);
+    }
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT PAUSE");
+    let unpaused = tokio::time::Instant::now() + Duration::from_millis(1600);
+    let body = connect_packet("leaver");
+    for session in &sessions {
+        let path = &session[session.find("/socket.io/").expect("path")..];
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            node.addr(),
+            body.len()
+        );
+        let mut stream = TcpStream::connect(node.addr()).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // The node is waiting for Redis now; hang up.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(stream);
+    }
+    // Redis answers the waiting connects once the pause ends; nobody takes those answers.
+    tokio::time::sleep_until(unpaused).await;
+    for session in &sessions {
+        let _ = http("POST", session, &[], b"1").await;
+    }
+    expect_connections(&node, "leaver", 0).await;
+}

@@ -519,7 +519,7 @@ impl RedisState {
         };
         tokio::spawn(writer.run(rx));
         let (connects, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(admit(redis.clone(), waiting, limit));
+        tokio::spawn(admit(redis.clone(), waiting, limit, ops.clone()));
         Ok(Self {
             redis,
             ops,
@@ -698,8 +698,15 @@ struct Connect {
 }
 
 /// Takes per-user slots for waiting connections, all those waiting in one script call: a
-/// connect storm costs one Redis round trip per batch, not per connection.
-async fn admit(redis: Arc<Redis>, mut waiting: mpsc::UnboundedReceiver<Connect>, limit: usize) {
+/// connect storm costs one Redis round trip per batch, not per connection. A slot taken for
+/// a connect nobody waits for any more (its request was cancelled) is given back through
+/// `ops`, so a client that hangs up mid-connect cannot leak a slot.
+async fn admit(
+    redis: Arc<Redis>,
+    mut waiting: mpsc::UnboundedReceiver<Connect>,
+    limit: usize,
+    ops: mpsc::UnboundedSender<Op>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = waiting.recv().await {
         batch.push(first);
@@ -725,8 +732,10 @@ async fn admit(redis: Arc<Redis>, mut waiting: mpsc::UnboundedReceiver<Connect>,
                 Ok(counts) => Ok(counts.get(index).is_some_and(|c| *c >= 0)),
                 Err(e) => Err(e.clone()),
             };
-            // The connection may have gone meanwhile; then nobody waits for the answer.
-            let _ = connect.answer.send(result);
+            let taken = matches!(result, Ok(true));
+            if connect.answer.send(result).is_err() && taken {
+                let _ = ops.send(Op::User(connect.user, -1));
+            }
         }
     }
 }
