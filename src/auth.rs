@@ -58,6 +58,15 @@ pub enum TokenError {
     /// No usable user id claim.
     #[error("invalid token: no user id (sub or userId)")]
     NoSubject,
+    /// The header has `crit`: it names extensions that must be understood, and we know none.
+    #[error("invalid token: unsupported critical header")]
+    Critical,
+    /// `iss` is missing or not a configured issuer.
+    #[error("invalid token: wrong issuer")]
+    Issuer,
+    /// `aud` is missing or names none of the configured audiences (or any, when none is configured).
+    #[error("invalid token: wrong audience")]
+    Audience,
 }
 
 impl TokenError {
@@ -71,6 +80,9 @@ impl TokenError {
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::NoSubject => "no_subject",
+            Self::Critical => "critical",
+            Self::Issuer => "issuer",
+            Self::Audience => "audience",
         }
     }
 }
@@ -96,6 +108,10 @@ impl std::fmt::Debug for JwtVerifier {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// RFC 7515 §4.1.11: a recipient that does not understand a listed extension must reject
+    /// the token. We understand none, so its presence alone (even empty, which is invalid) refuses.
+    #[serde(default)]
+    crit: Option<Value>,
 }
 
 impl JwtVerifier {
@@ -146,6 +162,25 @@ impl JwtVerifier {
         self
     }
 
+    /// Requires `iss` to be one of `issuers` (no check when empty).
+    pub fn with_issuers(mut self, issuers: &[String]) -> Self {
+        if !issuers.is_empty() {
+            self.validation.set_issuer(issuers);
+            self.validation.required_spec_claims.insert("iss".into());
+        }
+        self
+    }
+
+    /// Requires `aud` to name one of `audiences`. When empty, a token that has an `aud` is
+    /// refused (RFC 7519 §4.1.3: we cannot identify ourselves with any value in it).
+    pub fn with_audiences(mut self, audiences: &[String]) -> Self {
+        if !audiences.is_empty() {
+            self.validation.set_audience(audiences);
+            self.validation.required_spec_claims.insert("aud".into());
+        }
+        self
+    }
+
     /// Keeps these claims on every verified [`Principal`] (the channel policy's needs).
     pub fn with_retained_claims(mut self, claims: Vec<String>) -> Self {
         self.retained = claims.into();
@@ -163,6 +198,9 @@ impl JwtVerifier {
         if header.alg.parse::<Algorithm>().ok() != expected {
             return Err(TokenError::Algorithm);
         }
+        if header.crit.is_some() {
+            return Err(TokenError::Critical);
+        }
         // One decode into a map: the fixed claims are read from it and the retained ones moved out.
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -170,6 +208,10 @@ impl JwtVerifier {
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             ErrorKind::InvalidSignature => TokenError::Signature,
             ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+            ErrorKind::InvalidIssuer => TokenError::Issuer,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => TokenError::Issuer,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => TokenError::Audience,
             _ => TokenError::Malformed,
         })?;
         let mut claims = data.claims;
@@ -339,6 +381,71 @@ mod tests {
         )
         .expect("encode");
         assert_eq!(v.verify(&hs512).err(), Some(TokenError::Algorithm));
+    }
+
+    #[test]
+    fn refuses_critical_header_extensions() {
+        // RFC 7515 §4.1.11: an extension listed in `crit` that we do not understand (we
+        // understand none) makes the token invalid, however good its signature.
+        for crit in [vec!["exp-x".to_owned()], vec![]] {
+            let header = JwtHeader {
+                crit: Some(crit),
+                ..JwtHeader::default()
+            };
+            let critical = encode(
+                &header,
+                &json!({"sub": 1, "exp-x": 1}),
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .expect("encode");
+            assert_eq!(
+                verifier().verify(&critical).err(),
+                Some(TokenError::Critical)
+            );
+        }
+    }
+
+    #[test]
+    fn checks_issuer_and_audience_when_configured() {
+        let v = verifier()
+            .with_issuers(&["https://id.example".into()])
+            .with_audiences(&["chat".into(), "ws".into()]);
+        let ok = json!({"sub": 1, "iss": "https://id.example", "aud": ["other", "ws"]});
+        assert!(v.verify(&token("s3cret", ok)).is_ok());
+        let cases = [
+            (json!({"sub": 1, "aud": "chat"}), TokenError::Issuer),
+            (
+                json!({"sub": 1, "iss": "https://evil.example", "aud": "chat"}),
+                TokenError::Issuer,
+            ),
+            (
+                json!({"sub": 1, "iss": "https://id.example"}),
+                TokenError::Audience,
+            ),
+            (
+                json!({"sub": 1, "iss": "https://id.example", "aud": "other"}),
+                TokenError::Audience,
+            ),
+        ];
+        for (claims, error) in cases {
+            assert_eq!(
+                v.verify(&token("s3cret", claims.clone())).err(),
+                Some(error),
+                "{claims}"
+            );
+        }
+        // Unconfigured: any issuer passes, and a token meant for some audience is not ours.
+        assert!(
+            verifier()
+                .verify(&token("s3cret", json!({"sub": 1, "iss": "x"})))
+                .is_ok()
+        );
+        assert_eq!(
+            verifier()
+                .verify(&token("s3cret", json!({"sub": 1, "aud": "chat"})))
+                .err(),
+            Some(TokenError::Audience)
+        );
     }
 
     #[test]

@@ -75,6 +75,14 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
+    /// Comma-separated accepted `iss` values; when set, a token must carry one of them [default: no check]
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Comma-separated audiences this node answers to; when set, a token's `aud` must name one [default: tokens with `aud` refused]
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
     /// Comma-separated bearer keys for the HTTP API (empty = API refuses every call)
     #[arg(
         long,
@@ -1042,7 +1050,17 @@ impl Args {
                 ));
             }
         };
-        Ok(verifier.with_leeway(self.jwt_leeway))
+        let list = |values: &[String]| -> Vec<String> {
+            values
+                .iter()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect()
+        };
+        Ok(verifier
+            .with_leeway(self.jwt_leeway)
+            .with_issuers(&list(&self.jwt_issuer))
+            .with_audiences(&list(&self.jwt_audience)))
     }
 }
 
