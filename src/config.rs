@@ -326,6 +326,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_SIZE", default_value_t = 100_000)]
     pub auth_cache_size: usize,
 
+    /// Comma-separated headers of a subscribe's `auth.headers` that callback rules forward beside Authorization, Cookie, X-CSRF-TOKEN, X-XSRF-TOKEN and X-Requested-With
+    #[arg(long, env = "SWITCHBOARD_AUTH_FORWARD_HEADERS", value_delimiter = ',')]
+    pub auth_forward_headers: Vec<String>,
+
     /// MySQL/MariaDB URL, mysql://user:pass@host:3306/db (`sql` policy rules, notifications)
     #[arg(
         long,
@@ -999,6 +1003,20 @@ impl Args {
             cache_size: self.auth_cache_size,
             database,
             redis: redis.map(|client| (client, self.redis_prefix.clone())),
+            forward_headers: self
+                .auth_forward_headers
+                .iter()
+                .map(|name| name.trim())
+                .filter(|name| !name.is_empty())
+                .map(|name| {
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        ConfigError::new(
+                            "auth_forward_headers",
+                            format!("`{name}` is not a header name"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         Policy::new(loaded.map_err(fail)?, settings).map_err(fail)
     }

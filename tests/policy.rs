@@ -118,10 +118,11 @@ async fn callback_allows_with_the_clients_headers() {
     let dir = TempDir::new("policy");
     let policy = callback_rule("private-orders.{id}", &server.url("/allow"))
         + &callback_rule("presence-room.{id}", &server.url("/allow"));
-    let node = node_with_policy(&dir, &policy, &[]).await;
+    let node = node_with_policy(&dir, &policy, &["--auth-forward-headers", "X-Tenant"]).await;
     let (mut agent, socket_id) = connect(&node, json!({"sub": 7})).await;
 
-    // What Laravel Echo sends: the channel and its `auth.headers`.
+    // What Laravel Echo sends: the channel and its `auth.headers`, plus headers that would
+    // let the client tell the application where it connects from.
     let answer = subscribe(
         &mut agent,
         json!({"channel": "private-orders.5", "auth": {"headers": {
@@ -130,6 +131,10 @@ async fn callback_allows_with_the_clients_headers() {
             "Host": "evil.example",
             "Connection": "upgrade",
             "X-Ignored-Number": 5,
+            "X-Forwarded-For": "10.9.8.7",
+            "X-Real-IP": "10.9.8.7",
+            "X-Custom": "c",
+            "X-Tenant": "acme",
         }}}),
     )
     .await;
@@ -158,6 +163,14 @@ async fn callback_allows_with_the_clients_headers() {
     assert_ne!(request.header("host"), Some("evil.example"));
     assert_ne!(request.header("connection"), Some("upgrade"));
     assert_eq!(request.header("x-ignored-number"), None);
+    assert_eq!(request.header("x-real-ip"), None);
+    assert_eq!(request.header("x-custom"), None);
+    assert_eq!(request.header("x-forwarded-for"), None);
+    assert_eq!(
+        request.header("x-tenant"),
+        Some("acme"),
+        "the operator's addition"
+    );
 
     // Subscribed for real: a broadcast arrives.
     broadcast(&node, "private-orders.5", "OrderShipped").await;

@@ -43,6 +43,8 @@ pub struct Settings {
     pub database: Option<Database>,
     /// The Redis of `set` rules, and the prefix of their keys.
     pub redis: Option<(redis::Client, String)>,
+    /// Headers `callback` rules forward beside the built-in allow-list (Authorization, Cookie, …).
+    pub forward_headers: Vec<reqwest::header::HeaderName>,
 }
 
 /// The channel authorization policy of a node.
@@ -85,7 +87,7 @@ impl Policy {
     pub fn new(config: PolicyConfig, settings: Settings) -> Result<Self, String> {
         let needs = |kind: &str| config.rules.iter().find(|r| r.check.kind() == kind);
         let callback = needs("callback")
-            .map(|_| Callback::new(settings.timeout))
+            .map(|_| Callback::new(settings.timeout, settings.forward_headers.clone()))
             .transpose()?;
         let database = match (needs("sql"), settings.database) {
             (Some(rule), None) => {
@@ -288,6 +290,7 @@ mod tests {
             cache_size: 100,
             database: None,
             redis: None,
+            forward_headers: Vec::new(),
         }
     }
 
