@@ -291,6 +291,37 @@ async fn callback_answers_are_cached_per_user_and_channel() {
     assert_eq!(requests_for(&server, "private-orders.9").len(), 2);
 }
 
+/// One user subscribing to junk channel names fills only their own share of the cache: another
+/// user's answer is still cached (the application is asked once).
+#[tokio::test]
+async fn one_users_junk_does_not_stop_another_users_caching() {
+    let server = auth_server().await;
+    let dir = TempDir::new("policy");
+    let policy = callback_rule("private-orders.*", &server.url("/allow"))
+        + &callback_rule("private-junk.*", &server.url("/deny"));
+    // 40 answers in all, so at most 10 per user.
+    let node = node_with_policy(&dir, &policy, &["--auth-cache-size", "40"]).await;
+    let (mut junk, _) = connect(&node, json!({"sub": 6})).await;
+    for i in 0..50 {
+        let channel = format!("private-junk.{i}");
+        assert_eq!(try_join(&mut junk, &channel).await, Err("forbidden".into()));
+    }
+    assert_eq!(requests_for(&server, "private-junk.0").len(), 1);
+
+    let (mut seven, _) = connect(&node, json!({"sub": 7})).await;
+    for _ in 0..2 {
+        assert_eq!(try_join(&mut seven, "private-orders.1").await, Ok(()));
+        seven
+            .emit_ack("unsubscribe", json!([{"channel": "private-orders.1"}]))
+            .await;
+    }
+    assert_eq!(
+        requests_for(&server, "private-orders.1").len(),
+        1,
+        "the second subscribe was answered from the cache"
+    );
+}
+
 #[tokio::test]
 async fn self_role_and_claim_rules() {
     let dir = TempDir::new("policy");

@@ -188,11 +188,11 @@ impl Policy {
         matched: Match<'_>,
         request: &Request<'_>,
     ) -> Result<Grant, Refusal> {
-        let key = Cache::key(&request.principal.user_id, request.channel);
+        let (user, channel) = (&*request.principal.user_id, request.channel);
         if let Some(answer) = self
             .cache
             .as_ref()
-            .and_then(|c| c.get(&key, Instant::now()))
+            .and_then(|c| c.get(user, channel, Instant::now()))
         {
             return answer;
         }
@@ -220,7 +220,7 @@ impl Policy {
             _ => Err(Refusal::Unavailable("not configured".into())),
         };
         if let Some(cache) = &self.cache {
-            cache.put(key, &answer, Instant::now());
+            cache.put(user, channel, &answer, Instant::now());
         }
         answer
     }
