@@ -24,6 +24,9 @@ pub struct Principal {
     /// because every socket holds one (a map's first node alone is ~600 bytes) and a policy
     /// reads only a few claims.
     pub claims: Option<Box<[(String, Value)]>>,
+    /// When the token stops being accepted (its `exp` plus the leeway), in seconds since the
+    /// Unix epoch; `None` for a token without `exp`. A socket is closed then.
+    pub expires: Option<u64>,
 }
 
 impl Principal {
@@ -221,6 +224,10 @@ impl JwtVerifier {
             .or_else(|| claims.get("userId").and_then(id_string))
             .ok_or(TokenError::NoSubject)?;
         let role = claims.get("role").and_then(Value::as_str).map(Box::from);
+        let expires = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| exp.saturating_add(self.validation.leeway));
         let retained: Vec<(String, Value)> = self
             .retained
             .iter()
@@ -230,6 +237,7 @@ impl JwtVerifier {
             user_id: user_id.into(),
             role,
             claims: (!retained.is_empty()).then(|| retained.into_boxed_slice()),
+            expires,
         })
     }
 }
@@ -315,6 +323,7 @@ mod tests {
             ))
             .expect("valid");
         assert_eq!((&*p.user_id, p.role.as_deref()), ("42", Some("admin")));
+        assert_eq!(p.expires, Some(now() + 60), "exp plus the leeway (0 here)");
         let p = verifier()
             .verify(&token("s3cret", json!({"userId": "u-7"})))
             .expect("userId claim");

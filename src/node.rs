@@ -500,8 +500,10 @@ impl Node {
         }
     }
 
-    /// A socket was admitted: tells the application when webhooks are on.
-    pub fn connected(&self, member: &Member) {
+    /// A socket was admitted: tells the application when webhooks are on, and closes the
+    /// socket when its token expires.
+    pub fn connected(&self, member: &Arc<Member>) {
+        member.close_at_expiry();
         self.webhooks.connected(
             &member.id,
             &member.principal.user_id,

@@ -92,6 +92,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// The application asked for the user's sockets to be closed (ban, password change).
     Kicked,
+    /// The socket's token expired; the client must connect again with a fresh one.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -107,6 +109,7 @@ impl CloseReason {
             Self::MessageTooLarge => "message_too_large",
             Self::ShuttingDown => "shutting_down",
             Self::Kicked => "disconnected_by_server",
+            Self::TokenExpired => "token_expired",
         }
     }
 

@@ -263,6 +263,7 @@ mod tests {
             user_id: id.into(),
             role: None,
             claims: None,
+            expires: None,
         }
     }
 

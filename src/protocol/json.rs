@@ -36,6 +36,8 @@ pub enum ErrorCode {
     NotSubscribed,
     /// The back-end answered a forwarded event with an error, or not at all.
     BackendError,
+    /// The socket's token expired; the socket closes right after.
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -54,6 +56,7 @@ impl ErrorCode {
             Self::Unavailable => "UNAVAILABLE",
             Self::NotSubscribed => "NOT_SUBSCRIBED",
             Self::BackendError => "BACKEND_ERROR",
+            Self::TokenExpired => "TOKEN_EXPIRED",
         }
     }
 }
