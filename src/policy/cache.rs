@@ -238,20 +238,22 @@ mod tests {
         let t0 = Instant::now();
         cache.put("7", "private-orders.1", &allow(), t0);
         for i in 0..1000 {
+            let at = t0 + Duration::from_millis(i);
             cache.put(
                 "6",
                 &format!("private-junk.{i}"),
                 &Err(Refusal::Forbidden),
-                t0,
+                at,
             );
         }
+        let t1 = t0 + SECOND;
         assert_eq!(cache.len(), 3, "user 6 holds their share only");
-        assert_eq!(cache.get("7", "private-orders.1", t0), Some(allow()));
-        cache.put("8", "private-orders.1", &allow(), t0);
-        assert_eq!(cache.get("8", "private-orders.1", t0), Some(allow()));
+        assert_eq!(cache.get("7", "private-orders.1", t1), Some(allow()));
+        cache.put("8", "private-orders.1", &allow(), t1);
+        assert_eq!(cache.get("8", "private-orders.1", t1), Some(allow()));
         // The junk user's newest answers are the ones kept.
-        assert!(cache.get("6", "private-junk.999", t0).is_some());
-        assert_eq!(cache.get("6", "private-junk.0", t0), None);
+        assert!(cache.get("6", "private-junk.999", t1).is_some());
+        assert_eq!(cache.get("6", "private-junk.0", t1), None);
         // Evictions leave stale queue items; they are dropped before they outnumber the cache.
         let queued = cache
             .entries
