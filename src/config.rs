@@ -67,7 +67,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key]
+    /// URL of the identity provider's JWKS (its published public keys, chosen by the token's `kid`)
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key or JWKS]
     #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM")]
     pub jwt_algorithm: Option<String>,
 
@@ -1035,18 +1039,32 @@ impl Args {
             })
             .transpose()?;
         let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
-        let verifier = match (secret, &self.jwt_public_key) {
-            (Some(_), Some(_)) => {
+        let jwks = self
+            .jwt_jwks_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty());
+        let verifier = match (secret, &self.jwt_public_key, jwks) {
+            (Some(_), Some(_), _) => {
                 return Err(ConfigError::new(
                     "jwt_secret",
                     "set either SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY, not both",
                 ));
             }
-            (Some(secret), None) => {
+            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "jwt_jwks_url",
+                    "set one of SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY and SWITCHBOARD_JWT_JWKS_URL",
+                ));
+            }
+            (None, None, Some(url)) => {
+                JwtVerifier::jwks(url, algorithm.unwrap_or(Algorithm::RS256))
+                    .map_err(|e| ConfigError::new("jwt_jwks_url", e))?
+            }
+            (Some(secret), None, None) => {
                 JwtVerifier::hmac(secret.as_bytes(), algorithm.unwrap_or(Algorithm::HS256))
                     .map_err(|e| ConfigError::new("jwt_algorithm", e))?
             }
-            (None, Some(path)) => {
+            (None, Some(path), None) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     ConfigError::new(
                         "jwt_public_key",
@@ -1057,14 +1075,14 @@ impl Args {
                     |e| ConfigError::new("jwt_public_key", format!("{}: {e}", path.display())),
                 )?
             }
-            (None, None) if self.dev => {
+            (None, None, None) if self.dev => {
                 JwtVerifier::hmac(DEV_JWT_SECRET.as_bytes(), Algorithm::HS256)
                     .map_err(|e| ConfigError::new("jwt_algorithm", e))?
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ConfigError::new(
                     "jwt_secret",
-                    "no JWT key: set SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY (or pass --dev to use a public development secret)",
+                    "no JWT key: set SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY or SWITCHBOARD_JWT_JWKS_URL (or pass --dev to use a public development secret)",
                 ));
             }
         };

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::auth::{TokenError, bearer};
+use crate::auth::bearer;
 use crate::channel::{self, Refusal};
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
@@ -298,9 +298,11 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) {
             return refuse("invalid auth payload");
         }
     };
-    let principal = match find_token(&auth, session)
-        .ok_or(TokenError::Missing)
-        .and_then(|token| node.config.jwt.verify(&token))
+    let principal = match node
+        .config
+        .jwt
+        .verify_found(find_token(&auth, session))
+        .await
     {
         Ok(principal) => {
             tracing::Span::current().record("enduser.id", &*principal.user_id);

@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::auth::{TokenError, bearer};
+use crate::auth::bearer;
 use crate::backend::ForwardError;
 use crate::channel::Refusal;
 use crate::cluster::ConnectRefusal;
@@ -99,16 +99,13 @@ async fn accept(
         .and_then(bearer)
         .map(str::to_owned)
         .or_else(|| query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()));
-    let principal = token
-        .ok_or(TokenError::Missing)
-        .and_then(|token| node.config.jwt.verify(&token))
-        .map_err(|e| {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[e.reason()])
-                .inc();
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-        })?;
+    let principal = node.config.jwt.verify_found(token).await.map_err(|e| {
+        node.metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    })?;
     tracing::Span::current().record("enduser.id", &*principal.user_id);
     node.cluster
         .connect(&principal.user_id)

@@ -1,11 +1,17 @@
 //! A token's life beyond the connect: a live socket whose JWT expires is closed at expiry, on
 //! Socket.IO (event `auth:expired`, then DISCONNECT: reason "io server disconnect") and on the
-//! JSON endpoint (an `ERROR` frame `TOKEN_EXPIRED`, then close code 1008).
+//! JSON endpoint (an `ERROR` frame `TOKEN_EXPIRED`, then close code 1008); and RS256 keys from
+//! a JWKS URL, chosen by `kid`, fetched again on a key rotation but not for every made-up `kid`.
 
 mod support;
 
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
@@ -83,5 +89,119 @@ async fn a_json_socket_is_closed_when_its_token_expires() {
     assert_eq!(
         (u16::from(close.code), close.reason.as_str()),
         (1008, "token_expired")
+    );
+}
+
+/// A new RSA key pair: the private key's PEM and the public key as a JWK named `kid`.
+fn rsa_key(dir: &Path, kid: &str) -> (Vec<u8>, Value) {
+    let private = dir.join(format!("{kid}.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&private)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl genpkey")
+        .success();
+    assert!(made, "openssl made a key");
+    let modulus = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&private)
+        .output()
+        .expect("openssl rsa -modulus");
+    let hex = String::from_utf8_lossy(&modulus.stdout);
+    let hex = hex.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex modulus"))
+        .collect();
+    let jwk = json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+        "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB"});
+    (std::fs::read(&private).expect("private key"), jwk)
+}
+
+fn rs256(private_pem: &[u8], kid: &str, claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_pem).expect("rsa key");
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+async fn connect_result(node: &Node, token: &str) -> Result<String, String> {
+    let mut agent = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token}, "transports": ["websocket"]}),
+    );
+    let line = agent
+        .wait_for(
+            |line| line["type"] == "connect" || line["type"] == "connect_error",
+            TIMEOUT,
+        )
+        .await;
+    match line["type"].as_str() {
+        Some("connect") => Ok(line["id"].as_str().unwrap_or_default().to_owned()),
+        _ => Err(line["message"].as_str().unwrap_or_default().to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn jwks_keys_by_kid_with_rotation_and_no_refetch_flood() {
+    let dir = TempDir::new("jwks");
+    let (a_private, a_public) = rsa_key(dir.path(), "a");
+    let (b_private, b_public) = rsa_key(dir.path(), "b");
+    let published = Arc::new(Mutex::new(json!({"keys": [a_public.clone()]})));
+    let serving = published.clone();
+    let idp = AppServer::start(move |_| -> Answer {
+        let set = serving.lock().expect("lock").to_string();
+        Box::pin(async move { (200, set) })
+    })
+    .await;
+    let fetches = || idp.received().iter().filter(|r| r.path == "/jwks").count();
+    let node = Node::spawn(&[], &[("SWITCHBOARD_JWT_JWKS_URL", &idp.url("/jwks"))]).await;
+
+    let claims = json!({"sub": 1, "exp": now() + 3600});
+    assert!(
+        connect_result(&node, &rs256(&a_private, "a", claims.clone()))
+            .await
+            .is_ok()
+    );
+    assert!(
+        connect_result(&node, &rs256(&a_private, "a", claims.clone()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(fetches(), 1, "the set is fetched once and cached");
+    // Signed by another key under a known kid.
+    assert_eq!(
+        connect_result(&node, &rs256(&b_private, "a", claims.clone())).await,
+        Err("invalid token: bad signature".into())
+    );
+
+    // The provider rotates: a token with the new kid makes the node fetch again, and passes.
+    *published.lock().expect("lock") = json!({"keys": [a_public, b_public]});
+    assert!(
+        connect_result(&node, &rs256(&b_private, "b", claims.clone()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(fetches(), 2);
+
+    // Made-up kids right after: refused without asking the provider each time.
+    for i in 0..10 {
+        assert_eq!(
+            connect_result(&node, &rs256(&b_private, &format!("x{i}"), claims.clone())).await,
+            Err("invalid token: unknown key id".into())
+        );
+    }
+    assert_eq!(fetches(), 2, "no fetch per unknown kid");
+    assert!(
+        connect_result(&node, &rs256(&b_private, "b", claims))
+            .await
+            .is_ok()
     );
 }

@@ -100,7 +100,7 @@ async fn style() -> Response {
 }
 
 /// Lets through an admin key or the JWT of a user with an admin role; 401 otherwise.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = |message: &str| {
         node.metrics
             .auth_failures
@@ -116,7 +116,7 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     if find_key(&node.config.admin_keys, given).is_some() {
         return Ok(());
     }
-    match node.config.jwt.verify(given) {
+    match node.config.jwt.verify(given).await {
         Ok(principal)
             if principal
                 .role
@@ -141,7 +141,7 @@ async fn overview(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let node = &admin.node;
-    authorize(node, &headers)?;
+    authorize(node, &headers).await?;
     let connections = node.connection_count() as u64;
     let metrics = &node.metrics;
     let this = json!({
@@ -202,7 +202,7 @@ async fn channels(
     Query(query): Query<ChannelsQuery>,
 ) -> Result<Response, ApiError> {
     let node = &admin.node;
-    authorize(node, &headers)?;
+    authorize(node, &headers).await?;
     let limit = query.limit.unwrap_or(DEFAULT_CHANNELS).min(MAX_CHANNELS);
     let mut all = node.cluster.channels(&node.hub).await?;
     let total = all.len();
@@ -226,14 +226,14 @@ async fn presence(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let node = &admin.node;
-    authorize(node, &headers)?;
+    authorize(node, &headers).await?;
     let members = crate::api::presence_members(node, &name).await?;
     Ok(fresh(json!({"channel": name, "members": members})))
 }
 
 /// `GET /admin/api/logs`: this process's most recent warnings and errors, newest first.
 async fn logs(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&admin.node, &headers)?;
+    authorize(&admin.node, &headers).await?;
     Ok(fresh(
         json!({"entries": recent::entries(), "capacity": recent::CAPACITY}),
     ))
