@@ -7,7 +7,7 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -96,6 +96,13 @@ impl Codec {
     }
 }
 
+/// Time left until `expires` (seconds since the Unix epoch); zero once it passed.
+fn until(expires: u64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(expires))
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+}
+
 /// A socket as the hub sees it: where to queue its frames and which channels it is in.
 #[derive(Debug)]
 pub struct Member {
@@ -111,6 +118,9 @@ pub struct Member {
     pub subscribe_limit: SocketLimit,
     /// Its events waiting for the back-end.
     pub forwards: AtomicU32,
+    /// When its token stops being accepted, in seconds since the Unix epoch (0: never); a
+    /// refresh with a newer token of the same user pushes it out.
+    expires: AtomicU64,
     /// A short list: sockets join few channels (at most `max_subscriptions`), and a Vec is
     /// smaller per idle socket than a hash set.
     channels: Mutex<Vec<Arc<str>>>,
@@ -121,35 +131,57 @@ impl Member {
     /// ([`Codec::expiry_notice`]): one timer task per socket whose token has `exp`, which ends
     /// early when the socket's connection closes and does nothing if the socket is gone.
     pub fn close_at_expiry(self: &Arc<Self>) {
-        let Some(expires) = self.principal.expires else {
+        let mut armed = self.expires.load(Ordering::Relaxed);
+        if armed == 0 {
             return;
-        };
-        let wait = (UNIX_EPOCH + Duration::from_secs(expires))
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        }
         let socket = Arc::downgrade(self);
         let outbox = self.outbox.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = outbox.closed() => {}
-                () = tokio::time::sleep(wait) => {
-                    let Some(socket) = socket.upgrade() else {
-                        return;
-                    };
-                    tracing::info!(socket = %socket.id, user = %socket.principal.user_id, "token expired: closing the socket");
-                    for frame in socket.codec.expiry_notice() {
-                        // A refused push has closed the outbox already.
-                        let _ = outbox.push(frame);
-                    }
-                    outbox.close(CloseReason::TokenExpired);
+            loop {
+                tokio::select! {
+                    _ = outbox.closed() => return,
+                    () = tokio::time::sleep(until(armed)) => {}
                 }
+                let Some(socket) = socket.upgrade() else {
+                    return;
+                };
+                // A refresh may have pushed the expiry out (or removed it) meanwhile.
+                match socket.expires.load(Ordering::Relaxed) {
+                    0 => return,
+                    expires if expires != armed => {
+                        armed = expires;
+                        continue;
+                    }
+                    _ => {}
+                }
+                tracing::info!(socket = %socket.id, user = %socket.principal.user_id, "token expired: closing the socket");
+                for frame in socket.codec.expiry_notice() {
+                    // A refused push has closed the outbox already.
+                    let _ = outbox.push(frame);
+                }
+                outbox.close(CloseReason::TokenExpired);
+                return;
             }
         });
+    }
+
+    /// Takes a newer token of the socket's own user: its expiry becomes the socket's (none
+    /// if it has no `exp`); the rest of the socket's identity stays as connected. Returns the
+    /// new expiry; a token of another user is refused.
+    pub fn refresh(&self, token: &Principal) -> Result<Option<u64>, &'static str> {
+        if token.user_id != self.principal.user_id {
+            return Err("the token is for another user");
+        }
+        self.expires
+            .store(token.expires.unwrap_or(0), Ordering::Relaxed);
+        Ok(token.expires)
     }
 
     /// A member with no channels yet.
     pub fn new(id: SocketId, principal: Principal, codec: Codec, outbox: Arc<Outbox>) -> Self {
         Self {
+            expires: AtomicU64::new(principal.expires.unwrap_or(0)),
             id,
             principal,
             codec,
@@ -611,6 +643,36 @@ mod tests {
             assert_eq!(closed.ok(), Some(CloseReason::TokenExpired), "{codec:?}");
             assert_eq!(queued(&socket), notice);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_by_the_same_user_pushes_the_expiry_out() {
+        let socket = expiring(Codec::SocketIo, 60);
+        socket.close_at_expiry();
+        let expires = socket.principal.expires.map(|e| e + 600);
+        let token = |user: &str| Principal {
+            user_id: user.into(),
+            role: None,
+            claims: None,
+            expires,
+        };
+        assert_eq!(
+            socket.refresh(&token("someone-else")),
+            Err("the token is for another user")
+        );
+        assert_eq!(socket.refresh(&token("u")), Ok(expires));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            socket.outbox.close_reason(),
+            None,
+            "open past the first expiry"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(600), socket.outbox.closed()).await;
+        assert_eq!(
+            closed.ok(),
+            Some(CloseReason::TokenExpired),
+            "closed at the new one"
+        );
     }
 
     #[tokio::test(start_paused = true)]

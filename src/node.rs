@@ -511,6 +511,28 @@ impl Node {
         );
     }
 
+    /// A client's token refresh: verifies `token` and, when it is the same user's, takes its
+    /// expiry for each of `sockets` (a Socket.IO session's `/` and `/notifications` sockets).
+    /// Returns the new expiry (seconds since the Unix epoch; `None`: never), or why it was refused.
+    pub async fn refresh_token(
+        &self,
+        sockets: &[&Member],
+        token: Option<String>,
+    ) -> Result<Option<u64>, String> {
+        let principal = self.config.jwt.verify_found(token).await.map_err(|e| {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            e.to_string()
+        })?;
+        let mut expires = None;
+        for socket in sockets {
+            expires = socket.refresh(&principal).map_err(str::to_owned)?;
+        }
+        Ok(expires)
+    }
+
     /// Removes a socket from every channel and gives back its connection slot.
     pub fn disconnect(&self, member: &Member) {
         // A socket whose connection is still open left by itself (Socket.IO `socket.disconnect()`).

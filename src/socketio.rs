@@ -442,6 +442,12 @@ struct ChannelRequest {
     channel: Option<String>,
 }
 
+/// `auth:refresh`'s payload: `{token}`.
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    token: Option<String>,
+}
+
 /// Laravel Echo's subscribe payload: `{channel, auth: {headers: {…}}}`.
 #[derive(Debug, Deserialize)]
 struct SubscribeRequest {
@@ -494,6 +500,17 @@ async fn on_event(
         "client event" => whisper(node, session, socket, args, ack).await,
         "notification_read" => {
             notifications::read_from_root(node, session, socket, args, ack).await
+        }
+        "auth:refresh" => {
+            let token = first_arg::<TokenRequest>(args).and_then(|r| r.token);
+            let notifications = session.sockets.notifications();
+            let mut sockets: Vec<&Member> = vec![socket];
+            sockets.extend(notifications.as_deref().map(|n| &*n.member));
+            let value = match node.refresh_token(&sockets, token).await {
+                Ok(expires) => json!({"status": "success", "expires": expires}),
+                Err(error) => json!({"error": error}),
+            };
+            answer(session, ack, "auth:refreshed", &value);
         }
         "ping" => match ack {
             Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, &"pong")),

@@ -274,6 +274,8 @@ struct Payload<'a> {
     event: Option<String>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// `AUTH_REFRESH`'s new token.
+    token: Option<String>,
     room_id: Option<Value>,
     group_id: Option<Value>,
     is_typing: Option<bool>,
@@ -402,6 +404,18 @@ impl Conn {
             }
             "TYPING" => self.typing(node, payload, reference).await,
             "EVENT" => self.forward(node, payload, reference),
+            "AUTH_REFRESH" => match node.refresh_token(&[&self.socket], payload.token).await {
+                Ok(expires) => {
+                    self.reply(
+                        "AUTH_REFRESHED",
+                        None,
+                        &json!({"expires": expires}),
+                        reference,
+                    );
+                    Ok(())
+                }
+                Err(error) => self.error(node, ErrorCode::InvalidToken, &error, reference),
+            },
             "CLIENT_EVENT" => {
                 let (Some(channel), Some(event)) = (payload.channel, payload.event) else {
                     return self.error(

@@ -1,6 +1,7 @@
 //! A token's life beyond the connect: a live socket whose JWT expires is closed at expiry, on
 //! Socket.IO (event `auth:expired`, then DISCONNECT: reason "io server disconnect") and on the
-//! JSON endpoint (an `ERROR` frame `TOKEN_EXPIRED`, then close code 1008); and RS256 keys from
+//! JSON endpoint (an `ERROR` frame `TOKEN_EXPIRED`, then close code 1008), unless refreshed in
+//! time with a newer token of the same user (`auth:refresh`, `AUTH_REFRESH`); and RS256 keys from
 //! a JWKS URL, chosen by `kid`, fetched again on a key rotation but not for every made-up `kid`.
 
 mod support;
@@ -52,6 +53,59 @@ async fn a_socketio_socket_is_disconnected_when_its_token_expires() {
     // The other user's socket lives on: it still answers.
     assert_eq!(long.emit_ack("ping", json!([])).await, json!(["pong"]));
     long.assert_no_event("auth:expired", Duration::from_millis(200))
+        .await;
+}
+
+#[tokio::test]
+async fn a_socketio_socket_refreshed_in_time_stays_connected() {
+    let node = node().await;
+    let exp = now() + LIFETIME;
+    let mut refreshed = Agent::connected(
+        &node.url(),
+        &jwt_hs256(SECRET, json!({"sub": 7, "exp": exp})),
+    )
+    .await;
+    let mut control = Agent::connected(
+        &node.url(),
+        &jwt_hs256(SECRET, json!({"sub": 7, "exp": exp})),
+    )
+    .await;
+
+    // Another user's token is refused, and changes nothing.
+    let theirs = jwt_hs256(SECRET, json!({"sub": 8, "exp": now() + 3600}));
+    assert_eq!(
+        refreshed
+            .emit_ack("auth:refresh", json!([{"token": theirs}]))
+            .await,
+        json!([{"error": "the token is for another user"}])
+    );
+    let bad = jwt_hs256("wrong-secret", json!({"sub": 7, "exp": now() + 3600}));
+    assert_eq!(
+        refreshed
+            .emit_ack("auth:refresh", json!([{"token": bad}]))
+            .await,
+        json!([{"error": "invalid token: bad signature"}])
+    );
+    let later = now() + 3600;
+    let fresh = jwt_hs256(SECRET, json!({"sub": 7, "exp": later}));
+    assert_eq!(
+        refreshed
+            .emit_ack("auth:refresh", json!([{"token": fresh}]))
+            .await,
+        json!([{"status": "success", "expires": later}])
+    );
+
+    // The control socket, not refreshed, expires at the old deadline; the refreshed one
+    // still answers after it, and was told nothing.
+    let wait = TIMEOUT + Duration::from_secs(LIFETIME);
+    control.expect_event("auth:expired", wait).await;
+    assert_eq!(
+        control.expect_disconnect(TIMEOUT).await,
+        "io server disconnect"
+    );
+    assert_eq!(refreshed.emit_ack("ping", json!([])).await, json!(["pong"]));
+    refreshed
+        .assert_no_event("auth:expired", Duration::from_millis(200))
         .await;
 }
 
@@ -204,4 +258,44 @@ async fn jwks_keys_by_kid_with_rotation_and_no_refetch_flood() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn a_json_socket_refreshes_its_token() {
+    use futures_util::SinkExt;
+    let node = node().await;
+    let token = jwt_hs256(SECRET, json!({"sub": 7, "exp": now() + 3600}));
+    let url = format!("ws://{}/ws?token={token}", node.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("json websocket");
+    let mut answer = async |frame: Value| -> Value {
+        ws.send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+        loop {
+            match tokio::time::timeout(TIMEOUT, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("a JSON frame");
+                    // An answer carries the ref; an ERROR carries it in its payload.
+                    if frame["ref"] == 1 || frame["payload"]["ref"] == 1 {
+                        return frame;
+                    }
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("expected an answer, got {other:?}"),
+            }
+        }
+    };
+    let theirs = jwt_hs256(SECRET, json!({"sub": 8, "exp": now() + 3600}));
+    let refused =
+        answer(json!({"type": "AUTH_REFRESH", "payload": {"token": theirs}, "ref": 1})).await;
+    assert_eq!(refused["type"], "ERROR", "{refused}");
+    assert_eq!(refused["payload"]["code"], "INVALID_TOKEN", "{refused}");
+    let later = now() + 7200;
+    let fresh = jwt_hs256(SECRET, json!({"sub": 7, "exp": later}));
+    let accepted =
+        answer(json!({"type": "AUTH_REFRESH", "payload": {"token": fresh}, "ref": 1})).await;
+    assert_eq!(accepted["type"], "AUTH_REFRESHED", "{accepted}");
+    assert_eq!(accepted["payload"], json!({"expires": later}));
 }

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     BackendError,
     /// The socket's token expired; the socket closes right after.
     TokenExpired,
+    /// An `AUTH_REFRESH` token that does not verify or is another user's.
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -57,6 +59,7 @@ impl ErrorCode {
             Self::NotSubscribed => "NOT_SUBSCRIBED",
             Self::BackendError => "BACKEND_ERROR",
             Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::InvalidToken => "INVALID_TOKEN",
         }
     }
 }
