@@ -80,14 +80,8 @@ fn client_address(node: &Node, parts: &Parts) -> IpAddr {
     }
 }
 
-/// Checks the request's bearer credential with `verify`, unless its address has run out of
-/// failed attempts.
-fn check<T>(
-    node: &Node,
-    parts: &Parts,
-    realm: Realm,
-    verify: impl FnOnce(&str) -> Verdict<T>,
-) -> Result<T, ApiError> {
+/// The bearer credential of a request from an address that has failed attempts left.
+fn presented<'p>(node: &Node, parts: &'p Parts, realm: Realm) -> Result<&'p str, ApiError> {
     let address = client_address(node, parts);
     if let Some(wait) = node.failed_auth.wait(&address) {
         node.metrics.rate_limited(Limit::FailedAuth);
@@ -98,26 +92,32 @@ fn check<T>(
         )
         .retry_after(wait));
     }
-    let unauthorized = |message: &str| {
-        node.metrics
-            .auth_failures
-            .with_label_values(&[realm.label()])
-            .inc();
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    };
     // A missing credential guesses nothing, so it costs the address nothing.
-    let given = parts
+    parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
-        .ok_or_else(|| unauthorized(realm.missing()))?;
-    match verify(given) {
+        .ok_or_else(|| unauthorized(node, realm, realm.missing()))
+}
+
+/// Counts a refusal and builds its 401.
+fn unauthorized(node: &Node, realm: Realm, message: &str) -> ApiError {
+    node.metrics
+        .auth_failures
+        .with_label_values(&[realm.label()])
+        .inc();
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// Turns a verdict into the extractor's answer; a wrong credential costs the address one try.
+fn judge<T>(node: &Node, parts: &Parts, realm: Realm, verdict: Verdict<T>) -> Result<T, ApiError> {
+    match verdict {
         Verdict::Valid(value) => Ok(value),
-        Verdict::Insufficient(message) => Err(unauthorized(message)),
+        Verdict::Insufficient(message) => Err(unauthorized(node, realm, message)),
         Verdict::Wrong(message) => {
-            node.failed_auth.take(&address);
-            Err(unauthorized(message))
+            node.failed_auth.take(&client_address(node, parts));
+            Err(unauthorized(node, realm, message))
         }
     }
 }
@@ -125,12 +125,12 @@ fn check<T>(
 impl ApiKey {
     /// Checks the request's API key and its rate.
     pub fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
-        let key = check(node, parts, Realm::Api, |given| {
-            match find_key(&node.config.api_keys, given) {
-                Some(key) => Verdict::Valid(key),
-                None => Verdict::Wrong("invalid API key"),
-            }
-        })?;
+        let given = presented(node, parts, Realm::Api)?;
+        let verdict = match find_key(&node.config.api_keys, given) {
+            Some(key) => Verdict::Valid(key),
+            None => Verdict::Wrong("invalid API key"),
+        };
+        let key = judge(node, parts, Realm::Api, verdict)?;
         if node.api_limits.take(key.as_str()) {
             return Ok(Self);
         }
@@ -149,12 +149,12 @@ impl ApiKey {
 
 impl AdminAccess {
     /// Checks the request's admin key or admin JWT.
-    pub fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
-        check(node, parts, Realm::Admin, |given| {
-            if find_key(&node.config.admin_keys, given).is_some() {
-                return Verdict::Valid(Self);
-            }
-            match node.config.jwt.verify(given) {
+    pub async fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
+        let given = presented(node, parts, Realm::Admin)?;
+        let verdict = if find_key(&node.config.admin_keys, given).is_some() {
+            Verdict::Valid(Self)
+        } else {
+            match node.config.jwt.verify(given).await {
                 Ok(principal)
                     if principal
                         .role
@@ -166,7 +166,8 @@ impl AdminAccess {
                 Ok(_) => Verdict::Insufficient("this token's role is not an admin role"),
                 Err(_) => Verdict::Wrong("invalid admin key or token"),
             }
-        })
+        };
+        judge(node, parts, Realm::Admin, verdict)
     }
 }
 
@@ -190,6 +191,6 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Self::check(&Arc::<Node>::from_ref(state), parts)
+        Self::check(&Arc::<Node>::from_ref(state), parts).await
     }
 }

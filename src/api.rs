@@ -506,7 +506,7 @@ pub async fn health(
     if !query.verbose() || node.config.admin_listen.is_some() {
         return Ok(minimal_health(&node));
     }
-    AdminAccess::check(&node, &parts)?;
+    AdminAccess::check(&node, &parts).await?;
     Ok(Json(verbose_health(&node)))
 }
 

@@ -3,6 +3,7 @@
 //! The algorithm is pinned by configuration, so a token cannot choose how it is checked
 //! (`alg: none`, or an HMAC made with a public RSA key, are refused before any crypto runs).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::jwks::Jwks;
 
 /// An authenticated user, as their token describes them.
 #[derive(Debug, Clone)]
@@ -24,6 +27,9 @@ pub struct Principal {
     /// because every socket holds one (a map's first node alone is ~600 bytes) and a policy
     /// reads only a few claims.
     pub claims: Option<Box<[(String, Value)]>>,
+    /// When the token stops being accepted (its `exp` plus the leeway), in seconds since the
+    /// Unix epoch; `None` for a token without `exp`. A socket is closed then.
+    pub expires: Option<u64>,
 }
 
 impl Principal {
@@ -58,6 +64,21 @@ pub enum TokenError {
     /// No usable user id claim.
     #[error("invalid token: no user id (sub or userId)")]
     NoSubject,
+    /// The header has `crit`: it names extensions that must be understood, and we know none.
+    #[error("invalid token: unsupported critical header")]
+    Critical,
+    /// `iss` is missing or not a configured issuer.
+    #[error("invalid token: wrong issuer")]
+    Issuer,
+    /// `aud` is missing or names none of the configured audiences (or any, when none is configured).
+    #[error("invalid token: wrong audience")]
+    Audience,
+    /// The `kid` names no key of the JWKS, even after fetching it again (or too soon to).
+    #[error("invalid token: unknown key id")]
+    UnknownKey,
+    /// The JWKS could not be fetched.
+    #[error("invalid token: signing keys unavailable")]
+    KeysUnavailable,
 }
 
 impl TokenError {
@@ -71,14 +92,28 @@ impl TokenError {
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::NoSubject => "no_subject",
+            Self::Critical => "critical",
+            Self::Issuer => "issuer",
+            Self::Audience => "audience",
+            Self::UnknownKey => "unknown_key",
+            Self::KeysUnavailable => "keys_unavailable",
         }
     }
 }
 
-/// Checks tokens with one key and one algorithm.
+/// Where the verifying key comes from.
+#[derive(Clone)]
+enum Keys {
+    /// One configured secret or public key.
+    Fixed(DecodingKey),
+    /// The identity provider's published set, by the token's `kid`.
+    Published(Arc<Jwks>),
+}
+
+/// Checks tokens with one algorithm and a configured key or a JWKS.
 #[derive(Clone)]
 pub struct JwtVerifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
     /// Claim names copied onto the [`Principal`]; everything else is dropped after `verify`.
     retained: Arc<[String]>,
@@ -96,6 +131,13 @@ impl std::fmt::Debug for JwtVerifier {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// RFC 7515 §4.1.11: a recipient that does not understand a listed extension must reject
+    /// the token. We understand none, so its presence alone (even empty, which is invalid) refuses.
+    #[serde(default)]
+    crit: Option<Value>,
+    /// Which key of a JWKS signed the token.
+    #[serde(default)]
+    kid: Option<String>,
 }
 
 impl JwtVerifier {
@@ -107,7 +149,10 @@ impl JwtVerifier {
         ) {
             return Err(format!("{algorithm:?} needs a public key, not a secret"));
         }
-        Ok(Self::new(DecodingKey::from_secret(secret), algorithm))
+        Ok(Self::new(
+            Keys::Fixed(DecodingKey::from_secret(secret)),
+            algorithm,
+        ))
     }
 
     /// A verifier for public-key tokens, from a PEM file's contents.
@@ -124,17 +169,23 @@ impl JwtVerifier {
             other => return Err(format!("{other:?} needs a secret, not a public key")),
         }
         .map_err(|e| format!("not a {algorithm:?} public key in PEM format ({e})"))?;
-        Ok(Self::new(key, algorithm))
+        Ok(Self::new(Keys::Fixed(key), algorithm))
     }
 
-    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+    /// A verifier for public-key tokens whose keys an identity provider publishes at `url`.
+    pub fn jwks(url: &str, algorithm: Algorithm) -> Result<Self, String> {
+        let jwks = Jwks::new(url, algorithm)?;
+        Ok(Self::new(Keys::Published(Arc::new(jwks)), algorithm))
+    }
+
+    fn new(keys: Keys, algorithm: Algorithm) -> Self {
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         // Tokens without `exp` are accepted (as Centrifugo does); when present it is enforced.
         validation.required_spec_claims.clear();
         validation.leeway = 0;
         Self {
-            key,
+            keys,
             validation,
             retained: Arc::new([]),
         }
@@ -146,14 +197,38 @@ impl JwtVerifier {
         self
     }
 
+    /// Requires `iss` to be one of `issuers` (no check when empty).
+    pub fn with_issuers(mut self, issuers: &[String]) -> Self {
+        if !issuers.is_empty() {
+            self.validation.set_issuer(issuers);
+            self.validation.required_spec_claims.insert("iss".into());
+        }
+        self
+    }
+
+    /// Requires `aud` to name one of `audiences`. When empty, a token that has an `aud` is
+    /// refused (RFC 7519 §4.1.3: we cannot identify ourselves with any value in it).
+    pub fn with_audiences(mut self, audiences: &[String]) -> Self {
+        if !audiences.is_empty() {
+            self.validation.set_audience(audiences);
+            self.validation.required_spec_claims.insert("aud".into());
+        }
+        self
+    }
+
     /// Keeps these claims on every verified [`Principal`] (the channel policy's needs).
     pub fn with_retained_claims(mut self, claims: Vec<String>) -> Self {
         self.retained = claims.into();
         self
     }
 
+    /// Verifies a token found by the caller, if any ([`TokenError::Missing`] if not).
+    pub async fn verify_found(&self, token: Option<String>) -> Result<Principal, TokenError> {
+        self.verify(&token.ok_or(TokenError::Missing)?).await
+    }
+
     /// Verifies a token and reads the user from it.
-    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         let header = token.split('.').next().ok_or(TokenError::Malformed)?;
         let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(header.trim_end_matches('='))
@@ -163,15 +238,26 @@ impl JwtVerifier {
         if header.alg.parse::<Algorithm>().ok() != expected {
             return Err(TokenError::Algorithm);
         }
+        if header.crit.is_some() {
+            return Err(TokenError::Critical);
+        }
+        let key = match &self.keys {
+            Keys::Fixed(key) => Cow::Borrowed(key),
+            Keys::Published(jwks) => Cow::Owned(jwks.key(header.kid.as_deref()).await?),
+        };
         // One decode into a map: the fixed claims are read from it and the retained ones moved out.
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation)
             .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidSignature => TokenError::Signature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
-            _ => TokenError::Malformed,
-        })?;
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature => TokenError::Signature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+                ErrorKind::InvalidIssuer => TokenError::Issuer,
+                ErrorKind::InvalidAudience => TokenError::Audience,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => TokenError::Issuer,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => TokenError::Audience,
+                _ => TokenError::Malformed,
+            })?;
         let mut claims = data.claims;
         let user_id = claims
             .get("sub")
@@ -179,6 +265,10 @@ impl JwtVerifier {
             .or_else(|| claims.get("userId").and_then(id_string))
             .ok_or(TokenError::NoSubject)?;
         let role = claims.get("role").and_then(Value::as_str).map(Box::from);
+        let expires = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| exp.saturating_add(self.validation.leeway));
         let retained: Vec<(String, Value)> = self
             .retained
             .iter()
@@ -188,6 +278,7 @@ impl JwtVerifier {
             user_id: user_id.into(),
             role,
             claims: (!retained.is_empty()).then(|| retained.into_boxed_slice()),
+            expires,
         })
     }
 }
@@ -264,32 +355,37 @@ mod tests {
         JwtVerifier::hmac(b"s3cret", Algorithm::HS256).expect("hmac")
     }
 
-    #[test]
-    fn accepts_good_tokens() {
+    #[tokio::test]
+    async fn accepts_good_tokens() {
         let p = verifier()
             .verify(&token(
                 "s3cret",
                 json!({"sub": 42, "role": "admin", "name": "Ann", "exp": now() + 60}),
             ))
+            .await
             .expect("valid");
         assert_eq!((&*p.user_id, p.role.as_deref()), ("42", Some("admin")));
+        assert_eq!(p.expires, Some(now() + 60), "exp plus the leeway (0 here)");
         let p = verifier()
             .verify(&token("s3cret", json!({"userId": "u-7"})))
+            .await
             .expect("userId claim");
         assert_eq!(&*p.user_id, "u-7");
     }
 
-    #[test]
-    fn keeps_only_retained_claims() {
+    #[tokio::test]
+    async fn keeps_only_retained_claims() {
         let claims =
             json!({"sub": 1, "role": "admin", "channels": ["a"], "avatar": "x.png", "secret": 1});
         let p = verifier()
             .verify(&token("s3cret", claims.clone()))
+            .await
             .expect("valid");
         assert!(p.claims.is_none(), "nothing retained by default");
         let p = verifier()
             .with_retained_claims(vec!["channels".into(), "avatar".into(), "absent".into()])
             .verify(&token("s3cret", claims))
+            .await
             .expect("valid");
         assert_eq!(p.claim("channels"), Some(&json!(["a"])));
         assert_eq!(p.claim("avatar"), Some(&json!("x.png")));
@@ -299,50 +395,121 @@ mod tests {
         assert_eq!(p.role.as_deref(), Some("admin"));
     }
 
-    #[test]
-    fn refuses_bad_tokens_with_reasons() {
+    #[tokio::test]
+    async fn refuses_bad_tokens_with_reasons() {
         let v = verifier();
         assert_eq!(
             v.verify(&token("s3cret", json!({"sub": 1, "exp": now() - 100})))
+                .await
                 .err(),
             Some(TokenError::Expired)
         );
         assert_eq!(
             v.verify(&token("s3cret", json!({"sub": 1, "nbf": now() + 100})))
+                .await
                 .err(),
             Some(TokenError::NotYetValid)
         );
         assert_eq!(
-            v.verify(&token("other", json!({"sub": 1}))).err(),
+            v.verify(&token("other", json!({"sub": 1}))).await.err(),
             Some(TokenError::Signature)
         );
         assert_eq!(
-            v.verify(&token("s3cret", json!({"name": "x"}))).err(),
+            v.verify(&token("s3cret", json!({"name": "x"}))).await.err(),
             Some(TokenError::NoSubject)
         );
         assert_eq!(
-            v.verify(&token("s3cret", json!({"sub": "a b"}))).err(),
+            v.verify(&token("s3cret", json!({"sub": "a b"})))
+                .await
+                .err(),
             Some(TokenError::NoSubject)
         );
-        assert_eq!(v.verify("garbage").err(), Some(TokenError::Malformed));
+        assert_eq!(v.verify("garbage").await.err(), Some(TokenError::Malformed));
         let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let none = format!(
             "{}.{}.",
             b64(json!({"alg": "none", "typ": "JWT"})),
             b64(json!({"sub": 1}))
         );
-        assert_eq!(v.verify(&none).err(), Some(TokenError::Algorithm));
+        assert_eq!(v.verify(&none).await.err(), Some(TokenError::Algorithm));
         let hs512 = encode(
             &JwtHeader::new(Algorithm::HS512),
             &json!({"sub": 1}),
             &EncodingKey::from_secret(b"s3cret"),
         )
         .expect("encode");
-        assert_eq!(v.verify(&hs512).err(), Some(TokenError::Algorithm));
+        assert_eq!(v.verify(&hs512).await.err(), Some(TokenError::Algorithm));
     }
 
-    #[test]
-    fn bearer_and_comparison() {
+    #[tokio::test]
+    async fn refuses_critical_header_extensions() {
+        // RFC 7515 §4.1.11: an extension listed in `crit` that we do not understand (we
+        // understand none) makes the token invalid, however good its signature.
+        for crit in [vec!["exp-x".to_owned()], vec![]] {
+            let header = JwtHeader {
+                crit: Some(crit),
+                ..JwtHeader::default()
+            };
+            let critical = encode(
+                &header,
+                &json!({"sub": 1, "exp-x": 1}),
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .expect("encode");
+            assert_eq!(
+                verifier().verify(&critical).await.err(),
+                Some(TokenError::Critical)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_issuer_and_audience_when_configured() {
+        let v = verifier()
+            .with_issuers(&["https://id.example".into()])
+            .with_audiences(&["chat".into(), "ws".into()]);
+        let ok = json!({"sub": 1, "iss": "https://id.example", "aud": ["other", "ws"]});
+        assert!(v.verify(&token("s3cret", ok)).await.is_ok());
+        let cases = [
+            (json!({"sub": 1, "aud": "chat"}), TokenError::Issuer),
+            (
+                json!({"sub": 1, "iss": "https://evil.example", "aud": "chat"}),
+                TokenError::Issuer,
+            ),
+            (
+                json!({"sub": 1, "iss": "https://id.example"}),
+                TokenError::Audience,
+            ),
+            (
+                json!({"sub": 1, "iss": "https://id.example", "aud": "other"}),
+                TokenError::Audience,
+            ),
+        ];
+        for (claims, error) in cases {
+            assert_eq!(
+                v.verify(&token("s3cret", claims.clone())).await.err(),
+                Some(error),
+                "{claims}"
+            );
+        }
+        // Unconfigured: any issuer passes, and a token meant for some audience is not ours.
+        assert!(
+            verifier()
+                .verify(&token("s3cret", json!({"sub": 1, "iss": "x"})))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            verifier()
+                .verify(&token("s3cret", json!({"sub": 1, "aud": "chat"})))
+                .await
+                .err(),
+            Some(TokenError::Audience)
+        );
+    }
+
+    #[tokio::test]
+    async fn bearer_and_comparison() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);

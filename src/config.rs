@@ -72,13 +72,25 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key]
+    /// URL of the identity provider's JWKS (its published public keys, chosen by the token's `kid`)
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key or JWKS]
     #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM")]
     pub jwt_algorithm: Option<String>,
 
     /// Clock skew tolerated on `exp` and `nbf`
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
+
+    /// Comma-separated accepted `iss` values; when set, a token must carry one of them [default: no check]
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Comma-separated audiences this node answers to; when set, a token's `aud` must name one [default: tokens with `aud` refused]
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
 
     /// Comma-separated bearer keys for the HTTP API (empty = API refuses every call)
     #[arg(
@@ -330,6 +342,10 @@ pub struct Args {
     /// Most cached authorization answers held at once
     #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_SIZE", default_value_t = 100_000)]
     pub auth_cache_size: usize,
+
+    /// Comma-separated headers of a subscribe's `auth.headers` that callback rules forward beside Authorization, Cookie, X-CSRF-TOKEN, X-XSRF-TOKEN and X-Requested-With
+    #[arg(long, env = "SWITCHBOARD_AUTH_FORWARD_HEADERS", value_delimiter = ',')]
+    pub auth_forward_headers: Vec<String>,
 
     /// MySQL/MariaDB URL, mysql://user:pass@host:3306/db (`sql` policy rules, notifications)
     #[arg(
@@ -1026,6 +1042,20 @@ impl Args {
             cache_size: self.auth_cache_size,
             database,
             redis: redis.map(|client| (client, self.redis_prefix.clone())),
+            forward_headers: self
+                .auth_forward_headers
+                .iter()
+                .map(|name| name.trim())
+                .filter(|name| !name.is_empty())
+                .map(|name| {
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        ConfigError::new(
+                            "auth_forward_headers",
+                            format!("`{name}` is not a header name"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         Policy::new(loaded.map_err(fail)?, settings).map_err(fail)
     }
@@ -1044,18 +1074,32 @@ impl Args {
             })
             .transpose()?;
         let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
-        let verifier = match (secret, &self.jwt_public_key) {
-            (Some(_), Some(_)) => {
+        let jwks = self
+            .jwt_jwks_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty());
+        let verifier = match (secret, &self.jwt_public_key, jwks) {
+            (Some(_), Some(_), _) => {
                 return Err(ConfigError::new(
                     "jwt_secret",
                     "set either SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY, not both",
                 ));
             }
-            (Some(secret), None) => {
+            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "jwt_jwks_url",
+                    "set one of SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY and SWITCHBOARD_JWT_JWKS_URL",
+                ));
+            }
+            (None, None, Some(url)) => {
+                JwtVerifier::jwks(url, algorithm.unwrap_or(Algorithm::RS256))
+                    .map_err(|e| ConfigError::new("jwt_jwks_url", e))?
+            }
+            (Some(secret), None, None) => {
                 JwtVerifier::hmac(secret.as_bytes(), algorithm.unwrap_or(Algorithm::HS256))
                     .map_err(|e| ConfigError::new("jwt_algorithm", e))?
             }
-            (None, Some(path)) => {
+            (None, Some(path), None) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     ConfigError::new(
                         "jwt_public_key",
@@ -1066,18 +1110,28 @@ impl Args {
                     |e| ConfigError::new("jwt_public_key", format!("{}: {e}", path.display())),
                 )?
             }
-            (None, None) if self.dev => {
+            (None, None, None) if self.dev => {
                 JwtVerifier::hmac(DEV_JWT_SECRET.as_bytes(), Algorithm::HS256)
                     .map_err(|e| ConfigError::new("jwt_algorithm", e))?
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ConfigError::new(
                     "jwt_secret",
-                    "no JWT key: set SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY (or pass --dev to use a public development secret)",
+                    "no JWT key: set SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY or SWITCHBOARD_JWT_JWKS_URL (or pass --dev to use a public development secret)",
                 ));
             }
         };
-        Ok(verifier.with_leeway(self.jwt_leeway))
+        let list = |values: &[String]| -> Vec<String> {
+            values
+                .iter()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect()
+        };
+        Ok(verifier
+            .with_leeway(self.jwt_leeway)
+            .with_issuers(&list(&self.jwt_issuer))
+            .with_audiences(&list(&self.jwt_audience)))
     }
 }
 

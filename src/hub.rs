@@ -7,9 +7,9 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use tokio::sync::SetOnce;
@@ -17,7 +17,7 @@ use tokio::sync::SetOnce;
 use crate::auth::Principal;
 use crate::limit::SocketLimit;
 use crate::metrics::Protocol;
-use crate::outbox::{Frame, Outbox, PushError, Pushed, Write};
+use crate::outbox::{CloseReason, Frame, Outbox, PushError, Pushed, Write};
 use crate::pacing::Pacing;
 
 /// A socket id, unique across the cluster (Laravel's `X-Socket-ID`).
@@ -62,6 +62,45 @@ impl Codec {
             Codec::Json => None,
         }
     }
+
+    /// The frames telling a client its token expired, before its connection closes: on
+    /// Socket.IO the event `auth:expired` (`{"message": "token expired"}`) then DISCONNECT, so
+    /// the client does not reconnect by itself with the stale token; on the JSON endpoint an
+    /// `ERROR` frame `TOKEN_EXPIRED` (the close frame, 1008 `token_expired`, follows).
+    pub fn expiry_notice(self) -> Vec<Frame> {
+        let mut out = String::with_capacity(64);
+        match self {
+            Codec::Json => {
+                let code = crate::protocol::json::ErrorCode::TokenExpired;
+                crate::protocol::json::write_error(&mut out, code, "token expired", None);
+                vec![Frame::from(out)]
+            }
+            Codec::SocketIo | Codec::Notifications => {
+                let namespace = match self {
+                    Codec::Notifications => crate::notifications::NAMESPACE,
+                    _ => "/",
+                };
+                out.push('4');
+                let notice = serde_json::json!({"message": "token expired"});
+                crate::protocol::socketio::write_event_value(
+                    &mut out,
+                    namespace,
+                    "auth:expired",
+                    &notice,
+                );
+                std::iter::once(Frame::from(out))
+                    .chain(self.farewell())
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Time left until `expires` (seconds since the Unix epoch); zero once it passed.
+fn until(expires: u64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(expires))
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
 }
 
 /// A socket as the hub sees it: where to queue its frames and which channels it is in.
@@ -79,15 +118,70 @@ pub struct Member {
     pub subscribe_limit: SocketLimit,
     /// Its events waiting for the back-end.
     pub forwards: AtomicU32,
+    /// When its token stops being accepted, in seconds since the Unix epoch (0: never); a
+    /// refresh with a newer token of the same user pushes it out.
+    expires: AtomicU64,
     /// A short list: sockets join few channels (at most `max_subscriptions`), and a Vec is
     /// smaller per idle socket than a hash set.
     channels: Mutex<Vec<Arc<str>>>,
 }
 
 impl Member {
+    /// Closes the socket when its token expires, telling the client why
+    /// ([`Codec::expiry_notice`]): one timer task per socket whose token has `exp`, which ends
+    /// early when the socket's connection closes and does nothing if the socket is gone.
+    pub fn close_at_expiry(self: &Arc<Self>) {
+        let mut armed = self.expires.load(Ordering::Relaxed);
+        if armed == 0 {
+            return;
+        }
+        let socket = Arc::downgrade(self);
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = outbox.closed() => return,
+                    () = tokio::time::sleep(until(armed)) => {}
+                }
+                let Some(socket) = socket.upgrade() else {
+                    return;
+                };
+                // A refresh may have pushed the expiry out (or removed it) meanwhile.
+                match socket.expires.load(Ordering::Relaxed) {
+                    0 => return,
+                    expires if expires != armed => {
+                        armed = expires;
+                        continue;
+                    }
+                    _ => {}
+                }
+                tracing::info!(socket = %socket.id, user = %socket.principal.user_id, "token expired: closing the socket");
+                for frame in socket.codec.expiry_notice() {
+                    // A refused push has closed the outbox already.
+                    let _ = outbox.push(frame);
+                }
+                outbox.close(CloseReason::TokenExpired);
+                return;
+            }
+        });
+    }
+
+    /// Takes a newer token of the socket's own user: its expiry becomes the socket's (none
+    /// if it has no `exp`); the rest of the socket's identity stays as connected. Returns the
+    /// new expiry; a token of another user is refused.
+    pub fn refresh(&self, token: &Principal) -> Result<Option<u64>, &'static str> {
+        if token.user_id != self.principal.user_id {
+            return Err("the token is for another user");
+        }
+        self.expires
+            .store(token.expires.unwrap_or(0), Ordering::Relaxed);
+        Ok(token.expires)
+    }
+
     /// A member with no channels yet.
     pub fn new(id: SocketId, principal: Principal, codec: Codec, outbox: Arc<Outbox>) -> Self {
         Self {
+            expires: AtomicU64::new(principal.expires.unwrap_or(0)),
             id,
             principal,
             codec,
@@ -481,6 +575,7 @@ mod tests {
             user_id: "u".into(),
             role: None,
             claims: None,
+            expires: None,
         };
         Arc::new(Member::new(
             id.into(),
@@ -488,6 +583,122 @@ mod tests {
             Codec::SocketIo,
             Arc::new(Outbox::new(1 << 20)),
         ))
+    }
+
+    fn expiring(codec: Codec, in_secs: u64) -> Arc<Member> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let principal = Principal {
+            user_id: "u".into(),
+            role: None,
+            claims: None,
+            expires: Some(now + in_secs),
+        };
+        Arc::new(Member::new(
+            "s".into(),
+            principal,
+            codec,
+            Arc::new(Outbox::new(1 << 20)),
+        ))
+    }
+
+    /// The frames queued, as text.
+    fn queued(member: &Member) -> Vec<String> {
+        let mut out = std::collections::VecDeque::new();
+        let _ = member.outbox.try_drain(&mut out);
+        out.iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_closes_when_its_token_expires() {
+        for (codec, notice) in [
+            (
+                Codec::SocketIo,
+                vec![r#"42["auth:expired",{"message":"token expired"}]"#, "41"],
+            ),
+            (
+                Codec::Notifications,
+                vec![
+                    r#"42/notifications,["auth:expired",{"message":"token expired"}]"#,
+                    "41/notifications,",
+                ],
+            ),
+            (
+                Codec::Json,
+                vec![
+                    r#"{"type":"ERROR","payload":{"code":"TOKEN_EXPIRED","message":"token expired"}}"#,
+                ],
+            ),
+        ] {
+            let socket = expiring(codec, 60);
+            socket.close_at_expiry();
+            tokio::time::sleep(Duration::from_secs(58)).await;
+            assert_eq!(
+                socket.outbox.close_reason(),
+                None,
+                "{codec:?} open before expiry"
+            );
+            let closed = tokio::time::timeout(Duration::from_secs(3), socket.outbox.closed()).await;
+            assert_eq!(closed.ok(), Some(CloseReason::TokenExpired), "{codec:?}");
+            assert_eq!(queued(&socket), notice);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_by_the_same_user_pushes_the_expiry_out() {
+        let socket = expiring(Codec::SocketIo, 60);
+        socket.close_at_expiry();
+        let expires = socket.principal.expires.map(|e| e + 600);
+        let token = |user: &str| Principal {
+            user_id: user.into(),
+            role: None,
+            claims: None,
+            expires,
+        };
+        assert_eq!(
+            socket.refresh(&token("someone-else")),
+            Err("the token is for another user")
+        );
+        assert_eq!(socket.refresh(&token("u")), Ok(expires));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            socket.outbox.close_reason(),
+            None,
+            "open past the first expiry"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(600), socket.outbox.closed()).await;
+        assert_eq!(
+            closed.ok(),
+            Some(CloseReason::TokenExpired),
+            "closed at the new one"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_timer_ends_with_the_socket() {
+        // Closed first: the timer task ends and leaves the socket alone.
+        let socket = expiring(Codec::SocketIo, 60);
+        socket.close_at_expiry();
+        socket.outbox.close(CloseReason::ClientClosed);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            socket.outbox.close_reason(),
+            Some(CloseReason::ClientClosed)
+        );
+        assert!(queued(&socket).is_empty());
+        // Gone (left its namespace) while the connection stays open: nothing happens either.
+        let socket = expiring(Codec::SocketIo, 60);
+        let outbox = socket.outbox.clone();
+        socket.close_at_expiry();
+        drop(socket);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(outbox.close_reason(), None);
+        // No `exp`: never closed.
+        let socket = member("n");
+        socket.close_at_expiry();
+        tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+        assert_eq!(socket.outbox.close_reason(), None);
     }
 
     fn ready() -> Arc<Ready> {

@@ -520,13 +520,37 @@ impl Node {
         }
     }
 
-    /// A socket was admitted: tells the application when webhooks are on.
-    pub fn connected(&self, member: &Member) {
+    /// A socket was admitted: tells the application when webhooks are on, and closes the
+    /// socket when its token expires.
+    pub fn connected(&self, member: &Arc<Member>) {
+        member.close_at_expiry();
         self.webhooks.connected(
             &member.id,
             &member.principal.user_id,
             member.codec.protocol().label(),
         );
+    }
+
+    /// A client's token refresh: verifies `token` and, when it is the same user's, takes its
+    /// expiry for each of `sockets` (a Socket.IO session's `/` and `/notifications` sockets).
+    /// Returns the new expiry (seconds since the Unix epoch; `None`: never), or why it was refused.
+    pub async fn refresh_token(
+        &self,
+        sockets: &[&Member],
+        token: Option<String>,
+    ) -> Result<Option<u64>, String> {
+        let principal = self.config.jwt.verify_found(token).await.map_err(|e| {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            e.to_string()
+        })?;
+        let mut expires = None;
+        for socket in sockets {
+            expires = socket.refresh(&principal).map_err(str::to_owned)?;
+        }
+        Ok(expires)
     }
 
     /// Removes a socket from every channel and gives back its connection slot.

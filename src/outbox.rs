@@ -94,6 +94,8 @@ pub enum CloseReason {
     Kicked,
     /// A Socket.IO connect was refused and nothing else was connected on the session.
     ConnectRefused,
+    /// The socket's token expired; the client must connect again with a fresh one.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -110,6 +112,7 @@ impl CloseReason {
             Self::ShuttingDown => "shutting_down",
             Self::Kicked => "disconnected_by_server",
             Self::ConnectRefused => "connect_refused",
+            Self::TokenExpired => "token_expired",
         }
     }
 

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::auth::{TokenError, bearer};
+use crate::auth::bearer;
 use crate::channel::{self, Refusal};
 use crate::engine::Session;
 use crate::hub::{Codec, Member};
@@ -440,7 +440,7 @@ async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
             let Some(claim) = session.sockets.root.claim() else {
                 return Ok(());
             };
-            let principal = authenticate(node, session, packet)?;
+            let principal = authenticate(node, session, packet).await?;
             let id = take_slot(node, session, &principal).await?;
             connect_root(node, session, claim, id, principal).await;
         }
@@ -448,7 +448,7 @@ async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
             let Some(claim) = session.sockets.notifications.claim() else {
                 return Ok(());
             };
-            let principal = authenticate(node, session, packet)?;
+            let principal = authenticate(node, session, packet).await?;
             // The user of a `/notifications` socket must exist and be active in the application.
             let user = match notifications::admit(node, &principal).await {
                 Ok(user) => user,
@@ -472,7 +472,7 @@ async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
 }
 
 /// The principal of a connect's token.
-fn authenticate(
+async fn authenticate(
     node: &Node,
     session: &Session,
     packet: &Packet<'_>,
@@ -490,9 +490,11 @@ fn authenticate(
             return Err("invalid auth payload".to_owned());
         }
     };
-    match find_token(&auth, session)
-        .ok_or(TokenError::Missing)
-        .and_then(|token| node.config.jwt.verify(&token))
+    match node
+        .config
+        .jwt
+        .verify_found(find_token(&auth, session))
+        .await
     {
         Ok(principal) => {
             tracing::Span::current().record("enduser.id", &*principal.user_id);
@@ -627,6 +629,12 @@ struct ChannelRequest {
     channel: Option<String>,
 }
 
+/// `auth:refresh`'s payload: `{token}`.
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    token: Option<String>,
+}
+
 /// Laravel Echo's subscribe payload: `{channel, auth: {headers: {…}}}`.
 #[derive(Debug, Deserialize)]
 struct SubscribeRequest {
@@ -679,6 +687,17 @@ async fn on_event(
         "client event" => whisper(node, session, socket, args, ack).await,
         "notification_read" => {
             notifications::read_from_root(node, session, socket, args, ack).await
+        }
+        "auth:refresh" => {
+            let token = first_arg::<TokenRequest>(args).and_then(|r| r.token);
+            let notifications = session.sockets.notifications();
+            let mut sockets: Vec<&Member> = vec![socket];
+            sockets.extend(notifications.as_deref().map(|n| &*n.member));
+            let value = match node.refresh_token(&sockets, token).await {
+                Ok(expires) => json!({"status": "success", "expires": expires}),
+                Err(error) => json!({"error": error}),
+            };
+            answer(session, ack, "auth:refreshed", &value);
         }
         "ping" => match ack {
             Some(id) => send(session, |out| codec::write_ack(out, ROOT, id, &"pong")),

@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::auth::{TokenError, bearer};
+use crate::auth::bearer;
 use crate::backend::ForwardError;
 use crate::channel::Refusal;
 use crate::cluster::ConnectRefusal;
@@ -99,16 +99,13 @@ async fn accept(
         .and_then(bearer)
         .map(str::to_owned)
         .or_else(|| query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()));
-    let principal = token
-        .ok_or(TokenError::Missing)
-        .and_then(|token| node.config.jwt.verify(&token))
-        .map_err(|e| {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[e.reason()])
-                .inc();
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-        })?;
+    let principal = node.config.jwt.verify_found(token).await.map_err(|e| {
+        node.metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    })?;
     tracing::Span::current().record("enduser.id", &*principal.user_id);
     node.cluster
         .connect(&principal.user_id)
@@ -277,6 +274,8 @@ struct Payload<'a> {
     event: Option<String>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// `AUTH_REFRESH`'s new token.
+    token: Option<String>,
     room_id: Option<Value>,
     group_id: Option<Value>,
     is_typing: Option<bool>,
@@ -405,6 +404,18 @@ impl Conn {
             }
             "TYPING" => self.typing(node, payload, reference).await,
             "EVENT" => self.forward(node, payload, reference),
+            "AUTH_REFRESH" => match node.refresh_token(&[&self.socket], payload.token).await {
+                Ok(expires) => {
+                    self.reply(
+                        "AUTH_REFRESHED",
+                        None,
+                        &json!({"expires": expires}),
+                        reference,
+                    );
+                    Ok(())
+                }
+                Err(error) => self.error(node, ErrorCode::InvalidToken, &error, reference),
+            },
             "CLIENT_EVENT" => {
                 let (Some(channel), Some(event)) = (payload.channel, payload.event) else {
                     return self.error(

@@ -118,10 +118,11 @@ async fn callback_allows_with_the_clients_headers() {
     let dir = TempDir::new("policy");
     let policy = callback_rule("private-orders.{id}", &server.url("/allow"))
         + &callback_rule("presence-room.{id}", &server.url("/allow"));
-    let node = node_with_policy(&dir, &policy, &[]).await;
+    let node = node_with_policy(&dir, &policy, &["--auth-forward-headers", "X-Tenant"]).await;
     let (mut agent, socket_id) = connect(&node, json!({"sub": 7})).await;
 
-    // What Laravel Echo sends: the channel and its `auth.headers`.
+    // What Laravel Echo sends: the channel and its `auth.headers`, plus headers that would
+    // let the client tell the application where it connects from.
     let answer = subscribe(
         &mut agent,
         json!({"channel": "private-orders.5", "auth": {"headers": {
@@ -130,6 +131,10 @@ async fn callback_allows_with_the_clients_headers() {
             "Host": "evil.example",
             "Connection": "upgrade",
             "X-Ignored-Number": 5,
+            "X-Forwarded-For": "10.9.8.7",
+            "X-Real-IP": "10.9.8.7",
+            "X-Custom": "c",
+            "X-Tenant": "acme",
         }}}),
     )
     .await;
@@ -158,6 +163,14 @@ async fn callback_allows_with_the_clients_headers() {
     assert_ne!(request.header("host"), Some("evil.example"));
     assert_ne!(request.header("connection"), Some("upgrade"));
     assert_eq!(request.header("x-ignored-number"), None);
+    assert_eq!(request.header("x-real-ip"), None);
+    assert_eq!(request.header("x-custom"), None);
+    assert_eq!(request.header("x-forwarded-for"), None);
+    assert_eq!(
+        request.header("x-tenant"),
+        Some("acme"),
+        "the operator's addition"
+    );
 
     // Subscribed for real: a broadcast arrives.
     broadcast(&node, "private-orders.5", "OrderShipped").await;
@@ -277,6 +290,37 @@ async fn callback_answers_are_cached_per_user_and_channel() {
     assert_eq!(try_join(&mut agent, "private-orders.9").await, Ok(()));
     assert_eq!(try_join(&mut agent, "private-orders.9").await, Ok(()));
     assert_eq!(requests_for(&server, "private-orders.9").len(), 2);
+}
+
+/// One user subscribing to junk channel names fills only their own share of the cache: another
+/// user's answer is still cached (the application is asked once).
+#[tokio::test]
+async fn one_users_junk_does_not_stop_another_users_caching() {
+    let server = auth_server().await;
+    let dir = TempDir::new("policy");
+    let policy = callback_rule("private-orders.*", &server.url("/allow"))
+        + &callback_rule("private-junk.*", &server.url("/deny"));
+    // 40 answers in all, so at most 10 per user.
+    let node = node_with_policy(&dir, &policy, &["--auth-cache-size", "40"]).await;
+    let (mut junk, _) = connect(&node, json!({"sub": 6})).await;
+    for i in 0..50 {
+        let channel = format!("private-junk.{i}");
+        assert_eq!(try_join(&mut junk, &channel).await, Err("forbidden".into()));
+    }
+    assert_eq!(requests_for(&server, "private-junk.0").len(), 1);
+
+    let (mut seven, _) = connect(&node, json!({"sub": 7})).await;
+    for _ in 0..2 {
+        assert_eq!(try_join(&mut seven, "private-orders.1").await, Ok(()));
+        seven
+            .emit_ack("unsubscribe", json!([{"channel": "private-orders.1"}]))
+            .await;
+    }
+    assert_eq!(
+        requests_for(&server, "private-orders.1").len(),
+        1,
+        "the second subscribe was answered from the cache"
+    );
 }
 
 #[tokio::test]

@@ -13,21 +13,16 @@ use serde_json::{Value, json};
 use super::{Grant, Request};
 use crate::channel::{self, Kind, Refusal};
 
-/// Request headers from the client that are never forwarded: hop-by-hop ones, and those that
-/// describe our own request (its host and JSON body) rather than the client's credentials.
-const NOT_FORWARDED: [&str; 12] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "content-type",
+/// Request headers from the client forwarded to the application: the credentials Laravel Echo
+/// and the usual session set-ups send. Anything else (`X-Forwarded-For`, `X-Real-IP`, `Host`,
+/// hop-by-hop headers…) is dropped, so a client cannot tell the application who it is
+/// connecting from; an operator adds more with `SWITCHBOARD_AUTH_FORWARD_HEADERS`.
+pub const FORWARDED: [&str; 5] = [
+    "authorization",
+    "cookie",
+    "x-csrf-token",
+    "x-xsrf-token",
+    "x-requested-with",
 ];
 
 /// Most bytes of an answer read; `channel_data` is small, an HTML error page need not be read.
@@ -37,13 +32,20 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub struct Callback {
     client: reqwest::Client,
     timeout: Duration,
+    /// Headers forwarded beside [`FORWARDED`].
+    extra: Vec<HeaderName>,
 }
 
 impl Callback {
-    /// A client whose every request, connect to last body byte, takes at most `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    /// A client whose every request, connect to last body byte, takes at most `timeout`, and
+    /// that forwards the `extra` headers beside [`FORWARDED`].
+    pub fn new(timeout: Duration, extra: Vec<HeaderName>) -> Result<Self, String> {
         let client = crate::http_client::build("callback rules", timeout)?;
-        Ok(Self { client, timeout })
+        Ok(Self {
+            client,
+            timeout,
+            extra,
+        })
     }
 
     /// Asks `url` whether the request's user may join its channel.
@@ -58,7 +60,7 @@ impl Callback {
             .client
             .post(url.clone())
             .timeout(self.timeout)
-            .headers(forwarded_headers(request.auth))
+            .headers(forwarded_headers(request.auth, &self.extra))
             .json(&json!({"channel_name": channel, "socket_id": request.socket_id}))
             .send()
             .await;
@@ -96,9 +98,9 @@ impl Callback {
     }
 }
 
-/// The client's `auth.headers`, string values only, minus [`NOT_FORWARDED`]; we ask for JSON
-/// unless the client chose.
-pub fn forwarded_headers(auth: Option<&Value>) -> HeaderMap {
+/// The client's `auth.headers` named in [`FORWARDED`] or `extra`, string values only; we ask
+/// for JSON (unless the operator let the client choose `Accept`).
+pub fn forwarded_headers(auth: Option<&Value>, extra: &[HeaderName]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let given = auth
         .and_then(|auth| auth.get("headers"))
@@ -108,7 +110,7 @@ pub fn forwarded_headers(auth: Option<&Value>) -> HeaderMap {
         else {
             continue;
         };
-        if NOT_FORWARDED.contains(&name.as_str()) {
+        if !FORWARDED.contains(&name.as_str()) && !extra.contains(&name) {
             continue;
         }
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -175,10 +177,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forwards_string_headers_only() {
+    fn forwards_allowed_string_headers_only() {
         let auth = json!({"headers": {
             "Authorization": "Bearer abc",
             "X-CSRF-TOKEN": "t",
+            "X-XSRF-TOKEN": "x",
+            "Cookie": "laravel_session=s",
+            "X-Requested-With": "XMLHttpRequest",
+            "X-Forwarded-For": "10.0.0.1",
+            "X-Real-IP": "10.0.0.1",
+            "Forwarded": "for=10.0.0.1",
+            "X-Tenant": "acme",
             "Host": "evil",
             "Content-Length": "5",
             "Content-Type": "text/plain",
@@ -189,17 +198,45 @@ mod tests {
             "X-Bad": "a\nb",
             "bad name": "x",
         }});
-        let headers = forwarded_headers(Some(&auth));
-        let mut names: Vec<_> = headers.keys().map(|n| n.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["accept", "authorization", "x-csrf-token"]);
+        let names = |extra: &[HeaderName]| {
+            let headers = forwarded_headers(Some(&auth), extra);
+            let mut names: Vec<_> = headers.keys().map(|n| n.to_string()).collect();
+            names.sort_unstable();
+            names
+        };
+        assert_eq!(
+            names(&[]),
+            [
+                "accept",
+                "authorization",
+                "cookie",
+                "x-csrf-token",
+                "x-requested-with",
+                "x-xsrf-token"
+            ]
+        );
+        let headers = forwarded_headers(Some(&auth), &[]);
         assert_eq!(headers["authorization"], "Bearer abc");
         assert_eq!(headers["accept"], "application/json");
+        // The operator's additions, and only those.
+        let tenant = HeaderName::from_static("x-tenant");
+        assert!(names(std::slice::from_ref(&tenant)).contains(&"x-tenant".to_owned()));
+        assert!(!names(&[tenant]).contains(&"x-forwarded-for".to_owned()));
 
         let chosen = json!({"headers": {"Accept": "text/plain"}});
-        assert_eq!(forwarded_headers(Some(&chosen))["accept"], "text/plain");
-        assert_eq!(forwarded_headers(None).len(), 1);
-        assert_eq!(forwarded_headers(Some(&json!({"headers": "x"}))).len(), 1);
+        assert_eq!(
+            forwarded_headers(Some(&chosen), &[])["accept"],
+            "application/json"
+        );
+        assert_eq!(
+            forwarded_headers(Some(&chosen), &[ACCEPT])["accept"],
+            "text/plain"
+        );
+        assert_eq!(forwarded_headers(None, &[]).len(), 1);
+        assert_eq!(
+            forwarded_headers(Some(&json!({"headers": "x"})), &[]).len(),
+            1
+        );
     }
 
     #[test]

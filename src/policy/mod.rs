@@ -43,6 +43,8 @@ pub struct Settings {
     pub database: Option<Database>,
     /// The Redis of `set` rules, and the prefix of their keys.
     pub redis: Option<(redis::Client, String)>,
+    /// Headers `callback` rules forward beside the built-in allow-list (Authorization, Cookie, …).
+    pub forward_headers: Vec<reqwest::header::HeaderName>,
 }
 
 /// The channel authorization policy of a node.
@@ -85,7 +87,7 @@ impl Policy {
     pub fn new(config: PolicyConfig, settings: Settings) -> Result<Self, String> {
         let needs = |kind: &str| config.rules.iter().find(|r| r.check.kind() == kind);
         let callback = needs("callback")
-            .map(|_| Callback::new(settings.timeout))
+            .map(|_| Callback::new(settings.timeout, settings.forward_headers.clone()))
             .transpose()?;
         let database = match (needs("sql"), settings.database) {
             (Some(rule), None) => {
@@ -186,11 +188,11 @@ impl Policy {
         matched: Match<'_>,
         request: &Request<'_>,
     ) -> Result<Grant, Refusal> {
-        let key = Cache::key(&request.principal.user_id, request.channel);
+        let (user, channel) = (&*request.principal.user_id, request.channel);
         if let Some(answer) = self
             .cache
             .as_ref()
-            .and_then(|c| c.get(&key, Instant::now()))
+            .and_then(|c| c.get(user, channel, Instant::now()))
         {
             return answer;
         }
@@ -218,7 +220,7 @@ impl Policy {
             _ => Err(Refusal::Unavailable("not configured".into())),
         };
         if let Some(cache) = &self.cache {
-            cache.put(key, &answer, Instant::now());
+            cache.put(user, channel, &answer, Instant::now());
         }
         answer
     }
@@ -261,6 +263,7 @@ mod tests {
             user_id: id.into(),
             role: None,
             claims: None,
+            expires: None,
         }
     }
 
@@ -288,6 +291,7 @@ mod tests {
             cache_size: 100,
             database: None,
             redis: None,
+            forward_headers: Vec::new(),
         }
     }
 

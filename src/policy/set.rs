@@ -35,7 +35,10 @@ impl Sets {
         timeout: Duration,
         label: &str,
     ) -> Result<bool, Refusal> {
-        let key = format!("{}{}", self.prefix, expand(key, id));
+        let Some(key) = expand(key, id) else {
+            return Ok(false);
+        };
+        let key = format!("{}{key}", self.prefix);
         let ask = async {
             let conn = self
                 .conn
@@ -61,13 +64,16 @@ impl Sets {
     }
 }
 
-/// The key with its `{…}` placeholder replaced by the channel's id.
-pub fn expand(key: &str, id: Option<&str>) -> String {
+/// The key with its `{…}` placeholder replaced by the channel's id; `None` when the id holds
+/// the key separator `:`, which would let a channel name address another key (`room:1:admins`
+/// would ask `members:room:1:admins`, a set the rule never meant).
+pub fn expand(key: &str, id: Option<&str>) -> Option<String> {
     match (key.find('{'), key.find('}'), id) {
+        (Some(_), Some(_), Some(id)) if id.contains(':') => None,
         (Some(open), Some(close), Some(id)) if open < close => {
-            format!("{}{id}{}", &key[..open], &key[close + 1..])
+            Some(format!("{}{id}{}", &key[..open], &key[close + 1..]))
         }
-        _ => key.to_owned(),
+        _ => Some(key.to_owned()),
     }
 }
 
@@ -77,9 +83,24 @@ mod tests {
 
     #[test]
     fn keys_take_the_channel_id() {
-        assert_eq!(expand("members:room:{id}", Some("42")), "members:room:42");
-        assert_eq!(expand("m:{room}:users", Some("7")), "m:7:users");
-        assert_eq!(expand("admins", Some("7")), "admins");
-        assert_eq!(expand("members:{id}", None), "members:{id}");
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            expand("members:room:{id}", Some("42")),
+            some("members:room:42")
+        );
+        assert_eq!(expand("m:{room}:users", Some("7")), some("m:7:users"));
+        assert_eq!(expand("admins", Some("7")), some("admins"));
+        assert_eq!(expand("members:{id}", None), some("members:{id}"));
+    }
+
+    #[test]
+    fn an_id_cannot_address_another_key() {
+        // `room:{id}` matches `room:1:admins` with the id `1:admins`.
+        assert_eq!(expand("members:room:{id}", Some("1:admins")), None);
+        assert_eq!(expand("m:{id}:users", Some("x:y")), None);
+        assert_eq!(
+            expand("members:room:{id}", Some("a.b-c_d")),
+            Some("members:room:a.b-c_d".to_owned())
+        );
     }
 }

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     NotSubscribed,
     /// The back-end answered a forwarded event with an error, or not at all.
     BackendError,
+    /// The socket's token expired; the socket closes right after.
+    TokenExpired,
+    /// An `AUTH_REFRESH` token that does not verify or is another user's.
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -54,6 +58,8 @@ impl ErrorCode {
             Self::Unavailable => "UNAVAILABLE",
             Self::NotSubscribed => "NOT_SUBSCRIBED",
             Self::BackendError => "BACKEND_ERROR",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::InvalidToken => "INVALID_TOKEN",
         }
     }
 }
