@@ -306,7 +306,12 @@ async fn websocket_violations_get_their_close_codes() {
     };
     let mut fragments = client_frame(0x01, &[b'x'; 100]);
     fragments.extend(client_frame(0x01, &[b'x'; 100]));
-    let cases: [(&str, Vec<u8>, u16); 5] = [
+    let close_with = |code: u16, reason: &[u8]| {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        client_frame(0x88, &payload)
+    };
+    let cases: [(&str, Vec<u8>, u16); 10] = [
         // Refused from the header alone: the 10 MiB never need to arrive.
         ("message over the limit", header_of_a_huge_message, 1009),
         ("unmasked frame", b"\x81\x02hi".to_vec(), 1002),
@@ -317,6 +322,17 @@ async fn websocket_violations_get_their_close_codes() {
             1007,
         ),
         ("a message begun inside another", fragments, 1002),
+        // RFC 6455 §7.4: codes no endpoint may send (Autobahn 7.9.*).
+        ("close code 0", close_with(0, b""), 1002),
+        ("close code 1005 (no code)", close_with(1005, b""), 1002),
+        ("close code 1006 (abnormal)", close_with(1006, b""), 1002),
+        ("unassigned close code 2000", close_with(2000, b""), 1002),
+        // Autobahn 7.5.1.
+        (
+            "close reason that is not UTF-8",
+            close_with(1000, &[0xce, 0xba, 0xed, 0xa0, 0x80]),
+            1007,
+        ),
     ];
     for (what, bytes, code) in cases {
         let mut tcp = raw_ws(&node).await;

@@ -115,8 +115,8 @@ pub enum FrameError {
     /// A message over the size limit.
     #[error("websocket message over {0} bytes")]
     TooLarge(usize),
-    /// A text message that is not UTF-8.
-    #[error("websocket text message is not UTF-8")]
+    /// A text message or close reason that is not UTF-8.
+    #[error("websocket text is not UTF-8")]
     NotUtf8,
 }
 
@@ -129,6 +129,14 @@ impl FrameError {
             Self::NotUtf8 => INVALID_PAYLOAD,
         }
     }
+}
+
+/// Whether a client may close with `code`: the codes RFC 6455 §7.4.1 defines for sending and
+/// the later IANA registrations (1012–1014), and the ranges for libraries and applications
+/// (3000–4999). Never 1004 (reserved), 1005, 1006 or 1015 (only reported locally, §7.4.1), nor
+/// anything below 1000 or unassigned (§7.4.2).
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// One whole frame taken from the input.
@@ -275,8 +283,17 @@ fn control(frame: RawFrame) -> Result<Message, FrameError> {
     match frame.opcode {
         CLOSE => match frame.payload[..] {
             [] => Ok(Message::Close(None)),
-            [a, b, ..] => Ok(Message::Close(Some(u16::from_be_bytes([a, b])))),
             [_] => Err(FrameError::Protocol("a close frame with a one-byte code")),
+            [a, b, ref reason @ ..] => {
+                let code = u16::from_be_bytes([a, b]);
+                if !close_code_allowed(code) {
+                    return Err(FrameError::Protocol("a close code that must not be sent"));
+                }
+                if std::str::from_utf8(reason).is_err() {
+                    return Err(FrameError::NotUtf8);
+                }
+                Ok(Message::Close(Some(code)))
+            }
         },
         PING => Ok(Message::Ping(frame.payload)),
         PONG => Ok(Message::Pong),
@@ -441,5 +458,41 @@ mod tests {
         let mut huge = vec![FIN | TEXT, MASKED | 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(read_all(&huge, 1000), [Err(FrameError::TooLarge(1000))]);
+    }
+
+    #[test]
+    fn close_codes_that_must_not_be_sent_break_the_protocol() {
+        // Autobahn 7.9.*, and the rest RFC 6455 §7.4 keeps from the wire.
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let got = read_all(&client_frame(FIN | CLOSE, &u16::to_be_bytes(code)), 1000);
+            assert_eq!(
+                got,
+                [Err(FrameError::Protocol(
+                    "a close code that must not be sent"
+                ))],
+                "{code}"
+            );
+            assert_eq!(got[0].as_ref().map_err(FrameError::close_code), Err(1002));
+        }
+        // Autobahn 7.7.*, and the codes IANA registered since.
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice("bye ✓".as_bytes());
+            let got = read_all(&client_frame(FIN | CLOSE, &payload), 1000);
+            assert_eq!(got, [Ok(Message::Close(Some(code)))], "{code}");
+        }
+    }
+
+    #[test]
+    fn a_close_reason_that_is_not_utf8_is_invalid_payload() {
+        // Autobahn 7.5.1: a UTF-8 sequence cut by a surrogate.
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xed, 0xa0, 0x80, 0x65]);
+        let got = read_all(&client_frame(FIN | CLOSE, &payload), 1000);
+        assert_eq!(got, [Err(FrameError::NotUtf8)]);
     }
 }
