@@ -95,7 +95,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 impl Upgrade {
     /// Answers `101 Switching Protocols`; once the connection is handed over, `run` gets the
-    /// socket, or the error if the hand-over failed.
+    /// socket, or the error if the hand-over failed. The socket refuses messages over
+    /// `max_message` bytes.
     pub fn accept<F, Fut>(self, max_message: usize, run: F) -> Response
     where
         F: FnOnce(io::Result<WebSocket>) -> Fut + Send + 'static,
@@ -158,6 +159,16 @@ impl WebSocket {
             peer_closed: false,
             broken: None,
         })
+    }
+
+    /// From the next frame on, refuses messages over `max_message` bytes.
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.reader.set_max_message(max_message);
+    }
+
+    /// Drops messages over `max_kept` bytes as they arrive (see [`Reader::discard_over`]).
+    pub fn discard_over(&mut self, max_kept: usize) {
+        self.reader.discard_over(max_kept);
     }
 
     /// The TCP stream, for an outbox to write to while the socket's task is not writing.
