@@ -861,7 +861,7 @@ pub async fn close_websocket(socket: &mut WebSocket, outbox: &Outbox, reason: Cl
 pub fn read_failed(error: &ReadError) -> CloseReason {
     match error {
         ReadError::Frame(FrameError::TooLarge(_)) => CloseReason::MessageTooLarge,
-        ReadError::Frame(_) => CloseReason::ProtocolError,
+        ReadError::Frame(_) | ReadError::Unfinished(_) => CloseReason::ProtocolError,
         ReadError::Io(_) => CloseReason::TransportError,
     }
 }
@@ -878,6 +878,7 @@ async fn run_websocket(
     attach(node, &session.outbox, &socket);
     // The session may have connected over polling before it upgraded.
     socket.set_max_message(max_message(node, session));
+    socket.set_message_timeout(node.config.message_timeout);
     // One timer for the whole session, moved only when the heartbeat's deadline does: a timer
     // made per loop turn costs a registration and a removal on every write.
     let timer = tokio::time::sleep_until(heartbeat.deadline());

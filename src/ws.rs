@@ -149,6 +149,7 @@ async fn accept(
                 Ok(mut ws) => {
                     // Frames over the JSON limit get an ERROR and are not buffered meanwhile.
                     ws.discard_over(node.config.ws_max_frame_size);
+                    ws.set_message_timeout(node.config.message_timeout);
                     Box::pin(run(&node, socket, Box::new(ws))).await
                 }
                 Err(e) => {

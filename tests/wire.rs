@@ -514,6 +514,54 @@ async fn json_fragments_over_the_frame_limit_are_not_buffered() {
     assert_eq!(texts[1], json!({"type": "PONG", "payload": {}, "ref": 1}));
 }
 
+/// Issue 16, item 3: a client kept a message unfinished for as long as it liked by sending a
+/// fragment now and then and answering every ping. A message now has a deadline.
+#[tokio::test]
+async fn a_message_trickling_between_pings_is_closed_at_its_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--message-timeout",
+            "1s",
+            "--ws-ping-interval",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
+    let mut tcp = raw_ws_at(&node, &format!("/ws?token={}", token(1))).await;
+    let started = tokio::time::Instant::now();
+    tcp.write_all(&client_frame(0x01, br#"{"type":"#))
+        .await
+        .expect("send");
+    let mut pings = 0;
+    let trickle = async {
+        loop {
+            match read_frame(&mut tcp).await.expect("read") {
+                // Each ping answered, and one more byte of the message sent.
+                (0x9, payload) => {
+                    pings += 1;
+                    tcp.write_all(&client_frame(0x8A, &payload))
+                        .await
+                        .expect("pong");
+                    tcp.write_all(&client_frame(0x00, b" "))
+                        .await
+                        .expect("fragment");
+                }
+                (0x8, payload) => return u16::from_be_bytes([payload[0], payload[1]]),
+                _ => continue,
+            }
+        }
+    };
+    let code = tokio::time::timeout(TIMEOUT, trickle)
+        .await
+        .expect("closed in time");
+    assert_eq!(code, 1008);
+    assert!(pings >= 2, "the client answered {pings} pings");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
 #[tokio::test]
 async fn binary_attachments_are_refused_cleanly() {
     let node = Node::spawn(&["--dev"], &[]).await;

@@ -214,6 +214,11 @@ impl Reader {
         self.unread.extend_from_slice(bytes);
     }
 
+    /// Whether part of a frame or of a fragmented message has arrived and the rest has not.
+    pub fn pending(&self) -> bool {
+        !self.unread.is_empty() || self.fragments.is_some() || self.discard.is_some()
+    }
+
     /// The next message if the bytes so far complete one.
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
         loop {
@@ -597,6 +602,7 @@ mod tests {
         let mut got = Vec::new();
         for chunk in bytes.chunks(512) {
             reader.extend(chunk);
+            assert!(reader.pending());
             while let Some(message) = reader.next_message().expect("acceptable frames") {
                 got.push(message);
             }
@@ -617,6 +623,7 @@ mod tests {
                 Message::Text("next".into()),
             ]
         );
+        assert!(!reader.pending());
         // A message over the size limit still ends the connection, dropped or not.
         let mut reader = Reader::new(1000);
         reader.discard_over(100);
@@ -637,10 +644,12 @@ mod tests {
         );
         reader.set_max_message(1000);
         assert_eq!(reader.next_message(), Ok(None));
+        assert!(reader.pending());
         reader.extend(&big[8..]);
         assert_eq!(
             reader.next_message(),
             Ok(Some(Message::Text("x".repeat(500))))
         );
+        assert!(!reader.pending());
     }
 }
