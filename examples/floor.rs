@@ -548,7 +548,7 @@ impl Session {
                 Ok(Some(Message::Ping(payload))) => {
                     self.socket.send(&framing::encode(framing::PONG, &payload));
                 }
-                Ok(Some(Message::Pong | Message::Binary(_))) => {}
+                Ok(Some(Message::Pong | Message::Binary(_) | Message::Discarded(_))) => {}
                 Ok(None) => break,
                 Err(e) => self.close(e.close_code()),
             }

@@ -142,6 +142,11 @@ pub struct Args {
     )]
     pub max_message_size: usize,
 
+    /// Time a client has to finish a websocket message once its first byte arrived (then the
+    /// socket is closed with code 1008)
+    #[arg(long, env = "SWITCHBOARD_MESSAGE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub message_timeout: Duration,
+
     /// Most channels one socket may be subscribed to
     #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
@@ -476,6 +481,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Message and body size cap.
     pub max_message_size: usize,
+    /// Time to finish a websocket message.
+    pub message_timeout: Duration,
     /// Subscriptions per socket.
     pub max_subscriptions: usize,
     /// Channel name length cap.
@@ -801,6 +808,7 @@ impl Args {
             ("ws_ping_interval", self.ws_ping_interval),
             ("ws_ping_timeout", self.ws_ping_timeout),
             ("typing_timeout", self.typing_timeout),
+            ("message_timeout", self.message_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(name, "must be greater than 0"));
@@ -913,6 +921,7 @@ impl Args {
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
             max_message_size: self.max_message_size,
+            message_timeout: self.message_timeout,
             max_subscriptions: self.max_subscriptions,
             max_channel_length: self.max_channel_length,
             send_queue_bytes: self.send_queue_bytes,

@@ -38,6 +38,11 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time given to write the close frame to a leaving websocket.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest websocket message a session takes before it has connected to a namespace. What it
+/// may send until then is small: a CONNECT packet with a token and auth payload (a JWT is
+/// rarely over 2 KiB), pings and the upgrade probe. A larger frame is refused from its header
+/// (close 1009), so a session without a token cannot make the node buffer a large message.
+const PRE_CONNECT_MAX_MESSAGE: usize = 8 * 1024;
 
 /// The transport a session currently uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -720,6 +725,16 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
     }
 }
 
+/// The largest websocket message `session` may send now: small until it has connected.
+fn max_message(node: &Node, session: &Session) -> usize {
+    let max = node.config.max_message_size;
+    if session.sockets.ever_connected() {
+        max
+    } else {
+        max.min(PRE_CONNECT_MAX_MESSAGE)
+    }
+}
+
 fn websocket(
     node: Arc<Node>,
     ws: Upgrade,
@@ -727,11 +742,10 @@ fn websocket(
     headers: &HeaderMap,
     remote: SocketAddr,
 ) -> Result<Response, EngineError> {
-    let max_message = node.config.max_message_size;
     let response = match &query.sid {
         None => {
             let session = open_session(&node, Transport::WebSocket, &query, headers, remote)?;
-            ws.accept(max_message, move |socket| async move {
+            ws.accept(max_message(&node, &session), move |socket| async move {
                 let mut socket = match socket {
                     // Boxed, and the preamble too: what stays in every connection's task is
                     // then the session loop alone.
@@ -760,7 +774,7 @@ fn websocket(
                     "session is not upgradable",
                 ));
             }
-            ws.accept(max_message, move |socket| async move {
+            ws.accept(max_message(&node, &session), move |socket| async move {
                 // A failed upgrade leaves the session on polling.
                 let Ok(socket) = socket else { return };
                 let mut socket = Box::new(socket);
@@ -883,7 +897,7 @@ pub async fn close_websocket(socket: &mut WebSocket, outbox: &Outbox, reason: Cl
 pub fn read_failed(error: &ReadError) -> CloseReason {
     match error {
         ReadError::Frame(FrameError::TooLarge(_)) => CloseReason::MessageTooLarge,
-        ReadError::Frame(_) => CloseReason::ProtocolError,
+        ReadError::Frame(_) | ReadError::Unfinished(_) => CloseReason::ProtocolError,
         ReadError::Io(_) => CloseReason::TransportError,
     }
 }
@@ -898,6 +912,9 @@ async fn run_websocket(
 ) {
     let mut batch = VecDeque::new();
     attach(node, &session.outbox, &socket);
+    // The session may have connected over polling before it upgraded.
+    socket.set_max_message(max_message(node, session));
+    socket.set_message_timeout(node.config.message_timeout);
     // One timer for the whole session, moved only when the heartbeat's deadline does: a timer
     // made per loop turn costs a registration and a removal on every write.
     let timer = tokio::time::sleep_until(heartbeat.deadline());
@@ -925,6 +942,8 @@ async fn run_websocket(
                         }
                     },
                     Some(Ok(Message::Binary(data))) => socketio::on_binary(node, session, &data),
+                    // Never read here (this endpoint keeps whole every message under its limit).
+                    Some(Ok(Message::Discarded(_))) => Err(CloseReason::MessageTooLarge),
                     Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
                     Some(Ok(Message::Ping(payload))) => session.outbox.push(Frame::pong(&payload)).map_err(|_| CloseReason::SlowConsumer),
                     Some(Ok(Message::Pong)) => Ok(()),
@@ -937,6 +956,8 @@ async fn run_websocket(
                 if let Err(reason) = result {
                     session.close(reason);
                 }
+                // A CONNECT just accepted lifts the limit from the next frame on.
+                socket.set_max_message(max_message(node, session));
             },
             () = &mut timer => {
                 if let Some(reason) = beat(node, session, &mut heartbeat) {

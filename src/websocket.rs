@@ -11,8 +11,10 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -22,6 +24,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::outbox::Frame;
@@ -95,7 +98,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 impl Upgrade {
     /// Answers `101 Switching Protocols`; once the connection is handed over, `run` gets the
-    /// socket, or the error if the hand-over failed.
+    /// socket, or the error if the hand-over failed. The socket refuses messages over
+    /// `max_message` bytes.
     pub fn accept<F, Fut>(self, max_message: usize, run: F) -> Response
     where
         F: FnOnce(io::Result<WebSocket>) -> Fut + Send + 'static,
@@ -130,6 +134,9 @@ pub enum ReadError {
     /// The client's frames are not acceptable.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A message was begun and not finished in time.
+    #[error("websocket message not finished within {0:?}")]
+    Unfinished(Duration),
 }
 
 /// One upgraded connection.
@@ -142,6 +149,11 @@ pub struct WebSocket {
     peer_closed: bool,
     /// The close code of the client's frame error, once there was one: closing tells it.
     broken: Option<u16>,
+    /// Time a message has to finish once its first byte arrived, if limited.
+    message_timeout: Option<Duration>,
+    /// When the message under way must be complete; set only while one is, so an idle socket
+    /// keeps no timer.
+    message_due: Option<Pin<Box<Sleep>>>,
 }
 
 impl WebSocket {
@@ -157,7 +169,25 @@ impl WebSocket {
             reader,
             peer_closed: false,
             broken: None,
+            message_timeout: None,
+            message_due: None,
         })
+    }
+
+    /// From the next frame on, refuses messages over `max_message` bytes.
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.reader.set_max_message(max_message);
+    }
+
+    /// Closes the connection (1008) when a message is not finished within `timeout` of its
+    /// first byte: a half-sent message holds its bytes here.
+    pub fn set_message_timeout(&mut self, timeout: Duration) {
+        self.message_timeout = Some(timeout);
+    }
+
+    /// Drops messages over `max_kept` bytes as they arrive (see [`Reader::discard_over`]).
+    pub fn discard_over(&mut self, max_kept: usize) {
+        self.reader.discard_over(max_kept);
     }
 
     /// The TCP stream, for an outbox to write to while the socket's task is not writing.
@@ -175,6 +205,10 @@ impl WebSocket {
             match self.reader.next_message() {
                 Ok(Some(message)) => {
                     self.peer_closed |= matches!(message, Message::Close(_));
+                    // A control frame between fragments does not restart the message's time.
+                    if !matches!(message, Message::Ping(_) | Message::Pong) {
+                        self.message_due = None;
+                    }
                     return Poll::Ready(Some(Ok(message)));
                 }
                 Ok(None) => {}
@@ -182,6 +216,21 @@ impl WebSocket {
                     self.broken = Some(e.close_code());
                     return Poll::Ready(Some(Err(e.into())));
                 }
+            }
+            // A message under way must finish in time, or it holds its bytes here for as long as
+            // the client likes.
+            if let Some(timeout) = self.message_timeout
+                && self.reader.pending()
+            {
+                let due = self
+                    .message_due
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if due.as_mut().poll(cx).is_ready() {
+                    self.broken = Some(framing::POLICY_VIOLATION);
+                    return Poll::Ready(Some(Err(ReadError::Unfinished(timeout))));
+                }
+            } else {
+                self.message_due = None;
             }
             if let Err(e) = ready!(self.tcp.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(e.into())));
@@ -259,8 +308,9 @@ impl WebSocket {
     }
 
     /// Sends a close frame with `code` and `reason`; echoes the client's close if it sent one,
-    /// and names the client's frame error (1002, 1007, 1009) if it made one. Then shuts the
-    /// connection down, if no outbox still holds the stream.
+    /// and names the client's frame error (1002, 1007, 1009, or 1008 for a message not
+    /// finished in time) if it made one. Then shuts the connection down, if no outbox still
+    /// holds the stream.
     pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
         let frame = match self.broken {
             _ if self.peer_closed => framing::encode_close(framing::NORMAL, ""),

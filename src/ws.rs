@@ -143,7 +143,12 @@ async fn accept(
     Ok(
         ws.accept(node.config.max_message_size, move |ws| async move {
             match ws {
-                Ok(ws) => Box::pin(run(&node, socket, Box::new(ws))).await,
+                Ok(mut ws) => {
+                    // Frames over the JSON limit get an ERROR and are not buffered meanwhile.
+                    ws.discard_over(node.config.ws_max_frame_size);
+                    ws.set_message_timeout(node.config.message_timeout);
+                    Box::pin(run(&node, socket, Box::new(ws))).await
+                }
                 Err(e) => {
                     tracing::info!(error = %e, "websocket upgrade failed");
                     finish(&node, &socket, CloseReason::TransportError);
@@ -223,6 +228,7 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
                     Some(Ok(Message::Binary(_))) => {
                         conn.error(node, ErrorCode::InvalidFrame, "binary frames are not supported", None)
                     }
+                    Some(Ok(Message::Discarded(_))) => conn.on_discarded(node),
                     Some(Ok(Message::Pong)) => {
                         conn.pong_due = None;
                         Ok(())
@@ -336,19 +342,32 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_text(&mut self, node: &Node, text: &str) -> Result<(), CloseReason> {
-        if !self.frames.take(node.config.ws_frame_rate, Instant::now()) {
-            node.metrics.rate_limited(Limit::WsFrame);
-            return self.error(
-                node,
-                ErrorCode::RateLimited,
-                "too many frames, slow down",
-                None,
-            );
+    /// Counts a frame against the frame rate; the answer to give instead when it is over.
+    fn over_rate(&mut self, node: &Node) -> Option<Result<(), CloseReason>> {
+        if self.frames.take(node.config.ws_frame_rate, Instant::now()) {
+            return None;
         }
-        if text.len() > node.config.ws_max_frame_size {
-            let message = format!("frame larger than {} bytes", node.config.ws_max_frame_size);
-            return self.error(node, ErrorCode::FrameTooLarge, &message, None);
+        node.metrics.rate_limited(Limit::WsFrame);
+        Some(self.error(
+            node,
+            ErrorCode::RateLimited,
+            "too many frames, slow down",
+            None,
+        ))
+    }
+
+    /// A frame over `SWITCHBOARD_WS_MAX_FRAME_SIZE`, dropped as it arrived.
+    fn on_discarded(&mut self, node: &Node) -> Result<(), CloseReason> {
+        if let Some(answer) = self.over_rate(node) {
+            return answer;
+        }
+        let message = format!("frame larger than {} bytes", node.config.ws_max_frame_size);
+        self.error(node, ErrorCode::FrameTooLarge, &message, None)
+    }
+
+    async fn on_text(&mut self, node: &Node, text: &str) -> Result<(), CloseReason> {
+        if let Some(answer) = self.over_rate(node) {
+            return answer;
         }
         let frame = match json::decode(text) {
             Ok(frame) => frame,

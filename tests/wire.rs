@@ -234,15 +234,20 @@ async fn malformed_and_oversized_frames_close_only_that_socket() {
 /// A raw websocket client: the upgrade by hand, then frames as bytes, so that frames no
 /// well-behaved client library would send can be sent.
 async fn raw_ws(node: &Node) -> TcpStream {
+    raw_ws_at(node, "/socket.io/?EIO=4&transport=websocket").await
+}
+
+/// A raw websocket client of the endpoint at `path` (query included).
+async fn raw_ws_at(node: &Node, path: &str) -> TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(node.addr()).await.expect("connect");
-    tcp.write_all(
-        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n\
-          Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .expect("write the upgrade");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("write the upgrade");
     // Byte by byte up to the blank line, so no frame byte is read with the head.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -254,25 +259,31 @@ async fn raw_ws(node: &Node) -> TcpStream {
     tcp
 }
 
+/// The next server frame: its opcode and payload.
+async fn read_frame(tcp: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let (first, second) = (tcp.read_u8().await?, tcp.read_u8().await?);
+    assert_eq!(second & 0x80, 0, "server frames are not masked");
+    let len = match second & 0x7f {
+        126 => u64::from(tcp.read_u16().await?),
+        127 => tcp.read_u64().await?,
+        n => u64::from(n),
+    };
+    let mut payload = vec![0; usize::try_from(len).expect("frame length")];
+    tcp.read_exact(&mut payload).await?;
+    Ok((first & 0x0f, payload))
+}
+
 /// Reads server frames until the close frame: its code, and the opcodes of the frames before.
 async fn close_code(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
     let mut before = Vec::new();
     let read = async {
         loop {
-            let (first, second) = (tcp.read_u8().await?, tcp.read_u8().await?);
-            assert_eq!(second & 0x80, 0, "server frames are not masked");
-            let len = match second & 0x7f {
-                126 => u64::from(tcp.read_u16().await?),
-                127 => tcp.read_u64().await?,
-                n => u64::from(n),
-            };
-            let mut payload = vec![0; usize::try_from(len).expect("frame length")];
-            tcp.read_exact(&mut payload).await?;
-            if first & 0x0f == 0x8 {
+            let (opcode, payload) = read_frame(tcp).await?;
+            if opcode == 0x8 {
                 return std::io::Result::Ok(u16::from_be_bytes([payload[0], payload[1]]));
             }
-            before.push(first & 0x0f);
+            before.push(opcode);
         }
     };
     let code = tokio::time::timeout(TIMEOUT, read)
@@ -282,16 +293,48 @@ async fn close_code(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
     (code, before)
 }
 
+/// The header of a masked client frame announcing `len` payload bytes, masking key included.
+fn client_header(first: u8, len: usize, mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![first];
+    match len {
+        0..=125 => out.push(0x80 | len as u8),
+        126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out
+}
+
 /// A masked client frame.
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [1, 2, 3, 4];
-    let mut out = vec![
-        first,
-        0x80 | u8::try_from(payload.len()).expect("a short frame"),
-    ];
-    out.extend_from_slice(&mask);
+    let mut out = client_header(first, payload.len(), mask);
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
     out
+}
+
+/// A client frame of `len` bytes of `x` under an all-zero masking key, which leaves the
+/// payload as it is: cheap to build at any size.
+fn plain_client_frame(first: u8, len: usize) -> Vec<u8> {
+    let mut out = client_header(first, len, [0; 4]);
+    out.resize(out.len() + len, b'x');
+    out
+}
+
+/// The node's resident memory, in KiB.
+fn rss_kib(node: &Node) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }
 
 #[tokio::test]
@@ -306,7 +349,12 @@ async fn websocket_violations_get_their_close_codes() {
     };
     let mut fragments = client_frame(0x01, &[b'x'; 100]);
     fragments.extend(client_frame(0x01, &[b'x'; 100]));
-    let cases: [(&str, Vec<u8>, u16); 5] = [
+    let close_with = |code: u16, reason: &[u8]| {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        client_frame(0x88, &payload)
+    };
+    let cases: [(&str, Vec<u8>, u16); 10] = [
         // Refused from the header alone: the 10 MiB never need to arrive.
         ("message over the limit", header_of_a_huge_message, 1009),
         ("unmasked frame", b"\x81\x02hi".to_vec(), 1002),
@@ -317,6 +365,17 @@ async fn websocket_violations_get_their_close_codes() {
             1007,
         ),
         ("a message begun inside another", fragments, 1002),
+        // RFC 6455 §7.4: codes no endpoint may send (Autobahn 7.9.*).
+        ("close code 0", close_with(0, b""), 1002),
+        ("close code 1005 (no code)", close_with(1005, b""), 1002),
+        ("close code 1006 (abnormal)", close_with(1006, b""), 1002),
+        ("unassigned close code 2000", close_with(2000, b""), 1002),
+        // Autobahn 7.5.1.
+        (
+            "close reason that is not UTF-8",
+            close_with(1000, &[0xce, 0xba, 0xed, 0xa0, 0x80]),
+            1007,
+        ),
     ];
     for (what, bytes, code) in cases {
         let mut tcp = raw_ws(&node).await;
@@ -334,6 +393,173 @@ async fn websocket_violations_get_their_close_codes() {
     let (code, before) = close_code(&mut tcp).await;
     assert_eq!(code, 1000);
     assert!(before.contains(&0xA), "the ping was answered: {before:?}");
+}
+
+/// Issue 16, item 3: sessions without a token each began a 990 KB message and stalled, and
+/// the node kept every byte of it until the connect timeout. Until a namespace is connected a
+/// message is limited to 8 KiB, refused from its frame header.
+#[tokio::test]
+async fn a_big_message_before_connect_is_refused_from_its_header() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let mut half_sent = client_header(0x81, 990_000, [0; 4]);
+    half_sent.resize(half_sent.len() + 1000, b'x');
+    let before = rss_kib(&node);
+    for _ in 0..200 {
+        let mut tcp = raw_ws(&node).await;
+        tcp.write_all(&half_sent).await.expect("send");
+        let (code, before) = close_code(&mut tcp).await;
+        assert_eq!(
+            (code, before),
+            (1009, vec![0x1]),
+            "the open packet, then 1009"
+        );
+    }
+    let grown = rss_kib(&node).saturating_sub(before);
+    assert!(grown < 20 * 1024, "{grown} KiB after 200 refused messages");
+
+    // A session on polling that upgrades is held to the same limit.
+    let open = http(
+        "GET",
+        &format!("{}/socket.io/?EIO=4&transport=polling", node.url()),
+        &[],
+        b"",
+    )
+    .await
+    .text();
+    let open: Value =
+        serde_json::from_str(open.strip_prefix('0').expect("open packet")).expect("json");
+    let sid = open["sid"].as_str().expect("sid");
+    let mut tcp = raw_ws_at(
+        &node,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+    )
+    .await;
+    tcp.write_all(&half_sent).await.expect("send");
+    let ended = tokio::time::timeout(TIMEOUT, async {
+        while read_frame(&mut tcp).await.is_ok() {}
+    });
+    ended.await.expect("the upgrade ends at once");
+
+    // A CONNECT with a token and an auth payload larger than real ones still fits, and once
+    // connected a session may send messages up to the full limit.
+    let mut ws = connect_ws(&node, None).await.expect("websocket handshake");
+    assert!(next_text(&mut ws).await.starts_with("0{"));
+    let connect = json!({"token": token(1), "pad": "p".repeat(6000)});
+    ws.send(Message::text(format!("40{connect}")))
+        .await
+        .expect("send");
+    assert!(next_text(&mut ws).await.starts_with("40{\"sid\""));
+    next_text(&mut ws).await;
+    let big = format!(r#"421["ping","{}"]"#, "y".repeat(100_000));
+    ws.send(Message::text(big)).await.expect("send");
+    assert_eq!(next_text(&mut ws).await, r#"431["pong"]"#);
+}
+
+/// Issue 16, item 3: on `/ws`, 100 sockets each kept a fragmented 990 KB message unfinished,
+/// all of it buffered, although messages over `SWITCHBOARD_WS_MAX_FRAME_SIZE` are refused.
+/// That limit now holds as fragments arrive: the rest of such a message is dropped unread.
+#[tokio::test]
+async fn json_fragments_over_the_frame_limit_are_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    // Frames up to 64 KiB, messages up to 1 MB: the defaults.
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let mut unfinished = plain_client_frame(0x01, 10_000);
+    for _ in 1..99 {
+        unfinished.extend(plain_client_frame(0x00, 10_000));
+    }
+    let before = rss_kib(&node);
+    let mut sockets = Vec::new();
+    for user in 0..100 {
+        let mut tcp = raw_ws_at(&node, &format!("/ws?token={}", token(100 + user))).await;
+        tcp.write_all(&unfinished).await.expect("send");
+        // Its pong tells that the node has read every fragment before the ping.
+        tcp.write_all(&client_frame(0x89, b"read"))
+            .await
+            .expect("ping");
+        let pong = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match read_frame(&mut tcp).await.expect("read") {
+                    (0xA, payload) => return payload,
+                    _ => continue,
+                }
+            }
+        });
+        assert_eq!(pong.await.expect("a pong in time"), b"read");
+        sockets.push(tcp);
+    }
+    let grown = rss_kib(&node).saturating_sub(before);
+    assert!(grown < 30 * 1024, "{grown} KiB for 100 unfinished messages");
+
+    // Once it ends, the message is answered as before, and the socket stays open.
+    let tcp = &mut sockets[0];
+    tcp.write_all(&plain_client_frame(0x80, 10_000))
+        .await
+        .expect("send");
+    tcp.write_all(&client_frame(0x81, br#"{"type":"PING","ref":1}"#))
+        .await
+        .expect("send");
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let (opcode, payload) = tokio::time::timeout(TIMEOUT, read_frame(tcp))
+            .await
+            .expect("a frame in time")
+            .expect("read");
+        if opcode == 0x1 {
+            texts.push(serde_json::from_slice::<Value>(&payload).expect("json"));
+        }
+    }
+    assert_eq!(texts[0]["type"], "ERROR");
+    assert_eq!(texts[0]["payload"]["code"], "FRAME_TOO_LARGE");
+    assert_eq!(texts[1], json!({"type": "PONG", "payload": {}, "ref": 1}));
+}
+
+/// Issue 16, item 3: a client kept a message unfinished for as long as it liked by sending a
+/// fragment now and then and answering every ping. A message now has a deadline.
+#[tokio::test]
+async fn a_message_trickling_between_pings_is_closed_at_its_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::spawn(
+        &[
+            "--dev",
+            "--message-timeout",
+            "1s",
+            "--ws-ping-interval",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
+    let mut tcp = raw_ws_at(&node, &format!("/ws?token={}", token(1))).await;
+    let started = tokio::time::Instant::now();
+    tcp.write_all(&client_frame(0x01, br#"{"type":"#))
+        .await
+        .expect("send");
+    let mut pings = 0;
+    let trickle = async {
+        loop {
+            match read_frame(&mut tcp).await.expect("read") {
+                // Each ping answered, and one more byte of the message sent.
+                (0x9, payload) => {
+                    pings += 1;
+                    tcp.write_all(&client_frame(0x8A, &payload))
+                        .await
+                        .expect("pong");
+                    tcp.write_all(&client_frame(0x00, b" "))
+                        .await
+                        .expect("fragment");
+                }
+                (0x8, payload) => return u16::from_be_bytes([payload[0], payload[1]]),
+                _ => continue,
+            }
+        }
+    };
+    let code = tokio::time::timeout(TIMEOUT, trickle)
+        .await
+        .expect("closed in time");
+    assert_eq!(code, 1008);
+    assert!(pings >= 2, "the client answered {pings} pings");
+    assert!(started.elapsed() >= Duration::from_secs(1));
 }
 
 #[tokio::test]

@@ -98,6 +98,9 @@ pub enum Message {
     Text(String),
     /// A binary message, fragments joined.
     Binary(Vec<u8>),
+    /// A message over the kept size (see [`Reader::discard_over`]) whose payload was dropped as
+    /// it arrived: its length.
+    Discarded(usize),
     /// A ping; the answer is a pong with the same payload.
     Ping(Vec<u8>),
     /// A pong.
@@ -115,8 +118,8 @@ pub enum FrameError {
     /// A message over the size limit.
     #[error("websocket message over {0} bytes")]
     TooLarge(usize),
-    /// A text message that is not UTF-8.
-    #[error("websocket text message is not UTF-8")]
+    /// A text message or close reason that is not UTF-8.
+    #[error("websocket text is not UTF-8")]
     NotUtf8,
 }
 
@@ -131,11 +134,39 @@ impl FrameError {
     }
 }
 
-/// One whole frame taken from the input.
-struct RawFrame {
+/// Whether a client may close with `code`: the codes RFC 6455 §7.4.1 defines for sending and
+/// the later IANA registrations (1012–1014), and the ranges for libraries and applications
+/// (3000–4999). Never 1004 (reserved), 1005, 1006 or 1015 (only reported locally, §7.4.1), nor
+/// anything below 1000 or unassigned (§7.4.2).
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// What a frame header says.
+struct Header {
     fin: bool,
     opcode: u8,
-    payload: Vec<u8>,
+    /// The payload length the header announces.
+    len: u64,
+    /// The header's own length, the masking key included.
+    size: usize,
+}
+
+impl Header {
+    fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+}
+
+/// A message being dropped because it is over the kept size.
+#[derive(Debug)]
+struct Discard {
+    /// The message's length so far, the current frame included.
+    len: usize,
+    /// Payload bytes of the current frame still to drop.
+    left: usize,
+    /// Whether the current frame ends the message.
+    fin: bool,
 }
 
 /// Client bytes in, messages out. Holds no memory at rest: its buffers are allocated while a
@@ -146,7 +177,12 @@ pub struct Reader {
     unread: Vec<u8>,
     /// A fragmented message so far: its opcode and payload.
     fragments: Option<(u8, Vec<u8>)>,
+    /// A message over `max_kept` whose bytes are being dropped.
+    discard: Option<Discard>,
+    /// Over this a message is an error (close 1009).
     max_message: usize,
+    /// Over this (and up to `max_message`) a message is dropped as it arrives.
+    max_kept: usize,
 }
 
 impl Reader {
@@ -155,8 +191,22 @@ impl Reader {
         Self {
             unread: Vec::new(),
             fragments: None,
+            discard: None,
             max_message,
+            max_kept: usize::MAX,
         }
+    }
+
+    /// From the next frame on, refuses messages over `max_message` bytes.
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
+    /// Drops messages over `max_kept` bytes (and up to the size limit) as their bytes arrive,
+    /// reporting each as [`Message::Discarded`] once its last byte is in, so that a large
+    /// message costs no memory yet does not end the connection.
+    pub fn discard_over(&mut self, max_kept: usize) {
+        self.max_kept = max_kept;
     }
 
     /// Adds bytes read from the socket.
@@ -164,31 +214,85 @@ impl Reader {
         self.unread.extend_from_slice(bytes);
     }
 
+    /// Whether part of a frame or of a fragmented message has arrived and the rest has not.
+    pub fn pending(&self) -> bool {
+        !self.unread.is_empty() || self.fragments.is_some() || self.discard.is_some()
+    }
+
     /// The next message if the bytes so far complete one.
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
-        while let Some(frame) = self.next_frame()? {
-            if frame.opcode & 0x8 != 0 {
-                return control(frame).map(Some);
+        loop {
+            if let Some(discard) = &mut self.discard {
+                let dropped = discard.left.min(self.unread.len());
+                discard.left -= dropped;
+                let (left, fin, len) = (discard.left, discard.fin, discard.len);
+                self.consume(dropped);
+                if left > 0 {
+                    return Ok(None);
+                }
+                if fin {
+                    self.discard = None;
+                    return Ok(Some(Message::Discarded(len)));
+                }
             }
-            let (opcode, payload) = match (frame.opcode, self.fragments.take()) {
-                (TEXT | BINARY, Some(_)) => {
+            let Some(header) = self.header()? else {
+                return Ok(None);
+            };
+            if header.is_control() {
+                return match self.take_payload(&header) {
+                    Some(payload) => control(header.opcode, payload).map(Some),
+                    None => Ok(None),
+                };
+            }
+            let so_far = match (header.opcode, &self.fragments, &self.discard) {
+                (TEXT | BINARY, None, None) => 0,
+                (TEXT | BINARY, _, _) => {
                     return Err(FrameError::Protocol(
                         "a message began before the previous one ended",
                     ));
                 }
-                (TEXT | BINARY, None) => (frame.opcode, frame.payload),
-                (CONTINUATION, Some((opcode, mut so_far))) => {
-                    so_far.extend_from_slice(&frame.payload);
-                    (opcode, so_far)
-                }
-                (CONTINUATION, None) => {
+                (CONTINUATION, Some((_, payload)), _) => payload.len(),
+                (CONTINUATION, None, Some(discard)) => discard.len,
+                (CONTINUATION, None, None) => {
                     return Err(FrameError::Protocol(
                         "a continuation frame without a message",
                     ));
                 }
                 _ => return Err(FrameError::Protocol("unknown opcode")),
             };
-            if !frame.fin {
+            // Refused on the header alone: an oversized message is never buffered.
+            let len = usize::try_from(header.len)
+                .ok()
+                .and_then(|len| Some((len, so_far.checked_add(len)?)))
+                .filter(|&(_, total)| total <= self.max_message);
+            let Some((len, total)) = len else {
+                return Err(FrameError::TooLarge(self.max_message));
+            };
+            if total > self.max_kept || self.discard.is_some() {
+                if self.unread.len() < header.size {
+                    return Ok(None);
+                }
+                // Dropped from here on, what was kept of it included.
+                self.consume(header.size);
+                self.fragments = None;
+                self.discard = Some(Discard {
+                    len: total,
+                    left: len,
+                    fin: header.fin,
+                });
+                continue;
+            }
+            let Some(payload) = self.take_payload(&header) else {
+                return Ok(None);
+            };
+            let (opcode, payload) = match self.fragments.take() {
+                Some((opcode, mut so_far)) => {
+                    so_far.extend_from_slice(&payload);
+                    (opcode, so_far)
+                }
+                None => (header.opcode, payload),
+            };
+            if !header.fin {
                 self.fragments = Some((opcode, payload));
                 continue;
             }
@@ -199,10 +303,11 @@ impl Reader {
                 _ => Ok(Some(Message::Binary(payload))),
             };
         }
-        Ok(None)
     }
 
-    fn next_frame(&mut self) -> Result<Option<RawFrame>, FrameError> {
+    /// The next frame's header, once its bytes up to the length have arrived (the masking key
+    /// may still be missing, so that a length over the limit is refused at once).
+    fn header(&self) -> Result<Option<Header>, FrameError> {
         let buf = &self.unread;
         let [first, second, ..] = buf[..] else {
             return Ok(None);
@@ -214,7 +319,7 @@ impl Reader {
             return Err(FrameError::Protocol("client frames must be masked"));
         }
         let (fin, opcode) = (first & FIN != 0, first & 0x0F);
-        let (len, mut at) = match second & !MASKED {
+        let (len, size) = match second & !MASKED {
             126 => match buf.get(2..4) {
                 Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
                 _ => return Ok(None),
@@ -225,60 +330,65 @@ impl Reader {
             },
             len => (u64::from(len), 2),
         };
-        if opcode & 0x8 != 0 && (!fin || len > MAX_CONTROL) {
+        let header = Header {
+            fin,
+            opcode,
+            len,
+            size: size + 4,
+        };
+        if header.is_control() && (!fin || len > MAX_CONTROL) {
             return Err(FrameError::Protocol(
                 "control frames must be whole and at most 125 bytes",
             ));
         }
-        // Refused on the header alone: an oversized message is never buffered.
-        // A control frame between fragments is not part of the message.
-        let so_far = match &self.fragments {
-            Some((_, payload)) if opcode & 0x8 == 0 => payload.len(),
-            _ => 0,
-        };
-        let room = self.max_message.saturating_sub(so_far);
-        let len = match usize::try_from(len) {
-            Ok(len) if len <= room => len,
-            _ => return Err(FrameError::TooLarge(self.max_message)),
-        };
-        let Some(mask) = buf
-            .get(at..at + 4)
-            .and_then(|m| <[u8; 4]>::try_from(m).ok())
-        else {
-            return Ok(None);
-        };
-        at += 4;
-        let Some(masked) = buf.get(at..at + len) else {
-            return Ok(None);
-        };
+        Ok(Some(header))
+    }
+
+    /// The unmasked payload of the frame `header` begins, once all of it has arrived; the
+    /// frame is then taken from the input.
+    fn take_payload(&mut self, header: &Header) -> Option<Vec<u8>> {
+        let len = usize::try_from(header.len).ok()?;
+        let mask = self.unread.get(header.size - 4..header.size)?;
+        let masked = self
+            .unread
+            .get(header.size..header.size.checked_add(len)?)?;
         let payload = masked
             .iter()
             .zip(mask.iter().cycle())
             .map(|(byte, key)| byte ^ key)
             .collect();
-        let taken = at + len;
-        if taken == self.unread.len() {
+        self.consume(header.size + len);
+        Some(payload)
+    }
+
+    /// Forgets the first `count` unread bytes.
+    fn consume(&mut self, count: usize) {
+        if count == self.unread.len() {
             // Release the buffer: an idle connection keeps none.
             self.unread = Vec::new();
         } else {
-            self.unread.drain(..taken);
+            self.unread.drain(..count);
         }
-        Ok(Some(RawFrame {
-            fin,
-            opcode,
-            payload,
-        }))
     }
 }
 
-fn control(frame: RawFrame) -> Result<Message, FrameError> {
-    match frame.opcode {
-        CLOSE => match frame.payload[..] {
+fn control(opcode: u8, payload: Vec<u8>) -> Result<Message, FrameError> {
+    match opcode {
+        CLOSE => match payload[..] {
             [] => Ok(Message::Close(None)),
-            [a, b, ..] => Ok(Message::Close(Some(u16::from_be_bytes([a, b])))),
             [_] => Err(FrameError::Protocol("a close frame with a one-byte code")),
+            [a, b, ref reason @ ..] => {
+                let code = u16::from_be_bytes([a, b]);
+                if !close_code_allowed(code) {
+                    return Err(FrameError::Protocol("a close code that must not be sent"));
+                }
+                if std::str::from_utf8(reason).is_err() {
+                    return Err(FrameError::NotUtf8);
+                }
+                Ok(Message::Close(Some(code)))
+            }
         },
-        PING => Ok(Message::Ping(frame.payload)),
+        PING => Ok(Message::Ping(payload)),
         PONG => Ok(Message::Pong),
         _ => Err(FrameError::Protocol("unknown opcode")),
     }
@@ -441,5 +551,105 @@ mod tests {
         let mut huge = vec![FIN | TEXT, MASKED | 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(read_all(&huge, 1000), [Err(FrameError::TooLarge(1000))]);
+    }
+
+    #[test]
+    fn close_codes_that_must_not_be_sent_break_the_protocol() {
+        // Autobahn 7.9.*, and the rest RFC 6455 §7.4 keeps from the wire.
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let got = read_all(&client_frame(FIN | CLOSE, &u16::to_be_bytes(code)), 1000);
+            assert_eq!(
+                got,
+                [Err(FrameError::Protocol(
+                    "a close code that must not be sent"
+                ))],
+                "{code}"
+            );
+            assert_eq!(got[0].as_ref().map_err(FrameError::close_code), Err(1002));
+        }
+        // Autobahn 7.7.*, and the codes IANA registered since.
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice("bye ✓".as_bytes());
+            let got = read_all(&client_frame(FIN | CLOSE, &payload), 1000);
+            assert_eq!(got, [Ok(Message::Close(Some(code)))], "{code}");
+        }
+    }
+
+    #[test]
+    fn a_close_reason_that_is_not_utf8_is_invalid_payload() {
+        // Autobahn 7.5.1: a UTF-8 sequence cut by a surrogate.
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xed, 0xa0, 0x80, 0x65]);
+        let got = read_all(&client_frame(FIN | CLOSE, &payload), 1000);
+        assert_eq!(got, [Err(FrameError::NotUtf8)]);
+    }
+
+    #[test]
+    fn a_message_over_the_kept_size_is_dropped_as_it_arrives() {
+        let mut reader = Reader::new(10_000);
+        reader.discard_over(100);
+        let mut bytes = client_frame(TEXT, &[b'x'; 60]);
+        bytes.extend(client_frame(FIN | PING, b"p"));
+        // This fragment takes the message over 100 bytes: from here it is dropped.
+        bytes.extend(client_frame(CONTINUATION, &[b'x'; 3000]));
+        bytes.extend(client_frame(FIN | CONTINUATION, &[b'x'; 3000]));
+        bytes.extend(client_frame(FIN | TEXT, b"next"));
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(512) {
+            reader.extend(chunk);
+            assert!(reader.pending());
+            while let Some(message) = reader.next_message().expect("acceptable frames") {
+                got.push(message);
+            }
+            // Nothing is kept beyond the bytes of the chunk just read.
+            assert!(reader.unread.len() <= 512, "{} kept", reader.unread.len());
+            assert!(
+                reader
+                    .fragments
+                    .as_ref()
+                    .is_none_or(|(_, p)| p.len() <= 100)
+            );
+        }
+        assert_eq!(
+            got,
+            [
+                Message::Ping(b"p".to_vec()),
+                Message::Discarded(6060),
+                Message::Text("next".into()),
+            ]
+        );
+        assert!(!reader.pending());
+        // A message over the size limit still ends the connection, dropped or not.
+        let mut reader = Reader::new(1000);
+        reader.discard_over(100);
+        reader.extend(&client_frame(TEXT, &[b'x'; 600]));
+        reader.extend(&client_frame(FIN | CONTINUATION, &[b'x'; 600])[..8]);
+        assert_eq!(reader.next_message(), Err(FrameError::TooLarge(1000)));
+    }
+
+    #[test]
+    fn a_raised_limit_applies_from_the_next_frame() {
+        let mut reader = Reader::new(100);
+        reader.extend(&client_frame(FIN | TEXT, b"connect"));
+        let big = client_frame(FIN | TEXT, &[b'x'; 500]);
+        reader.extend(&big[..8]);
+        assert_eq!(
+            reader.next_message(),
+            Ok(Some(Message::Text("connect".into())))
+        );
+        reader.set_max_message(1000);
+        assert_eq!(reader.next_message(), Ok(None));
+        assert!(reader.pending());
+        reader.extend(&big[8..]);
+        assert_eq!(
+            reader.next_message(),
+            Ok(Some(Message::Text("x".repeat(500))))
+        );
+        assert!(!reader.pending());
     }
 }
