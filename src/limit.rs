@@ -234,6 +234,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The key a client address is limited by: an IPv4 address, or the /64 network of an IPv6
+/// one (a single host commonly holds a whole /64, so its addresses are one client).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+        v4 => v4,
+    }
+}
+
 /// The client's address: the peer, or — when the peer is a trusted proxy — the last address
 /// in `X-Forwarded-For` that is not a trusted proxy itself, else `X-Real-IP`.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[Network]) -> IpAddr {
@@ -330,6 +339,21 @@ mod tests {
         // A bucket still below its burst is kept by a sweep.
         limits.sweep();
         assert!(!limits.take(&a));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let key = |text: &str| address_key(text.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2::7"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        // IPv4 addresses stay whole, whether plain or mapped by a dual-stack listener.
+        assert_eq!(key("10.0.0.1"), key("::ffff:10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        let limits = AddressLimits::new(RATE);
+        assert!((0..3).all(|_| limits.take(&key("2001:db8::1"))));
+        assert!(!limits.take(&key("2001:db8::2")));
+        assert!(limits.take(&key("2001:db8:0:1::1")));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, client_ip};
+use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, address_key, client_ip};
 use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::{CloseReason, Write};
 use crate::pacing::Pacing;
@@ -247,10 +247,11 @@ impl Node {
     pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Admission> {
         let refusal = if self.is_draining() {
             Admission::Draining
-        } else if !self
-            .connect_limits
-            .take(&client_ip(peer, headers, &self.config.trusted_proxies))
-        {
+        } else if !self.connect_limits.take(&address_key(client_ip(
+            peer,
+            headers,
+            &self.config.trusted_proxies,
+        ))) {
             self.metrics.rate_limited(Limit::ConnectIp);
             Admission::RateLimited
         } else if self.connection_count() >= self.config.max_connections {
