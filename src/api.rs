@@ -64,6 +64,15 @@ pub async fn track(State(node): State<Arc<Node>>, request: Request, next: Next) 
     response
 }
 
+/// Lets an API call through only with a valid key, checked from its headers before any body
+/// is read: a stranger's upload is refused unread.
+pub async fn authorized(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    match authorize(&node, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Checks the bearer API key against every configured key.
 fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
@@ -118,6 +127,13 @@ fn json_body<'a, T: Deserialize<'a>>(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return Err(too_large());
+        }
+        Err(rejection) if crate::server::is_body_timeout(rejection) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("body not sent within {:?}", node.config.body_timeout),
+            ));
         }
         Err(rejection) => return Err(ApiError::bad_request(rejection.body_text())),
     };
@@ -297,10 +313,8 @@ fn respond(done: Done) -> Response {
 /// `POST /api/broadcast`: publishes an event to channels on every node.
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_broadcast(&node, request).await.map(respond)
 }
@@ -308,10 +322,8 @@ pub async fn broadcast(
 /// `POST /api/push`: an event to every socket of some users, on every node.
 pub async fn push(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_push(&node, request).await.map(respond)
 }
@@ -320,11 +332,9 @@ pub async fn push(
 /// across the cluster are subscribed to it.
 pub async fn room_broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(room): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request = json_body(&node, &body)?;
     do_room_broadcast(&node, &room, request).await.map(respond)
 }
@@ -332,10 +342,8 @@ pub async fn room_broadcast(
 /// `POST /api/users/{id}/disconnect`: closes that user's sockets on every node.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     do_disconnect(&node, &user).await.map(respond)
 }
 
@@ -399,10 +407,8 @@ struct BatchRequest {
 /// `POST /api/batch`: up to 100 operations, each answered on its own.
 pub async fn batch(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let request: BatchRequest = json_body(&node, &body)?;
     if request.batch.is_empty() || request.batch.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
@@ -433,10 +439,8 @@ impl From<ClusterError> for ApiError {
 /// `GET /api/users/{id}`: whether a user has a socket on any node, and how many.
 pub async fn user(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     let connections = node.cluster.user_connections(&id).await?;
     Ok(Json(json!({
         "user_id": id,
@@ -456,10 +460,8 @@ pub struct ChannelsQuery {
 /// `GET /api/channels`: every channel with subscribers across the cluster.
 pub async fn channels(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Query(query): Query<ChannelsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     let prefix = query.prefix.unwrap_or_default();
     let channels: serde_json::Map<String, serde_json::Value> = node
         .cluster
@@ -479,10 +481,8 @@ pub async fn channels(
 /// `GET /api/channels/{name}`: one channel's counts across the cluster.
 pub async fn channel_info(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&node, &headers)?;
     check_channel(&node, &name)?;
     let info = node.cluster.channel(&node.hub, &name).await?;
     let mut body = json!({
@@ -499,10 +499,8 @@ pub async fn channel_info(
 /// `GET /api/channels/{name}/users`: a presence channel's members.
 pub async fn channel_users(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
     let members = presence_members(&node, &name).await?;
     Ok(Json(json!({"channel": name, "users": members})).into_response())
 }
@@ -650,7 +648,6 @@ pub async fn notifications(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     use crate::notifications::store::{Created, NewNotification, Target};
-    authorize(&node, &headers)?;
     let Some(store) = &node.notifications else {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,

@@ -117,6 +117,18 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// HTTP connections one client address may hold open (trusted proxies are exempt)
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_http_connections_per_address: usize,
+
+    /// Time an HTTP request body has to arrive before the request is answered 408
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
     /// Largest message or HTTP body accepted, in bytes (Engine.IO's maxPayload)
     #[arg(
         long,
@@ -443,6 +455,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Session cap.
     pub max_connections: usize,
+    /// Open HTTP connections one peer address may hold (trusted proxies exempt).
+    pub max_http_connections_per_address: usize,
+    /// Deadline for reading an HTTP request body.
+    pub body_timeout: Duration,
     /// Message and body size cap.
     pub max_message_size: usize,
     /// Subscriptions per socket.
@@ -658,6 +674,10 @@ impl Args {
 
         for (name, value) in [
             ("max_connections", self.max_connections),
+            (
+                "max_http_connections_per_address",
+                self.max_http_connections_per_address,
+            ),
             ("max_message_size", self.max_message_size),
             ("max_subscriptions", self.max_subscriptions),
             ("max_channel_length", self.max_channel_length),
@@ -672,6 +692,9 @@ impl Args {
         }
         if self.ping_timeout.is_zero() {
             return Err(ConfigError::new("ping_timeout", "must be greater than 0"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(ConfigError::new("body_timeout", "must be greater than 0"));
         }
         if self.auth_timeout.is_zero() {
             return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
@@ -862,6 +885,8 @@ impl Args {
             ping_timeout: self.ping_timeout,
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
+            max_http_connections_per_address: self.max_http_connections_per_address,
+            body_timeout: self.body_timeout,
             max_message_size: self.max_message_size,
             max_subscriptions: self.max_subscriptions,
             max_channel_length: self.max_channel_length,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -356,7 +356,7 @@ pub async fn post(
     State(node): State<Arc<Node>>,
     query: Result<Query<EngineQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let handle = async {
         receive_polling(&node, query, body).await?;
@@ -508,17 +508,28 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
 async fn receive_polling(
     node: &Node,
     query: Result<Query<EngineQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(), EngineError> {
     let query = check_query(query)?;
     let sid = query
         .sid
         .as_deref()
         .ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
+    // The body is read only for a live session: a stranger's upload is refused unread.
     let session = polling_session(node, sid)?;
-    let body = match body {
-        Ok(body) if body.len() <= node.config.max_message_size => body,
-        _ => {
+    let limit = node.config.max_message_size;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(e) if crate::server::is_body_timeout(&e) => {
+            tracing::info!(sid, "closing a polling session: payload not sent in time");
+            session.close(CloseReason::TransportError);
+            return Err(EngineError::with(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "payload not sent in time",
+            ));
+        }
+        Err(_) => {
             node.metrics
                 .errors
                 .with_label_values(&["message_too_large"])
