@@ -110,12 +110,20 @@ pub struct Args {
     pub ping_timeout: Duration,
 
     /// Time a new session has to connect to a namespace before it is closed
-    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
     /// Most client sessions this node holds at once
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Socket.IO sessions one client address may hold before they connect a namespace
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        default_value_t = 16
+    )]
+    pub max_unauthenticated_per_address: usize,
 
     /// HTTP connections one client address may hold open (trusted proxies are exempt)
     #[arg(
@@ -455,6 +463,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Session cap.
     pub max_connections: usize,
+    /// Sessions one client address may hold before connecting a namespace.
+    pub max_unauthenticated_per_address: usize,
     /// Open HTTP connections one peer address may hold (trusted proxies exempt).
     pub max_http_connections_per_address: usize,
     /// Deadline for reading an HTTP request body.
@@ -675,6 +685,10 @@ impl Args {
         for (name, value) in [
             ("max_connections", self.max_connections),
             (
+                "max_unauthenticated_per_address",
+                self.max_unauthenticated_per_address,
+            ),
+            (
                 "max_http_connections_per_address",
                 self.max_http_connections_per_address,
             ),
@@ -885,6 +899,7 @@ impl Args {
             ping_timeout: self.ping_timeout,
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
+            max_unauthenticated_per_address: self.max_unauthenticated_per_address,
             max_http_connections_per_address: self.max_http_connections_per_address,
             body_timeout: self.body_timeout,
             max_message_size: self.max_message_size,

@@ -25,7 +25,9 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, KeyedLimits, SWEEP_INTERVAL, address_key, client_ip};
+use crate::limit::{
+    AddressCounts, AddressLimits, KeyedLimits, SWEEP_INTERVAL, address_key, client_ip,
+};
 use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::{CloseReason, Write};
 use crate::pacing::Pacing;
@@ -56,6 +58,8 @@ pub struct Node {
     chat: mpsc::UnboundedSender<ChatMessage>,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
+    /// Engine.IO sessions per client address that have not connected a namespace yet.
+    pub unauthenticated: AddressCounts,
     /// HTTP API calls per key.
     pub api_limits: KeyedLimits<String>,
     /// Prometheus metrics.
@@ -81,6 +85,9 @@ pub enum Admission {
     RateLimited,
     /// The node holds `SWITCHBOARD_MAX_CONNECTIONS`.
     Full,
+    /// The client address holds `SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS` sessions that
+    /// have not connected a namespace.
+    Unauthenticated,
 }
 
 impl Admission {
@@ -88,7 +95,7 @@ impl Admission {
     pub fn status(self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         match self {
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::Unauthenticated => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -99,6 +106,9 @@ impl Admission {
             Self::Draining => "node is shutting down",
             Self::RateLimited => "too many connection attempts from this address, slow down",
             Self::Full => "node is at its connection limit",
+            Self::Unauthenticated => {
+                "too many sessions from this address have not connected yet, slow down"
+            }
         }
     }
 }
@@ -194,6 +204,7 @@ impl Node {
                 blocks: Blocks::new(blocks_pool, config.redis_prefix.clone()),
                 chat,
                 connect_limits: AddressLimits::new(config.connect_rate),
+                unauthenticated: AddressCounts::new(config.max_unauthenticated_per_address),
                 api_limits: KeyedLimits::new(config.api_rate),
                 metrics,
                 config,

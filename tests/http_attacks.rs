@@ -1,21 +1,34 @@
 //! Attacks on the HTTP layer before authentication, each against a real node over raw TCP:
 //! bodies sent by strangers or never finished, oversized request heads, too many connections
-//! from one address (issue 16, item 2). New settings are given as environment variables, which
-//! an older binary ignores, so each test shows the attack working there.
+//! from one address, and token-less Engine.IO sessions filling the node (issue 16, items 2
+//! and 7). New settings are given as environment variables, which an older binary ignores, so
+//! each test shows the attack working there.
 
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";
 /// The size every stalled upload announces: the default message limit.
 const ANNOUNCED: usize = 1_000_000;
+
+fn token(sub: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    jwt_hs256(
+        SECRET,
+        json!({"sub": sub, "name": "Test", "exp": now + 600}),
+    )
+}
 
 /// A TCP connection to `node` from `local` (127.0.0.x gives distinct client addresses).
 async fn connect_from(local: &str, node: &Node) -> TcpStream {
@@ -90,6 +103,13 @@ async fn handshake_from(local: &str, node: &Node) -> Result<String, u16> {
     let text = response.text();
     let open: Value = serde_json::from_str(text.trim_start_matches('0')).expect("open packet");
     Ok(open["sid"].as_str().expect("sid").to_owned())
+}
+
+fn polling_url(node: &Node, sid: &str) -> String {
+    format!(
+        "{}/socket.io/?EIO=4&transport=polling&sid={sid}",
+        node.url()
+    )
 }
 
 /// Item 2: an API call without a valid key is refused from its headers, before its body.
@@ -213,6 +233,80 @@ async fn connections_over_the_per_address_cap_are_closed() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "a closed connection gives its place back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Item 7: token-less sessions from one address are capped, so they cannot fill the node; a
+/// real user still connects, sessions that connect a namespace stop counting, and the
+/// strangers' sessions end at the (short) connect deadline and give their places back.
+#[tokio::test]
+async fn unauthenticated_sessions_cannot_fill_the_node() {
+    let node = Node::spawn(
+        &["--dev"],
+        &[
+            ("SWITCHBOARD_MAX_CONNECTIONS", "20"),
+            ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "4"),
+            ("SWITCHBOARD_CONNECT_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let mut strangers = Vec::new();
+    let refusal = loop {
+        match handshake_from("127.0.0.2", &node).await {
+            Ok(sid) => strangers.push(sid),
+            Err(status) => break status,
+        }
+        assert!(strangers.len() <= 20, "never refused");
+    };
+    assert_eq!(
+        (strangers.len(), refusal),
+        (4, 429),
+        "one address holds at most 4 sessions that have not connected"
+    );
+
+    // A pending poll on a stranger's session hears it end at the connect deadline.
+    let url = polling_url(&node, &strangers[0]);
+    let closed = tokio::spawn(async move {
+        tokio::time::timeout(TIMEOUT, http_from("127.0.0.2", "GET", &url, &[], b"")).await
+    });
+
+    // A real user, from another address, is not kept out.
+    let mut user = Agent::connected(&node.url(), &token(json!(1))).await;
+    user.emit_ack("ping", json!([])).await;
+
+    // Sessions that connect a namespace no longer count against their address.
+    for n in 0..6 {
+        let sid = handshake_from("127.0.0.3", &node)
+            .await
+            .unwrap_or_else(|status| panic!("session {n} refused with {status}"));
+        let connect = format!("40{}", json!({"token": token(json!(100 + n))}));
+        let sent = http_from(
+            "127.0.0.3",
+            "POST",
+            &polling_url(&node, &sid),
+            &[("content-type", "text/plain")],
+            connect.as_bytes(),
+        )
+        .await;
+        assert_eq!(sent.status, 200, "connect packet accepted");
+        let ack = http_from("127.0.0.3", "GET", &polling_url(&node, &sid), &[], b"").await;
+        assert!(ack.text().starts_with("40"), "connected: {}", ack.text());
+    }
+
+    // The strangers' sessions end at the connect deadline, and their address may open
+    // sessions again.
+    let closed = closed
+        .await
+        .expect("the poll task")
+        .expect("the session ends at the connect deadline");
+    assert_eq!(closed.text(), "1", "a close packet");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while handshake_from("127.0.0.2", &node).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places come back when sessions end"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
