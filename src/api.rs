@@ -84,6 +84,13 @@ fn json_body<'a, T: Deserialize<'a>>(
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return Err(too_large());
         }
+        Err(rejection) if crate::server::is_body_timeout(rejection) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("body not sent within {:?}", node.config.body_timeout),
+            ));
+        }
         Err(rejection) => return Err(ApiError::bad_request(rejection.body_text())),
     };
     serde_json::from_slice(body)

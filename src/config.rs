@@ -127,12 +127,32 @@ pub struct Args {
     pub ping_timeout: Duration,
 
     /// Time a new session has to connect to a namespace before it is closed
-    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
     /// Most client sessions this node holds at once
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Socket.IO sessions one client address may hold before they connect a namespace
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        default_value_t = 16
+    )]
+    pub max_unauthenticated_per_address: usize,
+
+    /// HTTP connections one client address may hold open (trusted proxies are exempt)
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_http_connections_per_address: usize,
+
+    /// Time an HTTP request body has to arrive before the request is answered 408
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
 
     /// Largest message or HTTP body accepted, in bytes (Engine.IO's maxPayload)
     #[arg(
@@ -479,6 +499,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Session cap.
     pub max_connections: usize,
+    /// Sessions one client address may hold before connecting a namespace.
+    pub max_unauthenticated_per_address: usize,
+    /// Open HTTP connections one peer address may hold (trusted proxies exempt).
+    pub max_http_connections_per_address: usize,
+    /// Deadline for reading an HTTP request body.
+    pub body_timeout: Duration,
     /// Message and body size cap.
     pub max_message_size: usize,
     /// Time to finish a websocket message.
@@ -710,6 +736,14 @@ impl Args {
 
         for (name, value) in [
             ("max_connections", self.max_connections),
+            (
+                "max_unauthenticated_per_address",
+                self.max_unauthenticated_per_address,
+            ),
+            (
+                "max_http_connections_per_address",
+                self.max_http_connections_per_address,
+            ),
             ("max_message_size", self.max_message_size),
             ("max_subscriptions", self.max_subscriptions),
             ("max_channel_length", self.max_channel_length),
@@ -724,6 +758,9 @@ impl Args {
         }
         if self.ping_timeout.is_zero() {
             return Err(ConfigError::new("ping_timeout", "must be greater than 0"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(ConfigError::new("body_timeout", "must be greater than 0"));
         }
         if self.auth_timeout.is_zero() {
             return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
@@ -920,6 +957,9 @@ impl Args {
             ping_timeout: self.ping_timeout,
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
+            max_unauthenticated_per_address: self.max_unauthenticated_per_address,
+            max_http_connections_per_address: self.max_http_connections_per_address,
+            body_timeout: self.body_timeout,
             max_message_size: self.max_message_size,
             message_timeout: self.message_timeout,
             max_subscriptions: self.max_subscriptions,

@@ -8,13 +8,13 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,8 +23,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::auth::bearer;
+use crate::limit::{address_key, client_ip};
 use crate::metrics::Protocol;
-use crate::node::Node;
+use crate::node::{Admission, Node};
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
 use crate::protocol::websocket::{self as framing, FrameError, Message};
@@ -99,6 +100,9 @@ pub struct Session {
     pub handshake: HandshakeInfo,
     /// The Socket.IO sockets riding on this session.
     pub sockets: socketio::Sockets,
+    /// The client address this session counts against in `Node::unauthenticated`, until it
+    /// connects a namespace or ends.
+    unauthenticated: std::sync::Mutex<Option<IpAddr>>,
     transport: AtomicU8,
     pong: AtomicBool,
     polling: AtomicBool,
@@ -380,7 +384,7 @@ pub async fn post(
     State(node): State<Arc<Node>>,
     query: Result<Query<EngineQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let handle = async {
         receive_polling(&node, query, body).await?;
@@ -413,12 +417,24 @@ fn open_session(
         switchboard.refusal = tracing::field::Empty,
     );
     let _span = span.enter();
-    node.admit(remote, headers).map_err(|refusal| {
+    let refuse = |refusal: Admission| {
         span.record("switchboard.refusal", refusal.message());
         EngineError::with(refusal.status(), ErrorCode::Forbidden, refusal.message())
-    })?;
+    };
+    node.admit(remote, headers).map_err(refuse)?;
+    // Until it connects a namespace a session is a stranger's: each address may hold only a
+    // few, so strangers cannot take the places of users who sign in.
+    let key = address_key(client_ip(remote, headers, &node.config.trusted_proxies));
+    if !node.unauthenticated.try_add(key) {
+        node.metrics
+            .errors
+            .with_label_values(&["unauthenticated_limit"])
+            .inc();
+        return Err(refuse(Admission::Unauthenticated));
+    }
+    let sid = random_id().inspect_err(|_| node.unauthenticated.remove(key))?;
     let session = Arc::new(Session {
-        sid: random_id()?,
+        sid,
         outbox: Arc::new(Outbox::new(node.config.send_queue_bytes)),
         handshake: HandshakeInfo {
             token: std::sync::Mutex::new(
@@ -432,6 +448,7 @@ fn open_session(
             remote,
         },
         sockets: socketio::Sockets::default(),
+        unauthenticated: std::sync::Mutex::new(Some(key)),
         transport: AtomicU8::new(transport as u8),
         pong: AtomicBool::new(false),
         polling: AtomicBool::new(false),
@@ -444,11 +461,24 @@ fn open_session(
     Ok(session)
 }
 
+/// Gives back the session's place among its address's unauthenticated sessions, once.
+fn authenticated(node: &Node, session: &Session) {
+    let key = session
+        .unauthenticated
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(key) = key {
+        node.unauthenticated.remove(key);
+    }
+}
+
 /// Ends a session once: unregisters it, closes its queue and its sockets.
 fn finish(node: &Node, session: &Session, reason: CloseReason) {
     if node.sessions.map.remove(&session.sid).is_none() {
         return;
     }
+    authenticated(node, session);
     session.close(reason);
     // The queue may have been closed earlier with a more precise reason (e.g. slow consumer).
     let reason = session.outbox.close_reason().unwrap_or(reason);
@@ -543,17 +573,28 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
 async fn receive_polling(
     node: &Node,
     query: Result<Query<EngineQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(), EngineError> {
     let query = check_query(query)?;
     let sid = query
         .sid
         .as_deref()
         .ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
+    // The body is read only for a live session: a stranger's upload is refused unread.
     let session = polling_session(node, sid)?;
-    let body = match body {
-        Ok(body) if body.len() <= node.config.max_message_size => body,
-        _ => {
+    let limit = node.config.max_message_size;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(e) if crate::server::is_body_timeout(&e) => {
+            tracing::info!(sid, "closing a polling session: payload not sent in time");
+            session.close(CloseReason::TransportError);
+            return Err(EngineError::with(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "payload not sent in time",
+            ));
+        }
+        Err(_) => {
             node.metrics
                 .errors
                 .with_label_values(&["message_too_large"])
@@ -607,7 +648,13 @@ async fn on_packet(node: &Node, session: &Session, packet: Packet<'_>) -> Result
             session.pong.store(true, Ordering::Release);
             Ok(())
         }
-        Packet::Message(text) => socketio::on_message(node, session, text).await,
+        Packet::Message(text) => {
+            let result = socketio::on_message(node, session, text).await;
+            if session.sockets.ever_connected() {
+                authenticated(node, session);
+            }
+            result
+        }
         Packet::Binary(data) => socketio::on_binary(node, session, &data),
         Packet::Close => Err(CloseReason::ClientClosed),
         Packet::Noop | Packet::Upgrade | Packet::Ping(_) => Ok(()),
@@ -677,6 +724,17 @@ impl Heartbeat {
     }
 }
 
+/// When a session's timer must fire next: at the heartbeat's deadline, or at the connect
+/// deadline while no namespace is connected, whichever comes first.
+fn next_wake(node: &Node, session: &Session, heartbeat: &Heartbeat) -> Instant {
+    let deadline = heartbeat.deadline();
+    if session.sockets.ever_connected() {
+        deadline
+    } else {
+        deadline.min(session.created + node.config.connect_timeout)
+    }
+}
+
 /// Runs a heartbeat step and the connect timeout; returns a reason to close, if any.
 fn beat(node: &Node, session: &Session, heartbeat: &mut Heartbeat) -> Option<CloseReason> {
     let now = Instant::now();
@@ -706,7 +764,7 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
     let reason = loop {
         tokio::select! {
             reason = session.outbox.closed() => break reason,
-            () = tokio::time::sleep_until(heartbeat.deadline()) => {
+            () = tokio::time::sleep_until(next_wake(&node, &session, &heartbeat)) => {
                 if session.transport() == Transport::WebSocket {
                     return;
                 }
@@ -917,7 +975,7 @@ async fn run_websocket(
     socket.set_message_timeout(node.config.message_timeout);
     // One timer for the whole session, moved only when the heartbeat's deadline does: a timer
     // made per loop turn costs a registration and a removal on every write.
-    let timer = tokio::time::sleep_until(heartbeat.deadline());
+    let timer = tokio::time::sleep_until(next_wake(node, session, &heartbeat));
     tokio::pin!(timer);
     let reason = loop {
         tokio::select! {
@@ -963,7 +1021,7 @@ async fn run_websocket(
                 if let Some(reason) = beat(node, session, &mut heartbeat) {
                     session.close(reason);
                 }
-                timer.as_mut().reset(heartbeat.deadline());
+                timer.as_mut().reset(next_wake(node, session, &heartbeat));
             },
         }
     };

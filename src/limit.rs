@@ -222,6 +222,47 @@ impl<K: Eq + Hash + Clone> KeyedLimits<K> {
     }
 }
 
+/// Things open at once (connections, sessions) counted per client address, each address up
+/// to a cap; unlike a rate, a count goes down only when its holder gives it back.
+#[derive(Debug)]
+pub struct AddressCounts {
+    cap: usize,
+    open: DashMap<IpAddr, usize>,
+}
+
+impl AddressCounts {
+    /// Counts of at most `cap` per address.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            open: DashMap::new(),
+        }
+    }
+
+    /// Counts one more for `key`; false (and nothing counted) when it already holds the cap.
+    pub fn try_add(&self, key: IpAddr) -> bool {
+        let mut count = self.open.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Gives back one that [`Self::try_add`] counted; an address holding none is forgotten.
+    pub fn remove(&self, key: IpAddr) {
+        self.open.remove_if_mut(&key, |_, count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+
+    /// How many `key` holds.
+    pub fn count(&self, key: IpAddr) -> usize {
+        self.open.get(&key).map_or(0, |count| *count)
+    }
+}
+
 /// An address or a network (`10.0.0.0/8`), for trusted proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -279,6 +320,15 @@ impl Network {
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The key a client address is limited by: an IPv4 address, or the /64 network of an IPv6
+/// one (a single host commonly holds a whole /64, so its addresses are one client).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
         v4 => v4,
     }
 }
@@ -406,6 +456,41 @@ mod tests {
         std::thread::sleep(wait + Duration::from_millis(5));
         assert_eq!(limits.wait(&a), None);
         assert!(limits.take(&a));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let key = |text: &str| address_key(text.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2::7"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        // IPv4 addresses stay whole, whether plain or mapped by a dual-stack listener.
+        assert_eq!(key("10.0.0.1"), key("::ffff:10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        let limits = AddressLimits::new(RATE);
+        assert!((0..3).all(|_| limits.take(&key("2001:db8::1"))));
+        assert!(!limits.take(&key("2001:db8::2")));
+        assert!(limits.take(&key("2001:db8:0:1::1")));
+    }
+
+    #[test]
+    fn address_counts_cap_each_address() {
+        let counts = AddressCounts::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(counts.try_add(a) && counts.try_add(a));
+        assert!(!counts.try_add(a), "a third one is over the cap");
+        assert!(counts.try_add(b), "another address has its own count");
+        counts.remove(a);
+        assert_eq!(counts.count(a), 1);
+        assert!(counts.try_add(a));
+        counts.remove(a);
+        counts.remove(a);
+        counts.remove(b);
+        assert!(
+            counts.open.is_empty(),
+            "addresses holding none are forgotten"
+        );
     }
 
     #[test]

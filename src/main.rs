@@ -9,6 +9,19 @@ use tokio::net::TcpListener;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
 
+/// jemalloc rather than glibc's malloc: after a burst of large buffers (e.g. request bodies)
+/// glibc kept most of the memory, jemalloc returns it (docs/SECURITY.md, "Pre-authentication
+/// memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start: a background thread purges freed pages after 1 s,
+/// even while the node is idle (by default purging waits for later allocations).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let args = match Args::load_from(std::env::args_os()) {
         Ok(args) => args,

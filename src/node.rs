@@ -25,7 +25,9 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
-use crate::limit::{AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, client_ip};
+use crate::limit::{
+    AddressCounts, AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, address_key, client_ip,
+};
 use crate::metrics::{Limit, Metrics, Protocol};
 use crate::outbox::{CloseReason, Write};
 use crate::pacing::Pacing;
@@ -58,6 +60,8 @@ pub struct Node {
     chat_waiting: AtomicUsize,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
+    /// Engine.IO sessions per client address that have not connected a namespace yet.
+    pub unauthenticated: AddressCounts,
     /// HTTP API calls per key.
     pub api_limits: KeyedLimits<String>,
     /// Wrong API and admin credentials per client address.
@@ -87,6 +91,9 @@ pub enum Admission {
     RateLimited,
     /// The node holds `SWITCHBOARD_MAX_CONNECTIONS`.
     Full,
+    /// The client address holds `SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS` sessions that
+    /// have not connected a namespace.
+    Unauthenticated,
 }
 
 impl Admission {
@@ -94,7 +101,7 @@ impl Admission {
     pub fn status(self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         match self {
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::Unauthenticated => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -105,6 +112,9 @@ impl Admission {
             Self::Draining => "node is shutting down",
             Self::RateLimited => "too many connection attempts from this address, slow down",
             Self::Full => "node is at its connection limit",
+            Self::Unauthenticated => {
+                "too many sessions from this address have not connected yet, slow down"
+            }
         }
     }
 }
@@ -201,6 +211,7 @@ impl Node {
                 chat,
                 chat_waiting: AtomicUsize::new(0),
                 connect_limits: AddressLimits::new(config.connect_rate),
+                unauthenticated: AddressCounts::new(config.max_unauthenticated_per_address),
                 api_limits: KeyedLimits::new(config.api_rate),
                 failed_auth: AddressLimits::new(crate::access::FAILED_ATTEMPTS),
                 connect_refusals: LogBudget::default(),
@@ -261,10 +272,11 @@ impl Node {
     pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Admission> {
         let refusal = if self.is_draining() {
             Admission::Draining
-        } else if !self
-            .connect_limits
-            .take(&client_ip(peer, headers, &self.config.trusted_proxies))
-        {
+        } else if !self.connect_limits.take(&address_key(client_ip(
+            peer,
+            headers,
+            &self.config.trusted_proxies,
+        ))) {
             self.metrics.rate_limited(Limit::ConnectIp);
             Admission::RateLimited
         } else if self.connection_count() >= self.config.max_connections {

@@ -1,20 +1,25 @@
 //! The axum router and the serve loop with graceful drain.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::routing::{get, post};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntCounter;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::config::Config;
+use crate::limit::{AddressCounts, Network, address_key};
 use crate::node::Node;
 use crate::{admin, api, engine, ws};
 
@@ -36,6 +41,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/channels", get(api::channels))
         .route("/api/channels/{name}", get(api::channel_info))
         .route("/api/channels/{name}/users", get(api::channel_users))
+        // Handlers take the `ApiKey` extractor, which checks the key from the head before any
+        // body is read; `track` counts the refusals too.
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             api::track,
@@ -103,6 +110,7 @@ pub async fn run(
     tracing::info!(%address, node_id = %node.config.node_id, bus = node.bus.kind(), "switchboard listening");
 
     let app = router(node.clone());
+    let limits = ConnectionLimits::new(&node);
     let drain_node = node.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -123,12 +131,13 @@ pub async fn run(
             Some(tokio::spawn(serve(
                 listener,
                 admin_router(node.clone()),
+                ConnectionLimits::new(&node),
                 stopped,
             )))
         }
         None => None,
     };
-    let serve = serve(listener, app, signal);
+    let serve = serve(listener, app, limits, signal);
     let serve = tokio::spawn(serve);
     // The accept loop stops at the signal; then sockets are drained with a bounded wait.
     if drained_rx.await.is_ok() {
@@ -151,6 +160,9 @@ pub async fn run(
 
 /// Longest wait for a request's head (slow clients holding connections open).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers): far above what browsers and back-ends
+/// send, and small enough that a slow sender holds little memory with it.
+const MAX_HEAD_SIZE: usize = 64 * 1024;
 /// Pause after an accept error that is not one connection's (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -161,7 +173,12 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// version-sniffing builder, which wraps every connection in a private type, so an upgraded
 /// websocket could not be turned back into its `TcpStream`; the websocket layer needs it to
 /// let a broadcast write straight to the socket (src/websocket.rs).
-async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output = ()>) {
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) {
     let (closing_tx, closing_rx) = watch::channel(false);
     tokio::pin!(stop);
     loop {
@@ -171,11 +188,19 @@ async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output = ()
         };
         match accepted {
             Ok((tcp, remote)) => {
+                // Over a cap the socket is dropped unread: answering would cost what the cap
+                // is there to save.
+                let Some(admitted) = limits.admit(remote.ip()) else {
+                    tracing::debug!(%remote, "HTTP connection refused: too many open");
+                    continue;
+                };
                 tokio::spawn(serve_connection(
                     tcp,
                     remote,
                     app.clone(),
+                    limits.body_timeout,
                     closing_rx.clone(),
+                    admitted,
                 ));
             }
             Err(e) if is_connection_error(&e) => {}
@@ -201,25 +226,167 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// Caps on open HTTP connections: in total, and per peer address (keyed like the connect rate)
+/// except for trusted proxies, which carry many clients. Only the TCP peer is known at accept
+/// time; behind a proxy, the per-client limits apply later, per request.
+struct ConnectionLimits {
+    total: Arc<Semaphore>,
+    per_address: Arc<AddressCounts>,
+    exempt: Vec<Network>,
+    body_timeout: Duration,
+    refused: IntCounter,
+}
+
+/// One admitted connection's places in the caps, given back when it is dropped (the connection
+/// ends or becomes a websocket, which counts as a session instead).
+struct Admitted {
+    _total: OwnedSemaphorePermit,
+    address: Option<(Arc<AddressCounts>, IpAddr)>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some((counts, key)) = &self.address {
+            counts.remove(*key);
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn new(node: &Node) -> Self {
+        let config = &node.config;
+        // A polling client holds up to two connections (its long poll and a send).
+        let total = config
+            .max_connections
+            .saturating_mul(2)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            total: Arc::new(Semaphore::new(total)),
+            per_address: Arc::new(AddressCounts::new(config.max_http_connections_per_address)),
+            exempt: config.trusted_proxies.clone(),
+            body_timeout: config.body_timeout,
+            refused: node
+                .metrics
+                .errors
+                .with_label_values(&["http_connection_limit"]),
+        }
+    }
+
+    /// Places for a new connection from `peer`, if both caps have room; refusals are counted.
+    fn admit(&self, peer: IpAddr) -> Option<Admitted> {
+        let admitted = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|total| {
+                if self.exempt.iter().any(|n| n.contains(peer)) {
+                    return Some(Admitted {
+                        _total: total,
+                        address: None,
+                    });
+                }
+                let key = address_key(peer);
+                self.per_address.try_add(key).then(|| Admitted {
+                    _total: total,
+                    address: Some((self.per_address.clone(), key)),
+                })
+            });
+        if admitted.is_none() {
+            self.refused.inc();
+        }
+        admitted
+    }
+}
+
+/// A request body that fails once it has taken longer than its deadline to arrive, so a
+/// client that stalls halfway through cannot keep a handler and its buffer waiting. The timer
+/// starts at the first read, so bodiless requests (and long polls) never make one.
+struct TimedBody<B> {
+    inner: B,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The error a [`TimedBody`] ends with; handlers answer it with 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimeout;
+
+/// Whether a body read failed on its deadline (anywhere in the error's chain).
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut error = Some(error);
+    while let Some(e) = error {
+        if e.is::<BodyTimeout>() {
+            return true;
+        }
+        error = e.source();
+    }
+    false
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Error = hyper::Error> + Unpin,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let timeout = this.timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves one connection's requests, upgrades included; on shutdown, finishes the request in
 /// flight and closes.
 async fn serve_connection(
     tcp: TcpStream,
     remote: SocketAddr,
     app: Router,
+    body_timeout: Duration,
     mut closing: watch::Receiver<bool>,
+    admitted: Admitted,
 ) {
     // Small frames go out at once: with Nagle, a second frame waits for the peer's delayed ACK.
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        app.clone().call(request)
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let (mut parts, inner) = request.into_parts();
+        parts.extensions.insert(ConnectInfo(remote));
+        let body = TimedBody {
+            inner,
+            timeout: body_timeout,
+            timer: None,
+        };
+        app.clone().call(hyper::Request::from_parts(parts, body))
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_SIZE)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -234,4 +401,5 @@ async fn serve_connection(
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
+    drop(admitted);
 }
