@@ -582,8 +582,14 @@ async fn receive_polling(
         .ok_or(EngineError::new(ErrorCode::BadHandshakeMethod))?;
     // The body is read only for a live session: a stranger's upload is refused unread.
     let session = polling_session(node, sid)?;
-    let limit = node.config.max_message_size;
-    let body = match axum::body::to_bytes(body, limit).await {
+    let limit = max_message(node, &session);
+    // A declared length over the limit is refused before a byte of it is waited for.
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    let read = match usize::try_from(declared) {
+        Ok(declared) if declared <= limit => axum::body::to_bytes(body, limit).await,
+        _ => Err(axum::Error::new("payload over the size limit")),
+    };
+    let body = match read {
         Ok(body) => body,
         Err(e) if crate::server::is_body_timeout(&e) => {
             tracing::info!(sid, "closing a polling session: payload not sent in time");
@@ -783,7 +789,8 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
     }
 }
 
-/// The largest websocket message `session` may send now: small until it has connected.
+/// The largest websocket message or polling payload `session` may send now: small until it
+/// has connected a namespace, so a stranger pins kilobytes, not the full message size.
 fn max_message(node: &Node, session: &Session) -> usize {
     let max = node.config.max_message_size;
     if session.sockets.ever_connected() {

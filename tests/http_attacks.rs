@@ -152,6 +152,10 @@ async fn stalled_bodies_are_cut_off_at_the_deadline() {
     )
     .await;
     let sid = handshake_from("127.0.0.1", &node).await.expect("a session");
+    // Connected first: before that a session's payloads are limited to 8 KiB.
+    let connect = format!("40{}", json!({"token": token(json!(1))}));
+    let connected = http("POST", &polling_url(&node, &sid), &[], connect.as_bytes()).await;
+    assert_eq!(connected.status, 200, "{}", connected.text());
     let mut polling = connect_from("127.0.0.1", &node).await;
     let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     stalled_upload(&mut polling, &target, "", 999_000).await;
@@ -165,6 +169,38 @@ async fn stalled_bodies_are_cut_off_at_the_deadline() {
     );
     assert_eq!(read_status(&mut api).await, Some(408));
     assert!(closed_by_node(&mut api).await, "API connection closed");
+}
+
+/// Item 3, on polling: until a session has connected a namespace its payloads may be 8 KiB, so
+/// a token-less session cannot make the node hold a megabyte; once connected, the full size.
+#[tokio::test]
+async fn a_big_polling_payload_before_connect_is_refused() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let sid = handshake_from("127.0.0.1", &node).await.expect("a session");
+    let mut stream = connect_from("127.0.0.1", &node).await;
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    stalled_upload(&mut stream, &target, "", 1000).await;
+    assert_eq!(
+        read_status(&mut stream).await,
+        Some(413),
+        "refused from its length"
+    );
+    let poll = http("GET", &polling_url(&node, &sid), &[], b"").await;
+    assert!(
+        poll.status != 200 || poll.text().split('\u{1e}').any(|p| p == "1"),
+        "the session is closed: {} {}",
+        poll.status,
+        poll.text()
+    );
+
+    // Connected, the same session size is accepted.
+    let sid = handshake_from("127.0.0.1", &node).await.expect("a session");
+    let connect = format!("40{}", json!({"token": token(json!(2))}));
+    let connected = http("POST", &polling_url(&node, &sid), &[], connect.as_bytes()).await;
+    assert_eq!(connected.status, 200, "{}", connected.text());
+    let big = format!("42{}", json!(["ping", "x".repeat(100_000)]));
+    let sent = http("POST", &polling_url(&node, &sid), &[], big.as_bytes()).await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
 }
 
 /// Suspected: a request head of hundreds of kilobytes was read whole; 64 KiB is the limit now.
