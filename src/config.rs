@@ -154,6 +154,10 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
+    /// Time an HTTP response (a long poll, say) may make no progress toward a client that does not read before its connection is closed
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Largest message or HTTP body accepted, in bytes (Engine.IO's maxPayload)
     #[arg(
         long,
@@ -505,6 +509,8 @@ pub struct Config {
     pub max_http_connections_per_address: usize,
     /// Deadline for reading an HTTP request body.
     pub body_timeout: Duration,
+    /// Longest an HTTP response's write may stall.
+    pub write_timeout: Duration,
     /// Message and body size cap.
     pub max_message_size: usize,
     /// Time to finish a websocket message.
@@ -762,6 +768,9 @@ impl Args {
         if self.body_timeout.is_zero() {
             return Err(ConfigError::new("body_timeout", "must be greater than 0"));
         }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::new("write_timeout", "must be greater than 0"));
+        }
         if self.auth_timeout.is_zero() {
             return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
         }
@@ -960,6 +969,7 @@ impl Args {
             max_unauthenticated_per_address: self.max_unauthenticated_per_address,
             max_http_connections_per_address: self.max_http_connections_per_address,
             body_timeout: self.body_timeout,
+            write_timeout: self.write_timeout,
             max_message_size: self.max_message_size,
             message_timeout: self.message_timeout,
             max_subscriptions: self.max_subscriptions,

@@ -195,7 +195,7 @@ async fn serve(
                     continue;
                 };
                 tokio::spawn(serve_connection(
-                    tcp,
+                    ClientStream::new(tcp, limits.write_timeout),
                     remote,
                     app.clone(),
                     limits.body_timeout,
@@ -234,6 +234,7 @@ struct ConnectionLimits {
     per_address: Arc<AddressCounts>,
     exempt: Vec<Network>,
     body_timeout: Duration,
+    write_timeout: Duration,
     refused: IntCounter,
 }
 
@@ -265,6 +266,7 @@ impl ConnectionLimits {
             per_address: Arc::new(AddressCounts::new(config.max_http_connections_per_address)),
             exempt: config.trusted_proxies.clone(),
             body_timeout: config.body_timeout,
+            write_timeout: config.write_timeout,
             refused: node
                 .metrics
                 .errors
@@ -359,10 +361,102 @@ where
     }
 }
 
+/// A client's TCP stream whose writes fail once they have made no progress for a while: a
+/// client that stops reading cannot hold a response (a long poll's frames) and its connection
+/// forever. Reads pass through untouched. A websocket takes the bare stream back
+/// ([`ClientStream::into_inner`]): it bounds a reader that stalls by its send queue instead.
+pub struct ClientStream {
+    tcp: TcpStream,
+    timeout: Duration,
+    /// Armed while a write waits for the client; disarmed by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientStream {
+    fn new(tcp: TcpStream, timeout: Duration) -> Self {
+        Self {
+            tcp,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// The bare TCP stream.
+    pub fn into_inner(self) -> TcpStream {
+        self.tcp
+    }
+
+    /// Turns a write that is still pending into an error once it has waited `timeout`.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
 /// Serves one connection's requests, upgrades included; on shutdown, finishes the request in
 /// flight and closes.
 async fn serve_connection(
-    tcp: TcpStream,
+    tcp: ClientStream,
     remote: SocketAddr,
     app: Router,
     body_timeout: Duration,
@@ -370,7 +464,7 @@ async fn serve_connection(
     admitted: Admitted,
 ) {
     // Small frames go out at once: with Nagle, a second frame waits for the peer's delayed ACK.
-    if let Err(e) = tcp.set_nodelay(true) {
+    if let Err(e) = tcp.tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

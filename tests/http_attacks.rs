@@ -347,3 +347,72 @@ async fn unauthenticated_sessions_cannot_fill_the_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Suspected: a client that never reads held a long-poll response (and its frames) forever.
+/// A response that makes no progress for SWITCHBOARD_WRITE_TIMEOUT now closes its connection.
+#[tokio::test]
+async fn a_long_poll_nobody_reads_is_cut_off() {
+    let node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY],
+        &[
+            ("SWITCHBOARD_WRITE_TIMEOUT", "1s"),
+            ("SWITCHBOARD_SEND_QUEUE_BYTES", "16000000"),
+        ],
+    )
+    .await;
+    let sid = handshake_from("127.0.0.1", &node).await.expect("a session");
+    let connect = format!("40{}", json!({"token": token(json!(7))}));
+    let connected = http("POST", &polling_url(&node, &sid), &[], connect.as_bytes()).await;
+    assert_eq!(connected.status, 200, "{}", connected.text());
+    // Ten broadcasts of ~900 KB wait for the next poll: more than the kernel buffers on both
+    // sides of a client that does not read (Linux lets a send buffer grow to 4 MiB).
+    let data = "x".repeat(900_000);
+    let mut queued = 0;
+    for n in 0..10 {
+        let body = json!({"channel": "private-user.7", "event": format!("big{n}"), "data": data});
+        let response = http(
+            "POST",
+            &format!("{}/api/broadcast", node.url()),
+            &[("authorization", &format!("Bearer {API_KEY}"))],
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(response.status, 202, "{}", response.text());
+        queued += data.len();
+    }
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stream = socket.connect(node.addr()).await.expect("connect");
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let request = format!("GET {target} HTTP/1.1\r\nhost: switchboard\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the poll");
+    // Read nothing for twice the timeout, then everything there is: a cut connection ends
+    // short of the response; one still served would deliver it all and stay open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection stayed open after {} bytes",
+        received.len()
+    );
+    assert!(
+        received.len() < queued,
+        "the whole response arrived ({} bytes): nothing was cut",
+        received.len()
+    );
+}
