@@ -35,28 +35,41 @@ pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
 )]
 pub struct Args {
     /// TOML file with any of these settings (keys as the flag names, with `_` for `-`)
-    #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "SWITCHBOARD_CONFIG",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 
-    /// Run with a fixed, public development JWT secret when no key is configured
-    #[arg(long, env = "SWITCHBOARD_DEV")]
+    /// With no JWT key configured, use the public secret `switchboard-dev-secret` (never in
+    /// production)
+    #[arg(help_heading = "Server", long, env = "SWITCHBOARD_DEV")]
     pub dev: bool,
 
-    /// Address and port to listen on
-    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:6001")]
+    /// Address and port for clients and the API (and metrics and `/admin` without an admin
+    /// listener)
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "SWITCHBOARD_LISTEN",
+        default_value = "0.0.0.0:6001"
+    )]
     pub listen: String,
 
-    /// Address and port serving /metrics, /admin and the verbose /health, and only there
-    /// [default: none; they are served on the client port]
-    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    /// Address and port serving `/metrics`, `/admin` and `/health?verbose=1`, and only there; keep
+    /// it off the internet [default: none; they are served on the client port]
+    #[arg(help_heading = "Server", long, env = "SWITCHBOARD_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
 
     /// Redis URL for the cluster bus (redis://host:port/db); unset = single node, in-process bus
-    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    #[arg(help_heading = "Redis", long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis channel name [default: none] (Laravel's is `laravel_database_`)
     #[arg(
+        help_heading = "Redis",
         long,
         env = "SWITCHBOARD_REDIS_PREFIX",
         default_value = "",
@@ -65,35 +78,68 @@ pub struct Args {
     pub redis_prefix: String,
 
     /// HMAC secret for HS256/HS384/HS512 tokens
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// PEM file with the public key for RS*/PS*/ES*/EdDSA tokens
-    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_JWT_PUBLIC_KEY"
+    )]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// URL of the identity provider's JWKS (its published public keys, chosen by the token's `kid`)
-    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_URL")]
+    /// URL of the identity provider's JWKS: its public keys (RS*, PS*, ES*, EdDSA), chosen by the
+    /// token's `kid`, fetched at the first token and again for an unknown `kid` (at most once per
+    /// 30 s)
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_JWT_JWKS_URL"
+    )]
     pub jwt_jwks_url: Option<String>,
 
-    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key or JWKS]
-    #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM")]
+    /// The one JWT algorithm accepted [default: HS256 with a secret, RS256 with a public key or
+    /// JWKS]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_JWT_ALGORITHM"
+    )]
     pub jwt_algorithm: Option<String>,
 
     /// Clock skew tolerated on `exp` and `nbf`
-    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Authentication", long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
-    /// Comma-separated accepted `iss` values; when set, a token must carry one of them [default: no check]
-    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    /// Comma-separated accepted `iss` values; when set, a token must carry one of them [default: no
+    /// check]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_JWT_ISSUER",
+        value_delimiter = ','
+    )]
     pub jwt_issuer: Vec<String>,
 
-    /// Comma-separated audiences this node answers to; when set, a token's `aud` must name one [default: tokens with `aud` refused]
-    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    /// Comma-separated audiences this node answers to; when set, a token's `aud` must name one
+    /// [default: tokens with `aud` refused]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_JWT_AUDIENCE",
+        value_delimiter = ','
+    )]
     pub jwt_audience: Vec<String>,
 
     /// Comma-separated bearer keys for the HTTP API (empty = API refuses every call)
     #[arg(
+        help_heading = "Authentication",
         long,
         env = "SWITCHBOARD_API_KEYS",
         value_delimiter = ',',
@@ -101,8 +147,10 @@ pub struct Args {
     )]
     pub api_keys: Vec<String>,
 
-    /// Comma-separated bearer keys for the admin page's JSON endpoints [default: the API keys]
+    /// Comma-separated bearer keys for the [admin page](#admin-page)'s endpoints; unset = the API
+    /// keys are the admin keys [default: the API keys]
     #[arg(
+        help_heading = "Authentication",
         long,
         env = "SWITCHBOARD_ADMIN_KEYS",
         value_delimiter = ',',
@@ -110,101 +158,141 @@ pub struct Args {
     )]
     pub admin_keys: Vec<String>,
 
-    /// Comma-separated origins allowed to connect, e.g. https://app.example.com (empty = any)
-    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Comma-separated browser origins allowed to connect; these get CORS with credentials
+    /// (cookies), while empty or `*` answers `Access-Control-Allow-Origin: *` without credentials
+    /// (enough for socket.io-client's default `withCredentials: false`)
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
 
     /// This node's name in logs, metrics and Redis keys [default: host name]
-    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    #[arg(help_heading = "Server", long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
 
     /// Interval between Engine.IO pings
-    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    #[arg(help_heading = "Engine.IO", long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
     /// Time a client has to answer a ping before it is disconnected
-    #[arg(long, env = "SWITCHBOARD_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(help_heading = "Engine.IO", long, env = "SWITCHBOARD_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
 
     /// Time a new session has to connect to a namespace before it is closed
-    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Engine.IO", long, env = "SWITCHBOARD_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Most client sessions this node holds at once
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    /// Sessions one node holds at once; more are refused with 503
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS",
+        default_value_t = 100_000
+    )]
     pub max_connections: usize,
 
-    /// Socket.IO sessions one client address may hold before they connect a namespace
+    /// Socket.IO sessions one client address may hold before they connect a namespace; more
+    /// handshakes are refused with 429
     #[arg(
+        help_heading = "Limits and delivery",
         long,
         env = "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
         default_value_t = 16
     )]
     pub max_unauthenticated_per_address: usize,
 
-    /// HTTP connections one client address may hold open (trusted proxies are exempt)
+    /// HTTP connections one peer address may hold open (a websocket stops counting once upgraded;
+    /// `SWITCHBOARD_TRUSTED_PROXIES` are exempt); more are closed at once. All addresses together
+    /// may hold twice `SWITCHBOARD_MAX_CONNECTIONS`
     #[arg(
+        help_heading = "Limits and delivery",
         long,
         env = "SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
         default_value_t = 256
     )]
     pub max_http_connections_per_address: usize,
 
-    /// Time an HTTP request body has to arrive before the request is answered 408
-    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time an HTTP request body (polling POST, API call) has to arrive; a slower one is answered
+    /// 408 and its connection closed
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
-    /// Time an HTTP response (a long poll, say) may make no progress toward a client that does not read before its connection is closed
-    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// Time an HTTP response (a long poll, say) may make no progress toward a client that does not
+    /// read; then its connection is closed (websockets are bounded by their send queue instead)
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
-    /// Largest message or HTTP body accepted, in bytes (Engine.IO's maxPayload)
+    /// Largest websocket message, polling payload or API body, in bytes (a larger websocket message
+    /// is refused from its frame header: close code 1009; until a Socket.IO session has connected
+    /// to a namespace its websocket messages are limited to 8 KiB)
     #[arg(
+        help_heading = "Limits and delivery",
         long,
         env = "SWITCHBOARD_MAX_MESSAGE_SIZE",
         default_value_t = 1_000_000
     )]
     pub max_message_size: usize,
 
-    /// Time a client has to finish a websocket message once its first byte arrived (then the
-    /// socket is closed with code 1008)
-    #[arg(long, env = "SWITCHBOARD_MESSAGE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time a client has to finish a websocket message once its first byte arrived (then the socket
+    /// is closed with code 1008)
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_MESSAGE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub message_timeout: Duration,
 
-    /// Most channels one socket may be subscribed to
-    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    /// Channels one socket may join (its `private-user.{id}` included)
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_MAX_SUBSCRIPTIONS",
+        default_value_t = 100
+    )]
     pub max_subscriptions: usize,
 
     /// Longest channel name accepted, in bytes
-    #[arg(long, env = "SWITCHBOARD_MAX_CHANNEL_LENGTH", default_value_t = 200)]
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_MAX_CHANNEL_LENGTH",
+        default_value_t = 200
+    )]
     pub max_channel_length: usize,
 
     /// Bytes queued for one socket before it is disconnected as a slow consumer
-    #[arg(long, env = "SWITCHBOARD_SEND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_SEND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub send_queue_bytes: usize,
 
-    /// Wait this long after a socket's first queued frame before writing, so frames that
-    /// follow go out in the same write (less CPU, more latency); 0 = write at once
-    #[arg(long, env = "SWITCHBOARD_WRITE_DELAY", default_value = "0ms", value_parser = parse_duration)]
+    /// Wait this long after a socket's first queued frame before writing, so frames that follow go
+    /// out in the same write (less CPU, more latency); 0 = write at once
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_WRITE_DELAY", default_value = "0ms", value_parser = parse_duration)]
     pub write_delay: Duration,
 
-    /// Share of one thread's time broadcasts may spend writing straight to sockets from the
-    /// task that received them (estimated from the delivery rate and the measured cost of a
-    /// write); above it, writes go through the sockets' tasks, which batch. 0 = never directly
-    #[arg(long, env = "SWITCHBOARD_DIRECT_WRITE_SHARE", default_value_t = 0.9)]
+    /// Share of one thread's time broadcasts may spend writing straight to sockets from the task
+    /// that received them (one `send` each, no wake-up of the socket's task), judged from the
+    /// node's delivery rate and the measured cost of such a write. Above it, and for every message
+    /// while Redis has the next one waiting, frames go through the sockets' tasks, which write
+    /// several per call when they pile up. `0` = never directly (see docs/BENCHMARKS.md)
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_DIRECT_WRITE_SHARE",
+        default_value_t = 0.9
+    )]
     pub direct_write_share: f64,
 
-    /// Longest one broadcast writes directly (a direct fan-out does not yield to other
-    /// tasks); its remaining recipients are left to their sockets' tasks
-    #[arg(long, env = "SWITCHBOARD_DIRECT_WRITE_BUDGET", default_value = "100ms", value_parser = parse_duration)]
+    /// Longest one broadcast writes directly (a direct fan-out does not yield to other tasks); its
+    /// remaining recipients are left to their sockets' tasks
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_DIRECT_WRITE_BUDGET", default_value = "100ms", value_parser = parse_duration)]
     pub direct_write_budget: Duration,
 
     /// Time given to clients to leave on shutdown before the process exits
-    #[arg(long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
     pub drain_time: Duration,
 
-    /// Comma-separated paths of the plain JSON WebSocket endpoint
+    /// Paths of the plain JSON WebSocket endpoint ([docs/JSON-PROTOCOL.md](docs/JSON-PROTOCOL.md))
     #[arg(
+        help_heading = "JSON endpoint",
         long,
         env = "SWITCHBOARD_WS_PATHS",
         value_delimiter = ',',
@@ -213,65 +301,113 @@ pub struct Args {
     pub ws_paths: Vec<String>,
 
     /// Interval between WebSocket ping frames on the JSON endpoint
-    #[arg(long, env = "SWITCHBOARD_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "JSON endpoint", long, env = "SWITCHBOARD_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
 
     /// Time a JSON-endpoint client has to answer a ping frame before it is disconnected
-    #[arg(long, env = "SWITCHBOARD_WS_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "JSON endpoint", long, env = "SWITCHBOARD_WS_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ws_ping_timeout: Duration,
 
-    /// Largest JSON frame handled; larger ones (up to SWITCHBOARD_MAX_MESSAGE_SIZE) get an
-    /// ERROR frame and the connection stays open
-    #[arg(long, env = "SWITCHBOARD_WS_MAX_FRAME_SIZE", default_value_t = 65_536)]
+    /// Largest JSON frame handled; larger ones get `ERROR FRAME_TOO_LARGE` and are dropped as they
+    /// arrive, never buffered (above `SWITCHBOARD_MAX_MESSAGE_SIZE` the socket is closed)
+    #[arg(
+        help_heading = "JSON endpoint",
+        long,
+        env = "SWITCHBOARD_WS_MAX_FRAME_SIZE",
+        default_value_t = 65_536
+    )]
     pub ws_max_frame_size: usize,
 
     /// Frames per second one JSON-endpoint socket may send (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_WS_FRAME_RATE", default_value_t = 50.0)]
+    #[arg(
+        help_heading = "JSON endpoint",
+        long,
+        env = "SWITCHBOARD_WS_FRAME_RATE",
+        default_value_t = 50.0
+    )]
     pub ws_frame_rate: f64,
 
     /// Frames one JSON-endpoint socket may send at once above its rate
-    #[arg(long, env = "SWITCHBOARD_WS_FRAME_BURST", default_value_t = 100.0)]
+    #[arg(
+        help_heading = "JSON endpoint",
+        long,
+        env = "SWITCHBOARD_WS_FRAME_BURST",
+        default_value_t = 100.0
+    )]
     pub ws_frame_burst: f64,
 
     /// ERROR frames a JSON-endpoint socket may earn before it is closed with code 1008
-    #[arg(long, env = "SWITCHBOARD_WS_MAX_ERRORS", default_value_t = 20)]
+    #[arg(
+        help_heading = "JSON endpoint",
+        long,
+        env = "SWITCHBOARD_WS_MAX_ERRORS",
+        default_value_t = 20
+    )]
     pub ws_max_errors: u32,
 
     /// TYPING frames per second one socket may send (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_TYPING_RATE", default_value_t = 2.0)]
+    #[arg(
+        help_heading = "JSON endpoint",
+        long,
+        env = "SWITCHBOARD_TYPING_RATE",
+        default_value_t = 2.0
+    )]
     pub typing_rate: f64,
 
     /// A typing state not refreshed or stopped within this time is ended by the server
-    #[arg(long, env = "SWITCHBOARD_TYPING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "JSON endpoint", long, env = "SWITCHBOARD_TYPING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub typing_timeout: Duration,
 
-    /// Base URL of the application for client events Switchboard does not handle
-    /// (`POST <url>/events`); unset = such events are refused
-    #[arg(long, env = "SWITCHBOARD_BACKEND_URL")]
+    /// The application's base URL: client events Switchboard does not handle are POSTed to
+    /// `<url>/events` ([back-end bridge](#back-end-bridge)); unset = they are refused
+    #[arg(
+        help_heading = "Back-end bridge",
+        long,
+        env = "SWITCHBOARD_BACKEND_URL"
+    )]
     pub backend_url: Option<String>,
 
     /// Secret of the HMAC-SHA256 signature on requests to the back-end and webhooks
-    #[arg(long, env = "SWITCHBOARD_BACKEND_SECRET", hide_env_values = true)]
+    #[arg(
+        help_heading = "Back-end bridge",
+        long,
+        env = "SWITCHBOARD_BACKEND_SECRET",
+        hide_env_values = true
+    )]
     pub backend_secret: Option<String>,
 
-    /// Comma-separated event names or `prefix.*` patterns forwarded to the back-end [default: all]
-    #[arg(long, env = "SWITCHBOARD_BACKEND_EVENTS", value_delimiter = ',')]
+    /// Comma-separated event names or `prefix.*` patterns that are forwarded; others are refused
+    /// [default: all]
+    #[arg(
+        help_heading = "Back-end bridge",
+        long,
+        env = "SWITCHBOARD_BACKEND_EVENTS",
+        value_delimiter = ','
+    )]
     pub backend_events: Vec<String>,
 
     /// Longest the back-end may take to answer a forwarded event
-    #[arg(long, env = "SWITCHBOARD_BACKEND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Back-end bridge", long, env = "SWITCHBOARD_BACKEND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub backend_timeout: Duration,
 
     /// Forwarded events one socket may have waiting for the back-end
-    #[arg(long, env = "SWITCHBOARD_BACKEND_MAX_IN_FLIGHT", default_value_t = 8)]
+    #[arg(
+        help_heading = "Back-end bridge",
+        long,
+        env = "SWITCHBOARD_BACKEND_MAX_IN_FLIGHT",
+        default_value_t = 8
+    )]
     pub backend_max_in_flight: u32,
 
-    /// URL the webhooks are posted to (connections, channels, presence members); unset = none
-    #[arg(long, env = "SWITCHBOARD_WEBHOOK_URL")]
+    /// Where webhook batches are POSTed (signed with `SWITCHBOARD_BACKEND_SECRET`, which it then
+    /// requires)
+    #[arg(help_heading = "Webhooks", long, env = "SWITCHBOARD_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Comma-separated webhook events sent [default: all]
+    /// Comma-separated events sent: `connected`, `disconnected`, `channel_occupied`,
+    /// `channel_vacated`, `member_added`, `member_removed` [default: all]
     #[arg(
+        help_heading = "Webhooks",
         long,
         env = "SWITCHBOARD_WEBHOOK_EVENTS",
         value_delimiter = ',',
@@ -280,104 +416,186 @@ pub struct Args {
     pub webhook_events: Vec<WebhookKind>,
 
     /// Longest a webhook event waits for its batch to fill
-    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BATCH_WAIT", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Webhooks", long, env = "SWITCHBOARD_WEBHOOK_BATCH_WAIT", default_value = "100ms", value_parser = parse_duration)]
     pub webhook_batch_wait: Duration,
 
     /// Most webhook events in one request
-    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BATCH_MAX", default_value_t = 100)]
+    #[arg(
+        help_heading = "Webhooks",
+        long,
+        env = "SWITCHBOARD_WEBHOOK_BATCH_MAX",
+        default_value_t = 100
+    )]
     pub webhook_batch_max: usize,
 
     /// Longest one webhook request may take
-    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Webhooks", long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
 
-    /// Tries after the first before a failed webhook batch is given up (backoff 0.2 s doubling, at most 30 s)
-    #[arg(long, env = "SWITCHBOARD_WEBHOOK_RETRIES", default_value_t = 8)]
+    /// Tries after the first before a failed webhook batch is given up (backoff 0.2 s doubling, at
+    /// most 30 s)
+    #[arg(
+        help_heading = "Webhooks",
+        long,
+        env = "SWITCHBOARD_WEBHOOK_RETRIES",
+        default_value_t = 8
+    )]
     pub webhook_retries: u32,
 
     /// Most webhook events waiting to be sent; more are dropped and counted
-    #[arg(long, env = "SWITCHBOARD_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Webhooks",
+        long,
+        env = "SWITCHBOARD_WEBHOOK_QUEUE",
+        default_value_t = 10_000
+    )]
     pub webhook_queue: usize,
 
-    /// HTTP API calls per second per API key (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_API_RATE", default_value_t = 100.0)]
+    /// HTTP API calls per second per API key (`0` = off); excess gets 429 `rate_limited`
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_API_RATE",
+        default_value_t = 100.0
+    )]
     pub api_rate: f64,
 
     /// HTTP API calls one key may make at once above its rate
-    #[arg(long, env = "SWITCHBOARD_API_BURST", default_value_t = 200.0)]
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_API_BURST",
+        default_value_t = 200.0
+    )]
     pub api_burst: f64,
 
-    /// How long a silent node's presence members and connection slots outlive it in Redis
-    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
+    /// How long a node that stopped heart-beating (crash, SIGKILL, partition) keeps its presence
+    /// members and connection slots; it heart-beats 4× per TTL
+    #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub presence_ttl: Duration,
 
-    /// Most sockets one user may have across the cluster (0 = no limit)
+    /// Sockets one user may have across the whole cluster (`0` = no limit); the next gets `too many
+    /// connections`
     #[arg(
+        help_heading = "Limits and delivery",
         long,
         env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER",
         default_value_t = 5
     )]
     pub max_connections_per_user: usize,
 
-    /// Connection attempts per second from one client address (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_CONNECT_RATE_PER_IP", default_value_t = 100.0)]
+    /// Connection attempts per second from one client address (`0` = off); excess gets HTTP 429
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_CONNECT_RATE_PER_IP",
+        default_value_t = 100.0
+    )]
     pub connect_rate_per_ip: f64,
 
-    /// Connection attempts one client address may make at once above its rate
+    /// Attempts one address may make at once above that rate (offices and carriers put many users
+    /// behind one address)
     #[arg(
+        help_heading = "Limits and delivery",
         long,
         env = "SWITCHBOARD_CONNECT_BURST_PER_IP",
         default_value_t = 200.0
     )]
     pub connect_burst_per_ip: f64,
 
-    /// Subscribe requests per second from one socket (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_RATE", default_value_t = 50.0)]
+    /// `subscribe` requests per second from one socket (`0` = off); excess gets `too many subscribe
+    /// requests, slow down`
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_SUBSCRIBE_RATE",
+        default_value_t = 50.0
+    )]
     pub subscribe_rate: f64,
 
     /// Subscribe requests one socket may make at once above its rate
-    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_BURST", default_value_t = 100.0)]
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_SUBSCRIBE_BURST",
+        default_value_t = 100.0
+    )]
     pub subscribe_burst: f64,
 
-    /// Socket.IO events, acks and connects per second from one session (0 = no limit)
-    #[arg(long, env = "SWITCHBOARD_EVENT_RATE", default_value_t = 50.0)]
+    /// Socket.IO events, acks and connects per second from one session (`0` = off); an event over
+    /// it gets `too many events, slow down` (as its ack, else as an `error` event), a connect a
+    /// `connect_error`; after 20 such refusals the session is closed
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_EVENT_RATE",
+        default_value_t = 50.0
+    )]
     pub event_rate: f64,
 
-    /// Socket.IO packets one session may send at once above its rate
-    #[arg(long, env = "SWITCHBOARD_EVENT_BURST", default_value_t = 100.0)]
+    /// Socket.IO packets one session may send at once above that rate (acks of `notification:new`
+    /// may burst up to 500)
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_EVENT_BURST",
+        default_value_t = 100.0
+    )]
     pub event_burst: f64,
 
-    /// Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For and
-    /// X-Real-IP headers are believed [default: none]
-    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    /// Comma-separated addresses or networks (`10.0.0.0/8`) of proxies whose `X-Forwarded-For` /
+    /// `X-Real-IP` give the client address; from anyone else those headers are ignored [default:
+    /// none]
+    #[arg(
+        help_heading = "Limits and delivery",
+        long,
+        env = "SWITCHBOARD_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<String>,
 
-    /// Log format
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// `text` or `json` (`--log-format json`), on stderr; filter with `RUST_LOG` (default `info`,
+    /// e.g. `RUST_LOG=info,switchboard=debug`); see [Observability](#observability)
+    #[arg(help_heading = "Telemetry", long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// TOML file with the channel authorization policy (`[[channel]]` rules) [default: built-in]
-    #[arg(long, env = "SWITCHBOARD_POLICY_FILE")]
+    /// TOML file with the [channel authorization policy](#channel-authorization-policy) [default:
+    /// built-in]
+    #[arg(help_heading = "Channel policy", long, env = "SWITCHBOARD_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
 
-    /// Longest an auth callback or a policy query may take before the subscription is refused
-    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    /// Longest an auth callback or a policy query may take; then the subscription is refused as
+    /// unavailable
+    #[arg(help_heading = "Channel policy", long, env = "SWITCHBOARD_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
 
     /// How long callback and query answers are reused per user and channel (0s = not cached)
-    #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(help_heading = "Channel policy", long, env = "SWITCHBOARD_AUTH_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub auth_cache_ttl: Duration,
 
-    /// Most cached authorization answers held at once
-    #[arg(long, env = "SWITCHBOARD_AUTH_CACHE_SIZE", default_value_t = 100_000)]
+    /// Most cached authorization answers held at once (a quarter of them, at most 256, per user)
+    #[arg(
+        help_heading = "Channel policy",
+        long,
+        env = "SWITCHBOARD_AUTH_CACHE_SIZE",
+        default_value_t = 100_000
+    )]
     pub auth_cache_size: usize,
 
-    /// Comma-separated headers of a subscribe's `auth.headers` that callback rules forward beside Authorization, Cookie, X-CSRF-TOKEN, X-XSRF-TOKEN and X-Requested-With
-    #[arg(long, env = "SWITCHBOARD_AUTH_FORWARD_HEADERS", value_delimiter = ',')]
+    /// Comma-separated headers of a subscribe's `auth.headers` that callback rules forward beside
+    /// Authorization, Cookie, X-CSRF-TOKEN, X-XSRF-TOKEN and X-Requested-With
+    #[arg(
+        help_heading = "Channel policy",
+        long,
+        env = "SWITCHBOARD_AUTH_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
     pub auth_forward_headers: Vec<String>,
 
-    /// MySQL/MariaDB URL, mysql://user:pass@host:3306/db (`sql` policy rules, notifications)
+    /// `mysql://user:pass@host:3306/db` (MySQL or MariaDB) for `sql` policy rules and
+    /// [notifications](#notifications); connects on first use
     #[arg(
+        help_heading = "Database and notifications",
         long,
         env = "SWITCHBOARD_DATABASE_URL",
         hide_env_values = true,
@@ -386,15 +604,20 @@ pub struct Args {
     pub database_url: Option<String>,
 
     /// Apply the database migrations (as `switchboard migrate` does) before serving
-    #[arg(long, env = "SWITCHBOARD_MIGRATE")]
+    #[arg(
+        help_heading = "Database and notifications",
+        long,
+        env = "SWITCHBOARD_MIGRATE"
+    )]
     pub migrate: bool,
 
     /// Longest a notification read or write may take before it counts as a database outage
-    #[arg(long, env = "SWITCHBOARD_DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Database and notifications", long, env = "SWITCHBOARD_DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
     /// Query loading a `/notifications` user by id: id, name, email, role, sector_id, is_active
     #[arg(
+        help_heading = "Database and notifications",
         long,
         env = "SWITCHBOARD_NOTIFICATIONS_USER_QUERY",
         default_value = "SELECT id, name, email, role, sector_id, is_active FROM users WHERE id = ?"
@@ -403,6 +626,7 @@ pub struct Args {
 
     /// Query listing the ids of a sector's recipients (`sector_id` of POST /api/notifications)
     #[arg(
+        help_heading = "Database and notifications",
         long,
         env = "SWITCHBOARD_NOTIFICATIONS_SECTOR_QUERY",
         default_value = "SELECT id FROM users WHERE sector_id = ? AND is_active"
@@ -411,14 +635,17 @@ pub struct Args {
 
     /// Query listing the ids of a role's recipients (`role` of POST /api/notifications)
     #[arg(
+        help_heading = "Database and notifications",
         long,
         env = "SWITCHBOARD_NOTIFICATIONS_ROLE_QUERY",
         default_value = "SELECT id FROM users WHERE role = ? AND is_active"
     )]
     pub notifications_role_query: String,
 
-    /// Comma-separated user roles whose `/notifications` sockets join the `admin` room
+    /// Roles whose `/notifications` sockets join the `admin` room, and whose JWT opens the [admin
+    /// page](#admin-page) (case-insensitive)
     #[arg(
+        help_heading = "Database and notifications",
         long,
         env = "SWITCHBOARD_NOTIFICATIONS_ADMIN_ROLES",
         value_delimiter = ',',

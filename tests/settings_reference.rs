@@ -51,7 +51,7 @@ fn reference() -> String {
         };
         let row = format!(
             "| {env} | `--{long}` | {key} | {default} | {meaning} |",
-            meaning = meaning.replace('\n', " ").replace('|', "\\|"),
+            meaning = relink(&meaning.replace('\n', " ").replace('|', "\\|")),
         );
         let heading = arg.get_help_heading().unwrap_or(GENERAL).to_owned();
         match groups.iter_mut().find(|(h, _)| *h == heading) {
@@ -79,6 +79,12 @@ fn reference() -> String {
         }
     }
     out
+}
+
+/// Help texts link as README.md does; the reference lives in docs/.
+fn relink(text: &str) -> String {
+    text.replace("](#", "](../README.md#")
+        .replace("](docs/", "](")
 }
 
 /// Splits a help text's `[default: …]` (a default stated in words) off its meaning.
