@@ -24,43 +24,64 @@ use crate::pacing::Pacing;
 pub type SocketId = Arc<str>;
 
 /// The wire formats a broadcast can be encoded in, one per kind of client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Codec {
     /// Socket.IO v5 on the `/` namespace: `42["event","channel",data]`.
     SocketIo,
     /// The plain WebSocket protocol: `{"type":"event","channel":…,"payload":data}`.
     Json,
-    /// Socket.IO on the `/notifications` namespace: `42/notifications,["event",data]`, with the
-    /// notification's id as the acknowledgement id of a `notification:new`.
-    Notifications,
+    /// Socket.IO on a namespace a feature defines: `42/ns,["event",data]`, without the channel,
+    /// with an acknowledgement id where the namespace asks for one.
+    Namespace(&'static Namespace),
 }
 
+/// A Socket.IO namespace beside `/`, as the feature that owns it describes it to the hub.
+#[derive(Debug)]
+pub struct Namespace {
+    /// Its name, e.g. `/notifications`.
+    pub name: &'static str,
+    /// The acknowledgement id a broadcast of `event` with `data` asks for, if any.
+    pub ack_id: fn(event: &str, data: &serde_json::value::RawValue) -> Option<u64>,
+}
+
+/// Cached encodings per broadcast: `/`, JSON, and one feature namespace (a node has one
+/// today, `/notifications`; a second would need a slot of its own).
 const CODECS: usize = 3;
 
 impl Codec {
     /// The kind of client it serves, for metrics.
     pub fn protocol(self) -> Protocol {
         match self {
-            Codec::SocketIo | Codec::Notifications => Protocol::SocketIo,
+            Codec::SocketIo | Codec::Namespace(_) => Protocol::SocketIo,
             Codec::Json => Protocol::Json,
+        }
+    }
+
+    /// Its Socket.IO namespace; `None` for the JSON protocol.
+    fn namespace(self) -> Option<&'static str> {
+        match self {
+            Codec::SocketIo => Some("/"),
+            Codec::Namespace(namespace) => Some(namespace.name),
+            Codec::Json => None,
+        }
+    }
+
+    /// Its place in a broadcast's cache of encodings.
+    fn slot(self) -> usize {
+        match self {
+            Codec::SocketIo => 0,
+            Codec::Json => 1,
+            Codec::Namespace(_) => 2,
         }
     }
 
     /// The frame telling a client the server ended its socket on purpose, so it does not
     /// reconnect by itself (Socket.IO's DISCONNECT packet); `None` where the close frame says it.
     pub fn farewell(self) -> Option<Frame> {
-        match self {
-            Codec::SocketIo | Codec::Notifications => {
-                let namespace = match self {
-                    Codec::Notifications => crate::notifications::NAMESPACE,
-                    _ => "/",
-                };
-                let mut out = crate::protocol::engineio::message(4 + namespace.len());
-                crate::protocol::socketio::write_disconnect(&mut out, namespace);
-                Some(Frame::from(out))
-            }
-            Codec::Json => None,
-        }
+        let namespace = self.namespace()?;
+        let mut out = crate::protocol::engineio::message(4 + namespace.len());
+        crate::protocol::socketio::write_disconnect(&mut out, namespace);
+        Some(Frame::from(out))
     }
 
     /// The frames telling a client its token expired, before its connection closes: on
@@ -69,17 +90,13 @@ impl Codec {
     /// `ERROR` frame `TOKEN_EXPIRED` (the close frame, 1008 `token_expired`, follows).
     pub fn expiry_notice(self) -> Vec<Frame> {
         let mut out = String::with_capacity(64);
-        match self {
-            Codec::Json => {
+        match self.namespace() {
+            None => {
                 let code = crate::protocol::json::ErrorCode::TokenExpired;
                 crate::protocol::json::write_error(&mut out, code, "token expired", None);
                 vec![Frame::from(out)]
             }
-            Codec::SocketIo | Codec::Notifications => {
-                let namespace = match self {
-                    Codec::Notifications => crate::notifications::NAMESPACE,
-                    _ => "/",
-                };
+            Some(namespace) => {
                 out.push('4');
                 let notice = serde_json::json!({"message": "token expired"});
                 crate::protocol::socketio::write_event_value(
@@ -329,7 +346,7 @@ impl<'a> Broadcast<'a> {
 
     /// The frame for `codec`, encoded on first use.
     pub fn frame(&self, codec: Codec) -> &Frame {
-        self.encoded[codec as usize].get_or_init(|| match codec {
+        self.encoded[codec.slot()].get_or_init(|| match codec {
             Codec::SocketIo => {
                 let mut out = crate::protocol::engineio::message(
                     self.event.len() + self.channel.len() + self.data.get().len() + 16,
@@ -343,15 +360,14 @@ impl<'a> Broadcast<'a> {
                 );
                 Frame::from(out)
             }
-            Codec::Notifications => {
-                use crate::notifications::{NAMESPACE, ack_id};
+            Codec::Namespace(namespace) => {
                 let mut out = crate::protocol::engineio::message(
-                    self.event.len() + self.data.get().len() + NAMESPACE.len() + 24,
+                    self.event.len() + self.data.get().len() + namespace.name.len() + 24,
                 );
                 crate::protocol::socketio::write_event_ack(
                     &mut out,
-                    NAMESPACE,
-                    ack_id(self.event, self.data),
+                    namespace.name,
+                    (namespace.ack_id)(self.event, self.data),
                     self.event,
                     self.data,
                 );
@@ -610,6 +626,12 @@ mod tests {
         out.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
+    /// A feature namespace, as `/notifications` is.
+    static NOTES: Namespace = Namespace {
+        name: "/notifications",
+        ack_id: |_, _| None,
+    };
+
     #[tokio::test(start_paused = true)]
     async fn a_socket_closes_when_its_token_expires() {
         for (codec, notice) in [
@@ -618,7 +640,7 @@ mod tests {
                 vec![r#"42["auth:expired",{"message":"token expired"}]"#, "41"],
             ),
             (
-                Codec::Notifications,
+                Codec::Namespace(&NOTES),
                 vec![
                     r#"42/notifications,["auth:expired",{"message":"token expired"}]"#,
                     "41/notifications,",

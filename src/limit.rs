@@ -389,13 +389,14 @@ mod tests {
     fn socket_limit_allows_burst_then_refills() {
         let limit = SocketLimit::default();
         let rate = Rate {
-            per_second: 10.0,
+            per_second: 2.0,
             burst: 3.0,
         };
         assert!((0..3).all(|_| limit.take(rate)));
         assert!(!limit.take(rate));
-        // 10 per second: one token every 100 ms (a second one would take 200).
-        std::thread::sleep(Duration::from_millis(120));
+        // 2 per second: one token every 500 ms; a second would take 1,000, so a busy machine
+        // may oversleep by 400 ms without failing the test.
+        std::thread::sleep(Duration::from_millis(600));
         assert!(limit.take(rate));
         assert!(!limit.take(rate));
         let off = Rate {

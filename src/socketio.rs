@@ -603,7 +603,7 @@ async fn connect_notifications(
     let member = Arc::new(Member::new(
         id,
         principal,
-        Codec::Notifications,
+        Codec::Namespace(&crate::notifications::CODEC),
         session.outbox.clone(),
     ));
     node.connected(&member);

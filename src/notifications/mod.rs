@@ -46,6 +46,12 @@ pub fn user_room(user: &str) -> String {
     room(&format!("user:{user}"))
 }
 
+/// How the hub encodes broadcasts for `/notifications` sockets.
+pub static CODEC: crate::hub::Namespace = crate::hub::Namespace {
+    name: NAMESPACE,
+    ack_id,
+};
+
 /// The acknowledgement id a broadcast to `/notifications` sockets asks for: the id of a
 /// `notification:new`, none for other events.
 pub fn ack_id(event: &str, data: &RawValue) -> Option<u64> {

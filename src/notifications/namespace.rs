@@ -19,7 +19,7 @@ use crate::protocol::socketio as codec;
 /// A connected `/notifications` socket and the user it was accepted for, kept for its life.
 #[derive(Debug)]
 pub struct Socket {
-    /// The hub member (codec [`crate::hub::Codec::Notifications`]).
+    /// The hub member (codec [`crate::notifications::CODEC`]).
     pub member: Arc<Member>,
     /// The user as the user query returned them at connect.
     pub user: User,
