@@ -781,7 +781,12 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
         }
     };
     if session.transport() != Transport::WebSocket {
-        if reason.flushes() && session.outbox.queued_frames() > 0 {
+        // A client that let its ping time out is gone: Engine.IO ends the session at once, so
+        // its next poll answers 400 instead of taking the unanswered ping.
+        if reason != CloseReason::PingTimeout
+            && reason.flushes()
+            && session.outbox.queued_frames() > 0
+        {
             // Left for the client's next poll, which ends the session when it takes them.
             tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
         }

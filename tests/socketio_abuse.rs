@@ -561,3 +561,33 @@ async fn a_connect_abandoned_while_waiting_for_its_slot_leaks_nothing() {
     }
     expect_connections(&node, "leaver", 0).await;
 }
+
+// Engine.IO conformance: what the official engine.io-protocol suite expects of a server.
+
+#[tokio::test]
+async fn a_polling_session_that_misses_its_ping_is_closed_at_the_deadline() {
+    let envs = [
+        ("SWITCHBOARD_PING_INTERVAL", "200ms"),
+        ("SWITCHBOARD_PING_TIMEOUT", "200ms"),
+    ];
+    let node = Node::spawn(&["--dev"], &envs).await;
+    let silent = polling_session(&node).await;
+    let polite = polling_session(&node).await;
+    let opened = tokio::time::Instant::now();
+    // The polite client answers two pings; the silent one never polls, so its first ping
+    // (sent at 200 ms) goes unanswered and its session must end at 400 ms.
+    for _ in 0..2 {
+        poll_until(&polite, |p| p == "2")
+            .await
+            .expect("polite session open");
+        assert_eq!(http("POST", &polite, &[], b"3").await.status, 200);
+    }
+    // The deadline itself is what is tested: well past it, the silent session is gone.
+    tokio::time::sleep_until(opened + Duration::from_millis(700)).await;
+    let late = http("GET", &silent, &[], b"").await;
+    assert_eq!(late.status, 400, "{}", late.text());
+    assert_eq!(late.json()["code"], 1, "{}", late.text());
+    poll_until(&polite, |p| p == "2")
+        .await
+        .expect("the polite session is still open");
+}
