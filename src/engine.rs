@@ -565,7 +565,16 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
             }
             body
         }
-        Drained::Closed(_) => engineio::CLOSE.to_owned(),
+        Drained::Closed(reason) => {
+            finish(node, &session, reason);
+            // A client that closed knows; its pending poll is released with a noop, as
+            // Engine.IO does. Any other close is announced.
+            let packet = match reason {
+                CloseReason::ClientClosed => engineio::NOOP,
+                _ => engineio::CLOSE,
+            };
+            packet.to_owned()
+        }
     };
     Ok(text_response(body))
 }
@@ -638,6 +647,12 @@ async fn receive_polling(
             // The rest of a payload is not for a closed session (a flood of refused connects).
             Ok(()) if session.outbox.close_reason().is_none() => {}
             Ok(()) => break,
+            // Nothing is left to deliver after a close that drops the queue (the client's
+            // own close): the session ends now, so its next request answers 400.
+            Err(reason) if !reason.flushes() => {
+                finish(node, &session, reason);
+                break;
+            }
             Err(reason) => {
                 session.close(reason);
                 break;

@@ -591,3 +591,26 @@ async fn a_polling_session_that_misses_its_ping_is_closed_at_the_deadline() {
         .await
         .expect("the polite session is still open");
 }
+
+#[tokio::test]
+async fn a_close_packet_releases_the_pending_poll_with_a_noop_and_ends_the_session() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let session = polling_session(&node).await;
+    let pending = tokio::spawn({
+        let session = session.clone();
+        async move { http("GET", &session, &[], b"").await }
+    });
+    // Setup, not an assertion: give the poll time to reach the node before the close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(http("POST", &session, &[], b"1").await.status, 200);
+    let released = pending.await.expect("poll task");
+    assert_eq!(released.status, 200);
+    assert_eq!(released.text(), "6");
+    let after = http("GET", &session, &[], b"").await;
+    assert_eq!(after.status, 400, "{}", after.text());
+
+    // Without a pending poll, the session ends with the POST all the same.
+    let session = polling_session(&node).await;
+    assert_eq!(http("POST", &session, &[], b"1").await.status, 200);
+    assert_eq!(http("GET", &session, &[], b"").await.status, 400);
+}
