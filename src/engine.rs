@@ -393,6 +393,13 @@ pub async fn post(
     with_cors(&node, &headers, handle).await
 }
 
+/// Any other method on the Engine.IO path: refused with Engine.IO's error body, as its servers
+/// do, rather than the router's bare 405.
+pub async fn unsupported_method(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let refuse = async { Err::<Response, _>(EngineError::new(ErrorCode::BadHandshakeMethod)) };
+    with_cors(&node, &headers, refuse).await
+}
+
 fn random_id() -> Result<Arc<str>, EngineError> {
     crate::socketio::random_id().map_err(|_| {
         EngineError::with(

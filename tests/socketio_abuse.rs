@@ -614,3 +614,20 @@ async fn a_close_packet_releases_the_pending_poll_with_a_noop_and_ends_the_sessi
     assert_eq!(http("POST", &session, &[], b"1").await.status, 200);
     assert_eq!(http("GET", &session, &[], b"").await.status, 400);
 }
+
+#[tokio::test]
+async fn an_unsupported_method_gets_the_engineio_error() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let url = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
+    for method in ["PUT", "DELETE", "PATCH"] {
+        let answer = http(method, &url, &[], b"").await;
+        assert_eq!(answer.status, 400, "{method}: {}", answer.text());
+        assert_eq!(
+            answer.json(),
+            json!({"code": 2, "message": "Bad handshake method"}),
+            "{method}"
+        );
+    }
+    // The methods Engine.IO uses are served as before.
+    assert!(http("GET", &url, &[], b"").await.text().starts_with('0'));
+}
