@@ -860,11 +860,13 @@ fn websocket(
                 .get(sid)
                 .ok_or(EngineError::new(ErrorCode::UnknownSid))?;
             if session.transport() != Transport::Polling {
-                return Err(EngineError::with(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "session is not upgradable",
-                ));
+                // Engine.IO accepts a websocket for a session already upgraded (or upgrading)
+                // and closes it at once; the session goes on over its own transport.
+                return Ok(ws.accept(PRE_CONNECT_MAX_MESSAGE, |socket| async move {
+                    let Ok(mut socket) = socket else { return };
+                    let close = socket.close(framing::POLICY_VIOLATION, "session already upgraded");
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, close).await;
+                }));
             }
             ws.accept(max_message(&node, &session), move |socket| async move {
                 // A failed upgrade leaves the session on polling.

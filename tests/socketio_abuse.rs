@@ -631,3 +631,42 @@ async fn an_unsupported_method_gets_the_engineio_error() {
     // The methods Engine.IO uses are served as before.
     assert!(http("GET", &url, &[], b"").await.text().starts_with('0'));
 }
+
+/// The session id in a URL made by [`polling_session`].
+fn sid_of(session: &str) -> &str {
+    session.rsplit("sid=").next().expect("sid")
+}
+
+#[tokio::test]
+async fn a_second_websocket_for_an_upgraded_session_is_accepted_then_closed() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let session = polling_session(&node).await;
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        node.addr(),
+        sid_of(&session)
+    );
+    let (mut first, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("upgrade handshake");
+    first.send(Message::text("2probe")).await.expect("probe");
+    assert_eq!(next_text(&mut first).await.as_deref(), Some("3probe"));
+    first.send(Message::text("5")).await.expect("upgrade");
+    // The upgrade is done once the node answers a CONNECT over the websocket.
+    first
+        .send(Message::text(connect_packet("first")))
+        .await
+        .expect("connect");
+    read_until(&mut first, is_connect_ack).await;
+
+    let (mut second, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("the second websocket is accepted");
+    assert!(ws_closed(&mut second).await, "then closed");
+    // The upgraded session goes on.
+    first
+        .send(Message::text(r#"421["ping"]"#))
+        .await
+        .expect("send");
+    read_until(&mut first, |p| p == r#"431["pong"]"#).await;
+}
