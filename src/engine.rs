@@ -393,6 +393,13 @@ pub async fn post(
     with_cors(&node, &headers, handle).await
 }
 
+/// Any other method on the Engine.IO path: refused with Engine.IO's error body, as its servers
+/// do, rather than the router's bare 405.
+pub async fn unsupported_method(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let refuse = async { Err::<Response, _>(EngineError::new(ErrorCode::BadHandshakeMethod)) };
+    with_cors(&node, &headers, refuse).await
+}
+
 fn random_id() -> Result<Arc<str>, EngineError> {
     crate::socketio::random_id().map_err(|_| {
         EngineError::with(
@@ -565,7 +572,16 @@ async fn poll(node: &Node, sid: &str) -> Result<Response, EngineError> {
             }
             body
         }
-        Drained::Closed(_) => engineio::CLOSE.to_owned(),
+        Drained::Closed(reason) => {
+            finish(node, &session, reason);
+            // A client that closed knows; its pending poll is released with a noop, as
+            // Engine.IO does. Any other close is announced.
+            let packet = match reason {
+                CloseReason::ClientClosed => engineio::NOOP,
+                _ => engineio::CLOSE,
+            };
+            packet.to_owned()
+        }
     };
     Ok(text_response(body))
 }
@@ -638,6 +654,12 @@ async fn receive_polling(
             // The rest of a payload is not for a closed session (a flood of refused connects).
             Ok(()) if session.outbox.close_reason().is_none() => {}
             Ok(()) => break,
+            // Nothing is left to deliver after a close that drops the queue (the client's
+            // own close): the session ends now, so its next request answers 400.
+            Err(reason) if !reason.flushes() => {
+                finish(node, &session, reason);
+                break;
+            }
             Err(reason) => {
                 session.close(reason);
                 break;
@@ -781,7 +803,12 @@ async fn polling_heartbeat(node: Arc<Node>, session: Arc<Session>) {
         }
     };
     if session.transport() != Transport::WebSocket {
-        if reason.flushes() && session.outbox.queued_frames() > 0 {
+        // A client that let its ping time out is gone: Engine.IO ends the session at once, so
+        // its next poll answers 400 instead of taking the unanswered ping.
+        if reason != CloseReason::PingTimeout
+            && reason.flushes()
+            && session.outbox.queued_frames() > 0
+        {
             // Left for the client's next poll, which ends the session when it takes them.
             tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
         }
@@ -833,11 +860,13 @@ fn websocket(
                 .get(sid)
                 .ok_or(EngineError::new(ErrorCode::UnknownSid))?;
             if session.transport() != Transport::Polling {
-                return Err(EngineError::with(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "session is not upgradable",
-                ));
+                // Engine.IO accepts a websocket for a session already upgraded (or upgrading)
+                // and closes it at once; the session goes on over its own transport.
+                return Ok(ws.accept(PRE_CONNECT_MAX_MESSAGE, |socket| async move {
+                    let Ok(mut socket) = socket else { return };
+                    let close = socket.close(framing::POLICY_VIOLATION, "session already upgraded");
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, close).await;
+                }));
             }
             ws.accept(max_message(&node, &session), move |socket| async move {
                 // A failed upgrade leaves the session on polling.

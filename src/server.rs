@@ -29,7 +29,8 @@ pub fn router(node: Arc<Node>) -> Router {
     let body_limit = DefaultBodyLimit::max(node.config.max_message_size + 1);
     let engine_routes = axum::routing::get(engine::get)
         .post(engine::post)
-        .options(engine::preflight);
+        .options(engine::preflight)
+        .fallback(engine::unsupported_method);
     let api_routes = Router::new()
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/notifications", post(api::notifications))

@@ -562,3 +562,112 @@ async fn a_connect_abandoned_while_waiting_for_its_slot_leaks_nothing() {
     }
     expect_connections(&node, "leaver", 0).await;
 }
+
+// Engine.IO conformance: what the official engine.io-protocol suite expects of a server.
+
+#[tokio::test]
+async fn a_polling_session_that_misses_its_ping_is_closed_at_the_deadline() {
+    let envs = [
+        ("SWITCHBOARD_PING_INTERVAL", "200ms"),
+        ("SWITCHBOARD_PING_TIMEOUT", "200ms"),
+    ];
+    let node = Node::spawn(&["--dev"], &envs).await;
+    let silent = polling_session(&node).await;
+    let polite = polling_session(&node).await;
+    let opened = tokio::time::Instant::now();
+    // The polite client answers two pings; the silent one never polls, so its first ping
+    // (sent at 200 ms) goes unanswered and its session must end at 400 ms.
+    for _ in 0..2 {
+        poll_until(&polite, |p| p == "2")
+            .await
+            .expect("polite session open");
+        assert_eq!(http("POST", &polite, &[], b"3").await.status, 200);
+    }
+    // The deadline itself is what is tested: well past it, the silent session is gone.
+    tokio::time::sleep_until(opened + Duration::from_millis(700)).await;
+    let late = http("GET", &silent, &[], b"").await;
+    assert_eq!(late.status, 400, "{}", late.text());
+    assert_eq!(late.json()["code"], 1, "{}", late.text());
+    poll_until(&polite, |p| p == "2")
+        .await
+        .expect("the polite session is still open");
+}
+
+#[tokio::test]
+async fn a_close_packet_releases_the_pending_poll_with_a_noop_and_ends_the_session() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let session = polling_session(&node).await;
+    let pending = tokio::spawn({
+        let session = session.clone();
+        async move { http("GET", &session, &[], b"").await }
+    });
+    // Setup, not an assertion: give the poll time to reach the node before the close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(http("POST", &session, &[], b"1").await.status, 200);
+    let released = pending.await.expect("poll task");
+    assert_eq!(released.status, 200);
+    assert_eq!(released.text(), "6");
+    let after = http("GET", &session, &[], b"").await;
+    assert_eq!(after.status, 400, "{}", after.text());
+
+    // Without a pending poll, the session ends with the POST all the same.
+    let session = polling_session(&node).await;
+    assert_eq!(http("POST", &session, &[], b"1").await.status, 200);
+    assert_eq!(http("GET", &session, &[], b"").await.status, 400);
+}
+
+#[tokio::test]
+async fn an_unsupported_method_gets_the_engineio_error() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let url = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
+    for method in ["PUT", "DELETE", "PATCH"] {
+        let answer = http(method, &url, &[], b"").await;
+        assert_eq!(answer.status, 400, "{method}: {}", answer.text());
+        assert_eq!(
+            answer.json(),
+            json!({"code": 2, "message": "Bad handshake method"}),
+            "{method}"
+        );
+    }
+    // The methods Engine.IO uses are served as before.
+    assert!(http("GET", &url, &[], b"").await.text().starts_with('0'));
+}
+
+/// The session id in a URL made by [`polling_session`].
+fn sid_of(session: &str) -> &str {
+    session.rsplit("sid=").next().expect("sid")
+}
+
+#[tokio::test]
+async fn a_second_websocket_for_an_upgraded_session_is_accepted_then_closed() {
+    let node = Node::spawn(&["--dev"], &[]).await;
+    let session = polling_session(&node).await;
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        node.addr(),
+        sid_of(&session)
+    );
+    let (mut first, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("upgrade handshake");
+    first.send(Message::text("2probe")).await.expect("probe");
+    assert_eq!(next_text(&mut first).await.as_deref(), Some("3probe"));
+    first.send(Message::text("5")).await.expect("upgrade");
+    // The upgrade is done once the node answers a CONNECT over the websocket.
+    first
+        .send(Message::text(connect_packet("first")))
+        .await
+        .expect("connect");
+    read_until(&mut first, is_connect_ack).await;
+
+    let (mut second, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("the second websocket is accepted");
+    assert!(ws_closed(&mut second).await, "then closed");
+    // The upgraded session goes on.
+    first
+        .send(Message::text(r#"421["ping"]"#))
+        .await
+        .expect("send");
+    read_until(&mut first, |p| p == r#"431["pong"]"#).await;
+}
