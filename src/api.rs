@@ -107,6 +107,8 @@ struct BroadcastRequest {
     #[serde(default)]
     data: Option<Box<RawValue>>,
     socket_id: Option<String>,
+    /// When the back-end sent it (Laravel services add one); checked, not used.
+    timestamp: Option<serde_json::Value>,
 }
 
 /// The body of `POST /api/push`.
@@ -117,6 +119,8 @@ struct PushRequest {
     event: String,
     #[serde(default)]
     data: Option<Box<RawValue>>,
+    /// When the back-end sent it (Laravel services add one); checked, not used.
+    timestamp: Option<serde_json::Value>,
 }
 
 /// The body of `POST /api/rooms/{room}/broadcast`.
@@ -127,6 +131,8 @@ struct RoomBroadcastRequest {
     #[serde(default)]
     data: Option<Box<RawValue>>,
     except_socket: Option<String>,
+    /// When the back-end sent it (Laravel services add one); checked, not used.
+    timestamp: Option<serde_json::Value>,
 }
 
 /// Most users one push may name.
@@ -140,6 +146,17 @@ fn bus_unavailable(e: crate::bus::BusError) -> ApiError {
         "bus_unavailable",
         e.to_string(),
     )
+}
+
+/// A back-end's `timestamp`: an ISO 8601 string or a number of (milli)seconds. Only its type is
+/// checked; delivery does not depend on the sender's clock.
+fn check_timestamp(timestamp: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    match timestamp {
+        None | Some(serde_json::Value::String(_) | serde_json::Value::Number(_)) => Ok(()),
+        Some(_) => Err(ApiError::bad_request(
+            "`timestamp` must be a string (ISO 8601) or a number",
+        )),
+    }
 }
 
 fn check_event(event: &str) -> Result<(), ApiError> {
@@ -171,6 +188,7 @@ async fn do_broadcast(node: &Node, request: BroadcastRequest) -> Result<Done, Ap
         }
         (None, None) => return Err(ApiError::bad_request("missing `channel` or `channels`")),
     };
+    check_timestamp(request.timestamp.as_ref())?;
     if channels.len() > MAX_CHANNELS_PER_CALL {
         return Err(ApiError::bad_request(format!(
             "more than {MAX_CHANNELS_PER_CALL} channels"
@@ -195,6 +213,7 @@ async fn do_broadcast(node: &Node, request: BroadcastRequest) -> Result<Done, Ap
 
 async fn do_push(node: &Node, request: PushRequest) -> Result<Done, ApiError> {
     check_event(&request.event)?;
+    check_timestamp(request.timestamp.as_ref())?;
     if request.user_ids.is_empty() || request.user_ids.len() > MAX_USERS_PER_PUSH {
         return Err(ApiError::bad_request(format!(
             "`user_ids` must name 1 to {MAX_USERS_PER_PUSH} users"
@@ -240,6 +259,7 @@ async fn do_room_broadcast(
 ) -> Result<Done, ApiError> {
     check_channel(node, room)?;
     check_event(&request.event)?;
+    check_timestamp(request.timestamp.as_ref())?;
     let data = request.data.as_deref().unwrap_or(RawValue::NULL);
     let except = request.except_socket.as_deref().filter(|s| !s.is_empty());
     let recipients = node.cluster.channel(&node.hub, room).await?.subscriptions;

@@ -322,3 +322,55 @@ async fn subscription_limit() {
     let refused = agent.emit_ack("subscribe", json!([{"channel": "b"}])).await;
     assert_eq!(refused[0]["error"], "too many subscriptions (limit 2)");
 }
+
+/// Issue 18.1: a Laravel service (MechaMap's `NodeJsBroadcastService`) posts
+/// `{"channel","event","data","timestamp"}` with an ISO 8601 timestamp; it is accepted. A field
+/// the API does not know, such as `socketId` for `socket_id`, is refused by name rather than
+/// ignored (ignoring it would broadcast to the sender it meant to leave out).
+#[tokio::test]
+async fn a_laravel_service_body_with_a_timestamp_is_accepted_and_typos_are_refused() {
+    let node = node().await;
+    let mut agent = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token(json!(5))}, "transports": ["websocket"]}),
+    );
+    agent.expect_connect(TIMEOUT).await;
+    agent.expect_event("subscribed", TIMEOUT).await;
+
+    let typo = broadcast(
+        &node,
+        json!({"channel": "private-user.5", "event": "notification.sent", "data": {"id": 0}, "socketId": "abc"}),
+    )
+    .await;
+    assert_eq!(typo.status, 400, "{}", typo.text());
+    assert!(typo.text().contains("socketId"), "{}", typo.text());
+    let badly_timed = broadcast(
+        &node,
+        json!({"channel": "private-user.5", "event": "notification.sent", "data": {"id": 0}, "timestamp": {}}),
+    )
+    .await;
+    assert_eq!(badly_timed.status, 400, "{}", badly_timed.text());
+
+    let sent = broadcast(
+        &node,
+        json!({
+            "channel": "private-user.5",
+            "event": "notification.sent",
+            "data": {"id": 1, "title": "Reply"},
+            "timestamp": "2026-12-05T13:42:18.000000Z",
+        }),
+    )
+    .await;
+    assert_eq!(sent.status, 202, "{}", sent.text());
+    assert_eq!(
+        agent.expect_event("notification.sent", TIMEOUT).await,
+        vec![json!("private-user.5"), json!({"id": 1, "title": "Reply"})]
+    );
+    // The refused ones never went out: the accepted one, sent after them, came first.
+    agent
+        .assert_no(
+            "a refused broadcast",
+            |l| l["args"][1]["id"] == 0,
+            std::time::Duration::ZERO,
+        )
+        .await;
+}
