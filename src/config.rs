@@ -147,7 +147,7 @@ pub struct Args {
     )]
     pub api_keys: Vec<String>,
 
-    /// Comma-separated bearer keys for the [admin page](#admin-page)'s endpoints; unset = the API
+    /// Comma-separated bearer keys for the [admin page](docs/OPERATIONS.md)'s endpoints; unset = the API
     /// keys are the admin keys [default: the API keys]
     #[arg(
         help_heading = "Authentication",
@@ -359,7 +359,7 @@ pub struct Args {
     pub typing_timeout: Duration,
 
     /// The application's base URL: client events Switchboard does not handle are POSTed to
-    /// `<url>/events` ([back-end bridge](#back-end-bridge)); unset = they are refused
+    /// `<url>/events` ([back-end bridge](docs/BACKEND.md)); unset = they are refused
     #[arg(
         help_heading = "Back-end bridge",
         long,
@@ -555,11 +555,11 @@ pub struct Args {
     pub trusted_proxies: Vec<String>,
 
     /// `text` or `json` (`--log-format json`), on stderr; filter with `RUST_LOG` (default `info`,
-    /// e.g. `RUST_LOG=info,switchboard=debug`); see [Observability](#observability)
+    /// e.g. `RUST_LOG=info,switchboard=debug`); see [Observability](docs/OPERATIONS.md)
     #[arg(help_heading = "Telemetry", long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// TOML file with the [channel authorization policy](#channel-authorization-policy) [default:
+    /// TOML file with the [channel authorization policy](docs/POLICY.md) [default:
     /// built-in]
     #[arg(help_heading = "Channel policy", long, env = "SWITCHBOARD_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
@@ -593,7 +593,7 @@ pub struct Args {
     pub auth_forward_headers: Vec<String>,
 
     /// `mysql://user:pass@host:3306/db` (MySQL or MariaDB) for `sql` policy rules and
-    /// [notifications](#notifications); connects on first use
+    /// [notifications](docs/NOTIFICATIONS.md); connects on first use
     #[arg(
         help_heading = "Database and notifications",
         long,
@@ -643,7 +643,7 @@ pub struct Args {
     pub notifications_role_query: String,
 
     /// Roles whose `/notifications` sockets join the `admin` room, and whose JWT opens the [admin
-    /// page](#admin-page) (case-insensitive)
+    /// page](docs/OPERATIONS.md) (case-insensitive)
     #[arg(
         help_heading = "Database and notifications",
         long,
