@@ -314,14 +314,7 @@ async fn one_broadcast_reaches_socketio_and_json_clients() {
 #[tokio::test]
 async fn rooms_presence_typing_and_chat_across_nodes() {
     let redis = RedisServer::start().await;
-    let mut conn = redis.connection().await;
-    let _: i64 = redis::cmd("SADD")
-        .arg("members:room:1")
-        .arg("alice")
-        .arg("bob")
-        .query_async(&mut conn)
-        .await
-        .expect("SADD");
+    redis.sadd("members:room:1", &["alice", "bob"]).await;
     let url = redis.url();
     let envs = [("SWITCHBOARD_TYPING_TIMEOUT", "800ms")];
     let one = Node::spawn(&["--dev", "--redis-url", &url], &envs).await;
@@ -487,19 +480,9 @@ async fn next_chat(ws: &mut Ws) -> Value {
 #[tokio::test]
 async fn blocked_users_do_not_get_each_others_messages() {
     let redis = RedisServer::start().await;
-    let mut conn = redis.connection().await;
-    for (key, members) in [
-        ("members:room:2", vec!["ann", "ben", "cat"]),
-        // Ben blocked Ann.
-        ("blocks:ben", vec!["ann"]),
-    ] {
-        let _: i64 = redis::cmd("SADD")
-            .arg(key)
-            .arg(&members)
-            .query_async(&mut conn)
-            .await
-            .expect("SADD");
-    }
+    redis.sadd("members:room:2", &["ann", "ben", "cat"]).await;
+    // Ben blocked Ann.
+    redis.sadd("blocks:ben", &["ann"]).await;
     let url = redis.url();
     let one = Node::spawn(&["--dev", "--redis-url", &url], &[]).await;
     let two = Node::spawn(&["--dev", "--redis-url", &url], &[]).await;
@@ -531,12 +514,7 @@ async fn blocked_users_do_not_get_each_others_messages() {
     assert_eq!(next_chat(&mut ann).await, 3, "nothing from Ben");
 
     // Cat blocks Ann while connected: the back-end updates the set and says so.
-    let _: i64 = redis::cmd("SADD")
-        .arg("blocks:cat")
-        .arg("ann")
-        .query_async(&mut conn)
-        .await
-        .expect("SADD");
+    redis.sadd("blocks:cat", &["ann"]).await;
     let changed = json!({"event": "blocks.changed", "data": {"userId": "cat"}, "socket": null});
     redis
         .publish("switchboard.blocks", changed.to_string())

@@ -435,19 +435,9 @@ async fn next_json_note(ws: &mut Ws) -> Value {
 #[tokio::test]
 async fn blocks_apply_to_whispers_and_typing() {
     let redis = RedisServer::start().await;
-    let mut conn = redis.connection().await;
-    for (key, members) in [
-        ("members:room:2", vec!["ann", "ben", "cat"]),
-        // Ben blocked Ann.
-        ("blocks:ben", vec!["ann"]),
-    ] {
-        let _: i64 = redis::cmd("SADD")
-            .arg(key)
-            .arg(&members)
-            .query_async(&mut conn)
-            .await
-            .expect("SADD");
-    }
+    redis.sadd("members:room:2", &["ann", "ben", "cat"]).await;
+    // Ben blocked Ann.
+    redis.sadd("blocks:ben", &["ann"]).await;
     let url = redis.url();
     // Typing that is not stopped ends after this; not within the test.
     let envs = [("SWITCHBOARD_TYPING_TIMEOUT", "60s")];

@@ -65,6 +65,17 @@ impl RedisServer {
             .unwrap_or_else(|err| panic!("connect to redis at {}: {err}", self.url()))
     }
 
+    /// SADD `members` to the set `key` (member sets and block lists the back-end keeps).
+    pub async fn sadd(&self, key: &str, members: &[&str]) {
+        let mut connection = self.connection().await;
+        let _: i64 = redis::cmd("SADD")
+            .arg(key)
+            .arg(members)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|err| panic!("SADD {key} on {}: {err}", self.url()));
+    }
+
     /// PUBLISH `payload` on `channel`; returns how many subscribers got it.
     pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
         let mut connection = self.connection().await;
