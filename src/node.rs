@@ -18,7 +18,7 @@ use crate::backend::ForwardError;
 use crate::blocks::{self, Blocks};
 use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
-use crate::bus::{Bus, BusError, Envelope};
+use crate::bus::{Bus, BusError, Envelope, Receiver};
 use crate::channel::{self, Refusal, WhisperRefusal};
 use crate::cluster::redis::RedisState;
 use crate::cluster::{Cluster, ClusterError};
@@ -162,17 +162,17 @@ impl Node {
                         client.clone(),
                         url,
                         config.redis_prefix.clone(),
-                        weak.clone(),
+                        weak.clone() as Weak<dyn Receiver>,
                         &metrics,
                     ) {
                         Ok(bus) => Bus::Redis(bus),
                         Err(e) => {
                             bus_error = Some(e);
-                            Bus::Memory(MemoryBus::new(weak.clone()))
+                            Bus::Memory(MemoryBus::new(weak.clone() as Weak<dyn Receiver>))
                         }
                     }
                 }
-                _ => Bus::Memory(MemoryBus::new(weak.clone())),
+                _ => Bus::Memory(MemoryBus::new(weak.clone() as Weak<dyn Receiver>)),
             };
             let per_user = config.max_connections_per_user;
             let cluster = match &bus {
@@ -298,7 +298,7 @@ impl Node {
 
     /// Delivers a bus message to the local members of its channel; `write` says whether the
     /// sockets may be written to at once (`Queued` when more messages are already waiting).
-    pub fn on_bus_message(&self, channel: &str, payload: &[u8], write: Write) {
+    fn on_bus_message(&self, channel: &str, payload: &[u8], write: Write) {
         let received = Instant::now();
         self.metrics.bus_receives.inc();
         let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
@@ -855,6 +855,17 @@ impl Node {
         }
         // The clients' `disconnected` and the channels' `vacated` events leave before the node.
         self.webhooks.flush(WEBHOOK_FLUSH).await;
+    }
+}
+
+impl Receiver for Node {
+    fn message(&self, channel: &str, payload: &[u8], write: Write) {
+        self.on_bus_message(channel, payload, write);
+    }
+
+    fn reconnected(&self) {
+        // Redis may have come back empty: the shared state is checked at once.
+        self.cluster.nudge();
     }
 }
 

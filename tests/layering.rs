@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Most modules allowed in one import cycle today. The goal is 3 (issue 17); lower this as
 /// seams replace back-references, never raise it.
-const LARGEST_CYCLE: usize = 24;
+const LARGEST_CYCLE: usize = 23;
 
 /// Every `.rs` file under `src/` except the binaries, as (module path, source).
 fn modules() -> BTreeMap<String, String> {

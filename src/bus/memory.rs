@@ -3,25 +3,25 @@
 
 use std::sync::Weak;
 
-use crate::node::Node;
+use super::Receiver;
 use crate::outbox::Write;
 
 /// A bus that only reaches this node.
 pub struct MemoryBus {
-    node: Weak<Node>,
+    receiver: Weak<dyn Receiver>,
 }
 
 impl MemoryBus {
-    /// A bus delivering to `node`.
-    pub fn new(node: Weak<Node>) -> Self {
-        Self { node }
+    /// A bus delivering to `receiver`.
+    pub fn new(receiver: Weak<dyn Receiver>) -> Self {
+        Self { receiver }
     }
 
     /// Delivers a message to this node.
     pub fn publish(&self, channel: &str, payload: &[u8]) {
-        if let Some(node) = self.node.upgrade() {
+        if let Some(receiver) = self.receiver.upgrade() {
             // Delivered within the publish: no backlog to batch.
-            node.on_bus_message(channel, payload, Write::Direct);
+            receiver.message(channel, payload, Write::Direct);
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The bus: how a broadcast reaches every node, this one included.
 //!
 //! Two implementations with the same behaviour: [`memory`] for a single node, [`redis`] for a
-//! cluster. Both hand every message to [`Node::on_bus_message`], so nothing shortcuts the
-//! path socket → bus → node → hub → socket. A message is Laravel's Redis broadcast envelope,
+//! cluster. Both hand every message to a [`Receiver`] (the node implements it), so nothing
+//! shortcuts the path socket → bus → node → hub → socket, and the bus knows nothing above it. A message is Laravel's Redis broadcast envelope,
 //! `{"event": E, "data": D, "socket": S}`, on a channel named `<prefix><channel>`.
 
 pub mod memory;
@@ -16,6 +16,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::hub::Ready;
+use crate::outbox::Write;
+
+/// What the bus reports to: the node's delivery of messages, the bus's one seam upwards.
+pub trait Receiver: Send + Sync + 'static {
+    /// A message on `channel` (the prefix stripped); `write` is `Queued` when more messages
+    /// are already waiting behind it, so its frames go through the sockets' tasks.
+    fn message(&self, channel: &str, payload: &[u8], write: Write);
+
+    /// The bus (re)connected: whatever it carries about the cluster may have been lost.
+    fn reconnected(&self);
+}
 
 /// Laravel's broadcast envelope, as published and as received.
 #[derive(Debug, Serialize, Deserialize)]

@@ -17,10 +17,9 @@ use prometheus::IntCounter;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
-use super::BusError;
+use super::{BusError, Receiver};
 use crate::hub::Ready;
 use crate::metrics::Metrics;
-use crate::node::Node;
 use crate::outbox::Write;
 
 /// How long a command may wait for a pooled connection, or to connect.
@@ -73,7 +72,7 @@ impl RedisBus {
         client: redis::Client,
         url: &str,
         prefix: String,
-        node: Weak<Node>,
+        receiver: Weak<dyn Receiver>,
         metrics: &Metrics,
     ) -> Result<Self, BusError> {
         let mut config = deadpool_redis::Config::from_url(url);
@@ -98,7 +97,7 @@ impl RedisBus {
         let subscriber = Subscriber {
             client,
             prefix: prefix.clone(),
-            node,
+            receiver,
             healthy: healthy.clone(),
             wanted: HashMap::new(),
             failures: failures.clone(),
@@ -170,7 +169,7 @@ impl RedisBus {
 struct Subscriber {
     client: redis::Client,
     prefix: String,
-    node: Weak<Node>,
+    receiver: Weak<dyn Receiver>,
     healthy: Arc<AtomicBool>,
     /// Channels wanted, with the handle of the latest subscribe waiting for confirmation.
     wanted: HashMap<Arc<str>, Arc<Ready>>,
@@ -217,8 +216,8 @@ impl Subscriber {
             );
             self.healthy.store(true, Ordering::Release);
             // Redis may have come back empty: the shared state is checked at once.
-            if let Some(node) = self.node.upgrade() {
-                node.cluster.nudge();
+            if let Some(receiver) = self.receiver.upgrade() {
+                receiver.reconnected();
             }
             backoff = BACKOFF_MIN;
             attempt = 0;
@@ -254,8 +253,8 @@ impl Subscriber {
                         }
                     }
                     message = stream.next() => {
-                        let Some(node) = self.node.upgrade() else { return };
-                        if !self.deliver_burst(&node, message, &mut stream) {
+                        let Some(receiver) = self.receiver.upgrade() else { return };
+                        if !self.deliver_burst(&*receiver, message, &mut stream) {
                             self.failures.count(&self.failures.connect);
                             tracing::warn!("redis subscriber: connection lost; reconnecting");
                             break;
@@ -273,7 +272,7 @@ impl Subscriber {
     /// gets several messages per write instead of one system call per message.
     fn deliver_burst(
         &self,
-        node: &Node,
+        receiver: &dyn Receiver,
         mut message: Option<redis::Msg>,
         stream: &mut PubSubStream,
     ) -> bool {
@@ -295,7 +294,7 @@ impl Subscriber {
             };
             let name = current.get_channel_name();
             let channel = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
-            node.on_bus_message(channel, current.get_payload_bytes(), write);
+            receiver.message(channel, current.get_payload_bytes(), write);
             match next {
                 Some(next) => message = next,
                 None => break,
