@@ -290,6 +290,12 @@ pub struct Args {
     #[arg(help_heading = "Limits and delivery", long, env = "SWITCHBOARD_DRAIN_TIME", default_value = "10s", value_parser = parse_duration)]
     pub drain_time: Duration,
 
+    /// JSON sent to every new socket as a `welcome` event (Socket.IO `/`) or a `welcome` frame
+    /// (JSON endpoint) right after it connects, as Go socket servers greet their clients; unset =
+    /// none
+    #[arg(help_heading = "Server", long, env = "SWITCHBOARD_WELCOME")]
+    pub welcome: Option<String>,
+
     /// Paths of the plain JSON WebSocket endpoint ([docs/JSON-PROTOCOL.md](docs/JSON-PROTOCOL.md))
     #[arg(
         help_heading = "JSON endpoint",
@@ -756,6 +762,8 @@ pub struct Config {
     pub direct_write_budget: Duration,
     /// Shutdown drain time.
     pub drain_time: Duration,
+    /// The `welcome` payload new sockets get, if any.
+    pub welcome: Option<Box<serde_json::value::RawValue>>,
     /// Paths of the JSON WebSocket endpoint.
     pub ws_paths: Vec<String>,
     /// Ping frame interval on the JSON endpoint.
@@ -1094,6 +1102,11 @@ impl Args {
             ));
         }
         let api_rate = rate(("api_rate", self.api_rate), ("api_burst", self.api_burst))?;
+        let welcome = self
+            .welcome
+            .map(|text| serde_json::value::RawValue::from_string(text.trim().to_owned()))
+            .transpose()
+            .map_err(|e| ConfigError::new("welcome", format!("not JSON: {e}")))?;
         let backend_secret = self.backend_secret.as_deref().filter(|s| !s.is_empty());
         let backend = match self.backend_url.as_deref().filter(|u| !u.trim().is_empty()) {
             None => None,
@@ -1206,6 +1219,7 @@ impl Args {
             direct_write_share: self.direct_write_share,
             direct_write_budget: self.direct_write_budget,
             drain_time: self.drain_time,
+            welcome,
             ws_paths,
             ws_ping_interval: self.ws_ping_interval,
             ws_ping_timeout: self.ws_ping_timeout,

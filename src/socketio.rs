@@ -575,6 +575,11 @@ async fn connect_root(
         return;
     }
     send(session, |out| codec::write_connect(out, ROOT, &socket.id));
+    if let Some(welcome) = &node.config.welcome {
+        send(session, |out| {
+            codec::write_event(out, ROOT, "welcome", &[welcome])
+        });
+    }
     tracing::debug!(sid = %session.sid, socket = %socket.id, user = %socket.principal.user_id, "socket connected");
 
     let own = channel::user_channel(&socket.principal.user_id);

@@ -132,6 +132,12 @@ async fn accept(
         )
     })?;
     let outbox = Arc::new(Outbox::new(node.config.send_queue_bytes));
+    if let Some(welcome) = &node.config.welcome {
+        let mut out = String::with_capacity(welcome.get().len() + 32);
+        crate::protocol::json::write_frame(&mut out, "welcome", None, welcome, None);
+        // The first frame of a new, empty queue: it cannot overflow.
+        let _ = outbox.push(Frame::from(out));
+    }
     let socket = Arc::new(Member::new(id, principal, Codec::Json, outbox));
     node.plain.insert(socket.id.clone(), socket.clone());
     node.connected(&socket);

@@ -576,3 +576,33 @@ async fn shutdown_closes_json_sockets_with_going_away() {
     let status = node.wait_exit(Duration::from_secs(8)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.logs());
 }
+
+/// Issue 18.4: a Go socket server greets each client with a `welcome`; with
+/// SWITCHBOARD_WELCOME set, a JSON socket's first frame is that greeting, and a Socket.IO
+/// socket gets a `welcome` event right after it connects. Off by default.
+#[tokio::test]
+async fn a_configured_welcome_greets_every_new_socket() {
+    let greeting = json!({"message": "Welcome to the chat", "version": 2});
+    let node = Node::spawn(
+        &["--dev"],
+        &[("SWITCHBOARD_WELCOME", &greeting.to_string())],
+    )
+    .await;
+    let mut ws = client(&node, "ann").await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "welcome", "payload": greeting})
+    );
+    let mut agent = Agent::connected(&node.url(), &token("ben", "Ben")).await;
+    assert_eq!(agent.expect_event("welcome", TIMEOUT).await, [greeting]);
+
+    // Without the setting nobody is greeted: the first frame is the answer to a PING.
+    let quiet = Node::spawn(&["--dev"], &[]).await;
+    let mut ws = client(&quiet, "cat").await;
+    send(&mut ws, json!({"type": "PING"})).await;
+    assert_eq!(next(&mut ws).await["type"], "PONG");
+
+    let (status, logs) = run_switchboard(&["--dev"], &[("SWITCHBOARD_WELCOME", "{not json")]).await;
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("SWITCHBOARD_WELCOME"), "{logs}");
+}
