@@ -296,6 +296,12 @@ pub struct Args {
     #[arg(help_heading = "Server", long, env = "SWITCHBOARD_WELCOME")]
     pub welcome: Option<String>,
 
+    /// Arguments of a broadcast on Socket.IO's `/`: `channel-data` (Laravel Echo's `(channel,
+    /// data)`) or `data` (plain socket.io-client apps' `socket.on(event, data => …)`); a client
+    /// may choose for itself with `broadcastArgs` in its handshake's `auth`
+    #[arg(help_heading = "Server", long, env = "SWITCHBOARD_BROADCAST_ARGS", value_enum, default_value_t = BroadcastArgs::ChannelData)]
+    pub broadcast_args: BroadcastArgs,
+
     /// Paths of the plain JSON WebSocket endpoint ([docs/JSON-PROTOCOL.md](docs/JSON-PROTOCOL.md))
     #[arg(
         help_heading = "JSON endpoint",
@@ -675,6 +681,16 @@ pub enum Command {
     Migrate,
 }
 
+/// The arguments a broadcast has on Socket.IO's `/` namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BroadcastArgs {
+    /// Laravel Echo's convention: `(channel, data)`.
+    ChannelData,
+    /// The data alone, as `socket.to(channel).emit(event, data)` sends it: `(data)`.
+    Data,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -764,6 +780,8 @@ pub struct Config {
     pub drain_time: Duration,
     /// The `welcome` payload new sockets get, if any.
     pub welcome: Option<Box<serde_json::value::RawValue>>,
+    /// Broadcast arguments on Socket.IO's `/` unless a client chooses.
+    pub broadcast_args: BroadcastArgs,
     /// Paths of the JSON WebSocket endpoint.
     pub ws_paths: Vec<String>,
     /// Ping frame interval on the JSON endpoint.
@@ -1220,6 +1238,7 @@ impl Args {
             direct_write_budget: self.direct_write_budget,
             drain_time: self.drain_time,
             welcome,
+            broadcast_args: self.broadcast_args,
             ws_paths,
             ws_ping_interval: self.ws_ping_interval,
             ws_ping_timeout: self.ws_ping_timeout,

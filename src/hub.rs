@@ -28,6 +28,9 @@ pub type SocketId = Arc<str>;
 pub enum Codec {
     /// Socket.IO v5 on the `/` namespace: `42["event","channel",data]`.
     SocketIo,
+    /// Socket.IO v5 on `/`, the data alone: `42["event",data]`, as a socket.io server's
+    /// `socket.to(channel).emit(event, data)` sends it.
+    SocketIoData,
     /// The plain WebSocket protocol: `{"type":"event","channel":…,"payload":data}`.
     Json,
     /// Socket.IO on a namespace a feature defines: `42/ns,["event",data]`, without the channel,
@@ -44,15 +47,15 @@ pub struct Namespace {
     pub ack_id: fn(event: &str, data: &serde_json::value::RawValue) -> Option<u64>,
 }
 
-/// Cached encodings per broadcast: `/`, JSON, and one feature namespace (a node has one
-/// today, `/notifications`; a second would need a slot of its own).
-const CODECS: usize = 3;
+/// Cached encodings per broadcast: `/` in both shapes, JSON, and one feature namespace (a node
+/// has one today, `/notifications`; a second would need a slot of its own).
+const CODECS: usize = 4;
 
 impl Codec {
     /// The kind of client it serves, for metrics.
     pub fn protocol(self) -> Protocol {
         match self {
-            Codec::SocketIo | Codec::Namespace(_) => Protocol::SocketIo,
+            Codec::SocketIo | Codec::SocketIoData | Codec::Namespace(_) => Protocol::SocketIo,
             Codec::Json => Protocol::Json,
         }
     }
@@ -60,7 +63,7 @@ impl Codec {
     /// Its Socket.IO namespace; `None` for the JSON protocol.
     fn namespace(self) -> Option<&'static str> {
         match self {
-            Codec::SocketIo => Some("/"),
+            Codec::SocketIo | Codec::SocketIoData => Some("/"),
             Codec::Namespace(namespace) => Some(namespace.name),
             Codec::Json => None,
         }
@@ -72,6 +75,7 @@ impl Codec {
             Codec::SocketIo => 0,
             Codec::Json => 1,
             Codec::Namespace(_) => 2,
+            Codec::SocketIoData => 3,
         }
     }
 
@@ -358,6 +362,13 @@ impl<'a> Broadcast<'a> {
                     self.channel,
                     self.data,
                 );
+                Frame::from(out)
+            }
+            Codec::SocketIoData => {
+                let mut out = crate::protocol::engineio::message(
+                    self.event.len() + self.data.get().len() + 16,
+                );
+                crate::protocol::socketio::write_event(&mut out, "/", self.event, &[self.data]);
                 Frame::from(out)
             }
             Codec::Namespace(namespace) => {

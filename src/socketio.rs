@@ -391,6 +391,9 @@ struct ConnectAuth {
     token: Option<String>,
     #[serde(default)]
     headers: HashMap<String, String>,
+    /// The client's choice of broadcast arguments on `/`, over the node's setting.
+    #[serde(rename = "broadcastArgs")]
+    broadcast_args: Option<crate::config::BroadcastArgs>,
 }
 
 /// The token of a connect: `auth.token`, else `auth.headers.Authorization`, else the handshake's.
@@ -440,15 +443,19 @@ async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
             let Some(claim) = session.sockets.root.claim() else {
                 return Ok(());
             };
-            let principal = authenticate(node, session, packet).await?;
+            let (principal, args) = authenticate(node, session, packet).await?;
+            let codec = match args.unwrap_or(node.config.broadcast_args) {
+                crate::config::BroadcastArgs::ChannelData => Codec::SocketIo,
+                crate::config::BroadcastArgs::Data => Codec::SocketIoData,
+            };
             let id = take_slot(node, session, &principal).await?;
-            connect_root(node, session, claim, id, principal).await;
+            connect_root(node, session, claim, id, principal, codec).await;
         }
         crate::notifications::NAMESPACE => {
             let Some(claim) = session.sockets.notifications.claim() else {
                 return Ok(());
             };
-            let principal = authenticate(node, session, packet).await?;
+            let (principal, _) = authenticate(node, session, packet).await?;
             // The user of a `/notifications` socket must exist and be active in the application.
             let user = match notifications::admit(node, &principal).await {
                 Ok(user) => user,
@@ -471,12 +478,12 @@ async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
     Ok(())
 }
 
-/// The principal of a connect's token.
+/// The principal of a connect's token, and the broadcast arguments the client asked for.
 async fn authenticate(
     node: &Node,
     session: &Session,
     packet: &Packet<'_>,
-) -> Result<crate::auth::Principal, String> {
+) -> Result<(crate::auth::Principal, Option<crate::config::BroadcastArgs>), String> {
     if node.is_draining() {
         return Err("server shutting down".to_owned());
     }
@@ -498,7 +505,7 @@ async fn authenticate(
     {
         Ok(principal) => {
             tracing::Span::current().record("enduser.id", &*principal.user_id);
-            Ok(principal)
+            Ok((principal, auth.broadcast_args))
         }
         Err(e) => {
             node.metrics
@@ -557,13 +564,9 @@ async fn connect_root(
     claim: Claim<'_, Member>,
     id: Arc<str>,
     principal: crate::auth::Principal,
+    codec: Codec,
 ) {
-    let socket = Arc::new(Member::new(
-        id,
-        principal,
-        Codec::SocketIo,
-        session.outbox.clone(),
-    ));
+    let socket = Arc::new(Member::new(id, principal, codec, session.outbox.clone()));
     claim.fill(socket.clone());
     node.connected(&socket);
     let open = still_open(node, session, || {

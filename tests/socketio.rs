@@ -374,3 +374,60 @@ async fn a_laravel_service_body_with_a_timestamp_is_accepted_and_typos_are_refus
         )
         .await;
 }
+
+/// Issue 18.1: a plain socket.io-client app listens with `socket.on('notification.sent', data
+/// => …)` and wants the data as the first argument, as `socket.to(channel).emit(event, data)`
+/// sends it; Laravel Echo wants `(channel, data)`. The node's setting picks the default, a
+/// client may pick for itself in its handshake, and one broadcast reaches both shapes.
+#[tokio::test]
+async fn broadcast_arguments_in_either_shape() {
+    let spawn = |auth: Value, node: &Node| {
+        Agent::spawn(json!({"url": node.url(), "auth": auth, "transports": ["websocket"]}))
+    };
+    let echo_node = node().await;
+    let mut echo = spawn(json!({"token": token(json!(5))}), &echo_node);
+    let mut plain = spawn(
+        json!({"token": token(json!(5)), "broadcastArgs": "data"}),
+        &echo_node,
+    );
+    for agent in [&mut echo, &mut plain] {
+        agent.expect_connect(TIMEOUT).await;
+        agent.expect_event("subscribed", TIMEOUT).await;
+    }
+    let body =
+        json!({"channel": "private-user.5", "event": "notification.sent", "data": {"id": 7}});
+    assert_eq!(broadcast(&echo_node, body.clone()).await.status, 202);
+    assert_eq!(
+        echo.expect_event("notification.sent", TIMEOUT).await,
+        [json!("private-user.5"), json!({"id": 7})]
+    );
+    assert_eq!(
+        plain.expect_event("notification.sent", TIMEOUT).await,
+        [json!({"id": 7})]
+    );
+
+    // A node set to the plain shape; a client can still ask for Echo's.
+    let plain_node = Node::spawn(
+        &["--dev", "--api-keys", API_KEY],
+        &[("SWITCHBOARD_BROADCAST_ARGS", "data")],
+    )
+    .await;
+    let mut plain = spawn(json!({"token": token(json!(5))}), &plain_node);
+    let mut echo = spawn(
+        json!({"token": token(json!(5)), "broadcastArgs": "channel-data"}),
+        &plain_node,
+    );
+    for agent in [&mut echo, &mut plain] {
+        agent.expect_connect(TIMEOUT).await;
+        agent.expect_event("subscribed", TIMEOUT).await;
+    }
+    assert_eq!(broadcast(&plain_node, body).await.status, 202);
+    assert_eq!(
+        plain.expect_event("notification.sent", TIMEOUT).await,
+        [json!({"id": 7})]
+    );
+    assert_eq!(
+        echo.expect_event("notification.sent", TIMEOUT).await,
+        [json!("private-user.5"), json!({"id": 7})]
+    );
+}
