@@ -15,7 +15,7 @@ use axum::http::{StatusCode, header};
 
 use crate::auth::{bearer, find_key};
 use crate::error::ApiError;
-use crate::limit::{Rate, client_ip};
+use crate::limit::Rate;
 use crate::metrics::Limit;
 use crate::node::Node;
 
@@ -75,7 +75,7 @@ enum Verdict<T> {
 /// share one bucket.
 fn client_address(node: &Node, parts: &Parts) -> IpAddr {
     match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(peer)) => client_ip(*peer, &parts.headers, &node.config.trusted_proxies),
+        Some(ConnectInfo(peer)) => node.client_key(*peer, &parts.headers),
         None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     }
 }

@@ -23,7 +23,6 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::auth::bearer;
-use crate::limit::{address_key, client_ip};
 use crate::metrics::Protocol;
 use crate::node::{Admission, Node};
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
@@ -428,10 +427,9 @@ fn open_session(
         span.record("switchboard.refusal", refusal.message());
         EngineError::with(refusal.status(), ErrorCode::Forbidden, refusal.message())
     };
-    node.admit(remote, headers).map_err(refuse)?;
+    let key = node.admit(remote, headers).map_err(refuse)?;
     // Until it connects a namespace a session is a stranger's: each address may hold only a
     // few, so strangers cannot take the places of users who sign in.
-    let key = address_key(client_ip(remote, headers, &node.config.trusted_proxies));
     if !node.unauthenticated.try_add(key) {
         node.metrics
             .errors

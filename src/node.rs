@@ -2,7 +2,7 @@
 //! node subscribe to it on the bus, the last one leaving unsubscribes; every message from the
 //! bus is decoded once here and handed to the hub.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -267,16 +267,19 @@ impl Node {
         self.sessions.len() + self.plain.len()
     }
 
+    /// The key every per-client limit counts by: the client's address (behind trusted proxies,
+    /// the forwarded one), an IPv6 address by its /64.
+    pub fn client_key(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        address_key(client_ip(peer, headers, &self.config.trusted_proxies))
+    }
+
     /// Checks a new connection against shutdown, the client address's rate and the node's
-    /// connection limit; refusals are counted.
-    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Admission> {
+    /// connection limit; refusals are counted. Returns the client's [`Node::client_key`].
+    pub fn admit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, Admission> {
+        let key = self.client_key(peer, headers);
         let refusal = if self.is_draining() {
             Admission::Draining
-        } else if !self.connect_limits.take(&address_key(client_ip(
-            peer,
-            headers,
-            &self.config.trusted_proxies,
-        ))) {
+        } else if !self.connect_limits.take(&key) {
             self.metrics.rate_limited(Limit::ConnectIp);
             Admission::RateLimited
         } else if self.connection_count() >= self.config.max_connections {
@@ -286,7 +289,7 @@ impl Node {
                 .inc();
             Admission::Full
         } else {
-            return Ok(());
+            return Ok(key);
         };
         Err(refusal)
     }
