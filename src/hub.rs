@@ -93,15 +93,15 @@ impl Codec {
     /// the client does not reconnect by itself with the stale token; on the JSON endpoint an
     /// `ERROR` frame `TOKEN_EXPIRED` (the close frame, 1008 `token_expired`, follows).
     pub fn expiry_notice(self) -> Vec<Frame> {
-        let mut out = String::with_capacity(64);
         match self.namespace() {
             None => {
+                let mut out = String::with_capacity(64);
                 let code = crate::protocol::json::ErrorCode::TokenExpired;
                 crate::protocol::json::write_error(&mut out, code, "token expired", None);
                 vec![Frame::from(out)]
             }
             Some(namespace) => {
-                out.push('4');
+                let mut out = crate::protocol::engineio::message(64);
                 let notice = serde_json::json!({"message": "token expired"});
                 crate::protocol::socketio::write_event_value(
                     &mut out,

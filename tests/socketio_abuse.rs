@@ -111,18 +111,6 @@ async fn read_until(ws: &mut Ws, until: impl Fn(&str) -> bool) -> Vec<String> {
     }
 }
 
-/// Whether the server ends the connection within the timeout.
-async fn ws_closed(ws: &mut Ws) -> bool {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return false,
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
-}
-
 /// Waits until the cluster counts `connections` sockets for `user`.
 async fn expect_connections(node: &Node, user: &str, connections: u64) {
     let url = format!("{}/api/users/{user}", node.url());

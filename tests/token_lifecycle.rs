@@ -7,7 +7,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -149,21 +149,7 @@ async fn a_json_socket_is_closed_when_its_token_expires() {
 /// A new RSA key pair: the private key's PEM and the public key as a JWK named `kid`.
 fn rsa_key(dir: &Path, kid: &str) -> (Vec<u8>, Value) {
     let private = dir.join(format!("{kid}.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&private)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl genpkey")
-        .success();
-    assert!(made, "openssl made a key");
+    openssl_rsa_key(&private);
     let modulus = Command::new("openssl")
         .args(["rsa", "-noout", "-modulus", "-in"])
         .arg(&private)

@@ -81,18 +81,6 @@ async fn subscribe(ws: &mut Ws, channel: &str) {
     );
 }
 
-/// Whether the server closes the connection within the timeout.
-async fn closes(ws: &mut Ws) -> bool {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return false,
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
-}
-
 async fn api(node: &Node, key: Option<&str>, body: &[u8]) -> HttpResponse {
     let auth = key.map(|k| format!("Bearer {k}"));
     let mut headers = vec![("content-type", "application/json")];
@@ -188,7 +176,7 @@ async fn slow_consumer_is_dropped_while_others_keep_receiving() {
         metric(&node, "switchboard_slow_consumer_disconnects_total").await,
         1.0
     );
-    assert!(closes(&mut stuck).await, "the stuck socket is closed");
+    assert!(ws_closed(&mut stuck).await, "the stuck socket is closed");
     assert!(node.logs().contains("slow_consumer"), "{}", node.logs());
 }
 
@@ -213,12 +201,12 @@ async fn malformed_and_oversized_frames_close_only_that_socket() {
     for (what, frame) in cases {
         let (mut ws, _) = socket(&node, 1).await;
         ws.send(Message::text(frame)).await.expect("send");
-        assert!(closes(&mut ws).await, "{what}: socket closed");
+        assert!(ws_closed(&mut ws).await, "{what}: socket closed");
     }
     // Binary frames outside a binary packet are a protocol error too.
     let (mut ws, _) = socket(&node, 1).await;
     ws.send(Message::binary(vec![1, 2, 3])).await.expect("send");
-    assert!(closes(&mut ws).await, "stray binary closes");
+    assert!(ws_closed(&mut ws).await, "stray binary closes");
 
     // The node and the other socket carry on.
     bystander
@@ -607,7 +595,7 @@ async fn unanswered_pings_close_the_session() {
             pongs += 1;
         }
     }
-    assert!(closes(&mut silent).await, "no pong, no session");
+    assert!(ws_closed(&mut silent).await, "no pong, no session");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(
         metric(

@@ -2,8 +2,9 @@
 //!
 //! Two implementations with the same behaviour: [`memory`] for a single node, [`redis`] for a
 //! cluster. Both hand every message to a [`Receiver`] (the node implements it), so nothing
-//! shortcuts the path socket → bus → node → hub → socket, and the bus knows nothing above it. A message is Laravel's Redis broadcast envelope,
-//! `{"event": E, "data": D, "socket": S}`, on a channel named `<prefix><channel>`.
+//! shortcuts the path socket → bus → node → hub → socket, and the bus knows nothing above it.
+//! A message is Laravel's Redis broadcast envelope, `{"event": E, "data": D, "socket": S}`, on
+//! a channel named `<prefix><channel>`.
 
 pub mod memory;
 pub mod redis;

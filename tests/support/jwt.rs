@@ -5,6 +5,25 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
+/// Writes a new 2048-bit RSA private key (PEM) to `path` with openssl.
+pub fn openssl_rsa_key(path: &std::path::Path) {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl genpkey")
+        .success();
+    assert!(made, "openssl made a key at {}", path.display());
+}
+
 /// A JWT signed with HMAC-SHA256 over `secret`.
 pub fn jwt_hs256(secret: &str, claims: Value) -> String {
     encode(

@@ -39,13 +39,31 @@ pub use app_server::{Answer, AppServer, Received};
 pub use echo::{ChannelKind, EchoAgent};
 pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
 pub use json_lines::JsonLinesProcess;
-pub use jwt::{jwt_hs256, jwt_none};
+pub use jwt::{jwt_hs256, jwt_none, openssl_rsa_key};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;
 pub use node::{Node, run_switchboard};
 pub(crate) use process::LoggedChild;
 pub use prometheus::Prometheus;
 pub use redis_server::RedisServer;
+
+/// Whether the server ends a websocket (close frame, error or end of stream) within
+/// [`TIMEOUT`]; frames before that are skipped.
+pub async fn ws_closed<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
 
 /// A generous default for "this should happen soon" waits; local round trips
 /// take milliseconds, so only a broken behaviour ever gets near it.
