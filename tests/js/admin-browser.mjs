@@ -25,27 +25,13 @@
 //   {"cmd":"exit"}
 // The script exits 0 on "exit" or when stdin closes. The plumbing is lines.mjs.
 
-import { chromium } from "playwright-core";
-import { fail, out, readConfig, runCommands } from "./lines.mjs";
+import { launchChromium } from "./browser.mjs";
+import { out, readConfig, runCommands } from "./lines.mjs";
 
 const config = readConfig();
 const timeout = config.timeout ?? 10000;
 
-const args = [];
-// Chromium's sandbox cannot start as root (a CI container); the page is our own.
-if (process.getuid?.() === 0) args.push("--no-sandbox");
-
-let browser;
-try {
-  browser = await chromium.launch({
-    executablePath: config.chromium ?? "/usr/bin/chromium",
-    headless: true,
-    args,
-    timeout,
-  });
-} catch (err) {
-  fail(`cannot start chromium: ${err.message}`);
-}
+const browser = await launchChromium(config, timeout);
 const page = await browser.newPage({ viewport: { width: 1360, height: 1000 } });
 page.setDefaultTimeout(timeout);
 // The page's own errors (a script error, a CSP refusal) are failures worth seeing.

@@ -19,8 +19,8 @@
 
 import http from "node:http";
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { fail, out, readConfig } from "./lines.mjs";
+import { launchChromium } from "./browser.mjs";
+import { out, readConfig } from "./lines.mjs";
 
 const config = readConfig();
 const timeout = config.timeout ?? 10000;
@@ -41,21 +41,7 @@ const server = http.createServer((req, res) => {
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 const origin = `http://127.0.0.1:${server.address().port}`;
 
-const args = [];
-// Chromium's sandbox cannot start as root (a CI container).
-if (process.getuid?.() === 0) args.push("--no-sandbox");
-let browser;
-try {
-  browser = await chromium.launch({
-    executablePath: config.chromium ?? "/usr/bin/chromium",
-    headless: true,
-    args,
-    timeout,
-  });
-} catch (err) {
-  server.close();
-  fail(`cannot start chromium: ${err.message}`);
-}
+const browser = await launchChromium(config, timeout);
 try {
   const page = await browser.newPage();
   await page.goto(`${origin}/`);
