@@ -20,8 +20,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError, Envelope, Receiver};
 use crate::channel::{self, Refusal, WhisperRefusal};
-use crate::cluster::redis::RedisState;
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{self as cluster_state, Census, Cluster, ClusterError};
 use crate::config::Config;
 use crate::engine::Sessions;
 use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
@@ -155,6 +154,7 @@ impl Node {
         let mut bus_error = None;
         let mut cluster_error = None;
         let (chat, chat_queue) = mpsc::unbounded_channel();
+        let (cluster_events, cluster_reports) = mpsc::unbounded_channel();
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let bus = match (&config.redis, &config.redis_url) {
                 (Some(client), Some(url)) => {
@@ -176,15 +176,19 @@ impl Node {
             };
             let per_user = config.max_connections_per_user;
             let cluster = match &bus {
-                Bus::Redis(redis) => match RedisState::start(
+                Bus::Redis(redis) => match Cluster::redis(
                     redis.pool(),
-                    &config.redis_prefix,
-                    &config.node_id,
-                    (config.presence_ttl, per_user),
-                    weak.clone(),
+                    cluster_state::RedisSettings {
+                        prefix: config.redis_prefix.clone(),
+                        node_id: config.node_id.clone(),
+                        ttl: config.presence_ttl,
+                        max_per_user: per_user,
+                    },
+                    weak.clone() as Weak<dyn Census>,
+                    cluster_events,
                     metrics.redis("state"),
                 ) {
-                    Ok(state) => Cluster::redis(state, per_user),
+                    Ok(cluster) => cluster,
                     Err(e) => {
                         cluster_error = Some(e);
                         Cluster::memory(per_user)
@@ -238,6 +242,7 @@ impl Node {
             let _ = node.bus.subscribe(Arc::from(blocks::CHANGED_CHANNEL));
         }
         tokio::spawn(deliver_chat(Arc::downgrade(&node), chat_queue));
+        tokio::spawn(on_cluster_events(Arc::downgrade(&node), cluster_reports));
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -850,7 +855,11 @@ impl Node {
         } else {
             tracing::info!("drained");
         }
-        for (channel, member) in self.cluster.shutdown().await {
+        let departure = self.cluster.shutdown().await;
+        for channel in &departure.vacated {
+            self.webhooks.channel(channel, false);
+        }
+        for (channel, member) in departure.left {
             if let Ok(member) = RawValue::from_string(member) {
                 self.announce_presence(&channel, "presence:leaving", &member, None)
                     .await;
@@ -869,6 +878,49 @@ impl Receiver for Node {
     fn reconnected(&self) {
         // Redis may have come back empty: the shared state is checked at once.
         self.cluster.nudge();
+    }
+}
+
+impl Census for Node {
+    fn connections(&self) -> usize {
+        self.connection_count()
+    }
+
+    fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.hub.channel_counts()
+    }
+}
+
+/// Turns what the shared state reports into webhooks, metrics and presence broadcasts, in
+/// the order Redis confirmed them (a member's `leaving` never overtakes their `joining`).
+async fn on_cluster_events(
+    node: Weak<Node>,
+    mut events: mpsc::UnboundedReceiver<cluster_state::Event>,
+) {
+    use cluster_state::Event;
+    while let Some(event) = events.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        match event {
+            Event::Occupancy { channel, occupied } => node.webhooks.channel(&channel, occupied),
+            Event::Presence {
+                channel,
+                joined,
+                member,
+            } => {
+                let event = if joined {
+                    "presence:joining"
+                } else {
+                    "presence:leaving"
+                };
+                node.announce_presence(&channel, event, &member, None).await;
+            }
+            Event::NodeLost {
+                node: lost,
+                user,
+                sockets,
+            } => node.webhooks.node_lost(&lost, &user, sockets),
+            Event::LiveNodes(live) => node.metrics.cluster_nodes.set(live),
+        }
     }
 }
 

@@ -10,12 +10,16 @@
 pub mod redis;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use deadpool_redis::Pool;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 
 use crate::hub::{Hub, SocketId};
+use crate::metrics::RedisHealth;
 
 /// Shared state could not be read or written (Redis down or slow).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -87,6 +91,71 @@ pub struct NodeInfo {
     pub connections: u64,
 }
 
+/// What the shared state in Redis reports to the node, which turns it into webhooks, metrics
+/// and presence broadcasts: the cluster state itself knows none of those.
+#[derive(Debug)]
+pub enum Event {
+    /// A channel got its first socket across the cluster (`true`) or lost its last.
+    Occupancy {
+        /// The channel.
+        channel: String,
+        /// Whether it is occupied now.
+        occupied: bool,
+    },
+    /// Redis confirmed that a user joined (`true`) or left a presence channel: their first
+    /// socket in it on any node, or their last.
+    Presence {
+        /// The channel.
+        channel: String,
+        /// Whether the member joined.
+        joined: bool,
+        /// The member, `{"user_id":…,"user_info":…}`.
+        member: Box<RawValue>,
+    },
+    /// A node stopped heart-beating and was swept; `user` had `sockets` sockets on it.
+    NodeLost {
+        /// The lost node's id (without its instance suffix).
+        node: String,
+        /// A user it held sockets of.
+        user: String,
+        /// How many.
+        sockets: u64,
+    },
+    /// How many nodes are alive, at each heartbeat.
+    LiveNodes(i64),
+}
+
+/// What the shared state reads of this node when it heart-beats and rewrites its share:
+/// counts other parts keep. The node implements it; the state holds it weakly.
+pub trait Census: Send + Sync + 'static {
+    /// Client connections open on this node.
+    fn connections(&self) -> usize;
+    /// Local sockets per channel.
+    fn channel_counts(&self) -> Vec<(Arc<str>, usize)>;
+}
+
+/// How this node's share is kept in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Prefix of every key (`SWITCHBOARD_REDIS_PREFIX`).
+    pub prefix: String,
+    /// This node's id; a per-process suffix makes the instance id.
+    pub node_id: String,
+    /// How long a silent node's share lives (`SWITCHBOARD_PRESENCE_TTL`).
+    pub ttl: Duration,
+    /// Sockets a user may have across the cluster; 0 = no limit.
+    pub max_per_user: usize,
+}
+
+/// What a node took with it when it left the cluster.
+#[derive(Debug, Default)]
+pub struct Departure {
+    /// (channel, member) of users who left presence channels with it.
+    pub left: Vec<(String, String)>,
+    /// Channels it held the last subscribers of.
+    pub vacated: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 struct PresenceEntry {
     user: Arc<str>,
@@ -108,11 +177,11 @@ struct Local {
     presence: DashMap<Arc<str>, HashMap<SocketId, PresenceEntry>>,
 }
 
-/// The shared state as this node sees it.
-pub struct Cluster {
+/// This node's share and the locks that order its changes against a rewrite; the Redis
+/// writer holds it too, to take its snapshot.
+#[derive(Debug, Default)]
+struct Share {
     local: Local,
-    redis: Option<redis::RedisState>,
-    max_per_user: usize,
     /// Held for reading by every local change together with the write it queues, and for
     /// writing while a rewrite of the share takes its snapshot: a change is then either in
     /// the snapshot or applied after it, never both, never neither.
@@ -122,34 +191,81 @@ pub struct Cluster {
     rewrite: tokio::sync::RwLock<()>,
 }
 
+impl Share {
+    /// This node's share, to rewrite its mirror in Redis after Redis lost it.
+    fn snapshot(&self) -> Snapshot {
+        let users = self
+            .local
+            .users
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        let presence = self
+            .local
+            .presence
+            .iter()
+            .flat_map(|e| {
+                let channel = e.key().clone();
+                e.value()
+                    .iter()
+                    .map(|(socket, entry)| (channel.clone(), socket.clone(), entry.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Snapshot { users, presence }
+    }
+}
+
+/// The shared state as this node sees it.
+pub struct Cluster {
+    share: Arc<Share>,
+    redis: Option<redis::RedisState>,
+    max_per_user: usize,
+}
+
 impl Cluster {
     /// A single-node cluster; `max_per_user` 0 means no per-user limit.
     pub fn memory(max_per_user: usize) -> Self {
         Self {
-            local: Local::default(),
+            share: Arc::default(),
             redis: None,
             max_per_user,
-            changes: std::sync::RwLock::new(()),
-            rewrite: tokio::sync::RwLock::new(()),
         }
     }
 
-    /// A cluster sharing its state in Redis.
-    pub fn redis(state: redis::RedisState, max_per_user: usize) -> Self {
-        Self {
-            local: Local::default(),
+    /// A cluster sharing its state in Redis: starts heart-beating, the writer and the
+    /// admitter. It reads counts from `census` and reports to `events`.
+    pub fn redis(
+        pool: Pool,
+        settings: RedisSettings,
+        census: Weak<dyn Census>,
+        events: mpsc::UnboundedSender<Event>,
+        health: RedisHealth,
+    ) -> Result<Self, ClusterError> {
+        let share = Arc::<Share>::default();
+        let max_per_user = settings.max_per_user;
+        let state = redis::RedisState::start(
+            pool,
+            &settings,
+            redis::Seam {
+                share: share.clone(),
+                census,
+                events,
+            },
+            health,
+        )?;
+        Ok(Self {
+            share,
             redis: Some(state),
             max_per_user,
-            changes: std::sync::RwLock::new(()),
-            rewrite: tokio::sync::RwLock::new(()),
-        }
+        })
     }
 
     /// Takes a connection slot for `user`, atomically across the cluster. When Redis cannot
     /// answer, a configured limit refuses the connection (the limit is a guarantee); without a
     /// limit the connection is counted locally and the share rewritten once Redis is back.
     pub async fn connect(&self, user: &Arc<str>) -> Result<(), ConnectRefusal> {
-        let _rewrite = self.rewrite.read().await;
+        let _rewrite = self.share.rewrite.read().await;
         if let Some(redis) = &self.redis {
             match redis.connect(user).await {
                 Ok(()) => {}
@@ -164,11 +280,11 @@ impl Cluster {
                 }
             }
             let _change = self.change();
-            *self.local.users.entry(user.clone()).or_insert(0) += 1;
+            *self.share.local.users.entry(user.clone()).or_insert(0) += 1;
             return Ok(());
         }
         let _change = self.change();
-        let mut count = self.local.users.entry(user.clone()).or_insert(0);
+        let mut count = self.share.local.users.entry(user.clone()).or_insert(0);
         if self.max_per_user > 0 && *count as usize >= self.max_per_user {
             return Err(ConnectRefusal::TooMany(self.max_per_user));
         }
@@ -179,13 +295,14 @@ impl Cluster {
     /// A guard to hold across a local change (hub membership, connection count) and the
     /// cluster call that queues its write.
     pub fn change(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.changes.read().unwrap_or_else(|p| p.into_inner())
+        self.share.changes.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Gives back a slot taken by [`Cluster::connect`]; returns whether it was the user's last
     /// socket on this node.
     pub fn disconnect(&self, user: &Arc<str>) -> bool {
         let last = self
+            .share
             .local
             .users
             .remove_if_mut(user, |_, count| {
@@ -233,7 +350,12 @@ impl Cluster {
         let joined = match &self.redis {
             Some(redis) => redis.presence_join(channel, socket, &entry).await?,
             None => {
-                let mut sockets = self.local.presence.entry(channel.clone()).or_default();
+                let mut sockets = self
+                    .share
+                    .local
+                    .presence
+                    .entry(channel.clone())
+                    .or_default();
                 let first = !sockets.values().any(|e| e.user == *user);
                 sockets.insert(socket.clone(), entry);
                 return Ok(PresenceJoin {
@@ -242,7 +364,8 @@ impl Cluster {
                 });
             }
         };
-        self.local
+        self.share
+            .local
             .presence
             .entry(channel.clone())
             .or_default()
@@ -255,10 +378,13 @@ impl Cluster {
     /// is made by the writer task once Redis confirms, so this returns `None`.
     pub fn presence_leave(&self, channel: &Arc<str>, socket: &SocketId) -> Option<MemberJson> {
         let mut removed = None;
-        self.local.presence.remove_if_mut(channel, |_, sockets| {
-            removed = sockets.remove(socket);
-            sockets.is_empty()
-        });
+        self.share
+            .local
+            .presence
+            .remove_if_mut(channel, |_, sockets| {
+                removed = sockets.remove(socket);
+                sockets.is_empty()
+            });
         let entry = removed?;
         match &self.redis {
             Some(redis) => {
@@ -267,6 +393,7 @@ impl Cluster {
             }
             None => {
                 let still_here = self
+                    .share
                     .local
                     .presence
                     .get(channel)
@@ -284,6 +411,7 @@ impl Cluster {
         match &self.redis {
             Some(redis) => redis.presence_members(channel).await,
             None => Ok(self
+                .share
                 .local
                 .presence
                 .get(channel)
@@ -296,7 +424,12 @@ impl Cluster {
     pub async fn user_connections(&self, user: &str) -> Result<u64, ClusterError> {
         match &self.redis {
             Some(redis) => redis.user_connections(user).await,
-            None => Ok(self.local.users.get(user).map_or(0, |c| u64::from(*c))),
+            None => Ok(self
+                .share
+                .local
+                .users
+                .get(user)
+                .map_or(0, |c| u64::from(*c))),
         }
     }
 
@@ -311,7 +444,7 @@ impl Cluster {
                 .count()),
             None => Ok(users
                 .iter()
-                .filter(|u| self.local.users.contains_key(**u))
+                .filter(|u| self.share.local.users.contains_key(**u))
                 .count()),
         }
     }
@@ -324,7 +457,8 @@ impl Cluster {
             None => Ok(ChannelInfo {
                 subscriptions: hub.member_count(channel) as u64,
                 users: presence.then(|| {
-                    self.local
+                    self.share
+                        .local
                         .presence
                         .get(channel)
                         .map_or(0, |sockets| unique_members(sockets.values()).len() as u64)
@@ -368,36 +502,12 @@ impl Cluster {
         Ok(nodes)
     }
 
-    /// This node's share, to rewrite its mirror in Redis after Redis lost it.
-    fn snapshot(&self) -> Snapshot {
-        let users = self
-            .local
-            .users
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect();
-        let presence = self
-            .local
-            .presence
-            .iter()
-            .flat_map(|e| {
-                let channel = e.key().clone();
-                e.value()
-                    .iter()
-                    .map(|(socket, entry)| (channel.clone(), socket.clone(), entry.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        Snapshot { users, presence }
-    }
-
     /// Leaves the cluster at shutdown: this node's share is removed at once rather than
-    /// waiting for the others to sweep it. Returns the (channel, member) pairs whose users
-    /// left with it.
-    pub async fn shutdown(&self) -> Vec<(String, String)> {
+    /// waiting for the others to sweep it. Returns what left with it.
+    pub async fn shutdown(&self) -> Departure {
         match &self.redis {
             Some(redis) => redis.shutdown().await,
-            None => Vec::new(),
+            None => Departure::default(),
         }
     }
 
@@ -410,7 +520,7 @@ impl Cluster {
 
     /// Users with at least one socket on this node.
     pub fn local_user_count(&self) -> usize {
-        self.local.users.len()
+        self.share.local.users.len()
     }
 }
 
@@ -464,7 +574,7 @@ mod tests {
         cluster.disconnect(&user);
         cluster.disconnect(&user);
         assert_eq!(cluster.user_connections("7").await.unwrap(), 0);
-        assert!(cluster.local.users.is_empty());
+        assert!(cluster.share.local.users.is_empty());
     }
 
     #[tokio::test]
@@ -498,6 +608,6 @@ mod tests {
         let info = cluster.channel(&Hub::default(), &channel).await.unwrap();
         assert_eq!(info.users, Some(1));
         assert_eq!(cluster.presence_leave(&channel, &b1), Some(member("b")));
-        assert!(cluster.local.presence.is_empty());
+        assert!(cluster.share.local.presence.is_empty());
     }
 }

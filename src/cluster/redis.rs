@@ -29,10 +29,12 @@ use redis::Script;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{ChannelInfo, ClusterError, PresenceEntry, PresenceJoin, now_ms};
+use super::{
+    Census, ChannelInfo, ClusterError, Departure, Event, PresenceEntry, PresenceJoin,
+    RedisSettings, Share, now_ms,
+};
 use crate::hub::SocketId;
 use crate::metrics::RedisHealth;
-use crate::node::Node;
 
 /// How long a script may take, pool wait included.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -465,23 +467,38 @@ pub struct RedisState {
     drifted: Arc<AtomicBool>,
     /// Wakes the writer for a heartbeat now.
     beat_now: Arc<Notify>,
-    /// The node, for the webhooks of what the shutdown sweep finds.
-    node: Weak<Node>,
+}
+
+/// What the writer task shares with the node: the node's share (to snapshot it), the counts
+/// it reads, and where it reports.
+pub(super) struct Seam {
+    /// This node's share and its locks.
+    pub share: Arc<Share>,
+    /// Counts other parts of the node keep; weak, since the node owns this state.
+    pub census: Weak<dyn Census>,
+    /// Where what Redis confirms is reported.
+    pub events: mpsc::UnboundedSender<Event>,
 }
 
 impl RedisState {
-    /// Starts heart-beating, the writer and the admitter; `ttl` is how long a silent node's
-    /// share lives, `limit` the sockets a user may have across the cluster (0 = no limit).
-    pub fn start(
+    /// Starts heart-beating, the writer and the admitter.
+    pub(super) fn start(
         pool: Pool,
-        prefix: &str,
-        node_id: &str,
-        (ttl, limit): (Duration, usize),
-        node: Weak<Node>,
+        settings: &RedisSettings,
+        seam: Seam,
         health: RedisHealth,
     ) -> Result<Self, ClusterError> {
-        let suffix = crate::socketio::random_id()
+        let RedisSettings {
+            prefix,
+            node_id,
+            ttl,
+            max_per_user: limit,
+        } = settings;
+        let limit = *limit;
+        let mut suffix = [0u8; 4];
+        getrandom::fill(&mut suffix)
             .map_err(|e| ClusterError(format!("no randomness for the instance id: {e}")))?;
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let redis = Arc::new(Redis {
             pool,
             keys: Keys {
@@ -490,8 +507,8 @@ impl RedisState {
                 connections: format!("{prefix}sb:nodes:connections"),
                 node_prefix: format!("{prefix}sb:node:"),
                 presence_prefix: format!("{prefix}sb:presence:"),
-                instance: format!("{node_id}.{}", &suffix[..8]),
-                ttl,
+                instance: format!("{node_id}.{suffix}"),
+                ttl: *ttl,
             },
             scripts: Scripts {
                 connect: Script::new(CONNECT),
@@ -513,7 +530,7 @@ impl RedisState {
             beat_now: beat_now.clone(),
             redis: redis.clone(),
             drifted: drifted.clone(),
-            node: node.clone(),
+            seam,
             pending: Pending::default(),
             registered: false,
         };
@@ -527,7 +544,6 @@ impl RedisState {
             limit,
             drifted,
             beat_now,
-            node,
         })
     }
 
@@ -671,21 +687,17 @@ impl RedisState {
         Ok(nodes)
     }
 
-    /// Removes this instance's share now (its sockets are gone at shutdown); returns the
-    /// (channel, member) pairs of users who left with it.
-    pub async fn shutdown(&self) -> Vec<(String, String)> {
+    /// Removes this instance's share now (its sockets are gone at shutdown); returns what
+    /// left with it.
+    pub async fn shutdown(&self) -> Departure {
         match self.redis.sweep(&self.redis.keys.instance).await {
-            Ok(swept) => {
-                if let Some(node) = self.node.upgrade() {
-                    for channel in &swept.vacated {
-                        node.webhooks.channel(channel, false);
-                    }
-                }
-                swept.left
-            }
+            Ok(swept) => Departure {
+                left: swept.left,
+                vacated: swept.vacated,
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "could not remove this node's shared state; the other nodes will sweep it");
-                Vec::new()
+                Departure::default()
             }
         }
     }
@@ -798,7 +810,7 @@ impl Pending {
 /// The task that applies queued writes, heart-beats and sweeps dead nodes.
 struct Writer {
     redis: Arc<Redis>,
-    node: Weak<Node>,
+    seam: Seam,
     pending: Pending,
     drifted: Arc<AtomicBool>,
     beat_now: Arc<Notify>,
@@ -878,7 +890,7 @@ impl Writer {
         }
         for (channel, socket, user) in pending.leaves {
             match self.redis.leave(&channel, &socket, &user).await {
-                Ok(Some(member)) => self.announce(&channel, "presence:leaving", member),
+                Ok(Some(member)) => self.announce(&channel, false, member),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "presence entry not removed; will retry");
@@ -888,25 +900,31 @@ impl Writer {
         }
     }
 
-    /// Raises `channel_occupied` / `channel_vacated` for {channel, "1" | "0", …}.
+    /// Reports occupancy for {channel, "1" | "0", …}.
     fn channels_changed(&self, transitions: &[String]) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
         for pair in transitions.chunks_exact(2) {
-            node.webhooks.channel(&pair[0], pair[1] == "1");
+            self.report(Event::Occupancy {
+                channel: pair[0].clone(),
+                occupied: pair[1] == "1",
+            });
         }
     }
 
-    /// Publishes a presence event for a member read from Redis.
-    fn announce(&self, channel: &str, event: &'static str, member: String) {
-        let (Some(node), Ok(member)) = (self.node.upgrade(), RawValue::from_string(member)) else {
-            return;
-        };
-        let channel = channel.to_owned();
-        tokio::spawn(async move {
-            node.announce_presence(&channel, event, &member, None).await;
-        });
+    /// Reports a presence change for a member read from Redis (skipped if it is not JSON:
+    /// someone else wrote it).
+    fn announce(&self, channel: &str, joined: bool, member: String) {
+        if let Ok(member) = RawValue::from_string(member) {
+            self.report(Event::Presence {
+                channel: channel.to_owned(),
+                joined,
+                member,
+            });
+        }
+    }
+
+    fn report(&self, event: Event) {
+        // Nobody listens once the node is gone; nothing is left to tell.
+        let _ = self.seam.events.send(event);
     }
 
     /// Marks this node alive, rewrites its share if Redis lost it, and sweeps dead nodes;
@@ -916,9 +934,10 @@ impl Writer {
         // Each heartbeat also records this node's connection count, for the admin page's
         // node list (read back by NODES; removed by SWEEP with the rest of the node).
         let connections = self
-            .node
+            .seam
+            .census
             .upgrade()
-            .map_or(0, |node| node.connection_count());
+            .map_or(0, |census| census.connections());
         let mut heartbeat = redis::pipe();
         heartbeat
             .cmd("ZADD")
@@ -962,16 +981,21 @@ impl Writer {
                 Ok(swept) => {
                     tracing::info!(node = %instance, members_left = swept.left.len(), "swept a node that stopped heart-beating");
                     for (channel, member) in swept.left {
-                        self.announce(&channel, "presence:leaving", member);
+                        self.announce(&channel, false, member);
                     }
-                    if let Some(node) = self.node.upgrade() {
-                        for channel in &swept.vacated {
-                            node.webhooks.channel(channel, false);
-                        }
-                        let dead = instance.rsplit_once('.').map_or(&*instance, |(id, _)| id);
-                        for (user, sockets) in &swept.users {
-                            node.webhooks.node_lost(dead, user, *sockets);
-                        }
+                    for channel in swept.vacated {
+                        self.report(Event::Occupancy {
+                            channel,
+                            occupied: false,
+                        });
+                    }
+                    let dead = instance.rsplit_once('.').map_or(&*instance, |(id, _)| id);
+                    for (user, sockets) in swept.users {
+                        self.report(Event::NodeLost {
+                            node: dead.to_owned(),
+                            user,
+                            sockets,
+                        });
                     }
                 }
                 Err(e) => {
@@ -984,10 +1008,8 @@ impl Writer {
             .arg(k.oldest_live())
             .arg("+inf")
             .clone();
-        if let (Ok(live), Some(node)) =
-            (self.redis.command::<i64>(&live).await, self.node.upgrade())
-        {
-            node.metrics.cluster_nodes.set(live);
+        if let Ok(live) = self.redis.command::<i64>(&live).await {
+            self.report(Event::LiveNodes(live));
         }
         true
     }
@@ -996,13 +1018,13 @@ impl Writer {
     /// failed (the next heartbeat tries again).
     async fn resync(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> bool {
         // None while the node is still being built: the next beat (soon) tries again.
-        let Some(node) = self.node.upgrade() else {
+        let Some(census) = self.seam.census.upgrade() else {
             return false;
         };
-        let cluster = &node.cluster;
-        let rewrite = cluster.rewrite.write().await;
+        let share = self.seam.share.clone();
+        let rewrite = share.rewrite.write().await;
         let (users, presence, channels) = {
-            let _changes = cluster.changes.write().unwrap_or_else(|p| p.into_inner());
+            let _changes = share.changes.write().unwrap_or_else(|p| p.into_inner());
             // Counts queued before the snapshot are in it; presence removals are not.
             while let Ok(op) = ops.try_recv() {
                 if matches!(op, Op::Leave { .. }) {
@@ -1011,8 +1033,8 @@ impl Writer {
             }
             self.pending.users.clear();
             self.pending.channels.clear();
-            let super::Snapshot { users, presence } = cluster.snapshot();
-            (users, presence, node.hub.channel_counts())
+            let super::Snapshot { users, presence } = share.snapshot();
+            (users, presence, census.channel_counts())
         };
         let k = &self.redis.keys;
         let mut pipe = redis::pipe();
@@ -1051,7 +1073,7 @@ impl Writer {
         // Users the others saw leave (when they swept this node) are announced again.
         for (channel, socket, entry) in presence {
             if let Ok((true, _)) = self.redis.join(&channel, &socket, &entry).await {
-                self.announce(&channel, "presence:joining", entry.member.to_string());
+                self.announce(&channel, true, entry.member.to_string());
             }
         }
         if self.registered {
