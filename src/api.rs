@@ -628,7 +628,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        node.metrics.scrape(&node),
+        node.scrape(),
     )
         .into_response()
 }

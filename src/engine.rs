@@ -400,7 +400,7 @@ pub async fn unsupported_method(State(node): State<Arc<Node>>, headers: HeaderMa
 }
 
 fn random_id() -> Result<Arc<str>, EngineError> {
-    crate::socketio::random_id().map_err(|_| {
+    crate::id::random_id().map_err(|_| {
         EngineError::with(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::BadRequest,

@@ -43,6 +43,7 @@ pub mod engine;
 pub mod error;
 pub mod http_client;
 pub mod hub;
+pub mod id;
 pub mod jwks;
 pub mod limit;
 pub mod metrics;

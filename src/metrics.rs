@@ -15,8 +15,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::bus::Bus;
-use crate::node::Node;
 use crate::outbox::CloseReason;
 
 /// How often the event-loop watch wakes to measure its own lateness.
@@ -561,42 +559,26 @@ impl Metrics {
         self.sample_busy();
     }
 
-    /// Samples what is read rather than maintained, then renders every metric in the
-    /// Prometheus text format.
-    pub fn scrape(&self, node: &Node) -> String {
-        let queued = node.sessions.queued_frames()
-            + node
-                .plain
-                .iter()
-                .map(|socket| socket.outbox.queued_frames())
-                .sum::<usize>();
-        self.outgoing_queue_frames.set(queued as i64);
-        if let Bus::Redis(bus) = &node.bus {
+    /// Records what is read rather than maintained (`sample`, read by the node from its
+    /// parts), then renders every metric in the Prometheus text format.
+    pub fn scrape(&self, sample: &Sample) -> String {
+        self.outgoing_queue_frames.set(sample.queued_frames as i64);
+        if let Some(healthy) = sample.bus_healthy {
             self.redis_up
                 .with_label_values(&["bus"])
-                .set(i64::from(bus.is_healthy()));
-            let status = bus.pool().status();
-            let in_use = status.size.saturating_sub(status.available);
-            for (state, value) in [
-                ("in_use", in_use),
-                ("idle", status.available),
-                ("max", status.max_size),
-            ] {
-                self.redis_pool
-                    .with_label_values(&[state])
-                    .set(value as i64);
-            }
+                .set(i64::from(healthy));
         }
-        if let Some(database) = &node.config.database {
-            let pool = database.pool().metrics();
+        for (gauge, pool) in [
+            (&self.redis_pool, &sample.redis_pool),
+            (&self.database_pool, &sample.database_pool),
+        ] {
+            let Some(pool) = pool else { continue };
             for (state, value) in [
-                ("in_use", pool.connections_in_use.load(Ordering::Relaxed)),
-                ("idle", pool.connections_in_pool.load(Ordering::Relaxed)),
-                ("max", database.max_connections()),
+                ("in_use", pool.in_use),
+                ("idle", pool.idle),
+                ("max", pool.max),
             ] {
-                self.database_pool
-                    .with_label_values(&[state])
-                    .set(value as i64);
+                gauge.with_label_values(&[state]).set(value as i64);
             }
         }
         if let Some(ratio) = self.sample_busy() {
@@ -632,6 +614,30 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// What a scrape reads from the node's parts at that moment.
+#[derive(Debug, Default)]
+pub struct Sample {
+    /// Frames waiting in every socket's outbox.
+    pub queued_frames: usize,
+    /// Whether the Redis bus is connected, when there is one.
+    pub bus_healthy: Option<bool>,
+    /// The Redis pool's connections, when there is one.
+    pub redis_pool: Option<PoolSample>,
+    /// The database pool's connections, when there is one.
+    pub database_pool: Option<PoolSample>,
+}
+
+/// A connection pool's occupancy.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSample {
+    /// Connections lent out.
+    pub in_use: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// The pool's limit.
+    pub max: usize,
 }
 
 async fn watch_event_loop(lag: Weak<Lag>) {

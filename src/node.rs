@@ -27,7 +27,7 @@ use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
 use crate::limit::{
     AddressCounts, AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, address_key, client_ip,
 };
-use crate::metrics::{Limit, Metrics, Protocol};
+use crate::metrics::{Limit, Metrics, PoolSample, Protocol, Sample};
 use crate::outbox::{CloseReason, Write};
 use crate::pacing::Pacing;
 use crate::policy::Request;
@@ -260,6 +260,39 @@ impl Node {
             }
         });
         Ok(node)
+    }
+
+    /// The Prometheus text of every metric, with what is read rather than maintained
+    /// sampled from the parts now.
+    pub fn scrape(&self) -> String {
+        let queued_frames = self.sessions.queued_frames()
+            + self
+                .plain
+                .iter()
+                .map(|socket| socket.outbox.queued_frames())
+                .sum::<usize>();
+        let mut sample = Sample {
+            queued_frames,
+            ..Sample::default()
+        };
+        if let Bus::Redis(bus) = &self.bus {
+            sample.bus_healthy = Some(bus.is_healthy());
+            let status = bus.pool().status();
+            sample.redis_pool = Some(PoolSample {
+                in_use: status.size.saturating_sub(status.available),
+                idle: status.available,
+                max: status.max_size,
+            });
+        }
+        if let Some(database) = &self.config.database {
+            let pool = database.pool().metrics();
+            sample.database_pool = Some(PoolSample {
+                in_use: pool.connections_in_use.load(Ordering::Relaxed),
+                idle: pool.connections_in_pool.load(Ordering::Relaxed),
+                max: database.max_connections(),
+            });
+        }
+        self.metrics.scrape(&sample)
     }
 
     /// Ready for traffic: the bus is reachable and the node is not shutting down.

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -157,15 +156,6 @@ impl Sockets {
     pub fn ever_connected(&self) -> bool {
         self.ever_connected.load(Ordering::Acquire)
     }
-}
-
-/// A random id: 120 bits, URL-safe.
-pub fn random_id() -> Result<Arc<str>, getrandom::Error> {
-    let mut bytes = [0u8; 15];
-    getrandom::fill(&mut bytes)?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(bytes)
-        .into())
 }
 
 /// Queues a Socket.IO packet built by `write`.
@@ -527,7 +517,7 @@ async fn take_slot(
     session: &Session,
     principal: &crate::auth::Principal,
 ) -> Result<Arc<str>, String> {
-    let Ok(id) = random_id() else {
+    let Ok(id) = crate::id::random_id() else {
         return Err("server error".to_owned());
     };
     if let Err(refusal) = node.cluster.connect(&principal.user_id).await {

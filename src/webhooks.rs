@@ -161,8 +161,8 @@ impl Webhooks {
 
     /// Starts the sender task; must run inside a tokio runtime.
     pub fn start(settings: Settings, node_id: &str, metrics: Metrics) -> Result<Self, String> {
-        let suffix = crate::socketio::random_id()
-            .map_err(|e| format!("no randomness for webhook ids: {e}"))?;
+        let suffix =
+            crate::id::random_id().map_err(|e| format!("no randomness for webhook ids: {e}"))?;
         let client = crate::http_client::build("webhooks", settings.timeout)?;
         let (queue, waiting) = mpsc::channel(settings.queue.max(1));
         let node_id: Arc<str> = node_id.into();

@@ -123,7 +123,7 @@ async fn accept(
             };
             ApiError::new(status, code, refusal.client_message())
         })?;
-    let id = crate::socketio::random_id().map_err(|_| {
+    let id = crate::id::random_id().map_err(|_| {
         node.cluster.disconnect(&principal.user_id);
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

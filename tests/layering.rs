@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Most modules allowed in one import cycle today. The goal is 3 (issue 17); lower this as
 /// seams replace back-references, never raise it.
-const LARGEST_CYCLE: usize = 23;
+const LARGEST_CYCLE: usize = 11;
 
 /// Every `.rs` file under `src/` except the binaries, as (module path, source).
 fn modules() -> BTreeMap<String, String> {
@@ -184,16 +184,35 @@ fn protocol_codecs_import_nothing_of_the_crate_nor_a_runtime() {
 }
 
 #[test]
-fn the_bus_and_the_cluster_state_do_not_reach_the_server() {
+fn the_core_does_not_reach_the_node_or_what_serves_clients() {
+    // The hub, the bus, the cluster state and what they stand on are built by the node and
+    // report upwards through seams (bus::Receiver, cluster::Event and cluster::Census); none
+    // of them may name the node or a part that serves clients.
     let graph = graph();
+    let core = [
+        "bus", "cluster", "hub", "metrics", "channel", "outbox", "pacing", "webhooks",
+    ];
+    let above = [
+        "node",
+        "server",
+        "api",
+        "admin",
+        "access",
+        "engine",
+        "socketio",
+        "ws",
+        "notifications",
+    ];
     for (name, targets) in &graph {
-        let below = ["bus", "cluster"]
+        let in_core = core
             .iter()
             .any(|m| name == m || name.starts_with(&format!("{m}::")));
-        if below {
-            for top in ["server", "api", "admin", "access"] {
+        if in_core {
+            for top in above {
                 assert!(
-                    !targets.contains(top),
+                    !targets
+                        .iter()
+                        .any(|t| t == top || t.starts_with(&format!("{top}::"))),
                     "{name} imports {top}: the layers below report upwards through seams"
                 );
             }
