@@ -142,7 +142,10 @@ mod tests {
 
     #[test]
     fn the_nodes_own_channels_cannot_be_named() {
-        for internal in [crate::node::CONTROL_CHANNEL, crate::blocks::CHANGED_CHANNEL] {
+        for internal in [
+            crate::dispatch::CONTROL_CHANNEL,
+            crate::blocks::CHANGED_CHANNEL,
+        ] {
             assert!(internal.starts_with(RESERVED_PREFIX), "{internal}");
             assert!(validate(internal, 200).is_err(), "{internal}");
         }

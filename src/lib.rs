@@ -20,7 +20,8 @@
 //! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: MySQL pool.
 //! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue; [`pacing`]:
 //!   direct or queued writes per fan-out.
-//! - [`node`]: hub + bus + sessions; [`bus`]: memory and Redis.
+//! - [`node`]: builds and holds the parts; [`bus`]: memory and Redis; [`dispatch`]: bus → hub;
+//!   [`cluster`]: the shared state (connection slots, channel counts, presence).
 //! - [`notifications`]: stored notifications, the `/notifications` namespace, migrations.
 //! - [`backend`]: client events forwarded to the application; [`webhooks`]: events posted to it.
 //! - [`api`]: `/api/broadcast`, `/health`, `/ready`, `/metrics`; [`metrics`]: Prometheus.
@@ -39,6 +40,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod database;
+pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod http_client;

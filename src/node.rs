@@ -3,15 +3,14 @@
 //! bus is decoded once here and handed to the hub.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
-use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::Instrument;
 
 use crate::backend::ForwardError;
@@ -22,19 +21,17 @@ use crate::bus::{Bus, BusError, Envelope, Receiver};
 use crate::channel::{self, Refusal, WhisperRefusal};
 use crate::cluster::{self as cluster_state, Census, Cluster, ClusterError};
 use crate::config::Config;
+use crate::dispatch::{CONTROL_CHANNEL, Dispatch, UserRoom};
 use crate::engine::Sessions;
-use crate::hub::{Broadcast, Hub, JoinError, Member, SocketId};
+use crate::hub::{Hub, JoinError, Member, SocketId};
 use crate::limit::{
     AddressCounts, AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, address_key, client_ip,
 };
-use crate::metrics::{Limit, Metrics, PoolSample, Protocol, Sample};
-use crate::outbox::{CloseReason, Write};
+use crate::metrics::{Limit, Metrics, PoolSample, Sample};
+use crate::outbox::CloseReason;
 use crate::pacing::Pacing;
 use crate::policy::Request;
 use crate::webhooks::Webhooks;
-
-/// The bus channel of node-to-node commands (e.g. closing a user's sockets everywhere).
-pub const CONTROL_CHANNEL: &str = "switchboard.control";
 
 /// How long a subscribe waits for the bus to confirm, when the bus is up.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
@@ -46,17 +43,13 @@ pub struct Node {
     /// Checked configuration.
     pub config: Config,
     /// Local channel memberships.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// The way to the other nodes.
     pub bus: Bus,
     /// What the nodes know together: connection slots, channel counts, presence.
     pub cluster: Cluster,
     /// Cached chat block lists.
-    pub blocks: Blocks,
-    /// Chat messages waiting for their author's block list, delivered in order.
-    chat: mpsc::UnboundedSender<ChatMessage>,
-    /// Chat messages sent to that queue and not yet delivered.
-    chat_waiting: AtomicUsize,
+    pub blocks: Arc<Blocks>,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
     /// Engine.IO sessions per client address that have not connected a namespace yet.
@@ -151,41 +144,59 @@ impl Node {
                 metrics.clone(),
             )
         });
-        let mut bus_error = None;
-        let mut cluster_error = None;
-        let (chat, chat_queue) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(Pacing::new(
+            config.direct_write_share,
+            config.direct_write_budget,
+        )));
+        let redis = match (&config.redis, &config.redis_url) {
+            (Some(client), Some(url)) => Some((client.clone(), crate::bus::redis::pool(url)?)),
+            _ => None,
+        };
+        let blocks = Arc::new(Blocks::new(
+            redis.as_ref().map(|(_, pool)| pool.clone()),
+            config.redis_prefix.clone(),
+        ));
+        // The bus's reconnects wake the shared state's heartbeat: Redis may be back empty.
+        let beat_now = Arc::new(Notify::new());
+        let dispatch = Dispatch::start(
+            hub.clone(),
+            blocks.clone(),
+            metrics.clone(),
+            vec![
+                channel::user_channel as UserRoom,
+                crate::notifications::user_room,
+            ],
+            beat_now.clone(),
+        );
+        let receiver = dispatch as Arc<dyn Receiver>;
+        let bus = match &redis {
+            Some((client, pool)) => Bus::Redis(RedisBus::start(
+                client.clone(),
+                pool.clone(),
+                config.redis_prefix.clone(),
+                receiver,
+                &metrics,
+            )),
+            None => Bus::Memory(MemoryBus::new(receiver)),
+        };
         let (cluster_events, cluster_reports) = mpsc::unbounded_channel();
+        let per_user = config.max_connections_per_user;
+        let mut cluster_error = None;
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
-            let bus = match (&config.redis, &config.redis_url) {
-                (Some(client), Some(url)) => {
-                    match RedisBus::start(
-                        client.clone(),
-                        url,
-                        config.redis_prefix.clone(),
-                        weak.clone() as Weak<dyn Receiver>,
-                        &metrics,
-                    ) {
-                        Ok(bus) => Bus::Redis(bus),
-                        Err(e) => {
-                            bus_error = Some(e);
-                            Bus::Memory(MemoryBus::new(weak.clone() as Weak<dyn Receiver>))
-                        }
-                    }
-                }
-                _ => Bus::Memory(MemoryBus::new(weak.clone() as Weak<dyn Receiver>)),
-            };
-            let per_user = config.max_connections_per_user;
-            let cluster = match &bus {
-                Bus::Redis(redis) => match Cluster::redis(
-                    redis.pool(),
+            let cluster = match redis {
+                Some((_, pool)) => match Cluster::redis(
+                    pool,
                     cluster_state::RedisSettings {
                         prefix: config.redis_prefix.clone(),
                         node_id: config.node_id.clone(),
                         ttl: config.presence_ttl,
                         max_per_user: per_user,
                     },
-                    weak.clone() as Weak<dyn Census>,
-                    cluster_events,
+                    cluster_state::Links {
+                        census: weak.clone() as Weak<dyn Census>,
+                        events: cluster_events,
+                        beat_now,
+                    },
                     metrics.redis("state"),
                 ) {
                     Ok(cluster) => cluster,
@@ -194,26 +205,17 @@ impl Node {
                         Cluster::memory(per_user)
                     }
                 },
-                Bus::Memory(_) => Cluster::memory(per_user),
-            };
-            let blocks_pool = match &bus {
-                Bus::Redis(redis) => Some(redis.pool()),
-                Bus::Memory(_) => None,
+                None => Cluster::memory(per_user),
             };
             Self {
                 sessions: Sessions::default(),
                 plain: DashMap::new(),
                 notifications,
                 webhooks,
-                hub: Hub::new(Pacing::new(
-                    config.direct_write_share,
-                    config.direct_write_budget,
-                )),
+                hub,
                 bus,
                 cluster,
-                blocks: Blocks::new(blocks_pool, config.redis_prefix.clone()),
-                chat,
-                chat_waiting: AtomicUsize::new(0),
+                blocks,
                 connect_limits: AddressLimits::new(config.connect_rate),
                 unauthenticated: AddressCounts::new(config.max_unauthenticated_per_address),
                 api_limits: KeyedLimits::new(config.api_rate),
@@ -225,9 +227,6 @@ impl Node {
                 this: weak.clone(),
             }
         });
-        if let Some(e) = bus_error {
-            return Err(e.into());
-        }
         if let Some(e) = cluster_error {
             return Err(e.into());
         }
@@ -241,7 +240,6 @@ impl Node {
             // Heard for the node's whole life: the back-end's block list changes.
             let _ = node.bus.subscribe(Arc::from(blocks::CHANGED_CHANNEL));
         }
-        tokio::spawn(deliver_chat(Arc::downgrade(&node), chat_queue));
         tokio::spawn(on_cluster_events(Arc::downgrade(&node), cluster_reports));
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -335,141 +333,6 @@ impl Node {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
-    }
-
-    /// Delivers a bus message to the local members of its channel; `write` says whether the
-    /// sockets may be written to at once (`Queued` when more messages are already waiting).
-    fn on_bus_message(&self, channel: &str, payload: &[u8], write: Write) {
-        let received = Instant::now();
-        self.metrics.bus_receives.inc();
-        let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                self.metrics
-                    .errors
-                    .with_label_values(&["bus_envelope"])
-                    .inc();
-                // Not `%e`: serde's message can quote the payload (`invalid type: string "…"`).
-                tracing::warn!(channel, problem = ?e.classify(), column = e.column(), "ignoring a bus message that is not a broadcast envelope");
-                return;
-            }
-        };
-        let data = envelope.data.unwrap_or(RawValue::NULL);
-        if channel == blocks::CHANGED_CHANNEL {
-            self.on_blocks_changed(data);
-            return;
-        }
-        if channel == CONTROL_CHANNEL {
-            self.on_control(&envelope.event, data);
-            return;
-        }
-        if let Some(author) = self.blocks.enabled().then(|| author(&envelope)).flatten() {
-            // At once when the author's list is known and nothing waits before it; else by one
-            // task, in order, once the list is loaded.
-            if self.chat_waiting.load(Ordering::Acquire) == 0 && self.blocks.is_cached(&author) {
-                self.deliver(channel, &envelope, Some(&author), received, write);
-                return;
-            }
-            self.chat_waiting.fetch_add(1, Ordering::AcqRel);
-            let _ = self.chat.send(ChatMessage {
-                channel: channel.to_owned(),
-                payload: Bytes::copy_from_slice(payload),
-                received,
-            });
-            return;
-        }
-        self.deliver(channel, &envelope, None, received, write);
-    }
-
-    /// Hands a broadcast to the hub, leaving out recipients who blocked `author` or whom the
-    /// author blocked; `received` is when the bus handed it over.
-    fn deliver(
-        &self,
-        channel: &str,
-        envelope: &Envelope<'_>,
-        author: Option<&str>,
-        received: Instant,
-        write: Write,
-    ) {
-        // A root span on a node that received the message from Redis; under the publish's
-        // span when the in-process bus delivers it within the publish.
-        let span = tracing::debug_span!(
-            "bus.deliver",
-            otel.kind = "consumer",
-            messaging.destination.name = channel,
-            switchboard.event = &*envelope.event,
-            switchboard.recipients = tracing::field::Empty,
-            switchboard.slow = tracing::field::Empty,
-        );
-        let _span = span.enter();
-        let data = envelope.data.unwrap_or(RawValue::NULL);
-        let mut message =
-            Broadcast::new(channel, &envelope.event, data, envelope.socket.as_deref());
-        message.write = write;
-        let fanout = self.hub.broadcast(&message, |member| {
-            author.is_none_or(|author| !self.blocks.between(&member.principal.user_id, author))
-        });
-        span.record("switchboard.recipients", fanout.delivered);
-        let metrics = &self.metrics;
-        metrics.fanout.observe(fanout.delivered as f64);
-        metrics.direct_writes.inc_by(fanout.written as u64);
-        for protocol in [Protocol::SocketIo, Protocol::Json] {
-            let sent = fanout.by_protocol[protocol as usize];
-            if sent > 0 {
-                metrics
-                    .messages_out
-                    .inc_by(protocol, "broadcast", sent as u64);
-            }
-        }
-        metrics
-            .delivery_latency
-            .observe(received.elapsed().as_secs_f64());
-        if fanout.slow > 0 {
-            span.record("switchboard.slow", fanout.slow);
-            tracing::warn!(
-                channel,
-                sockets = fanout.slow,
-                "disconnecting slow consumers"
-            );
-        }
-    }
-
-    /// `{"userId": …}` on the block-list channel: reload that list if this node uses it.
-    fn on_blocks_changed(&self, data: &RawValue) {
-        let Some(user) = crate::protocol::id_field(data, "userId") else {
-            tracing::warn!("ignoring a block-list change without a userId");
-            return;
-        };
-        let Some(node) = self.this.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move { node.blocks.changed(&user).await });
-    }
-
-    /// A command from another node (or this one) on the control channel.
-    fn on_control(&self, command: &str, data: &RawValue) {
-        match (command, crate::protocol::id_field(data, "userId")) {
-            ("disconnect_user", Some(user)) => {
-                let closed = self.kick(&user);
-                if closed > 0 {
-                    tracing::info!(user, sockets = closed, "closed a user's sockets on request");
-                }
-            }
-            _ => tracing::warn!(command, "ignoring an unknown control command"),
-        }
-    }
-
-    /// Closes this node's sockets of `user`, telling Socket.IO clients not to reconnect.
-    fn kick(&self, user: &str) -> usize {
-        let mut sockets = self.hub.members(&channel::user_channel(user));
-        sockets.extend(self.hub.members(&crate::notifications::user_room(user)));
-        for socket in &sockets {
-            if let Some(farewell) = socket.codec.farewell() {
-                let _ = socket.outbox.push(farewell);
-            }
-            socket.outbox.close(CloseReason::Kicked);
-        }
-        sockets.len()
     }
 
     /// Closes every socket of `user` on every node.
@@ -903,17 +766,6 @@ impl Node {
     }
 }
 
-impl Receiver for Node {
-    fn message(&self, channel: &str, payload: &[u8], write: Write) {
-        self.on_bus_message(channel, payload, write);
-    }
-
-    fn reconnected(&self) {
-        // Redis may have come back empty: the shared state is checked at once.
-        self.cluster.nudge();
-    }
-}
-
 impl Census for Node {
     fn connections(&self) -> usize {
         self.connection_count()
@@ -954,47 +806,5 @@ async fn on_cluster_events(
             } => node.webhooks.node_lost(&lost, &user, sockets),
             Event::LiveNodes(live) => node.metrics.cluster_nodes.set(live),
         }
-    }
-}
-
-/// A chat message from the bus waiting for its author's block list.
-struct ChatMessage {
-    channel: String,
-    payload: Bytes,
-    /// When the bus handed it over: its delivery latency includes the wait.
-    received: Instant,
-}
-
-/// The user whose messages block lists filter: a client's (whisper, typing), or the author of
-/// a back-end chat message.
-fn author(envelope: &Envelope<'_>) -> Option<String> {
-    match &envelope.author {
-        Some(author) => Some(author.to_string()),
-        None if blocks::FILTERED_EVENTS.contains(&&*envelope.event) => {
-            envelope.data.and_then(blocks::author)
-        }
-        None => None,
-    }
-}
-
-/// Delivers chat messages in arrival order, each once its author's block list is loaded.
-async fn deliver_chat(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<ChatMessage>) {
-    while let Some(message) = queue.recv().await {
-        let Some(node) = node.upgrade() else { return };
-        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&message.payload) else {
-            continue;
-        };
-        let author = author(&envelope);
-        if let Some(author) = &author {
-            node.blocks.ensure(author).await;
-        }
-        node.deliver(
-            &message.channel,
-            &envelope,
-            author.as_deref(),
-            message.received,
-            Write::Direct,
-        );
-        node.chat_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -6,8 +6,8 @@
 //! while it was away are lost, as with any Redis pub/sub consumer.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +57,23 @@ enum Command {
     Unsubscribe(Arc<str>),
 }
 
+/// The pool of Redis command connections for a `redis://` URL, shared by the bus's publishes,
+/// the cluster state and the block lists; connects on first use.
+pub fn pool(url: &str) -> Result<Pool, BusError> {
+    let mut config = deadpool_redis::Config::from_url(url);
+    config.pool = Some(PoolConfig {
+        timeouts: Timeouts {
+            wait: Some(COMMAND_TIMEOUT),
+            create: Some(COMMAND_TIMEOUT),
+            recycle: Some(COMMAND_TIMEOUT),
+        },
+        ..PoolConfig::default()
+    });
+    config
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| BusError(format!("cannot create the Redis pool: {e}")))
+}
+
 /// A bus over Redis pub/sub.
 pub struct RedisBus {
     pool: Pool,
@@ -67,26 +84,15 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Creates the command pool and starts the subscriber task (which connects in the background).
+    /// Starts the subscriber task (which connects in the background); publishes go through
+    /// `pool`.
     pub fn start(
         client: redis::Client,
-        url: &str,
+        pool: Pool,
         prefix: String,
-        receiver: Weak<dyn Receiver>,
+        receiver: Arc<dyn Receiver>,
         metrics: &Metrics,
-    ) -> Result<Self, BusError> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            timeouts: Timeouts {
-                wait: Some(COMMAND_TIMEOUT),
-                create: Some(COMMAND_TIMEOUT),
-                recycle: Some(COMMAND_TIMEOUT),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| BusError(format!("cannot create the Redis pool: {e}")))?;
+    ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(false));
         let failures = Failures {
@@ -103,13 +109,13 @@ impl RedisBus {
             failures: failures.clone(),
         };
         tokio::spawn(subscriber.run(rx));
-        Ok(Self {
+        Self {
             pool,
             prefix,
             commands,
             healthy,
             failures,
-        })
+        }
     }
 
     /// Publishes one envelope.
@@ -169,7 +175,7 @@ impl RedisBus {
 struct Subscriber {
     client: redis::Client,
     prefix: String,
-    receiver: Weak<dyn Receiver>,
+    receiver: Arc<dyn Receiver>,
     healthy: Arc<AtomicBool>,
     /// Channels wanted, with the handle of the latest subscribe waiting for confirmation.
     wanted: HashMap<Arc<str>, Arc<Ready>>,
@@ -216,9 +222,7 @@ impl Subscriber {
             );
             self.healthy.store(true, Ordering::Release);
             // Redis may have come back empty: the shared state is checked at once.
-            if let Some(receiver) = self.receiver.upgrade() {
-                receiver.reconnected();
-            }
+            self.receiver.reconnected();
             backoff = BACKOFF_MIN;
             attempt = 0;
 
@@ -253,8 +257,7 @@ impl Subscriber {
                         }
                     }
                     message = stream.next() => {
-                        let Some(receiver) = self.receiver.upgrade() else { return };
-                        if !self.deliver_burst(&*receiver, message, &mut stream) {
+                        if !self.deliver_burst(&*self.receiver, message, &mut stream) {
                             self.failures.count(&self.failures.connect);
                             tracing::warn!("redis subscriber: connection lost; reconnecting");
                             break;

@@ -134,6 +134,16 @@ pub trait Census: Send + Sync + 'static {
     fn channel_counts(&self) -> Vec<(Arc<str>, usize)>;
 }
 
+/// How the shared state is tied to the rest of the node.
+pub struct Links {
+    /// Counts other parts keep; weak, since the node owns this state.
+    pub census: Weak<dyn Census>,
+    /// Where what Redis confirms is reported.
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Asks for a heartbeat now (the bus reconnected, or a write found Redis away).
+    pub beat_now: Arc<tokio::sync::Notify>,
+}
+
 /// How this node's share is kept in Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -234,12 +244,11 @@ impl Cluster {
     }
 
     /// A cluster sharing its state in Redis: starts heart-beating, the writer and the
-    /// admitter. It reads counts from `census` and reports to `events`.
+    /// admitter, tied to the node by `links`.
     pub fn redis(
         pool: Pool,
         settings: RedisSettings,
-        census: Weak<dyn Census>,
-        events: mpsc::UnboundedSender<Event>,
+        links: Links,
         health: RedisHealth,
     ) -> Result<Self, ClusterError> {
         let share = Arc::<Share>::default();
@@ -249,9 +258,10 @@ impl Cluster {
             &settings,
             redis::Seam {
                 share: share.clone(),
-                census,
-                events,
+                census: links.census,
+                events: links.events,
             },
+            links.beat_now,
             health,
         )?;
         Ok(Self {

@@ -486,6 +486,7 @@ impl RedisState {
         pool: Pool,
         settings: &RedisSettings,
         seam: Seam,
+        beat_now: Arc<Notify>,
         health: RedisHealth,
     ) -> Result<Self, ClusterError> {
         let RedisSettings {
@@ -525,7 +526,6 @@ impl RedisState {
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let drifted = Arc::new(AtomicBool::new(false));
-        let beat_now = Arc::new(Notify::new());
         let writer = Writer {
             beat_now: beat_now.clone(),
             redis: redis.clone(),
