@@ -27,6 +27,7 @@
 //! - [`access`]: who may call the API and the admin endpoints; wrong keys throttled.
 //! - [`admin`]: the `/admin` page and its JSON endpoints; recent warnings and errors.
 //! - [`telemetry`]: logs (text or JSON, `RUST_LOG`) and OpenTelemetry traces over OTLP.
+//! - [`token`]: `switchboard token`, a signed JWT to try a node with; [`dev`]: the `--dev` page.
 
 pub mod access;
 pub mod admin;
@@ -39,6 +40,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod database;
+pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod http_client;
@@ -55,6 +57,7 @@ pub mod protocol;
 pub mod server;
 pub mod socketio;
 pub mod telemetry;
+pub mod token;
 pub mod webhooks;
 pub mod websocket;
 pub mod ws;
