@@ -26,6 +26,10 @@ use crate::webhooks::{Kind as WebhookKind, Settings as WebhookSettings};
 /// The secret `--dev` signs and verifies tokens with. Public on purpose: never use it in production.
 pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret";
 
+/// The HTTP API key a `--dev` node accepts when no API key is configured, so a newcomer's first
+/// `curl` works. Public on purpose, like [`DEV_JWT_SECRET`].
+pub const DEV_API_KEY: &str = "switchboard-dev-key";
+
 /// Command line, environment and file settings of a node.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -43,8 +47,9 @@ pub struct Args {
     )]
     pub config: Option<PathBuf>,
 
-    /// With no JWT key configured, use the public secret `switchboard-dev-secret` (never in
-    /// production)
+    /// Development mode (never in production): with no JWT key configured, use the public secret
+    /// `switchboard-dev-secret`; with no API key, accept the public key `switchboard-dev-key`;
+    /// serve a page at `/` that connects and shows events
     #[arg(help_heading = "Server", long, env = "SWITCHBOARD_DEV")]
     pub dev: bool,
 
@@ -675,10 +680,66 @@ pub struct Args {
 }
 
 /// Commands other than serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
 pub enum Command {
     /// Apply the SQL migrations of `migrations/` to SWITCHBOARD_DATABASE_URL and exit
     Migrate,
+    /// Print a JWT a node with these settings accepts: signed with SWITCHBOARD_JWT_SECRET, or
+    /// with `--dev`'s public secret when no key is configured
+    Token(TokenArgs),
+}
+
+/// What `switchboard token` puts in the token.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct TokenArgs {
+    /// The user id (`sub`)
+    #[arg(long)]
+    pub sub: String,
+    /// The user's display name (`name`)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the token is valid (`exp` is now plus this)
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Another claim, repeatable, set last (so it may replace any other): the value is JSON when
+    /// it parses as JSON (`3`, `true`, `["a"]`), else a string
+    #[arg(long = "claim", value_name = "KEY=VALUE", value_parser = parse_claim)]
+    pub claims: Vec<(String, serde_json::Value)>,
+}
+
+/// Parses `--claim`'s `key=value`.
+fn parse_claim(text: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .filter(|(key, _)| !key.trim().is_empty())
+        .ok_or_else(|| format!("`{text}` is not key=value"))?;
+    let value =
+        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    Ok((key.trim().to_owned(), value))
+}
+
+/// The key `switchboard token` signs with, and the claims a node with the same settings demands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenKey {
+    /// The HMAC secret.
+    pub secret: String,
+    /// HS256, HS384 or HS512.
+    pub algorithm: Algorithm,
+    /// The public development secret, because no key is configured.
+    pub development: bool,
+    /// The first accepted `iss`, when the node checks it.
+    pub issuer: Option<String>,
+    /// The first accepted `aud`, when the node checks it.
+    pub audience: Option<String>,
+}
+
+/// Where a node's token keys come from, before anything is read or parsed.
+enum KeySource<'a> {
+    Secret(&'a str),
+    PublicKey(&'a PathBuf),
+    Jwks(&'a str),
+    /// No key configured: the public development secret, where allowed.
+    Development,
 }
 
 /// The arguments a broadcast has on Socket.IO's `/` namespace.
@@ -1045,6 +1106,13 @@ impl Args {
             admin if admin.is_empty() => api_keys.clone(),
             admin => admin,
         };
+        // Only a --dev node with no key of its own takes the public key, and for the API only:
+        // the admin endpoints stay behind the keys the operator configured.
+        let api_keys = if self.dev && api_keys.is_empty() {
+            vec![DEV_API_KEY.to_owned()]
+        } else {
+            api_keys
+        };
         let allowed_origins = self
             .allowed_origins
             .iter()
@@ -1101,6 +1169,12 @@ impl Args {
             return Err(ConfigError::new(
                 "ws_paths",
                 format!("`{bad}` must start with / and not be /socket.io or contain {{ }} *"),
+            ));
+        }
+        if self.dev && ws_paths.iter().any(|p| p == crate::dev::PATH) {
+            return Err(ConfigError::new(
+                "ws_paths",
+                format!("`{}` is --dev's page", crate::dev::PATH),
             ));
         }
         for (name, value) in [
@@ -1379,9 +1453,9 @@ impl Args {
         Policy::new(loaded.map_err(fail)?, settings).map_err(fail)
     }
 
-    fn jwt(&self) -> Result<JwtVerifier, ConfigError> {
-        let algorithm = self
-            .jwt_algorithm
+    /// The one algorithm tokens must use, when configured.
+    fn jwt_algorithm(&self) -> Result<Option<Algorithm>, ConfigError> {
+        self.jwt_algorithm
             .as_deref()
             .map(|name| {
                 name.trim()
@@ -1391,34 +1465,54 @@ impl Args {
                         ConfigError::new("jwt_algorithm", format!("unknown algorithm `{name}`"))
                     })
             })
-            .transpose()?;
+            .transpose()
+    }
+
+    /// Which key the settings name; more than one is refused.
+    fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
         let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
         let jwks = self
             .jwt_jwks_url
             .as_deref()
             .filter(|s| !s.trim().is_empty());
-        let verifier = match (secret, &self.jwt_public_key, jwks) {
-            (Some(_), Some(_), _) => {
-                return Err(ConfigError::new(
-                    "jwt_secret",
-                    "set either SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY, not both",
-                ));
-            }
-            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "jwt_jwks_url",
-                    "set one of SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY and SWITCHBOARD_JWT_JWKS_URL",
-                ));
-            }
-            (None, None, Some(url)) => {
-                JwtVerifier::jwks(url, algorithm.unwrap_or(Algorithm::RS256))
-                    .map_err(|e| ConfigError::new("jwt_jwks_url", e))?
-            }
-            (Some(secret), None, None) => {
+        match (secret, &self.jwt_public_key, jwks) {
+            (Some(_), Some(_), _) => Err(ConfigError::new(
+                "jwt_secret",
+                "set either SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY, not both",
+            )),
+            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => Err(ConfigError::new(
+                "jwt_jwks_url",
+                "set one of SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY and SWITCHBOARD_JWT_JWKS_URL",
+            )),
+            (None, None, Some(url)) => Ok(KeySource::Jwks(url)),
+            (Some(secret), None, None) => Ok(KeySource::Secret(secret)),
+            (None, Some(path), None) => Ok(KeySource::PublicKey(path)),
+            (None, None, None) => Ok(KeySource::Development),
+        }
+    }
+
+    /// The accepted issuers and audiences, blanks dropped.
+    fn issuers_and_audiences(&self) -> (Vec<String>, Vec<String>) {
+        let list = |values: &[String]| -> Vec<String> {
+            values
+                .iter()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect()
+        };
+        (list(&self.jwt_issuer), list(&self.jwt_audience))
+    }
+
+    fn jwt(&self) -> Result<JwtVerifier, ConfigError> {
+        let algorithm = self.jwt_algorithm()?;
+        let verifier = match self.key_source()? {
+            KeySource::Jwks(url) => JwtVerifier::jwks(url, algorithm.unwrap_or(Algorithm::RS256))
+                .map_err(|e| ConfigError::new("jwt_jwks_url", e))?,
+            KeySource::Secret(secret) => {
                 JwtVerifier::hmac(secret.as_bytes(), algorithm.unwrap_or(Algorithm::HS256))
                     .map_err(|e| ConfigError::new("jwt_algorithm", e))?
             }
-            (None, Some(path), None) => {
+            KeySource::PublicKey(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     ConfigError::new(
                         "jwt_public_key",
@@ -1429,38 +1523,74 @@ impl Args {
                     |e| ConfigError::new("jwt_public_key", format!("{}: {e}", path.display())),
                 )?
             }
-            (None, None, None) if self.dev => {
+            KeySource::Development if self.dev => {
                 JwtVerifier::hmac(DEV_JWT_SECRET.as_bytes(), Algorithm::HS256)
                     .map_err(|e| ConfigError::new("jwt_algorithm", e))?
             }
-            (None, None, None) => {
+            KeySource::Development => {
                 return Err(ConfigError::new(
                     "jwt_secret",
                     "no JWT key: set SWITCHBOARD_JWT_SECRET, SWITCHBOARD_JWT_PUBLIC_KEY or SWITCHBOARD_JWT_JWKS_URL (or pass --dev to use a public development secret)",
                 ));
             }
         };
-        let list = |values: &[String]| -> Vec<String> {
-            values
-                .iter()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .collect()
-        };
+        let (issuers, audiences) = self.issuers_and_audiences();
         Ok(verifier
             .with_leeway(self.jwt_leeway)
-            .with_issuers(&list(&self.jwt_issuer))
-            .with_audiences(&list(&self.jwt_audience)))
+            .with_issuers(&issuers)
+            .with_audiences(&audiences))
+    }
+
+    /// What `switchboard token` signs with: the secret and algorithm a node with these settings
+    /// verifies with (the public development secret when no key is configured, as `--dev` would
+    /// use), and the issuer and audience it demands. A node that verifies with a public key
+    /// needs tokens signed by its private key, which it does not have.
+    pub fn token_key(&self) -> Result<TokenKey, ConfigError> {
+        let algorithm = self.jwt_algorithm()?;
+        let (secret, algorithm, development) = match self.key_source()? {
+            KeySource::Secret(secret) => (secret, algorithm.unwrap_or(Algorithm::HS256), false),
+            KeySource::Development => (DEV_JWT_SECRET, Algorithm::HS256, true),
+            KeySource::PublicKey(_) => {
+                return Err(ConfigError::new(
+                    "jwt_public_key",
+                    "tokens are verified with a public key: sign them with its private key",
+                ));
+            }
+            KeySource::Jwks(_) => {
+                return Err(ConfigError::new(
+                    "jwt_jwks_url",
+                    "tokens come from the identity provider: ask it for one",
+                ));
+            }
+        };
+        if !matches!(
+            algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return Err(ConfigError::new(
+                "jwt_algorithm",
+                format!("{algorithm:?} does not sign with a secret (use HS256, HS384 or HS512)"),
+            ));
+        }
+        let (issuers, audiences) = self.issuers_and_audiences();
+        Ok(TokenKey {
+            secret: secret.to_owned(),
+            algorithm,
+            development,
+            issuer: issuers.into_iter().next(),
+            audience: audiences.into_iter().next(),
+        })
     }
 }
 
 /// Formats a command-line error as one line naming the setting's variable, e.g.
-/// `SWITCHBOARD_PING_INTERVAL: invalid value 'soon' …`. Help and version output pass through.
+/// `SWITCHBOARD_PING_INTERVAL: invalid value 'soon' …`. Help, version and the errors of a
+/// subcommand's own arguments (none of them a setting) pass through, with clap's usage lines.
 pub fn describe_arg_error(error: &clap::Error) -> Option<String> {
     use clap::error::ErrorKind;
     if matches!(
         error.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::MissingRequiredArgument
     ) {
         return None;
     }
@@ -1475,12 +1605,23 @@ pub fn describe_arg_error(error: &clap::Error) -> Option<String> {
         error.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
     );
-    let setting = Some(first.as_str())
-        .filter(|_| names_a_setting)
-        .and_then(|line| line.split("'--").nth(1))
-        .and_then(|rest| rest.split([' ', '\'']).next())
-        .map(|flag| format!("SWITCHBOARD_{}: ", flag.replace('-', "_").to_uppercase()))
-        .unwrap_or_default();
+    let flag = first
+        .split("'--")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', '\'']).next());
+    let setting = match flag {
+        Some(flag) if names_a_setting => {
+            // A subcommand's own flags (`token --ttl`) are no settings: clap's message fits them.
+            if !Args::command()
+                .get_arguments()
+                .any(|a| a.get_long() == Some(flag))
+            {
+                return None;
+            }
+            format!("SWITCHBOARD_{}: ", flag.replace('-', "_").to_uppercase())
+        }
+        _ => String::new(),
+    };
     Some(format!("{setting}{first}"))
 }
 
@@ -1585,6 +1726,49 @@ mod tests {
             .expect("valid");
         assert_eq!(config.api_keys, ["a"]);
         assert_eq!(config.admin_keys, ["x", "y"]);
+    }
+
+    #[test]
+    fn only_a_dev_node_without_api_keys_takes_the_public_dev_key() {
+        let valid = |argv: &[&str]| args(argv).expect("parses").validate().expect("valid");
+        let config = valid(&["--dev"]);
+        assert_eq!(config.api_keys, [DEV_API_KEY]);
+        assert!(
+            config.admin_keys.is_empty(),
+            "the admin endpoints stay shut"
+        );
+        assert_eq!(valid(&["--dev", "--api-keys", "mine"]).api_keys, ["mine"]);
+        let config = valid(&["--jwt-secret", "s"]);
+        assert!(config.api_keys.is_empty(), "no key, no API");
+    }
+
+    #[test]
+    fn a_dev_node_keeps_its_page_path_off_the_json_endpoint() {
+        let err = args(&["--dev", "--ws-paths", "/ws,/"])
+            .expect("parses")
+            .validate()
+            .expect_err("/ is the page");
+        assert_eq!(err.setting, "SWITCHBOARD_WS_PATHS");
+        let config = args(&["--jwt-secret", "s", "--ws-paths", "/"])
+            .expect("parses")
+            .validate()
+            .expect("without --dev, / is free");
+        assert_eq!(config.ws_paths, ["/"]);
+    }
+
+    #[test]
+    fn a_subcommand_argument_error_is_clap_s_own_and_a_setting_s_names_it() {
+        for argv in [
+            &["token"][..],
+            &["token", "--sub", "1", "--ttl", "soon"],
+            &["token", "--sub", "1", "--claim", "role"],
+        ] {
+            let err = args(argv).expect_err("refused");
+            assert_eq!(describe_arg_error(&err), None, "{argv:?}");
+        }
+        let err = args(&["--ping-interval", "soon"]).expect_err("refused");
+        let line = describe_arg_error(&err).expect("a setting's error");
+        assert!(line.starts_with("SWITCHBOARD_PING_INTERVAL: "), "{line}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! - [`access`]: who may call the API and the admin endpoints; wrong keys throttled.
 //! - [`admin`]: the `/admin` page and its JSON endpoints; recent warnings and errors.
 //! - [`telemetry`]: logs (text or JSON, `RUST_LOG`) and OpenTelemetry traces over OTLP.
+//! - [`token`]: `switchboard token`, a signed JWT to try a node with; [`dev`]: the `--dev` page.
 
 pub mod access;
 pub mod admin;
@@ -40,6 +41,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod database;
+pub mod dev;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
@@ -58,6 +60,7 @@ pub mod protocol;
 pub mod server;
 pub mod socketio;
 pub mod telemetry;
+pub mod token;
 pub mod webhooks;
 pub mod websocket;
 pub mod ws;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use switchboard::config::{Args, Command, describe_arg_error};
+use switchboard::config::{Args, Command, TokenArgs, describe_arg_error};
 use switchboard::telemetry::{Setup, Telemetry};
 use tokio::net::TcpListener;
 use tracing_subscriber::Layer;
@@ -33,12 +33,16 @@ fn main() -> ExitCode {
             None => e.exit(),
         },
     };
-    if args.command == Some(Command::Migrate) {
-        if let Err(e) = Setup::logs(args.log_format).install() {
-            eprintln!("switchboard: {e}");
-            return ExitCode::FAILURE;
+    match &args.command {
+        Some(Command::Migrate) => {
+            if let Err(e) = Setup::logs(args.log_format).install() {
+                eprintln!("switchboard: {e}");
+                return ExitCode::FAILURE;
+            }
+            return migrate(&args);
         }
-        return migrate(&args);
+        Some(Command::Token(token)) => return print_token(&args, token),
+        None => {}
     }
     let config = match args.validate() {
         Ok(config) => config,
@@ -127,6 +131,32 @@ fn migrate(args: &Args) -> ExitCode {
         }
         Err(e) => {
             eprintln!("switchboard migrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchboard token`: prints a token on stdout, alone on its line so that `$(…)` takes it.
+fn print_token(args: &Args, token: &TokenArgs) -> ExitCode {
+    let key = match args.token_key() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("switchboard token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match switchboard::token::mint(&key, token) {
+        Ok(jwt) => {
+            println!("{jwt}");
+            if key.development {
+                eprintln!(
+                    "switchboard token: signed with the public development secret; only a --dev node accepts it"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard token: cannot sign: {e}");
             ExitCode::FAILURE
         }
     }

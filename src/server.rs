@@ -18,10 +18,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use crate::config::Config;
+use crate::config::{Config, DEV_API_KEY};
 use crate::limit::{AddressCounts, Network, address_key};
 use crate::node::Node;
-use crate::{admin, api, engine, ws};
+use crate::{admin, api, dev, engine, ws};
 
 /// Every route of a node's client port; with no admin listener, the admin routes too.
 pub fn router(node: Arc<Node>) -> Router {
@@ -63,6 +63,9 @@ pub fn router(node: Arc<Node>) -> Router {
         router = router
             .merge(admin::routes(node.clone()))
             .route("/metrics", get(api::metrics));
+    }
+    if node.config.dev {
+        router = router.merge(dev::routes());
     }
     router.layer(body_limit).with_state(node)
 }
@@ -109,6 +112,20 @@ pub async fn run(
     let node = Node::start(config)?;
     let address = listener.local_addr()?;
     tracing::info!(%address, node_id = %node.config.node_id, bus = node.bus.kind(), "switchboard listening");
+    if node.config.dev {
+        if node.config.api_keys.iter().any(|key| key == DEV_API_KEY) {
+            tracing::warn!(
+                "DEVELOPMENT MODE: the HTTP API accepts the public key {DEV_API_KEY}; never run --dev in production"
+            );
+        }
+        // A browser cannot open 0.0.0.0 everywhere; localhost reaches a wildcard listener.
+        let reach = if address.ip().is_unspecified() {
+            format!("localhost:{}", address.port())
+        } else {
+            address.to_string()
+        };
+        tracing::info!("development page: http://{reach}{}", dev::PATH);
+    }
 
     let app = router(node.clone());
     let limits = ConnectionLimits::new(&node);

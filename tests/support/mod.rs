@@ -42,7 +42,7 @@ pub use json_lines::JsonLinesProcess;
 pub use jwt::{jwt_hs256, jwt_none, openssl_rsa_key};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;
-pub use node::{Node, run_switchboard};
+pub use node::{Node, run_switchboard, switchboard_output};
 pub(crate) use process::LoggedChild;
 pub use prometheus::Prometheus;
 pub use redis_server::RedisServer;

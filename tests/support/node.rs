@@ -1,7 +1,7 @@
 //! The real switchboard binary as a child process on a free port.
 
 use std::net::SocketAddr;
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Output};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -130,22 +130,27 @@ fn command(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Command {
 /// Runs `switchboard <args>` (no `--listen`: for subcommands such as `migrate`) with `envs`
 /// added, and returns its exit status and everything it printed.
 pub async fn run_switchboard(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    clear_settings(&mut command);
-    command
-        .args(args)
-        .envs(envs.iter().copied())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(STARTUP_TIMEOUT * 3, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("switchboard {args:?} did not exit"))
-        .unwrap_or_else(|err| panic!("run switchboard {args:?}: {err}"));
+    let output = switchboard_output(args, envs).await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status, text)
+}
+
+/// Runs `switchboard <args>` like [`run_switchboard`], keeping stdout and stderr apart.
+pub async fn switchboard_output(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    clear_settings(&mut command);
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .kill_on_drop(true);
+    tokio::time::timeout(STARTUP_TIMEOUT * 3, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("switchboard {args:?} did not exit"))
+        .unwrap_or_else(|err| panic!("run switchboard {args:?}: {err}"))
 }
 
 /// Settings exported in the developer's shell (`SWITCHBOARD_*`, and `OTEL_*`, which would
