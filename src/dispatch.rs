@@ -253,3 +253,159 @@ async fn deliver_chat(dispatch: Weak<Dispatch>, mut queue: mpsc::UnboundedReceiv
         dispatch.chat_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::auth::Principal;
+    use crate::bus::memory::MemoryBus;
+    use crate::hub::{Codec, Member, Ready};
+    use crate::outbox::Outbox;
+    use crate::pacing::Pacing;
+
+    fn member(id: &str, user: &str, codec: Codec) -> Arc<Member> {
+        let principal = Principal {
+            user_id: user.into(),
+            role: None,
+            claims: None,
+            expires: None,
+        };
+        Arc::new(Member::new(
+            id.into(),
+            principal,
+            codec,
+            Arc::new(Outbox::new(1 << 20)),
+        ))
+    }
+
+    fn queued(member: &Member) -> Vec<String> {
+        let mut out = VecDeque::new();
+        let _ = member.outbox.try_drain(&mut out);
+        out.iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    /// A node's bus → hub path alone: a hub, no block lists, an in-process bus.
+    struct Rig {
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        bus: MemoryBus,
+        reconnected: Arc<Notify>,
+        dispatch: Arc<Dispatch>,
+    }
+
+    fn rig(user_rooms: Vec<UserRoom>) -> Rig {
+        let hub = Arc::new(Hub::new(Pacing::new(0.0, Duration::ZERO)));
+        let metrics = Metrics::new().expect("metrics");
+        let reconnected = Arc::new(Notify::new());
+        let dispatch = Dispatch::start(
+            hub.clone(),
+            Arc::new(Blocks::new(None, String::new())),
+            metrics.clone(),
+            user_rooms,
+            reconnected.clone(),
+        );
+        let bus = MemoryBus::new(dispatch.clone());
+        Rig {
+            hub,
+            metrics,
+            bus,
+            reconnected,
+            dispatch,
+        }
+    }
+
+    fn join(hub: &Hub, member: &Arc<Member>, channel: &str) {
+        hub.join(member, channel, 10, |_| Arc::new(Ready::default()))
+            .expect("joins");
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_reaches_each_member_in_its_codec_except_the_sender() {
+        let rig = rig(vec![]);
+        let sio = member("a", "1", Codec::SocketIo);
+        let json = member("b", "2", Codec::Json);
+        let sender = member("c", "3", Codec::SocketIo);
+        let elsewhere = member("d", "4", Codec::SocketIo);
+        for m in [&sio, &json, &sender] {
+            join(&rig.hub, m, "news");
+        }
+        join(&rig.hub, &elsewhere, "sport");
+        rig.bus.publish(
+            "news",
+            br#"{"event":"posted","data":{"id":7},"socket":"c"}"#,
+        );
+        assert_eq!(queued(&sio), [r#"42["posted","news",{"id":7}]"#]);
+        assert_eq!(
+            queued(&json),
+            [r#"{"type":"posted","channel":"news","payload":{"id":7}}"#]
+        );
+        assert!(queued(&sender).is_empty(), "the sender is left out");
+        assert!(
+            queued(&elsewhere).is_empty(),
+            "another channel hears nothing"
+        );
+        assert_eq!(rig.metrics.bus_receives.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_an_envelope_is_dropped_and_counted() {
+        let rig = rig(vec![]);
+        let listener = member("a", "1", Codec::SocketIo);
+        join(&rig.hub, &listener, "news");
+        for junk in [&b"not json"[..], br#"{"data":1}"#, br#"{"event":5}"#] {
+            rig.bus.publish("news", junk);
+        }
+        assert!(queued(&listener).is_empty());
+        let dropped = rig
+            .metrics
+            .errors
+            .with_label_values(&["bus_envelope"])
+            .get();
+        assert_eq!(dropped, 3);
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_command_closes_the_users_sockets_in_every_named_room() {
+        fn notes_room(user: &str) -> String {
+            format!("notes|{user}")
+        }
+        let rig = rig(vec![crate::channel::user_channel, notes_room]);
+        let (main, notes, other) = (
+            member("a", "7", Codec::SocketIo),
+            member("b", "7", Codec::Json),
+            member("c", "8", Codec::SocketIo),
+        );
+        join(&rig.hub, &main, "private-user.7");
+        join(&rig.hub, &notes, "notes|7");
+        join(&rig.hub, &other, "private-user.8");
+        rig.bus.publish(
+            CONTROL_CHANNEL,
+            br#"{"event":"disconnect_user","data":{"userId":"7"}}"#,
+        );
+        assert_eq!(main.outbox.close_reason(), Some(CloseReason::Kicked));
+        assert_eq!(queued(&main), ["41"], "told not to reconnect");
+        assert_eq!(notes.outbox.close_reason(), Some(CloseReason::Kicked));
+        assert_eq!(other.outbox.close_reason(), None);
+        rig.bus.publish(
+            CONTROL_CHANNEL,
+            br#"{"event":"reboot","data":{"userId":"8"}}"#,
+        );
+        assert_eq!(
+            other.outbox.close_reason(),
+            None,
+            "unknown commands do nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reconnected_bus_wakes_the_heartbeat() {
+        let rig = rig(vec![]);
+        rig.dispatch.reconnected();
+        tokio::time::timeout(Duration::from_secs(1), rig.reconnected.notified())
+            .await
+            .expect("notified");
+    }
+}
