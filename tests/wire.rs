@@ -872,13 +872,27 @@ async fn health_ready_and_metrics() {
 
 #[tokio::test]
 async fn write_delay_coalesces_without_losing_order() {
+    // Long enough that three API calls land within it even on a loaded machine.
     let node = Node::spawn(
-        &["--dev", "--api-keys", API_KEY, "--write-delay", "20ms"],
+        &["--dev", "--api-keys", API_KEY, "--write-delay", "300ms"],
         &[],
     )
     .await;
     let (mut ws, _) = socket(&node, 1).await;
     subscribe(&mut ws, "news").await;
+    // From here the raw bytes: nothing else is on the way (the subscribe was answered), so
+    // tungstenite's buffer is empty and each read shows what one write of the node carried.
+    let MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+        panic!("plain TCP expected");
+    };
+    // The reader waits before the first publish, so a frame written at once wakes it alone.
+    let reader = tokio::spawn(async move {
+        let mut first = vec![0u8; 4096];
+        let read = tokio::io::AsyncReadExt::read(&mut tcp, &mut first).await;
+        first.truncate(read.expect("read"));
+        first
+    });
+    tokio::task::yield_now().await;
     for n in 0..3 {
         let body = json!({"channel": "news", "event": "n", "data": n});
         assert_eq!(
@@ -888,7 +902,17 @@ async fn write_delay_coalesces_without_losing_order() {
             202
         );
     }
-    for n in 0..3 {
-        assert_eq!(next_text(&mut ws).await, format!(r#"42["n","news",{n}]"#));
-    }
+    let first = tokio::time::timeout(TIMEOUT, reader)
+        .await
+        .expect("frames in time")
+        .expect("reader");
+    let text = String::from_utf8_lossy(&first);
+    // Without the delay each broadcast is written as it comes and the first read holds one.
+    let frames: Vec<usize> = (0..3)
+        .map(|n| {
+            text.find(&format!(r#"42["n","news",{n}]"#))
+                .unwrap_or_else(|| panic!("frame {n} not in the first write: {text:?}"))
+        })
+        .collect();
+    assert!(frames.is_sorted(), "in publish order: {text:?}");
 }
