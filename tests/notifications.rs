@@ -302,19 +302,19 @@ async fn unknown_or_inactive_users_are_refused() {
     let node = node(&db, None).await;
     let mut inactive = agent(&node, "/notifications", "4", true);
     assert_eq!(
-        inactive.expect_connect_error(TIMEOUT).await,
+        inactive.expect_refused(TIMEOUT).await,
         "user is inactive"
     );
     let mut unknown = agent(&node, "/notifications", "99", true);
     assert_eq!(
-        unknown.expect_connect_error(TIMEOUT).await,
+        unknown.expect_refused(TIMEOUT).await,
         "user not found"
     );
     let mut no_token = Agent::spawn(
         json!({"url": format!("{}/notifications", node.url()), "transports": ["websocket"]}),
     );
     assert_eq!(
-        no_token.expect_connect_error(TIMEOUT).await,
+        no_token.expect_refused(TIMEOUT).await,
         "missing token"
     );
 
@@ -322,7 +322,7 @@ async fn unknown_or_inactive_users_are_refused() {
     let plain = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
     let mut refused = agent(&plain, "/notifications", "1", true);
     assert_eq!(
-        refused.expect_connect_error(TIMEOUT).await,
+        refused.expect_refused(TIMEOUT).await,
         "notifications are not enabled on this server"
     );
     assert_eq!(send(&plain, note(1, "x")).await.status, 501);
@@ -546,7 +546,7 @@ async fn database_outage_answers_503_and_loses_nothing() {
     assert_eq!(response.json()["error"]["code"], "database_unavailable");
     let mut refused = agent(&node, "/notifications", "1", true);
     assert_eq!(
-        refused.expect_connect_error(TIMEOUT).await,
+        refused.expect_refused(TIMEOUT).await,
         "service unavailable, try again"
     );
     // The sockets stay up.

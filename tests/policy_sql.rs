@@ -82,7 +82,7 @@ async fn mechamap_thread_rule_on_real_tables() {
         "success"
     );
     let refused = subscribe(&mut member, "presence-thread.200").await;
-    assert_eq!(refused["error"], "forbidden", "{refused}");
+    assert_eq!(refused["details"], "forbidden", "{refused}");
     assert_eq!(
         subscribe(&mut moderator, "presence-thread.200").await["status"],
         "success"
@@ -93,17 +93,18 @@ async fn mechamap_thread_rule_on_real_tables() {
     );
     // No such thread: no row.
     let refused = subscribe(&mut moderator, "presence-thread.999").await;
-    assert_eq!(refused["error"], "forbidden", "{refused}");
+    assert_eq!(refused["details"], "forbidden", "{refused}");
     // The id is a bound parameter, not SQL. `200#` is a valid channel name; pasted into the
     // query, `#` would comment out the role check and let the member in. Bound, MariaDB reads
     // the string as thread 200 and the role check refuses.
     let refused = subscribe(&mut member, "presence-thread.200#").await;
-    assert_eq!(refused["error"], "forbidden", "{refused}");
+    assert_eq!(refused["details"], "forbidden", "{refused}");
 
     // Database down: refused with a clear error, never allowed.
     db.kill().await;
     let refused = subscribe(&mut member, "presence-thread.100").await;
-    let error = refused["error"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(refused["error"], "Internal error", "{refused}");
+    let error = refused["details"].as_str().unwrap_or_default().to_owned();
     assert!(error.starts_with("authorization unavailable"), "{refused}");
     assert!(!error.contains("mysql://"), "no URL leaks: {error}");
 
