@@ -1327,7 +1327,7 @@ impl Args {
                 return Err(ConfigError::new(
                     "policy_file",
                     format!(
-                        "both {} and {} define the channel policy; keep `roles`, `[presence]` and `[[channel]]` in one of them",
+                        "both {} and {} define the channel policy; keep `roles`, `default`, `[presence]` and `[[channel]]` in one of them",
                         file.display(),
                         config.display()
                     ),

@@ -430,6 +430,11 @@ async fn bad_policies_stop_the_node_naming_the_file() {
             "SWITCHBOARD_DATABASE_URL",
         ),
         (
+            "default = \"closed\"\n",
+            vec!["--dev", "--policy-file", &path_arg],
+            "`default = \"closed\"`: expected \"conventional\" or \"deny\"",
+        ),
+        (
             "",
             vec!["--config", &config_arg, "--policy-file", &path_arg],
             "switchboard.toml",
