@@ -1698,6 +1698,15 @@ mod tests {
             "{err}"
         );
 
+        // `default` is a policy key there too, checked like the rest.
+        std::fs::write(&config, "dev = true\ndefault = \"none\"\n").expect("write");
+        let err = args(&["--config", &config_arg])
+            .expect("loads")
+            .validate()
+            .expect_err("bad default");
+        assert_eq!(err.setting, "SWITCHBOARD_CONFIG");
+        assert!(err.problem.contains("`default = \"none\"`"), "{err}");
+
         let err = args(&["--dev", "--policy-file", "/nonexistent/p.toml"])
             .expect("loads")
             .validate()
