@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-pub use rules::{PolicyConfig, Unmatched};
+pub use rules::PolicyConfig;
 
 use crate::auth::Principal;
 use crate::channel::{self, Kind, Refusal};
 use crate::database::Database;
 use cache::Cache;
 use callback::Callback;
-use rules::{Check, Match, Pattern, Rule, normalize_role};
+use rules::{Check, Match, Pattern, Rule, Unmatched, normalize_role};
 use set::Sets;
 
 /// Settings of the policy that do not live in its file.
