@@ -22,6 +22,7 @@ use crate::channel;
 use crate::cluster::ClusterError;
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::notifications::NAMESPACE as NOTIFICATIONS;
 
 /// Most channels one broadcast call may name.
 const MAX_CHANNELS_PER_CALL: usize = 100;
@@ -109,6 +110,9 @@ struct BroadcastRequest {
     socket_id: Option<String>,
     /// When the back-end sent it (Laravel services add one); checked, not used.
     timestamp: Option<serde_json::Value>,
+    /// The Socket.IO namespace whose rooms `channel`/`channels` name: `/` (the default) or
+    /// `/notifications`.
+    namespace: Option<String>,
 }
 
 /// The body of `POST /api/push`.
@@ -194,21 +198,57 @@ async fn do_broadcast(node: &Node, request: BroadcastRequest) -> Result<Done, Ap
             "more than {MAX_CHANNELS_PER_CALL} channels"
         )));
     }
-    for name in &channels {
-        check_channel(node, name)?;
-    }
     check_event(&request.event)?;
+    let targets = match request.namespace.as_deref() {
+        None | Some("/") => {
+            for name in &channels {
+                check_channel(node, name)?;
+            }
+            channels
+        }
+        Some(NOTIFICATIONS) => notifications_rooms(node, &channels, &request.event)?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown `namespace` {other:?}: \"/\" or \"{NOTIFICATIONS}\""
+            )));
+        }
+    };
     let data = request.data.as_deref().unwrap_or(RawValue::NULL);
     let except = request.socket_id.as_deref().filter(|s| !s.is_empty());
-    for name in &channels {
+    for name in &targets {
         node.publish(name, &request.event, data, except)
             .await
             .map_err(bus_unavailable)?;
     }
     Ok((
         StatusCode::ACCEPTED,
-        json!({"status": "accepted", "channels": channels.len()}),
+        json!({"status": "accepted", "channels": targets.len()}),
     ))
+}
+
+/// The hub channels of `/notifications` rooms a broadcast names. Only the rooms its sockets
+/// join are accepted, and not the namespace's own events: stored notifications go through
+/// `POST /api/notifications`, which keeps their delivery and unread count right.
+fn notifications_rooms(
+    node: &Node,
+    rooms: &[String],
+    event: &str,
+) -> Result<Vec<String>, ApiError> {
+    if node.notifications.is_none() {
+        return Err(notifications_disabled());
+    }
+    if crate::notifications::is_own_event(event) {
+        return Err(ApiError::bad_request(format!(
+            "`{event}` is an event of {NOTIFICATIONS} itself; send stored notifications with POST /api/notifications"
+        )));
+    }
+    rooms
+        .iter()
+        .map(|name| {
+            crate::notifications::api_room(name, node.config.max_channel_length)
+                .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))
+        })
+        .collect()
 }
 
 async fn do_push(node: &Node, request: PushRequest) -> Result<Done, ApiError> {
@@ -668,6 +708,14 @@ fn id_text(value: &serde_json::Value, what: &str) -> Result<String, ApiError> {
     Ok(text)
 }
 
+fn notifications_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "notifications_disabled",
+        "notifications need SWITCHBOARD_DATABASE_URL",
+    )
+}
+
 fn database_unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -686,11 +734,7 @@ pub async fn notifications(
 ) -> Result<Response, ApiError> {
     use crate::notifications::store::{Created, NewNotification, Target};
     let Some(store) = &node.notifications else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "notifications_disabled",
-            "notifications need SWITCHBOARD_DATABASE_URL",
-        ));
+        return Err(notifications_disabled());
     };
     let request: NotificationRequest<'_> = json_body(&node, &body)?;
     let key = match headers.get("idempotency-key") {

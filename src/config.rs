@@ -1401,7 +1401,7 @@ impl Args {
                 return Err(ConfigError::new(
                     "policy_file",
                     format!(
-                        "both {} and {} define the channel policy; keep `roles`, `[presence]` and `[[channel]]` in one of them",
+                        "both {} and {} define the channel policy; keep `roles`, `default`, `[presence]` and `[[channel]]` in one of them",
                         file.display(),
                         config.display()
                     ),
@@ -1881,6 +1881,15 @@ mod tests {
                 .starts_with(&format!("{config_arg}: [[channel]] #1 `a`: ")),
             "{err}"
         );
+
+        // `default` is a policy key there too, checked like the rest.
+        std::fs::write(&config, "dev = true\ndefault = \"none\"\n").expect("write");
+        let err = args(&["--config", &config_arg])
+            .expect("loads")
+            .validate()
+            .expect_err("bad default");
+        assert_eq!(err.setting, "SWITCHBOARD_CONFIG");
+        assert!(err.problem.contains("`default = \"none\"`"), "{err}");
 
         let err = args(&["--dev", "--policy-file", "/nonexistent/p.toml"])
             .expect("loads")

@@ -414,7 +414,13 @@ async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
 fn refused_connect(session: &Session, namespace: &str, message: &str) -> Result<(), CloseReason> {
     tracing::Span::current().record("switchboard.refusal", message);
     send(session, |out| {
-        codec::write_connect_error(out, namespace, message)
+        // MechaMap's client shows every refused connect as this; the reason tells them apart.
+        codec::write_connect_error(
+            out,
+            namespace,
+            "Authentication failed",
+            &json!({"reason": message}),
+        )
     });
     let sockets = &session.sockets;
     let alone = sockets.root.is_free() && sockets.notifications.is_free();
@@ -585,7 +591,7 @@ async fn connect_root(
         Err(e) => emit(
             session,
             "subscription_error",
-            &json!({"channel": own, "error": e.to_string()}),
+            &subscription_error(&own, &e.into()),
         ),
     }
 }
@@ -813,10 +819,21 @@ async fn subscribe(
                 session,
                 ack,
                 "subscription_error",
-                &json!({"channel": channel, "error": refusal.to_string()}),
+                &subscription_error(&channel, &refusal),
             );
         }
     }
+}
+
+/// `subscription_error`'s payload as MechaMap's client reads it: `error` is `Internal error`
+/// when the check could not be made (try again later), `Unauthorized` for any other refusal;
+/// `details` is the refusal itself.
+fn subscription_error(channel: &str, refusal: &Refusal) -> Value {
+    let error = match refusal {
+        Refusal::Unavailable(_) => "Internal error",
+        _ => "Unauthorized",
+    };
+    json!({"channel": channel, "error": error, "details": refusal.to_string()})
 }
 
 async fn whisper(

@@ -244,8 +244,9 @@ async fn the_nodes_own_channels_are_out_of_reach() {
         let answer = attacker
             .emit_ack("subscribe", json!([{"channel": internal}]))
             .await;
+        assert_eq!(answer[0]["error"], "Unauthorized", "{internal}: {answer}");
         assert!(
-            answer[0]["error"].to_string().contains("reserved"),
+            answer[0]["details"].to_string().contains("reserved"),
             "{internal}: {answer}"
         );
         let _ = attacker

@@ -83,7 +83,11 @@ async fn echo_private_channel_gets_laravel_publishes_from_redis() {
     let refused = b
         .expect_subscription_error("private-orders.5", TIMEOUT)
         .await;
-    assert_eq!(refused["error"], "forbidden", "{refused}");
+    assert_eq!(
+        (&refused["error"], &refused["details"]),
+        (&json!("Unauthorized"), &json!("forbidden")),
+        "{refused}"
+    );
 
     // Exactly what Laravel's Redis broadcaster publishes.
     let envelope = json!({
@@ -132,7 +136,11 @@ async fn echo_presence_here_joining_leaving_and_whispers_across_nodes() {
     let mut guest = echo(&one, json!({"sub": 3, "name": "Guest", "role": "guest"})).await;
     guest.join("chat.1").await;
     let refused = guest.expect_subscription_error(channel, TIMEOUT).await;
-    assert_eq!(refused["error"], "forbidden", "{refused}");
+    assert_eq!(
+        (&refused["error"], &refused["details"]),
+        (&json!("Unauthorized"), &json!("forbidden")),
+        "{refused}"
+    );
 
     // Whispers cross nodes and skip the sender.
     b.listen_for_whisper(ChannelKind::Presence, "chat.1", "typing")

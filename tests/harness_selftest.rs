@@ -306,10 +306,7 @@ async fn echo_agent_receives_public_and_private_broadcasts() {
     let node = dev_node().await;
 
     let mut anonymous = EchoAgent::spawn(json!({"url": node.url(), "transports": ["websocket"]}));
-    assert_eq!(
-        anonymous.expect_connect_error(TIMEOUT).await,
-        "missing token"
-    );
+    assert_eq!(anonymous.expect_refused(TIMEOUT).await, "missing token");
 
     let mut echo = EchoAgent::spawn(json!({
         "url": node.url(), "token": dev_token(7), "transports": ["websocket"],

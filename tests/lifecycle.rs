@@ -169,7 +169,7 @@ async fn rs256_public_key_and_no_algorithm_confusion() {
         json!({"url": node.url(), "auth": {"token": forged}, "transports": ["websocket"]}),
     );
     assert_eq!(
-        agent.expect_connect_error(TIMEOUT).await,
+        agent.expect_refused(TIMEOUT).await,
         "invalid token: algorithm not allowed"
     );
     std::fs::remove_dir_all(&dir).ok();

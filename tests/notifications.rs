@@ -301,31 +301,25 @@ async fn unknown_or_inactive_users_are_refused() {
     app_schema(&db).await;
     let node = node(&db, None).await;
     let mut inactive = agent(&node, "/notifications", "4", true);
-    assert_eq!(
-        inactive.expect_connect_error(TIMEOUT).await,
-        "user is inactive"
-    );
+    assert_eq!(inactive.expect_refused(TIMEOUT).await, "user is inactive");
     let mut unknown = agent(&node, "/notifications", "99", true);
-    assert_eq!(
-        unknown.expect_connect_error(TIMEOUT).await,
-        "user not found"
-    );
+    assert_eq!(unknown.expect_refused(TIMEOUT).await, "user not found");
     let mut no_token = Agent::spawn(
         json!({"url": format!("{}/notifications", node.url()), "transports": ["websocket"]}),
     );
-    assert_eq!(
-        no_token.expect_connect_error(TIMEOUT).await,
-        "missing token"
-    );
+    assert_eq!(no_token.expect_refused(TIMEOUT).await, "missing token");
 
     // Without a database the namespace and the API say notifications are off; `/` still works.
     let plain = Node::spawn(&["--dev", "--api-keys", API_KEY], &[]).await;
     let mut refused = agent(&plain, "/notifications", "1", true);
     assert_eq!(
-        refused.expect_connect_error(TIMEOUT).await,
+        refused.expect_refused(TIMEOUT).await,
         "notifications are not enabled on this server"
     );
     assert_eq!(send(&plain, note(1, "x")).await.status, 501);
+    let rooms = json!({"namespace": "/notifications", "channel": "admin", "event": "e"});
+    let response = api(&plain, "/api/broadcast", rooms).await;
+    assert_eq!(response.status, 501, "{}", response.text());
     let mut root = agent(&plain, "", "1", true);
     root.expect_connect(TIMEOUT).await;
 
@@ -434,6 +428,141 @@ async fn sector_and_admin_fan_out() {
             "notifications|user:3"
         ]
     );
+}
+
+/// POST /api/broadcast (or one batch operation) with the API key.
+async fn api(node: &Node, path: &str, body: Value) -> HttpResponse {
+    http(
+        "POST",
+        &format!("{}{path}", node.url()),
+        &[
+            ("authorization", &format!("Bearer {API_KEY}")),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// The next event an agent received: its name and arguments.
+async fn next_event(agent: &mut Agent) -> (String, Value) {
+    let line = agent.wait_for(|l| l["type"] == "event", TIMEOUT).await;
+    let name = line["event"].as_str().unwrap_or_default().to_owned();
+    (name, line["args"].clone())
+}
+
+#[tokio::test]
+async fn the_api_reaches_sector_and_admin_rooms_on_every_node() {
+    let db = MariaDb::start().await;
+    app_schema(&db).await;
+    let redis = RedisServer::start().await;
+    let one = node(&db, Some(&redis)).await;
+    let two = node(&db, Some(&redis)).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    // Ana and Ben are in sector 10, on different nodes; Cleo is an admin in sector 20.
+    let mut ana = notifications_socket(&one, "1", true).await;
+    events_until_success(&mut ana).await;
+    let mut ben = notifications_socket(&two, "2", true).await;
+    events_until_success(&mut ben).await;
+    let mut cleo = notifications_socket(&two, "3", true).await;
+    events_until_success(&mut cleo).await;
+    // Ana's default-namespace socket, in a public channel spelled like the sector's room.
+    let mut root = agent(&one, "", "1", true);
+    root.expect_connect(TIMEOUT).await;
+    root.expect_event("subscribed", TIMEOUT).await;
+    let joined = root
+        .emit_ack("subscribe", json!([{"channel": "sector:10"}]))
+        .await;
+    assert_eq!(joined[0]["status"], "success", "{joined}");
+
+    let sector = json!({"namespace": "/notifications", "channel": "sector:10",
+        "event": "department.broadcast", "data": {"text": "Sector 10 meets at noon"}});
+    let response = api(&one, "/api/broadcast", sector).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    assert_eq!(
+        response.json(),
+        json!({"status": "accepted", "channels": 1})
+    );
+    let alert = json!({"op": "broadcast", "namespace": "/notifications", "channels": ["admin"],
+        "event": "system.alert", "data": {"level": "high"}});
+    let response = api(&one, "/api/batch", json!({"batch": [alert]})).await;
+    assert_eq!(
+        response.json()["results"][0]["status"],
+        202,
+        "{}",
+        response.text()
+    );
+    // The same name without the namespace is the default namespace's channel.
+    let plain = json!({"channel": "sector:10", "event": "root.ping", "data": {}});
+    assert_eq!(api(&one, "/api/broadcast", plain).await.status, 202);
+    let personal = json!({"namespace": "/notifications", "channels": ["user:1", "user:2", "user:3"],
+        "event": "personal.ping", "data": null});
+    assert_eq!(api(&one, "/api/broadcast", personal).await.status, 202);
+
+    // Each socket's events in order: what was not for it never came before the last one.
+    for (who, agent) in [("Ana", &mut ana), ("Ben", &mut ben)] {
+        assert_eq!(
+            next_event(agent).await,
+            (
+                "department.broadcast".to_owned(),
+                json!([{"text": "Sector 10 meets at noon"}])
+            ),
+            "{who}"
+        );
+        assert_eq!(next_event(agent).await.0, "personal.ping", "{who}");
+    }
+    assert_eq!(
+        next_event(&mut cleo).await,
+        ("system.alert".to_owned(), json!([{"level": "high"}]))
+    );
+    assert_eq!(next_event(&mut cleo).await.0, "personal.ping");
+    assert_eq!(
+        next_event(&mut root).await,
+        ("root.ping".to_owned(), json!(["sector:10", {}]))
+    );
+
+    // Only the rooms the namespace's sockets join, and none of its own events.
+    for (body, why) in [
+        (
+            json!({"channel": "sector:"}),
+            "not a room of /notifications",
+        ),
+        (json!({"channel": "team:1"}), "not a room of /notifications"),
+        (
+            json!({"channel": "notifications|admin"}),
+            "not a room of /notifications",
+        ),
+        (
+            json!({"channel": "sector:10|x"}),
+            "not a room of /notifications",
+        ),
+        (
+            json!({"channel": "admin", "event": "notification:new"}),
+            "POST /api/notifications",
+        ),
+        (
+            json!({"channel": "admin", "event": "connection:success"}),
+            "POST /api/notifications",
+        ),
+        (
+            json!({"channel": "admin", "namespace": "/chat"}),
+            "unknown `namespace`",
+        ),
+    ] {
+        let mut request = json!({"namespace": "/notifications", "event": "x", "data": {}});
+        for (key, value) in body.as_object().into_iter().flatten() {
+            request[key] = value.clone();
+        }
+        let response = api(&one, "/api/broadcast", request.clone()).await;
+        assert_eq!(response.status, 400, "{request}: {}", response.text());
+        let message = response.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(why), "{request}: {message}");
+    }
 }
 
 #[tokio::test]
@@ -546,7 +675,7 @@ async fn database_outage_answers_503_and_loses_nothing() {
     assert_eq!(response.json()["error"]["code"], "database_unavailable");
     let mut refused = agent(&node, "/notifications", "1", true);
     assert_eq!(
-        refused.expect_connect_error(TIMEOUT).await,
+        refused.expect_refused(TIMEOUT).await,
         "service unavailable, try again"
     );
     // The sockets stay up.

@@ -82,11 +82,14 @@ async fn subscribe(agent: &mut Agent, payload: Value) -> Value {
     reply[0].clone()
 }
 
-/// `Ok(())` when subscribed, else the error text.
+/// `Ok(())` when subscribed, else `error: details` of the refusal.
 async fn try_join(agent: &mut Agent, channel: &str) -> Result<(), String> {
     let answer = subscribe(agent, json!({"channel": channel})).await;
     match answer["error"].as_str() {
-        Some(error) => Err(error.to_owned()),
+        Some(error) => Err(format!(
+            "{error}: {}",
+            answer["details"].as_str().unwrap_or_default()
+        )),
         None if answer["status"] == "success" => Ok(()),
         None => panic!("unexpected answer {answer}"),
     }
@@ -203,12 +206,12 @@ async fn callback_denies_on_4xx() {
     let (mut agent, _) = connect(&node, json!({"sub": 7})).await;
     assert_eq!(
         try_join(&mut agent, "private-orders.5").await,
-        Err("forbidden".into())
+        Err("Unauthorized: forbidden".into())
     );
     // The built-in rule comes after the file's: this file sends the user channel to the callback too.
     assert_eq!(
         try_join(&mut agent, "private-user.7").await,
-        Err("forbidden".into())
+        Err("Unauthorized: forbidden".into())
     );
     assert_eq!(requests_for(&server, "private-orders.5").len(), 1);
 }
@@ -228,15 +231,15 @@ async fn callback_outages_refuse_as_unavailable() {
     for (channel, error) in [
         (
             "private-slow.1",
-            "authorization unavailable: auth callback timed out",
+            "Internal error: authorization unavailable: auth callback timed out",
         ),
         (
             "private-error.1",
-            "authorization unavailable: auth callback answered 500",
+            "Internal error: authorization unavailable: auth callback answered 500",
         ),
         (
             "private-down.1",
-            "authorization unavailable: auth callback unreachable",
+            "Internal error: authorization unavailable: auth callback unreachable",
         ),
     ] {
         assert_eq!(
@@ -273,7 +276,7 @@ async fn callback_answers_are_cached_per_user_and_channel() {
             .await;
         assert_eq!(
             try_join(&mut seven, "private-secret.1").await,
-            Err("forbidden".into())
+            Err("Unauthorized: forbidden".into())
         );
     }
     assert_eq!(requests_for(&server, "private-orders.1").len(), 1);
@@ -305,7 +308,10 @@ async fn one_users_junk_does_not_stop_another_users_caching() {
     let (mut junk, _) = connect(&node, json!({"sub": 6})).await;
     for i in 0..50 {
         let channel = format!("private-junk.{i}");
-        assert_eq!(try_join(&mut junk, &channel).await, Err("forbidden".into()));
+        assert_eq!(
+            try_join(&mut junk, &channel).await,
+            Err("Unauthorized: forbidden".into())
+        );
     }
     assert_eq!(requests_for(&server, "private-junk.0").len(), 1);
 
@@ -354,7 +360,7 @@ async fn self_role_and_claim_rules() {
     let (mut member, _) = connect(&node, json!({"sub": 2, "role": "member"})).await;
     let (mut nobody, _) = connect(&node, json!({"sub": 3})).await;
 
-    let forbidden = || Err::<(), String>("forbidden".into());
+    let forbidden = || Err::<(), String>("Unauthorized: forbidden".into());
     assert_eq!(try_join(&mut boss, "private-inbox.1").await, Ok(()));
     assert_eq!(try_join(&mut boss, "private-inbox.2").await, forbidden());
     assert_eq!(try_join(&mut boss, "presence-thread.9").await, Ok(()));
@@ -395,7 +401,7 @@ async fn sql_rule_with_the_database_down_starts_and_refuses_as_unavailable() {
     let (mut agent, _) = connect(&node, json!({"sub": 1})).await;
     assert_eq!(
         try_join(&mut agent, "forum.1").await,
-        Err("authorization unavailable: database error".into())
+        Err("Internal error: authorization unavailable: database error".into())
     );
     assert!(!node.logs().contains("s3cret"));
 }
@@ -422,6 +428,11 @@ async fn bad_policies_stop_the_node_naming_the_file() {
             "[[channel]]\npattern = \"forum.{id}\"\nallow = \"sql\"\nquery = \"SELECT 1\"\n",
             vec!["--dev", "--policy-file", &path_arg],
             "SWITCHBOARD_DATABASE_URL",
+        ),
+        (
+            "default = \"closed\"\n",
+            vec!["--dev", "--policy-file", &path_arg],
+            "`default = \"closed\"`: expected \"conventional\" or \"deny\"",
         ),
         (
             "",

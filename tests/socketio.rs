@@ -163,7 +163,7 @@ async fn refused_tokens_say_why() {
         config["url"] = json!(node.url());
         config["transports"] = json!(["websocket"]);
         let mut agent = Agent::spawn(config);
-        assert_eq!(agent.expect_connect_error(TIMEOUT).await, expected);
+        assert_eq!(agent.expect_refused(TIMEOUT).await, expected);
     }
     let logs = node.logs();
     assert!(logs.contains("bad token"), "refusals are logged");
@@ -194,19 +194,21 @@ async fn subscribe_unsubscribe_and_private_isolation() {
     let refused = one.expect_event("subscription_error", TIMEOUT).await;
     assert_eq!(
         refused,
-        vec![json!({"channel": "private-user.2", "error": "forbidden"})]
+        vec![json!({"channel": "private-user.2", "error": "Unauthorized", "details": "forbidden"})]
     );
     one.emit("subscribe", json!([{"channel": "presence-room.1"}]))
         .await;
+    let refused = one.expect_event("subscription_error", TIMEOUT).await;
     assert_eq!(
-        one.expect_event("subscription_error", TIMEOUT).await[0]["error"],
-        "forbidden"
+        (&refused[0]["error"], &refused[0]["details"]),
+        (&json!("Unauthorized"), &json!("forbidden"))
     );
     one.emit("subscribe", json!([{"channel": "bad channel*"}]))
         .await;
     let invalid = one.expect_event("subscription_error", TIMEOUT).await;
+    assert_eq!(invalid[0]["error"], "Unauthorized", "{invalid:?}");
     assert!(
-        invalid[0]["error"]
+        invalid[0]["details"]
             .as_str()
             .unwrap_or_default()
             .contains("channel name contains"),
@@ -279,7 +281,7 @@ async fn acknowledgements_and_ping() {
         .await;
     assert_eq!(
         refused,
-        json!([{"channel": "private-user.9", "error": "forbidden"}])
+        json!([{"channel": "private-user.9", "error": "Unauthorized", "details": "forbidden"}])
     );
     let unknown = agent.emit_ack("no-such-event", json!([1])).await;
     assert_eq!(unknown, json!([{"error": "unknown event `no-such-event`"}]));
@@ -303,10 +305,7 @@ async fn unknown_namespace_is_refused() {
         "auth": {"token": token(json!(1))},
         "transports": ["websocket"],
     }));
-    assert_eq!(
-        agent.expect_connect_error(TIMEOUT).await,
-        "Invalid namespace"
-    );
+    assert_eq!(agent.expect_refused(TIMEOUT).await, "Invalid namespace");
 }
 
 #[tokio::test]
@@ -320,7 +319,10 @@ async fn subscription_limit() {
     let ok = agent.emit_ack("subscribe", json!([{"channel": "a"}])).await;
     assert_eq!(ok[0]["status"], "success");
     let refused = agent.emit_ack("subscribe", json!([{"channel": "b"}])).await;
-    assert_eq!(refused[0]["error"], "too many subscriptions (limit 2)");
+    assert_eq!(
+        refused,
+        json!([{"channel": "b", "error": "Unauthorized", "details": "too many subscriptions (limit 2)"}])
+    );
 }
 
 /// Issue 18.1: a Laravel service (MechaMap's `NodeJsBroadcastService`) posts

@@ -251,7 +251,7 @@ async fn a_flood_of_refused_connects_closes_the_session_and_logs_little() {
 
     // socket.io-client, whose poll is pending when its connect is refused, is told why.
     let mut agent = Agent::spawn(json!({"url": node.url(), "transports": ["polling"]}));
-    assert_eq!(agent.expect_connect_error(TIMEOUT).await, "missing token");
+    assert_eq!(agent.expect_refused(TIMEOUT).await, "missing token");
 
     let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"")
         .await

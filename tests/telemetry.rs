@@ -454,7 +454,7 @@ mod hygiene {
             "auth": {"token": forged},
             "transports": ["websocket"],
         }));
-        refused.expect_connect_error(TIMEOUT).await;
+        refused.expect_refused(TIMEOUT).await;
 
         // The JSON endpoint with a token in the query, and with a forged one.
         let ws = format!("ws://{}/ws?token=", node.addr());

@@ -185,7 +185,13 @@ async fn connect_result(node: &Node, token: &str) -> Result<String, String> {
         .await;
     match line["type"].as_str() {
         Some("connect") => Ok(line["id"].as_str().unwrap_or_default().to_owned()),
-        _ => Err(line["message"].as_str().unwrap_or_default().to_owned()),
+        _ => {
+            assert_eq!(line["message"], "Authentication failed", "{line}");
+            Err(line["data"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned())
+        }
     }
 }
 

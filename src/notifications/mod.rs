@@ -46,6 +46,34 @@ pub fn user_room(user: &str) -> String {
     room(&format!("user:{user}"))
 }
 
+/// The hub channel of a room the HTTP API names in `/notifications`: `user:{id}`,
+/// `sector:{id}` or `admin`, the rooms its sockets join. Any other name is refused, since no
+/// socket is in it and the call would reach nobody unnoticed; so is an internal name, as the
+/// id is limited to channel-name characters (no `|`).
+pub fn api_room(name: &str, max_len: usize) -> Result<String, String> {
+    let id_ok = |id: &str| !id.is_empty() && id.chars().all(channel::is_name_char);
+    let known = name == "admin"
+        || ["user:", "sector:"]
+            .iter()
+            .any(|prefix| name.strip_prefix(prefix).is_some_and(id_ok));
+    if !known {
+        return Err(format!(
+            "not a room of {NAMESPACE}: expected user:{{id}}, sector:{{id}} or admin"
+        ));
+    }
+    let room = room(name);
+    if room.len() > max_len {
+        return Err(format!("longer than {max_len} bytes"));
+    }
+    Ok(room)
+}
+
+/// Whether an event is one `/notifications` sends itself (`notification:…`, `connection:…`):
+/// clients read them as stored notifications, counts and read marks, so only the node says them.
+pub fn is_own_event(event: &str) -> bool {
+    event.starts_with("notification:") || event.starts_with("connection:")
+}
+
 /// How the hub encodes broadcasts for `/notifications` sockets.
 pub static CODEC: crate::hub::Namespace = crate::hub::Namespace {
     name: NAMESPACE,
@@ -173,6 +201,49 @@ mod tests {
         assert_eq!(parse_id(&serde_json::json!("x")), None);
         assert_eq!(parse_id(&serde_json::json!(-3)), None);
         assert_eq!(parse_id(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn the_api_names_the_rooms_sockets_join_and_no_other() {
+        for (name, room) in [
+            ("admin", "notifications|admin"),
+            ("sector:7", "notifications|sector:7"),
+            ("user:42", "notifications|user:42"),
+            ("user:a.b@c", "notifications|user:a.b@c"),
+        ] {
+            assert_eq!(api_room(name, 200).as_deref(), Ok(room), "{name}");
+        }
+        for name in [
+            "",
+            "admins",
+            "sector:",
+            "user:",
+            "sector",
+            "team:1",
+            "notifications|admin",
+            "sector:7|x",
+            "user:1 2",
+            "private-user.1",
+        ] {
+            assert!(api_room(name, 200).is_err(), "{name}");
+        }
+        let long = format!("user:{}", "1".repeat(200));
+        assert!(api_room(&long, 200).is_err());
+    }
+
+    #[test]
+    fn the_namespaces_own_events() {
+        for event in [
+            NEW_EVENT,
+            "notification:count",
+            "notification:read",
+            "connection:success",
+        ] {
+            assert!(is_own_event(event), "{event}");
+        }
+        for event in ["department.broadcast", "system.alert", "notification.sent"] {
+            assert!(!is_own_event(event), "{event}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Who may join which channel: an ordered list of rules, first match wins.
 //!
-//! A rule is a channel name pattern and a check: `open`, `self` (the placeholder is the
-//! user's id), `role` (the JWT `role` reaches a rank), `claim` (a JWT claim lists the channel),
-//! `callback` (the application's auth endpoint says yes) or `sql` (a query returns a row).
-//! Unmatched `private-`/`presence-` channels are refused, unmatched public ones are open.
-//! Without a policy file the rules are the built-in one alone: `private-user.{id}` is its
-//! user's; every policy ends with that rule. Answers of `callback` and `sql` are cached per
+//! A rule is a channel name pattern and a check: `open`, `deny`, `self` (the placeholder is
+//! the user's id), `role` (the JWT `role` reaches a rank), `claim` (a JWT claim lists the
+//! channel), `callback` (the application's auth endpoint says yes), `sql` (a query returns a
+//! row) or `set` (a Redis set holds the user). A channel no rule matches is decided by the
+//! file's `default`: by default unmatched `private-`/`presence-` channels are refused and
+//! public ones open; `default = "deny"` refuses them all. Every policy ends with the built-in
+//! rule that `private-user.{id}` is its user's. Answers of `callback` and `sql` are cached per
 //! user and channel; when they cannot answer, the subscription is refused as unavailable.
 
 mod cache;
@@ -27,7 +28,7 @@ use crate::channel::{self, Kind, Refusal};
 use crate::database::Database;
 use cache::Cache;
 use callback::Callback;
-use rules::{Check, Match, Pattern, Rule, normalize_role};
+use rules::{Check, Match, Pattern, Rule, Unmatched, normalize_role};
 use set::Sets;
 
 /// Settings of the policy that do not live in its file.
@@ -50,6 +51,7 @@ pub struct Settings {
 /// The channel authorization policy of a node.
 pub struct Policy {
     rules: Vec<Rule>,
+    unmatched: Unmatched,
     roles: Vec<String>,
     user_info: Vec<String>,
     /// Present when a `callback` rule exists.
@@ -101,6 +103,7 @@ impl Policy {
         };
         Ok(Self {
             rules: config.rules,
+            unmatched: config.unmatched,
             roles: config.roles,
             user_info: config.user_info,
             callback,
@@ -123,21 +126,45 @@ impl Policy {
         all.into_iter().collect()
     }
 
-    /// Decides a subscription: the first rule whose pattern matches the channel decides.
+    /// Decides a subscription: the first rule whose pattern matches the channel decides, else
+    /// the default. A refusal names what refused in the debug log; the client is told only
+    /// that it is refused.
     pub async fn authorize(&self, request: &Request<'_>) -> Result<Grant, Refusal> {
         let found = self
             .rules
             .iter()
             .find_map(|rule| Some((rule, rule.pattern.matches(request.channel)?)));
-        let Some((rule, matched)) = found else {
-            return match channel::kind(request.channel) {
-                Kind::Public => Ok(Grant::default()),
-                Kind::Private | Kind::Presence => Err(Refusal::Forbidden),
-            };
+        let (answer, by) = match found {
+            Some((rule, matched)) => (self.check(rule, matched, request).await, &*rule.label),
+            None => {
+                let open = match self.unmatched {
+                    Unmatched::Conventional => channel::kind(request.channel) == Kind::Public,
+                    Unmatched::Deny => false,
+                };
+                (verdict(open), "the default (no rule matches)")
+            }
         };
+        if answer == Err(Refusal::Forbidden) {
+            tracing::debug!(
+                channel = request.channel,
+                by,
+                "subscription refused by the policy"
+            );
+        }
+        answer
+    }
+
+    /// What a rule whose pattern matched says.
+    async fn check(
+        &self,
+        rule: &Rule,
+        matched: Match<'_>,
+        request: &Request<'_>,
+    ) -> Result<Grant, Refusal> {
         let principal = request.principal;
         let allowed = match &rule.check {
             Check::Open => true,
+            Check::Deny => false,
             Check::SelfUser => matched.id == Some(&*principal.user_id),
             Check::Role { min_rank } => self.rank(principal).is_some_and(|rank| rank >= *min_rank),
             Check::Claim(name) => claim_covers(principal.claim(name), request.channel),
@@ -158,11 +185,7 @@ impl Policy {
                 .await?
             }
         };
-        if allowed {
-            Ok(Grant::default())
-        } else {
-            Err(Refusal::Forbidden)
-        }
+        verdict(allowed)
     }
 
     /// The presence member for a principal when the grant carries none: {"user_id": id, "user_info": {claims listed in presence.user_info that the token has}}
@@ -209,13 +232,7 @@ impl Policy {
                     &rule.label,
                 )
                 .await
-                .and_then(|row| {
-                    if row {
-                        Ok(Grant::default())
-                    } else {
-                        Err(Refusal::Forbidden)
-                    }
-                }),
+                .and_then(verdict),
             // `new` sets up the client and the database whenever such a rule exists.
             _ => Err(Refusal::Unavailable("not configured".into())),
         };
@@ -240,6 +257,15 @@ impl fmt::Debug for Policy {
             .field("timeout", &self.timeout)
             .field("cache", &self.cache.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// An allow or a refusal of the policy's own.
+fn verdict(allowed: bool) -> Result<Grant, Refusal> {
+    if allowed {
+        Ok(Grant::default())
+    } else {
+        Err(Refusal::Forbidden)
     }
 }
 
@@ -369,6 +395,54 @@ mod tests {
             allowed(&p, &user("1"), "private-user.1").await,
             "built-in rule kept"
         );
+    }
+
+    #[tokio::test]
+    async fn deny_rules_and_a_deny_default() {
+        let p = policy(
+            r#"
+            default = "deny"
+            [[channel]]
+            pattern = "public.secret"
+            allow = "deny"
+            [[channel]]
+            pattern = "public.*"
+            allow = "open"
+            "#,
+        );
+        assert!(!allowed(&p, &user("1"), "public.secret").await, "deny rule");
+        assert!(allowed(&p, &user("1"), "public.news").await);
+        for unmatched in [
+            "news",
+            "private-orders.1",
+            "presence-chat.1",
+            "room:1",
+            "group:1",
+        ] {
+            assert!(!allowed(&p, &user("1"), unmatched).await, "{unmatched}");
+        }
+        assert!(
+            allowed(&p, &user("1"), "private-user.1").await,
+            "the user channel's built-in rule stays"
+        );
+        assert!(!allowed(&p, &user("1"), "private-user.2").await);
+
+        // Without `default`, the same deny rule; unmatched names by their kind, and the chat
+        // rooms' built-in rule asks Redis (absent here).
+        let p = policy("[[channel]]\npattern = \"public.secret\"\nallow = \"deny\"\n");
+        assert!(!allowed(&p, &user("1"), "public.secret").await);
+        assert!(allowed(&p, &user("1"), "news").await);
+        assert!(!allowed(&p, &user("1"), "private-orders.1").await);
+        assert!(matches!(
+            decide(&p, &user("1"), "room:1").await,
+            Err(Refusal::Unavailable(_))
+        ));
+
+        // A file rule comes before the built-in ones, so it can take the user channel back.
+        let p = policy(
+            "default = \"deny\"\n[[channel]]\npattern = \"private-user.*\"\nallow = \"deny\"\n",
+        );
+        assert!(!allowed(&p, &user("1"), "private-user.1").await);
     }
 
     #[tokio::test]

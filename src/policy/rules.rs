@@ -1,5 +1,6 @@
-//! The policy's TOML: `roles`, `[presence]` and the ordered `[[channel]]` rules, parsed and
-//! checked at load, so a mistake stops the node at start instead of refusing users later.
+//! The policy's TOML: `roles`, `default`, `[presence]` and the ordered `[[channel]]` rules,
+//! parsed and checked at load, so a mistake stops the node at start instead of refusing users
+//! later.
 
 use std::fmt;
 
@@ -137,6 +138,8 @@ pub struct Match<'n> {
 pub enum Check {
     /// Everyone.
     Open,
+    /// No one.
+    Deny,
     /// The placeholder is the user's own id.
     SelfUser,
     /// The `role` claim reaches this rank of the hierarchy.
@@ -159,6 +162,7 @@ impl Check {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Open => "open",
+            Self::Deny => "deny",
             Self::SelfUser => "self",
             Self::Role { .. } => "role",
             Self::Claim(_) => "claim",
@@ -180,7 +184,18 @@ pub struct Rule {
     pub label: String,
 }
 
-/// The policy settings of a TOML file, checked; the rule list ends with the built-in rule.
+/// What becomes of a channel no rule matches: the file's top-level `default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Laravel's convention: `private-…` and `presence-…` refused, any other name open.
+    #[default]
+    Conventional,
+    /// Refused, whatever the name.
+    Deny,
+}
+
+/// The policy settings of a TOML file, checked; the rule list ends with the built-in rules.
 #[derive(Clone)]
 pub struct PolicyConfig {
     /// The role hierarchy, lowest first, in [`normalize_role`] form.
@@ -189,6 +204,8 @@ pub struct PolicyConfig {
     pub(super) user_info: Vec<String>,
     /// Ordered rules; the first whose pattern matches decides.
     pub(super) rules: Vec<Rule>,
+    /// What decides when no rule matches.
+    pub(super) unmatched: Unmatched,
 }
 
 impl Default for PolicyConfig {
@@ -197,7 +214,8 @@ impl Default for PolicyConfig {
         Self {
             roles: DEFAULT_ROLES.iter().map(|r| (*r).to_owned()).collect(),
             user_info: vec!["name".into()],
-            rules: built_in_rules().into(),
+            rules: built_in_rules(Unmatched::default()),
+            unmatched: Unmatched::default(),
         }
     }
 }
@@ -207,6 +225,7 @@ impl Default for PolicyConfig {
 struct FileShape {
     roles: Option<Vec<String>>,
     presence: Option<PresenceShape>,
+    default: Option<toml::Value>,
     #[serde(default)]
     channel: Vec<toml::Table>,
 }
@@ -231,7 +250,7 @@ struct RuleShape {
 
 impl PolicyConfig {
     /// The top-level keys of the policy, also accepted inside the `--config` file.
-    pub const KEYS: [&'static str; 3] = ["roles", "presence", "channel"];
+    pub const KEYS: [&'static str; 4] = ["roles", "presence", "channel", "default"];
 
     /// Parses a policy file's text; the error is one line.
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -278,17 +297,24 @@ impl PolicyConfig {
         if user_info.iter().any(|c| c.trim().is_empty()) {
             return Err("`presence.user_info` has an empty claim name".into());
         }
+        let unmatched = match shape.default {
+            None => Unmatched::default(),
+            Some(value) => value.clone().try_into().map_err(|_| {
+                format!("`default = {value}`: expected \"conventional\" or \"deny\"")
+            })?,
+        };
         let mut rules = shape
             .channel
             .into_iter()
             .enumerate()
             .map(|(i, table)| parse_rule(i + 1, table, &roles))
             .collect::<Result<Vec<_>, _>>()?;
-        rules.extend(built_in_rules());
+        rules.extend(built_in_rules(unmatched));
         Ok(Self {
             roles,
             user_info,
             rules,
+            unmatched,
         })
     }
 }
@@ -298,9 +324,12 @@ pub fn normalize_role(role: &str) -> String {
     role.trim().to_ascii_lowercase().replace('-', "_")
 }
 
-/// Rules every policy ends with: a user's own channel, and chat rooms and groups open to the
-/// members of the Redis sets the back-end keeps.
-fn built_in_rules() -> [Rule; 3] {
+/// Rules a policy ends with, after the file's own (so a file rule for the same names wins): a
+/// user's own channel, which every socket joins at connect and so must be granted whatever
+/// the default; and, unless `default = "deny"`, chat rooms and groups open to the members of
+/// the Redis sets the back-end keeps. A deny-by-default file grants only what it lists, and
+/// those two are grants the file did not make.
+fn built_in_rules(unmatched: Unmatched) -> Vec<Rule> {
     let placeholder = |text: &str, prefix: &str, check: Check| Rule {
         pattern: Pattern {
             text: text.into(),
@@ -312,15 +341,20 @@ fn built_in_rules() -> [Rule; 3] {
         check,
         label: "built-in".into(),
     };
-    [
-        placeholder(USER_CHANNEL, "private-user.", Check::SelfUser),
-        placeholder("room:{id}", "room:", Check::Set("members:room:{id}".into())),
-        placeholder(
+    let mut rules = vec![placeholder(USER_CHANNEL, "private-user.", Check::SelfUser)];
+    if unmatched == Unmatched::Conventional {
+        rules.push(placeholder(
+            "room:{id}",
+            "room:",
+            Check::Set("members:room:{id}".into()),
+        ));
+        rules.push(placeholder(
             "group:{id}",
             "group:",
             Check::Set("members:group:{id}".into()),
-        ),
-    ]
+        ));
+    }
+    rules
 }
 
 fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule, String> {
@@ -346,7 +380,7 @@ fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule
         ("key", shape.key.is_some()),
     ];
     let applies: &[&str] = match shape.allow.as_str() {
-        "open" | "self" => &[],
+        "open" | "deny" | "self" => &[],
         "role" => &["min_role"],
         "claim" => &["claim"],
         "callback" => &["url"],
@@ -354,7 +388,7 @@ fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule
         "set" => &["key"],
         other => {
             return Err(fail(format!(
-                "unknown allow = \"{other}\" (expected open, self, role, claim, callback, sql or set)"
+                "unknown allow = \"{other}\" (expected open, deny, self, role, claim, callback, sql or set)"
             )));
         }
     };
@@ -374,6 +408,7 @@ fn parse_rule(index: usize, table: toml::Table, roles: &[String]) -> Result<Rule
     };
     let check = match shape.allow.as_str() {
         "open" => Check::Open,
+        "deny" => Check::Deny,
         "self" if !pattern.has_placeholder() => {
             return Err(fail(
                 "allow = \"self\" needs a {placeholder} in the pattern to compare with the user id"
@@ -509,14 +544,50 @@ mod tests {
 
     #[test]
     fn built_in_rules_are_parsed_patterns() {
-        let [user, room, group] = built_in_rules();
-        assert_eq!(user.pattern, pattern(USER_CHANNEL));
-        assert_eq!(room.pattern, pattern("room:{id}"));
-        assert_eq!(group.pattern, pattern("group:{id}"));
+        let patterns = |unmatched| -> Vec<Pattern> {
+            built_in_rules(unmatched)
+                .into_iter()
+                .map(|r| r.pattern)
+                .collect()
+        };
+        assert_eq!(
+            patterns(Unmatched::Conventional),
+            [
+                pattern(USER_CHANNEL),
+                pattern("room:{id}"),
+                pattern("group:{id}")
+            ]
+        );
+        assert_eq!(patterns(Unmatched::Deny), [pattern(USER_CHANNEL)]);
         let config = PolicyConfig::default();
         assert_eq!(config.rules.len(), 3);
+        assert_eq!(config.unmatched, Unmatched::Conventional);
         assert_eq!(config.roles, DEFAULT_ROLES);
         assert_eq!(config.user_info, ["name"]);
+    }
+
+    #[test]
+    fn default_deny_keeps_only_the_user_channel_after_the_files_rules() {
+        let config = PolicyConfig::from_toml(
+            "default = \"deny\"\n[[channel]]\npattern = \"room:{id}\"\nallow = \"deny\"\n",
+        )
+        .expect("loads");
+        assert_eq!(config.unmatched, Unmatched::Deny);
+        let rules: Vec<(String, &str)> = config
+            .rules
+            .iter()
+            .map(|r| (r.pattern.to_string(), r.check.kind()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("room:{id}".to_owned(), "deny"),
+                (USER_CHANNEL.to_owned(), "self")
+            ]
+        );
+        let config = PolicyConfig::from_toml("default = \"conventional\"\n").expect("loads");
+        assert_eq!(config.unmatched, Unmatched::Conventional);
+        assert_eq!(config.rules.len(), 3);
     }
 
     #[test]
@@ -530,6 +601,9 @@ mod tests {
             [[channel]]
             pattern = "public.*"
             allow = "open"
+            [[channel]]
+            pattern = "public.secret"
+            allow = "deny"
             [[channel]]
             pattern = "private-inbox.{id}"
             allow = "self"
@@ -561,14 +635,15 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "open", "self", "role", "claim", "claim", "callback", "sql", "self", "set", "set"
+                "open", "deny", "self", "role", "claim", "claim", "callback", "sql", "self", "set",
+                "set"
             ]
         );
-        assert!(matches!(config.rules[2].check, Check::Role { min_rank: 1 }));
-        assert!(matches!(&config.rules[3].check, Check::Claim(c) if c == "channels"));
-        assert!(matches!(&config.rules[4].check, Check::Claim(c) if c == "ops_channels"));
-        assert_eq!(config.rules[1].label, "[[channel]] #2 `private-inbox.{id}`");
-        assert_eq!(config.rules[7].label, "built-in");
+        assert!(matches!(config.rules[3].check, Check::Role { min_rank: 1 }));
+        assert!(matches!(&config.rules[4].check, Check::Claim(c) if c == "channels"));
+        assert!(matches!(&config.rules[5].check, Check::Claim(c) if c == "ops_channels"));
+        assert_eq!(config.rules[2].label, "[[channel]] #3 `private-inbox.{id}`");
+        assert_eq!(config.rules[8].label, "built-in");
     }
 
     #[test]
@@ -585,6 +660,7 @@ mod tests {
             (rule("allow = \"sql\"\nquery = \"SELECT :other\""), "`:other`"),
             (rule("allow = \"claim\"\nclaim = \"\""), "`claim` is empty"),
             (rule("allow = \"open\"\nurl = \"http://x\""), "`url` does not apply"),
+            (rule("allow = \"deny\"\nquery = \"SELECT 1\""), "`query` does not apply"),
             (rule("allow = \"open\"\ncolour = \"red\""), "unknown field `colour`"),
             (rule(""), "missing field `allow`"),
             (
@@ -622,6 +698,11 @@ mod tests {
             ("[presence]\nuser_info = [\"\"]\n", "empty claim name"),
             ("[presence]\navatar = true\n", "unknown field `avatar`"),
             ("\n\nroles = \n", "line 3"),
+            (
+                "default = \"open\"\n",
+                "`default = \"open\"`: expected \"conventional\" or \"deny\"",
+            ),
+            ("default = false\n", "`default = false`: expected"),
         ] {
             let error = load_error(text);
             assert!(error.contains(why), "{text:?} → {error}");
@@ -633,8 +714,13 @@ mod tests {
     fn example_file_loads() {
         let config = PolicyConfig::from_toml(include_str!("../../examples/policy.toml"))
             .unwrap_or_else(|e| panic!("examples/policy.toml: {e}"));
-        assert_eq!(config.rules.len(), 9);
+        assert_eq!(config.rules.len(), 10);
         assert_eq!(config.user_info, ["name", "avatar"]);
+        let config = PolicyConfig::from_toml(include_str!("../../examples/mechamap-policy.toml"))
+            .unwrap_or_else(|e| panic!("examples/mechamap-policy.toml: {e}"));
+        assert_eq!(config.unmatched, Unmatched::Deny);
+        let kinds: Vec<_> = config.rules.iter().map(|r| r.check.kind()).collect();
+        assert_eq!(kinds, ["open", "self", "sql", "sql", "sql", "self"]);
     }
 
     #[test]

@@ -229,11 +229,19 @@ pub fn write_connect(out: &mut String, namespace: &str, sid: &str) {
     out.push('}');
 }
 
-/// Appends a CONNECT_ERROR; socket.io-client surfaces `message` as the `connect_error`'s message.
-pub fn write_connect_error(out: &mut String, namespace: &str, message: &str) {
+/// Appends a CONNECT_ERROR; socket.io-client surfaces `message` and `data` as the
+/// `connect_error`'s `err.message` and `err.data`.
+pub fn write_connect_error(
+    out: &mut String,
+    namespace: &str,
+    message: &str,
+    data: &impl Serialize,
+) {
     write_header(out, '4', namespace, None);
     out.push_str("{\"message\":");
     super::write_json_str(out, message);
+    out.push_str(",\"data\":");
+    out.push_str(&serde_json::to_string(data).unwrap_or_else(|_| "null".into()));
     out.push('}');
 }
 
@@ -379,8 +387,12 @@ mod tests {
         assert_eq!(out, r#"0{"sid":"s1"}"#);
 
         let mut out = String::new();
-        write_connect_error(&mut out, "/nope", "Invalid namespace");
-        assert_eq!(out, r#"4/nope,{"message":"Invalid namespace"}"#);
+        let reason = serde_json::json!({"reason": "Invalid namespace"});
+        write_connect_error(&mut out, "/nope", "Authentication failed", &reason);
+        assert_eq!(
+            out,
+            r#"4/nope,{"message":"Authentication failed","data":{"reason":"Invalid namespace"}}"#
+        );
 
         let mut out = String::new();
         write_disconnect(&mut out, "/");

@@ -258,6 +258,27 @@ impl JsonLinesProcess {
         line["message"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Waits for the server to refuse the connection and returns why (`err.data.reason`);
+    /// fails unless the message is the one every refusal carries, `Authentication failed`.
+    pub async fn expect_refused(&mut self, timeout: Duration) -> String {
+        let line = self
+            .wait_for(
+                |line| line["type"] == "connect_error" || line["type"] == "connect",
+                timeout,
+            )
+            .await;
+        assert_eq!(
+            (line["type"].as_str(), line["message"].as_str()),
+            (Some("connect_error"), Some("Authentication failed")),
+            "{}: {line}",
+            self.label
+        );
+        line["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Waits for a disconnect and returns its reason (e.g. "io server disconnect").
     pub async fn expect_disconnect(&mut self, timeout: Duration) -> String {
         let line = self

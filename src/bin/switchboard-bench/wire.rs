@@ -240,7 +240,9 @@ mod tests {
             Answer::Accepted
         );
         assert_eq!(
-            socketio_connect_answer(r#"44{"message":"bad"}"#),
+            socketio_connect_answer(
+                r#"44{"message":"Authentication failed","data":{"reason":"bad"}}"#
+            ),
             Answer::Refused
         );
         assert_eq!(socketio_connect_answer("2"), Answer::Other);
@@ -250,7 +252,9 @@ mod tests {
             Answer::Accepted
         );
         assert_eq!(
-            answer(r#"42["subscription_error",{"channel":"bench.1","error":"forbidden"}]"#),
+            answer(
+                r#"42["subscription_error",{"channel":"bench.1","error":"Unauthorized","details":"forbidden"}]"#
+            ),
             Answer::Refused
         );
         assert_eq!(
