@@ -480,7 +480,7 @@ impl Metrics {
             )?,
             database_pool: b.gauges(
                 "database_pool_connections",
-                "MySQL pool connections",
+                "Database (MySQL or PostgreSQL) pool connections",
                 &["state"],
             )?,
             runtime_busy_ratio: b.float_gauge(
@@ -588,10 +588,10 @@ impl Metrics {
             }
         }
         if let Some(database) = &node.config.database {
-            let pool = database.pool().metrics();
+            let pool = database.pool().status();
             for (state, value) in [
-                ("in_use", pool.connections_in_use.load(Ordering::Relaxed)),
-                ("idle", pool.connections_in_pool.load(Ordering::Relaxed)),
+                ("in_use", pool.in_use),
+                ("idle", pool.idle),
                 ("max", database.max_connections()),
             ] {
                 self.database_pool
