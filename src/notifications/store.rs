@@ -194,16 +194,20 @@ impl Store {
         }
     }
 
-    /// Recipient ids from the sector query, or the role query run once per role (the ids of
-    /// all of them, each once, in the order found).
+    /// Recipient ids from the sector query, or the role query run once per role (a user with
+    /// two of the roles comes twice: the caller removes repeats).
     pub async fn recipients(&self, target: Target<'_>) -> Result<Vec<String>, StoreError> {
         let (op, query, values) = match target {
             Target::Sector(sector) => (
                 "sector_recipients",
                 &self.settings.sector_query,
-                std::slice::from_ref(sector),
+                vec![sector],
             ),
-            Target::Roles(roles) => ("role_recipients", &self.settings.role_query, roles),
+            Target::Roles(roles) => (
+                "role_recipients",
+                &self.settings.role_query,
+                roles.iter().map(String::as_str).collect(),
+            ),
         };
         self.run(op, async {
             let mut conn = self.conn().await?;
@@ -215,11 +219,7 @@ impl Store {
                     Err(e) if e.is_bad_value() => continue,
                     other => other?,
                 };
-                for id in rows.into_iter().filter_map(first_column) {
-                    if !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
+                ids.extend(rows.into_iter().filter_map(first_column));
             }
             Ok(ids)
         })
@@ -514,7 +514,7 @@ impl Store {
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
     /// Every user the sector query returns.
-    Sector(&'a String),
+    Sector(&'a str),
     /// Every user the role query returns for any of these roles.
     Roles(&'a [String]),
 }
