@@ -3,7 +3,7 @@
 //! restarts the server gets one to itself ([`Postgres::alone`]).
 //!
 //! Every server starts from a copy of a template data directory that `initdb` made once per
-//! target dir and PostgreSQL version (Debian's `postgresql` package: `initdb` and `postgres`
+//! machine and PostgreSQL version (Debian's `postgresql` package: `initdb` and `postgres`
 //! under `/usr/lib/postgresql/<version>/bin`). The app connects over TCP as `sb`/`sb` with
 //! SCRAM; setup and assertions go through `psql` as `sb` over the server's Unix socket, so
 //! the tests need no PostgreSQL crate of their own. Run as root (CI), the server runs as the
@@ -391,8 +391,9 @@ async fn copy_template(dir: &Path) {
     own_dir(dir).await;
 }
 
-/// The data directory every server starts from, made by `initdb` at most once per target
-/// dir and PostgreSQL version: initdb takes seconds, a copy milliseconds.
+/// The data directory every server starts from, made by `initdb` at most once per machine
+/// (until the temp dir is cleaned) and PostgreSQL version: initdb takes seconds, a copy
+/// milliseconds.
 async fn template() -> &'static Path {
     static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
     TEMPLATE.get_or_init(find_or_make_template).await
@@ -418,7 +419,9 @@ async fn find_or_make_template() -> PathBuf {
         .stdout;
     let mut hasher = DefaultHasher::new();
     (version, INITDB_ARGS, running_as_root()).hash(&mut hasher);
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // Under the system temp dir, not the target dir: run as root, the server's user must
+    // reach it, and a target dir may sit under a home it cannot enter.
+    let root = std::env::temp_dir().join("switchboard-tests");
     let template = root.join(format!("postgres-template-{:016x}", hasher.finish()));
     if template.is_dir() {
         return template;
