@@ -1,6 +1,6 @@
-//! Notifications: stored in MySQL/MariaDB or PostgreSQL, delivered at least once over the `/notifications`
-//! Socket.IO namespace and the user's `private-user.{id}` channel, with delivery and read
-//! state shared by every device of a user on every node.
+//! Notifications: stored in MySQL/MariaDB or PostgreSQL, delivered at least once over the
+//! `/notifications` Socket.IO namespace and the user's `private-user.{id}` channel, with
+//! delivery and read state shared by every device of a user on every node.
 //!
 //! ```text
 //! POST /api/notifications ──► store (one transaction) ──► bus, per recipient:
