@@ -1,4 +1,5 @@
--- Notifications and their per-channel delivery state. Runs on MariaDB 10.11+ and MySQL 8.
+-- Notifications and their per-channel delivery state. Runs on MariaDB 10.11+ and MySQL 8
+-- (PostgreSQL: postgres/0001_notifications.sql, the same tables).
 -- Times are UTC, written by Switchboard with UTC_TIMESTAMP(3). User ids are kept as text:
 -- they are the JWT's `sub`, whatever type the application's users.id has.
 CREATE TABLE IF NOT EXISTS notifications (

@@ -684,7 +684,7 @@ const MAX_RECIPIENTS: usize = 10_000;
 struct NotificationRequest<'a> {
     user_ids: Option<Vec<serde_json::Value>>,
     sector_id: Option<serde_json::Value>,
-    role: Option<String>,
+    role: Option<Roles>,
     #[serde(rename = "type")]
     kind: String,
     title: String,
@@ -692,6 +692,27 @@ struct NotificationRequest<'a> {
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
+
+/// `role` of POST /api/notifications: one role, or several (`["ADMIN", "SUPER_ADMIN"]`, the
+/// roles at or above the one meant, as the application lists them).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Roles {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Roles {
+    fn list(&self) -> &[String] {
+        match self {
+            Roles::One(role) => std::slice::from_ref(role),
+            Roles::Many(roles) => roles,
+        }
+    }
+}
+
+/// Roles in one `role` list.
+const MAX_ROLES: usize = 20;
 
 /// A user or sector id as JSON: a number or a non-empty string of at most 64 bytes.
 fn id_text(value: &serde_json::Value, what: &str) -> Result<String, ApiError> {
@@ -784,10 +805,19 @@ pub async fn notifications(
                 .await
                 .map_err(|_| database_unavailable())?
         }
-        (None, None, Some(role)) => {
-            check("role", role, 64)?;
+        (None, None, Some(roles)) => {
+            let roles = roles.list();
+            if roles.is_empty() || roles.len() > MAX_ROLES {
+                return Err(ApiError::bad_request(format!(
+                    "`role` must be a role or a list of 1 to {MAX_ROLES} roles"
+                )));
+            }
+            for role in roles {
+                check("role", role, 64)?;
+            }
+            let roles: Vec<String> = roles.iter().map(|r| r.trim().to_owned()).collect();
             store
-                .recipients(Target::Role(role.trim()))
+                .recipients(Target::Roles(&roles))
                 .await
                 .map_err(|_| database_unavailable())?
         }

@@ -18,7 +18,7 @@ use jsonwebtoken::Algorithm;
 
 use crate::auth::JwtVerifier;
 use crate::backend::Backend;
-use crate::database::Database;
+use crate::database::{Database, Statement};
 use crate::limit::{Network, Rate};
 use crate::policy::{Policy, PolicyConfig, Settings as PolicySettings};
 use crate::webhooks::{Kind as WebhookKind, Settings as WebhookSettings};
@@ -609,8 +609,9 @@ pub struct Args {
     )]
     pub auth_forward_headers: Vec<String>,
 
-    /// `mysql://user:pass@host:3306/db` (MySQL or MariaDB) for `sql` policy rules and
-    /// [notifications](docs/NOTIFICATIONS.md); connects on first use
+    /// `mysql://user:pass@host:3306/db` (MySQL or MariaDB) or `postgres://user:pass@host:5432/db`
+    /// (PostgreSQL) for `sql` policy rules and [notifications](docs/NOTIFICATIONS.md); connects on
+    /// first use
     #[arg(
         help_heading = "Database and notifications",
         long,
@@ -650,7 +651,8 @@ pub struct Args {
     )]
     pub notifications_sector_query: String,
 
-    /// Query listing the ids of a role's recipients (`role` of POST /api/notifications)
+    /// Query listing the ids of a role's recipients (`role` of POST /api/notifications; run once
+    /// per role when it is a list)
     #[arg(
         help_heading = "Database and notifications",
         long,
@@ -658,6 +660,16 @@ pub struct Args {
         default_value = "SELECT id FROM users WHERE role = ? AND is_active"
     )]
     pub notifications_role_query: String,
+
+    /// Statement marking a notification read in the application's own table, with `:id` and
+    /// `:user_id` (e.g. `UPDATE user_notifications SET is_read = TRUE WHERE id = :id AND user_id
+    /// = :user_id AND NOT is_read`) [default: Switchboard's `notifications` table]
+    #[arg(
+        help_heading = "Database and notifications",
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_READ_QUERY"
+    )]
+    pub notifications_read_query: Option<String>,
 
     /// Roles whose `/notifications` sockets join the `admin` room, and whose JWT opens the [admin
     /// page](docs/OPERATIONS.md) (case-insensitive)
@@ -895,11 +907,14 @@ pub struct NotificationSettings {
     /// Longest one database operation may take.
     pub timeout: Duration,
     /// Loads a user by id: id, name, email, role, sector_id, is_active.
-    pub user_query: String,
+    pub user_query: Statement,
     /// Recipient ids of a sector.
-    pub sector_query: String,
+    pub sector_query: Statement,
     /// Recipient ids of a role.
-    pub role_query: String,
+    pub role_query: Statement,
+    /// Marks a notification read in the application's table (`:id`, `:user_id`); `None`:
+    /// Switchboard's own.
+    pub read_query: Option<Statement>,
     /// Roles that join the `admin` room (compared case-insensitively).
     pub admin_roles: Vec<String>,
 }
@@ -1361,26 +1376,42 @@ impl Args {
                 "must be greater than 0",
             ));
         }
-        for (name, query) in [
-            ("notifications_user_query", &self.notifications_user_query),
-            (
-                "notifications_sector_query",
-                &self.notifications_sector_query,
-            ),
-            ("notifications_role_query", &self.notifications_role_query),
-        ] {
-            if query.matches('?').count() != 1 {
-                return Err(ConfigError::new(
-                    name,
-                    "must use exactly one `?` parameter (the id, sector or role)",
-                ));
-            }
-        }
+        let one_mark = |name: &str, query: &str| {
+            Statement::parse(query)
+                .ok()
+                .filter(|s| s.arity() == 1 && s.names().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        name,
+                        "must use exactly one `?` parameter (the id, sector or role)",
+                    )
+                })
+        };
+        let read_query = self
+            .notifications_read_query
+            .as_deref()
+            .map(|query| {
+                let fail = |why: String| ConfigError::new("notifications_read_query", why);
+                let statement = Statement::parse(query).map_err(fail)?;
+                let mut names: Vec<&str> = statement.names().iter().map(String::as_str).collect();
+                names.sort_unstable();
+                if names != ["id", "user_id"] {
+                    return Err(fail(
+                        "must use `:id` and `:user_id` (the notification and its user), no other parameter".into(),
+                    ));
+                }
+                Ok(statement)
+            })
+            .transpose()?;
         Ok(NotificationSettings {
             timeout: self.database_timeout,
-            user_query: self.notifications_user_query.clone(),
-            sector_query: self.notifications_sector_query.clone(),
-            role_query: self.notifications_role_query.clone(),
+            user_query: one_mark("notifications_user_query", &self.notifications_user_query)?,
+            sector_query: one_mark(
+                "notifications_sector_query",
+                &self.notifications_sector_query,
+            )?,
+            role_query: one_mark("notifications_role_query", &self.notifications_role_query)?,
+            read_query,
             admin_roles: self
                 .notifications_admin_roles
                 .iter()
@@ -1905,22 +1936,67 @@ mod tests {
     }
 
     #[test]
+    fn the_read_query_takes_the_notification_and_its_user() {
+        let read = |query: &str| {
+            args(&["--dev", "--notifications-read-query", query])
+                .expect("parses")
+                .validate()
+        };
+        let config =
+            read("UPDATE user_notifications SET is_read = 1 WHERE id = :id AND user_id = :user_id")
+                .expect("valid");
+        let query = config.notifications.read_query.expect("set");
+        assert_eq!(query.names(), ["id", "user_id"]);
+        for bad in [
+            "UPDATE n SET is_read = 1 WHERE id = :id",
+            "UPDATE n SET is_read = 1 WHERE id = ? AND user_id = ?",
+            "UPDATE n SET is_read = 1 WHERE id = :id AND user_id = :user_id AND x = :x",
+        ] {
+            let err = read(bad).expect_err(bad);
+            assert_eq!(err.setting, "SWITCHBOARD_NOTIFICATIONS_READ_QUERY", "{bad}");
+        }
+        let err = args(&[
+            "--dev",
+            "--notifications-role-query",
+            "SELECT id FROM users WHERE role IN (?, ?)",
+        ])
+        .expect("parses")
+        .validate()
+        .expect_err("two marks");
+        assert_eq!(err.setting, "SWITCHBOARD_NOTIFICATIONS_ROLE_QUERY");
+        assert!(
+            args(&["--dev"])
+                .expect("parses")
+                .validate()
+                .expect("valid")
+                .notifications
+                .read_query
+                .is_none()
+        );
+    }
+
+    #[test]
     fn database_url_is_checked_and_redacted() {
-        let err = args(&["--dev", "--database-url", "postgres://u:pw@h/db"])
+        let err = args(&["--dev", "--database-url", "sqlite://u:pw@h/db"])
             .expect("parses")
             .validate()
-            .expect_err("not mysql");
+            .expect_err("neither mysql nor postgres");
         assert_eq!(err.setting, "SWITCHBOARD_DATABASE_URL");
         assert!(!err.problem.contains("pw"), "{err}");
         // Valid and lazy: nothing listens there, yet the configuration is accepted.
-        let config = args(&["--dev", "--database-url", "mysql://u:pw@127.0.0.1:1/db"])
-            .expect("parses")
-            .validate()
-            .expect("valid");
-        assert!(
-            !format!("{config:?}").contains("pw@"),
-            "Debug hides the password"
-        );
+        for url in [
+            "mysql://u:pw@127.0.0.1:1/db",
+            "postgres://u:pw@127.0.0.1:1/db?sslmode=require",
+        ] {
+            let config = args(&["--dev", "--database-url", url])
+                .expect("parses")
+                .validate()
+                .expect("valid");
+            assert!(
+                !format!("{config:?}").contains("pw@"),
+                "Debug hides the password"
+            );
+        }
         let err = args(&["--dev", "--auth-timeout", "0s"])
             .expect("parses")
             .validate()

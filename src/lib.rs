@@ -17,7 +17,7 @@
 //! - [`websocket`]: the upgrade and websocket I/O; [`ws`]: the plain JSON endpoint on it.
 //! - [`protocol`]: pure codecs (Engine.IO, Socket.IO, JSON, websocket framing).
 //! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and kinds of channels.
-//! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: MySQL pool.
+//! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: the MySQL or PostgreSQL pool.
 //! - [`hub`]: local channel memberships; [`outbox`]: each socket's bounded queue; [`pacing`]:
 //!   direct or queued writes per fan-out.
 //! - [`node`]: builds and holds the parts; [`bus`]: memory and Redis; [`dispatch`]: bus → hub;

@@ -478,7 +478,7 @@ impl Metrics {
             )?,
             database_pool: b.gauges(
                 "database_pool_connections",
-                "MySQL pool connections",
+                "Database (MySQL or PostgreSQL) pool connections",
                 &["state"],
             )?,
             runtime_busy_ratio: b.float_gauge(

@@ -283,10 +283,10 @@ impl Node {
             });
         }
         if let Some(database) = &self.config.database {
-            let pool = database.pool().metrics();
+            let pool = database.pool().status();
             sample.database_pool = Some(PoolSample {
-                in_use: pool.connections_in_use.load(Ordering::Relaxed),
-                idle: pool.connections_in_pool.load(Ordering::Relaxed),
+                in_use: pool.in_use,
+                idle: pool.idle,
                 max: database.max_connections(),
             });
         }

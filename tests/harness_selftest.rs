@@ -128,6 +128,44 @@ async fn two_mariadb_servers_run_side_by_side() {
     assert_eq!(two.query("SHOW TABLES").await, Vec::<Vec<String>>::new());
 }
 
+#[tokio::test]
+async fn postgres_databases_are_apart_and_a_lone_server_survives_a_crash() {
+    // Two tests' databases on the binary's shared server see only their own tables.
+    let (one, two) = tokio::join!(Postgres::database(), Postgres::database());
+    assert_ne!(one.url(), two.url());
+    one.exec_sql("CREATE TABLE only_here (id INT, body TEXT NULL); INSERT INTO only_here VALUES (1, NULL), (2, 'x')")
+        .await;
+    let tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'";
+    assert_eq!(one.query(tables).await, [["only_here"]]);
+    assert_eq!(two.query(tables).await, Vec::<Vec<String>>::new());
+    assert_eq!(
+        one.query("SELECT id, body FROM only_here ORDER BY id")
+            .await,
+        [["1", "NULL"], ["2", "x"]]
+    );
+    let error = one
+        .try_exec_sql("SELECT * FROM missing")
+        .await
+        .expect_err("a missing table is an error");
+    assert!(error.contains("does not exist"), "{error}");
+
+    let mut alone = Postgres::alone().await;
+    alone
+        .exec_sql("CREATE TABLE notes (id INT); INSERT INTO notes VALUES (1), (2)")
+        .await;
+    alone.kill().await;
+    assert!(
+        alone.try_exec_sql("SELECT 1").await.is_err(),
+        "a killed PostgreSQL still answers"
+    );
+    alone.restart().await;
+    assert_eq!(
+        alone.query("SELECT COUNT(*) FROM notes").await,
+        [["2"]],
+        "committed rows survive an immediate shutdown"
+    );
+}
+
 /// nginx/switchboard.conf must keep each client address on one node, for
 /// plain HTTP, Socket.IO polling and WebSocket alike, and must tell the node who
 /// the client is.

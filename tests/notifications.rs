@@ -1,29 +1,43 @@
-//! Notifications against a throwaway MariaDB and Redis, with real socket.io-client agents:
-//! migrations, `POST /api/notifications`, the `/notifications` namespace, delivery and read
-//! tracking across devices and nodes, and database outages.
+//! Notifications against a throwaway database (each test on MariaDB and on PostgreSQL) and
+//! Redis, with real socket.io-client agents: migrations, `POST /api/notifications`, the
+//! `/notifications` namespace, delivery and read tracking across devices and nodes, the
+//! application's own read query, and database outages.
 
 mod support;
 
 use support::*;
 
+on_both_databases!(
+    migrations_run_twice_safely,
+    offline_user_gets_pending_ones_on_connect_in_order,
+    unacknowledged_ones_come_again_after_reconnect,
+    unknown_or_inactive_users_are_refused,
+    sector_and_admin_fan_out,
+    read_on_one_device_reaches_the_others_on_every_node,
+    the_apps_read_query_marks_its_own_table,
+    database_outage_answers_503_and_loses_nothing,
+    nothing_is_lost_across_a_node_crash_and_a_redis_restart,
+    a_repeated_idempotency_key_stores_nothing_twice,
+    refused_connects_and_event_floods_stop_before_the_database,
+);
+
 /// Applies the migrations to `db` with `switchboard migrate`.
-async fn migrate(db: &MariaDb) -> String {
+async fn migrate(db: &Db) -> String {
     let (status, output) =
         run_switchboard(&["migrate"], &[("SWITCHBOARD_DATABASE_URL", &db.url())]).await;
     assert!(status.success(), "switchboard migrate failed: {output}");
     output
 }
 
-#[tokio::test]
-async fn migrations_run_twice_safely() {
-    let db = MariaDb::start().await;
+async fn migrations_run_twice_safely(engine: Engine) {
+    let db = Db::start(engine).await;
     let first = migrate(&db).await;
     assert!(first.contains("applied 0001_notifications"), "{first}");
     assert!(first.contains("0002_notification_requests"), "{first}");
     let second = migrate(&db).await;
     assert!(second.contains("nothing to apply"), "{second}");
-    let tables = db.query("SHOW TABLES").await;
-    let names: Vec<&str> = tables.iter().map(|row| row[0].as_str()).collect();
+    let tables = db.tables().await;
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
     for table in [
         "notifications",
         "notification_deliveries",
@@ -62,24 +76,32 @@ use serde_json::{Value, json};
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";
 
-/// The application's users: 1 and 2 in sector 10, 3 an admin in sector 20, 4 inactive.
-async fn app_schema(db: &MariaDb) {
+/// The application's users: 1 and 2 in sector 10, 3 an admin and 5 a super admin in sector
+/// 20, 4 inactive. The same SQL on both databases (BOOLEAN is TINYINT(1) on MariaDB).
+async fn app_schema(db: &Db) {
     migrate(db).await;
     db.exec_sql(
         "CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR(100), email VARCHAR(100),
-             role VARCHAR(32), sector_id BIGINT NULL, is_active TINYINT(1) NOT NULL DEFAULT 1);
+             role VARCHAR(32), sector_id BIGINT NULL, is_active BOOLEAN NOT NULL DEFAULT TRUE);
          INSERT INTO users VALUES
-             (1, 'Ana', 'ana@example.com', 'MEMBER', 10, 1),
-             (2, 'Ben', 'ben@example.com', 'MEMBER', 10, 1),
-             (3, 'Cleo', 'cleo@example.com', 'ADMIN', 20, 1),
-             (4, 'Dan', 'dan@example.com', 'MEMBER', 10, 0);",
+             (1, 'Ana', 'ana@example.com', 'MEMBER', 10, TRUE),
+             (2, 'Ben', 'ben@example.com', 'MEMBER', 10, TRUE),
+             (3, 'Cleo', 'cleo@example.com', 'ADMIN', 20, TRUE),
+             (4, 'Dan', 'dan@example.com', 'MEMBER', 10, FALSE),
+             (5, 'Sam', 'sam@example.com', 'SUPER_ADMIN', 20, TRUE);",
     )
     .await;
 }
 
-async fn node(db: &MariaDb, redis: Option<&RedisServer>) -> Node {
+async fn node(db: &Db, redis: Option<&RedisServer>) -> Node {
+    node_with(db, redis, &[]).await
+}
+
+/// A node on `db` (and `redis`) with more settings.
+async fn node_with(db: &Db, redis: Option<&RedisServer>, settings: &[(&str, &str)]) -> Node {
     let url = db.url();
     let mut envs = vec![("SWITCHBOARD_DATABASE_URL", url.as_str())];
+    envs.extend_from_slice(settings);
     let redis_url = redis.map(RedisServer::url);
     if let Some(redis_url) = &redis_url {
         envs.push(("SWITCHBOARD_REDIS_URL", redis_url));
@@ -162,7 +184,7 @@ fn note(user: u64, title: &str) -> Value {
 }
 
 /// Waits until `sql` returns `expected` (as the client prints it).
-async fn db_until(db: &MariaDb, sql: &str, expected: &str) {
+async fn db_until(db: &Db, sql: &str, expected: &str) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let rows = db.query(sql).await;
@@ -182,9 +204,8 @@ async fn db_until(db: &MariaDb, sql: &str, expected: &str) {
     }
 }
 
-#[tokio::test]
-async fn offline_user_gets_pending_ones_on_connect_in_order() {
-    let db = MariaDb::start().await;
+async fn offline_user_gets_pending_ones_on_connect_in_order(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
     let mut ids = Vec::new();
@@ -242,17 +263,21 @@ async fn offline_user_gets_pending_ones_on_connect_in_order() {
         "switchboard_notifications_created_total 3",
         "switchboard_notifications_delivered_total 3",
         "switchboard_notification_delivery_seconds_count 3",
-        // mysql_async's default pool limit; the idle connections are the ones used above.
-        "switchboard_database_pool_connections{state=\"max\"} 100",
+        // The default pool limits (mysql_async's; Switchboard's for PostgreSQL); the idle
+        // connections are the ones used above.
+        if engine == Engine::MariaDb {
+            "switchboard_database_pool_connections{state=\"max\"} 100"
+        } else {
+            "switchboard_database_pool_connections{state=\"max\"} 20"
+        },
         "switchboard_database_pool_connections{state=\"idle\"} ",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
 }
 
-#[tokio::test]
-async fn unacknowledged_ones_come_again_after_reconnect() {
-    let db = MariaDb::start().await;
+async fn unacknowledged_ones_come_again_after_reconnect(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
     let mut device = notifications_socket(&node, "2", false).await;
@@ -295,9 +320,8 @@ async fn unacknowledged_ones_come_again_after_reconnect() {
     assert_eq!(events[0]["args"][0], json!({"count": 1}));
 }
 
-#[tokio::test]
-async fn unknown_or_inactive_users_are_refused() {
-    let db = MariaDb::start().await;
+async fn unknown_or_inactive_users_are_refused(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
     let mut inactive = agent(&node, "/notifications", "4", true);
@@ -344,17 +368,16 @@ async fn unknown_or_inactive_users_are_refused() {
         .await;
     assert_eq!(answer[0]["success"], false, "{answer}");
     assert!(answer[0]["error"].is_string(), "{answer}");
-    let read = db
+    let unread = db
         .query(&format!(
-            "SELECT read_at IS NULL FROM notifications WHERE id = {theirs}"
+            "SELECT COUNT(*) FROM notifications WHERE id = {theirs} AND read_at IS NULL"
         ))
         .await;
-    assert_eq!(read, [["1"]]);
+    assert_eq!(unread, [["1"]]);
 }
 
-#[tokio::test]
-async fn sector_and_admin_fan_out() {
-    let db = MariaDb::start().await;
+async fn sector_and_admin_fan_out(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
     let mut ana = notifications_socket(&node, "1", true).await;
@@ -403,6 +426,33 @@ async fn sector_and_admin_fan_out() {
         .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
         .await;
     assert_eq!(mine["args"][0]["title"], "For Ana", "{mine}");
+
+    // `role` as the application lists the roles at or above the one it means: the super admin
+    // too, each recipient once. A plain `ADMIN` stays just that role.
+    let recipients = |response: HttpResponse| {
+        assert_eq!(response.status, 201, "{}", response.text());
+        let mut users: Vec<String> = response.json()["notifications"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|n| n["user_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.sort();
+        users
+    };
+    let body = |role: Value| json!({"role": role, "type": "admin", "title": "t", "message": "m"});
+    let listed = send(&node, body(json!(["ADMIN", "SUPER_ADMIN", "ADMIN"]))).await;
+    assert_eq!(recipients(listed), ["3", "5"]);
+    assert_eq!(
+        recipients(send(&node, body(json!("SUPER_ADMIN"))).await),
+        ["5"]
+    );
+    for bad in [json!([]), json!([""]), json!([7])] {
+        let refused = send(&node, body(bad.clone())).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+    }
 
     // The rooms each socket joined: its user, its sector, and `admin` for admins.
     let channels = http(
@@ -453,7 +503,7 @@ async fn next_event(agent: &mut Agent) -> (String, Value) {
 
 #[tokio::test]
 async fn the_api_reaches_sector_and_admin_rooms_on_every_node() {
-    let db = MariaDb::start().await;
+    let db = Db::start(Engine::MariaDb).await;
     app_schema(&db).await;
     let redis = RedisServer::start().await;
     let one = node(&db, Some(&redis)).await;
@@ -565,9 +615,8 @@ async fn the_api_reaches_sector_and_admin_rooms_on_every_node() {
     }
 }
 
-#[tokio::test]
-async fn read_on_one_device_reaches_the_others_on_every_node() {
-    let db = MariaDb::start().await;
+async fn read_on_one_device_reaches_the_others_on_every_node(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let redis = RedisServer::start().await;
     let one = node(&db, Some(&redis)).await;
@@ -582,6 +631,14 @@ async fn read_on_one_device_reaches_the_others_on_every_node() {
     let mut echo = agent(&two, "", "1", true);
     echo.expect_connect(TIMEOUT).await;
     echo.expect_event("subscribed", TIMEOUT).await;
+    // A plain socket.io client (MechaMap's), which takes each event's data as its one argument.
+    let mut plain = Agent::spawn(json!({
+        "url": one.url(),
+        "auth": {"token": token("1"), "broadcastArgs": "data"},
+        "transports": ["websocket"],
+    }));
+    plain.expect_connect(TIMEOUT).await;
+    plain.expect_event("subscribed", TIMEOUT).await;
 
     let id = send_ok(&one, note(1, "hello")).await[0];
     for device in [&mut phone, &mut laptop] {
@@ -634,6 +691,17 @@ async fn read_on_one_device_reaches_the_others_on_every_node() {
         (Some(id), Some(0))
     );
 
+    // MechaMap's event on the other devices: `{notificationId}` its one argument on
+    // `/notifications` and for a plain socket.io client, Echo's data after the channel; not
+    // on the device that read it.
+    let mechamap = json!({"notificationId": id});
+    let got = laptop.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, std::slice::from_ref(&mechamap));
+    let got = plain.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, std::slice::from_ref(&mechamap));
+    let got = echo.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, [json!("private-user.1"), mechamap.clone()]);
+
     // The MechaMap flow: read on the default namespace, the other devices are told.
     let id = send_ok(&two, note(1, "again")).await[0];
     echo.expect_event("notification.sent", TIMEOUT).await;
@@ -641,6 +709,7 @@ async fn read_on_one_device_reaches_the_others_on_every_node() {
         .emit_ack("notification_read", json!([{"notificationId": id}]))
         .await;
     assert_eq!(answer[0]["success"], true, "{answer}");
+    let mechamap = json!({"notificationId": id});
     for device in [&mut phone, &mut laptop] {
         device
             .wait_for(
@@ -649,8 +718,45 @@ async fn read_on_one_device_reaches_the_others_on_every_node() {
             )
             .await;
     }
-    echo.assert_no_event("notification.read", Duration::from_millis(300))
+    for device in [&mut plain, &mut phone, &mut laptop] {
+        let got = device.expect_event("notification_read", TIMEOUT).await;
+        assert_eq!(got, std::slice::from_ref(&mechamap));
+    }
+
+    // MechaMap's event on `/notifications` too: it marks the notification read like
+    // `mark.read`.
+    let id = send_ok(&two, note(1, "third")).await[0];
+    // Absence by order: the Echo socket, which read the second, heard nothing of its own read
+    // before the third arrived.
+    let before = events_before(&mut echo, "notification.sent", "third").await;
+    assert!(
+        !before
+            .iter()
+            .any(|e| e == "notification.read" || e == "notification_read"),
+        "the reader on / was told of its own read: {before:?}"
+    );
+    laptop
+        .wait_for(
+            |l| l["event"] == "notification:new" && l["args"][0]["id"] == id,
+            TIMEOUT,
+        )
         .await;
+    let answer = laptop
+        .emit_ack("notification_read", json!([{"notificationId": id}]))
+        .await;
+    assert_eq!(answer[0]["success"], true, "{answer}");
+    let got = phone.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, [json!({"notificationId": id})]);
+    let got = plain.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, [json!({"notificationId": id})]);
+
+    // And the laptop, which read the third, nothing of it before the fourth.
+    send_ok(&one, note(1, "fourth")).await;
+    let before = events_before(&mut laptop, "notification:new", "fourth").await;
+    assert!(
+        !before.iter().any(|e| e == "notification_read"),
+        "the reader on /notifications was told of its own read: {before:?}"
+    );
     let metrics = http("GET", &format!("{}/metrics", one.url()), &[], b"")
         .await
         .text();
@@ -660,9 +766,119 @@ async fn read_on_one_device_reaches_the_others_on_every_node() {
     );
 }
 
-#[tokio::test]
-async fn database_outage_answers_503_and_loses_nothing() {
-    let mut db = MariaDb::start().await;
+/// The names of the events `agent` received (or has buffered) before the event `name` whose
+/// line mentions `marker` (a notification's title).
+async fn events_before(agent: &mut Agent, name: &str, marker: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        let Some(line) = agent.next(Duration::from_millis(200)).await else {
+            continue;
+        };
+        if line["type"] != "event" {
+            continue;
+        }
+        let event = line["event"].as_str().unwrap_or_default().to_owned();
+        if event == name && line.to_string().contains(marker) {
+            return seen;
+        }
+        seen.push(event);
+    }
+    panic!("no {name}; events so far: {seen:?}");
+}
+
+/// MechaMap keeps its notifications in its own `user_notifications` table: with the read
+/// query set, `notification_read` marks the row there, for its owner only, and the user's
+/// other devices hear of it.
+async fn the_apps_read_query_marks_its_own_table(engine: Engine) {
+    let db = Db::start(engine).await;
+    app_schema(&db).await;
+    db.exec_sql(
+        "CREATE TABLE user_notifications (id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL,
+             title VARCHAR(100), is_read BOOLEAN NOT NULL DEFAULT FALSE);
+         INSERT INTO user_notifications (id, user_id, title) VALUES (70, 1, 'a'), (71, 1, 'b'), (80, 2, 'c');",
+    )
+    .await;
+    let node = node_with(
+        &db,
+        None,
+        &[(
+            "SWITCHBOARD_NOTIFICATIONS_READ_QUERY",
+            "UPDATE user_notifications SET is_read = TRUE \
+             WHERE id = :id AND user_id = :user_id AND NOT is_read",
+        )],
+    )
+    .await;
+    let mut reader = agent(&node, "", "1", true);
+    reader.expect_connect(TIMEOUT).await;
+    let mut other = Agent::spawn(json!({
+        "url": node.url(),
+        "auth": {"token": token("1"), "broadcastArgs": "data"},
+        "transports": ["websocket"],
+    }));
+    other.expect_connect(TIMEOUT).await;
+    let mut device = notifications_socket(&node, "1", true).await;
+    events_until_success(&mut device).await;
+    async fn read(db: &Db) -> Vec<String> {
+        let sql = "SELECT id FROM user_notifications WHERE is_read ORDER BY id";
+        db.query(sql).await.concat()
+    }
+
+    let answer = reader
+        .emit_ack("notification_read", json!([{"notificationId": 70}]))
+        .await;
+    assert_eq!(answer[0]["success"], true, "{answer}");
+    assert!(
+        answer[0]["readAt"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{answer}"
+    );
+    assert_eq!(read(&db).await, ["70"]);
+    let got = other.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, [json!({"notificationId": 70})]);
+    let got = device.expect_event("notification_read", TIMEOUT).await;
+    assert_eq!(got, [json!({"notificationId": 70})]);
+    // On `/notifications` as well; the count is the application's to tell.
+    let answer = device
+        .emit_ack("notification_read", json!([{"notificationId": "71"}]))
+        .await;
+    assert_eq!(answer[0]["success"], true, "{answer}");
+    assert_eq!(
+        other.expect_event("notification_read", TIMEOUT).await,
+        [json!({"notificationId": 71})]
+    );
+
+    // Someone else's, one read before, or no number: nothing changes, nobody is told.
+    for (id, why) in [
+        (json!(80), "user 2's"),
+        (json!(70), "read before"),
+        (json!("x"), "no id"),
+    ] {
+        let answer = reader
+            .emit_ack("notification_read", json!([{"notificationId": id}]))
+            .await;
+        assert_eq!(answer[0]["success"], false, "{why}: {answer}");
+    }
+    assert_eq!(read(&db).await, ["70", "71"]);
+    // Switchboard's own table was not used.
+    assert_eq!(
+        db.query("SELECT COUNT(*) FROM notifications WHERE read_at IS NOT NULL")
+            .await,
+        [["0"]]
+    );
+    // Absence by order: a broadcast to user 1 after the refused reads comes first.
+    let ids = send_ok(&node, note(1, "after")).await;
+    assert_eq!(ids.len(), 1);
+    let before = events_before(&mut other, "notification.sent", "after").await;
+    assert!(
+        !before.iter().any(|e| e == "notification_read"),
+        "{before:?}"
+    );
+}
+
+async fn database_outage_answers_503_and_loses_nothing(engine: Engine) {
+    let mut db = Db::alone(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
     let before = send_ok(&node, note(1, "before")).await;
@@ -707,9 +923,8 @@ async fn database_outage_answers_503_and_loses_nothing() {
     assert!(before[0] < after[0]);
 }
 
-#[tokio::test]
-async fn nothing_is_lost_across_a_node_crash_and_a_redis_restart() {
-    let db = MariaDb::start().await;
+async fn nothing_is_lost_across_a_node_crash_and_a_redis_restart(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let mut redis = RedisServer::start().await;
     let one = node(&db, Some(&redis)).await;
@@ -769,9 +984,8 @@ async fn nothing_is_lost_across_a_node_crash_and_a_redis_restart() {
     assert_eq!(live["args"][0]["id"], after);
 }
 
-#[tokio::test]
-async fn a_repeated_idempotency_key_stores_nothing_twice() {
-    let db = MariaDb::start().await;
+async fn a_repeated_idempotency_key_stores_nothing_twice(engine: Engine) {
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
     let body = json!({"user_ids": [1, 2], "type": "info", "title": "once", "message": "m"});
@@ -800,11 +1014,10 @@ async fn a_repeated_idempotency_key_stores_nothing_twice() {
     );
 }
 
-#[tokio::test]
-async fn refused_connects_and_event_floods_stop_before_the_database() {
+async fn refused_connects_and_event_floods_stop_before_the_database(engine: Engine) {
     use futures_util::SinkExt;
 
-    let db = MariaDb::start().await;
+    let db = Db::start(engine).await;
     app_schema(&db).await;
     let node = node(&db, None).await;
 

@@ -1,7 +1,7 @@
-//! `examples/mechamap-policy.toml`, the file as shipped, against a real, throwaway MariaDB
-//! holding MechaMap's tables: every line of its channel manager with real socket.io-client
-//! sockets, parameters bound rather than spliced, and a database outage refusing, never
-//! allowing.
+//! The `sql` rule against real, throwaway databases: `examples/mechamap-policy.toml`, the file
+//! as shipped, on MariaDB holding MechaMap's tables (every line of its channel manager with
+//! real socket.io-client sockets), and the same thread rule in PostgreSQL's dialect; parameters
+//! bound rather than spliced, and a database outage refusing, never allowing.
 
 mod support;
 
@@ -13,7 +13,7 @@ use support::*;
 const SECRET: &str = "switchboard-dev-secret";
 
 /// MechaMap's users, forums and threads. Roles are read from here, never from the token.
-async fn schema(db: &MariaDb) {
+async fn schema(db: &Db) {
     db.exec_sql(
         "CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR(100), role VARCHAR(32));
          CREATE TABLE forums (id BIGINT PRIMARY KEY, required_role VARCHAR(32) NULL);
@@ -63,7 +63,7 @@ const REFUSED: &str = "Unauthorized: forbidden";
 
 #[tokio::test]
 async fn mechamaps_channel_manager_on_real_tables() {
-    let mut db = MariaDb::start().await;
+    let mut db = Db::alone(Engine::MariaDb).await;
     schema(&db).await;
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mechamap-policy.toml");
     let node = Node::spawn(
@@ -165,6 +165,88 @@ async fn mechamaps_channel_manager_on_real_tables() {
     let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
     loop {
         let answer = verdict(moderator, "presence-thread.100").await;
+        if answer == OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never allowed again after the restart: {answer}\n{}",
+            node.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+const ROLES: &str = "'guest','member','senior_member','moderator','admin','super_admin'";
+
+/// MechaMap's thread rule in PostgreSQL's dialect (MySQL's `FIELD` becomes `array_position`);
+/// the `:user_id` and `:id` parameters are written as for MySQL.
+fn postgres_policy() -> String {
+    let rank = |column: &str| format!("array_position(ARRAY[{ROLES}]::text[], {column}::text)");
+    format!(
+        r#"
+[[channel]]
+pattern = "presence-thread.{{id}}"
+allow = "sql"
+query = """
+SELECT 1 FROM threads t
+JOIN forums f ON f.id = t.forum_id
+JOIN users u ON u.id = :user_id
+WHERE t.id = :id AND {} >= {}
+"""
+"#,
+        rank("u.role"),
+        rank("f.required_role")
+    )
+}
+
+#[tokio::test]
+async fn the_thread_rule_in_postgresqls_dialect() {
+    let mut db = Db::alone(Engine::Postgres).await;
+    schema(&db).await;
+    let (_dir, policy) = policy_file(&postgres_policy());
+    let node = Node::spawn(
+        &["--dev"],
+        &[
+            (
+                "SWITCHBOARD_POLICY_FILE",
+                policy.to_str().expect("utf-8 path"),
+            ),
+            ("SWITCHBOARD_DATABASE_URL", &db.url()),
+            // Every subscribe asks the database, so the outage below is seen at once.
+            ("SWITCHBOARD_AUTH_CACHE_TTL", "0s"),
+        ],
+    )
+    .await;
+    // Users 2 (member) and 3 (moderator) of the schema.
+    let mut member = client(&node, 2).await;
+    let mut moderator = client(&node, 3).await;
+    assert_eq!(verdict(&mut member, "presence-thread.100").await, OK);
+    assert_eq!(verdict(&mut member, "presence-thread.200").await, REFUSED);
+    assert_eq!(verdict(&mut moderator, "presence-thread.200").await, OK);
+    assert_eq!(verdict(&mut moderator, "presence-thread.100").await, OK);
+    // No such thread: no row.
+    assert_eq!(
+        verdict(&mut moderator, "presence-thread.999").await,
+        REFUSED
+    );
+    // The id is bound, not SQL: PostgreSQL reads no bigint in `200#`, which matches no thread.
+    assert_eq!(verdict(&mut member, "presence-thread.200#").await, REFUSED);
+
+    // Database down: refused as unavailable, never allowed.
+    db.kill().await;
+    let refused = verdict(&mut member, "presence-thread.100").await;
+    assert!(
+        refused.starts_with("Internal error: authorization unavailable"),
+        "{refused}"
+    );
+    assert!(!refused.contains("://"), "no URL leaks: {refused}");
+
+    // And back once it is.
+    db.restart().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
+    loop {
+        let answer = verdict(&mut member, "presence-thread.100").await;
         if answer == OK {
             break;
         }

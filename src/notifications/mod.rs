@@ -1,12 +1,15 @@
-//! Notifications: stored in MySQL/MariaDB, delivered at least once over the `/notifications`
-//! Socket.IO namespace and the user's `private-user.{id}` channel, with delivery and read
-//! state shared by every device of a user on every node.
+//! Notifications: stored in MySQL/MariaDB or PostgreSQL, delivered at least once over the
+//! `/notifications` Socket.IO namespace and the user's `private-user.{id}` channel, with
+//! delivery and read state shared by every device of a user on every node.
 //!
 //! ```text
 //! POST /api/notifications ──► store (one transaction) ──► bus, per recipient:
 //!     private-user.{id}        notification.sent {notification, unread_count}   (namespace /)
 //!     notifications|user:{id}  notification:new {…} (ack id = notification id)  (/notifications)
 //!                              notification:count {count}
+//! read (mark.read, notification_read) ──► bus, to the user's other devices:
+//!     notifications|user:{id}  notification:read {notificationId, readAt}, notification:count
+//!     private-user.{id}        notification.read {…, unread_count}, notification_read {notificationId}
 //! ```
 //!
 //! The rooms of the `/notifications` namespace are hub channels whose names (`notifications|…`)
@@ -139,40 +142,44 @@ pub async fn publish_new(node: &Node, notification: &Notification, unread: Optio
     }
 }
 
-/// Tells every device of the user, on every node, that a notification was read (but the
-/// default-namespace socket `except`, which read it).
+/// The event a MechaMap client emits to mark a notification read (on `/` or `/notifications`),
+/// and receives, with `{notificationId}` as its one argument, when another device read one.
+pub const READ_EVENT: &str = "notification_read";
+
+/// Tells every device of the user, on every node, that a notification was read: all of them
+/// `notification:read`, the others (not the socket `reader`, which read it) `notification.read`
+/// and `notification_read`.
 pub async fn publish_read(
     node: &Node,
     user: &str,
     id: u64,
     read: &store::Read,
-    except: Option<&str>,
+    reader: Option<&str>,
 ) {
     let room = user_room(user);
-    publish(
-        node,
-        &room,
-        "notification:read",
-        &json!({"notificationId": id, "readAt": read.read_at}),
-        None,
-    )
-    .await;
-    publish(
-        node,
-        &room,
-        "notification:count",
-        &json!({"count": read.unread}),
-        None,
-    )
-    .await;
-    publish(
-        node,
-        &channel::user_channel(user),
-        "notification.read",
-        &json!({"notificationId": id, "readAt": read.read_at, "unread_count": read.unread}),
-        except,
-    )
-    .await;
+    let own = channel::user_channel(user);
+    let read_at = json!({"notificationId": id, "readAt": read.read_at});
+    publish(node, &room, "notification:read", &read_at, None).await;
+    // Unknown when the application's read query marked its own table.
+    if let Some(count) = read.unread {
+        publish(
+            node,
+            &room,
+            "notification:count",
+            &json!({"count": count}),
+            None,
+        )
+        .await;
+    }
+    let echo = json!({"notificationId": id, "readAt": read.read_at, "unread_count": read.unread});
+    publish(node, &own, "notification.read", &echo, reader).await;
+    // The name the client emitted, `{notificationId}` its data: the one argument on
+    // `/notifications`, for a plain socket.io client on `/` (broadcast arguments `data`) and
+    // for an Echo listener.
+    let mechamap = json!({"notificationId": id});
+    for channel in [&room, &own] {
+        publish(node, channel, READ_EVENT, &mechamap, reader).await;
+    }
 }
 
 #[cfg(test)]

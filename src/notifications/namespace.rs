@@ -1,6 +1,7 @@
 //! The `/notifications` namespace: who may connect (a token and an active user in the
 //! application's table), the rooms a socket joins, what it is sent on connect, and its events
-//! `mark.read` and `mark.delivered`, plus the acknowledgements of `notification:new`.
+//! `mark.read` (or MechaMap's `notification_read`) and `mark.delivered`, plus the
+//! acknowledgements of `notification:new`.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::store::{StoreError, User};
-use super::{NAMESPACE, NEW_EVENT, parse_id, publish_read, room, user_room};
+use super::{NAMESPACE, NEW_EVENT, READ_EVENT, parse_id, publish_read, room, user_room};
 use crate::auth::Principal;
 use crate::engine::Session;
 use crate::hub::Member;
@@ -152,14 +153,14 @@ pub async fn on_event(
         .and_then(|v| v.get("notificationId").and_then(parse_id));
     let (Some(store), Some(id)) = (&node.notifications, requested) else {
         let error = match name {
-            "mark.read" | "mark.delivered" => "expected {notificationId}".to_owned(),
+            "mark.read" | READ_EVENT | "mark.delivered" => "expected {notificationId}".to_owned(),
             _ => format!("unknown event `{name}`"),
         };
         return answer(json!({"success": false, "error": error}));
     };
     let user = socket.user.id.as_str();
     let result = match name {
-        "mark.read" => store.read(user, id).await.map(|read| {
+        "mark.read" | READ_EVENT => store.read(user, id).await.map(|read| {
             let answer = json!({"success": true, "notificationId": id, "readAt": read.read_at});
             (answer, Some(read))
         }),
@@ -176,7 +177,7 @@ pub async fn on_event(
         Ok((value, read)) => {
             answer(value);
             if let Some(read) = read.filter(|r| r.changed) {
-                publish_read(node, user, id, &read, None).await;
+                publish_read(node, user, id, &read, Some(&socket.member.id)).await;
             }
         }
         Err(e) => answer(failure(id, &e)),

@@ -1,29 +1,21 @@
 //! The notification tables: every read and write of them, each bounded by the database
-//! timeout. A failure is an [`StoreError`], counted and logged here; the caller decides
-//! what the client is told (never the URL or the SQL).
+//! timeout, on MySQL/MariaDB or PostgreSQL. A failure is an [`StoreError`], counted and logged
+//! here; the caller decides what the client is told (never the URL or the SQL).
 
 use std::future::Future;
 use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, TxOpts, Value};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::NotificationSettings;
-use crate::database::Database;
+use crate::database::{self, Conn, Database, Dialect, Param, Row, Statement};
 use crate::metrics::Metrics;
 
 /// Rows written per multi-row statement.
 const CHUNK: usize = 500;
 /// Undelivered notifications sent on one connect; the rest come on the next one.
 pub const MAX_PENDING: usize = 500;
-/// Columns of a notification as [`Notification::from_row`] reads them.
-const COLUMNS: &str = "n.id, n.user_id, n.type, n.title, n.message, n.data, \
-     CAST(n.created_at AS CHAR), CAST(n.read_at AS CHAR)";
-
-/// MySQL's and MariaDB's "duplicate entry for key" error.
-const DUPLICATE_KEY: u16 = 1062;
 
 /// What [`Store::create`] did.
 #[derive(Debug)]
@@ -72,17 +64,20 @@ pub struct Notification {
 }
 
 impl Notification {
-    fn from_row(mut row: Row) -> Option<Self> {
-        let id = text(&mut row, 0)?.parse().ok()?;
+    /// A row of [`Sql::pending`]'s columns.
+    fn from_row(row: Row) -> Option<Self> {
+        let mut columns = row.into_iter();
+        let mut next = || columns.next().flatten();
+        let id = next()?.parse().ok()?;
         Some(Self {
             id,
-            user_id: text(&mut row, 1)?,
-            kind: text(&mut row, 2).unwrap_or_default(),
-            title: text(&mut row, 3).unwrap_or_default(),
-            message: text(&mut row, 4).unwrap_or_default(),
-            data: text(&mut row, 5).and_then(|json| RawValue::from_string(json).ok()),
-            created_at: iso(&text(&mut row, 6).unwrap_or_default()),
-            read_at: text(&mut row, 7).map(|t| iso(&t)),
+            user_id: next()?,
+            kind: next().unwrap_or_default(),
+            title: next().unwrap_or_default(),
+            message: next().unwrap_or_default(),
+            data: next().and_then(|json| RawValue::from_string(json).ok()),
+            created_at: iso(&next().unwrap_or_default()),
+            read_at: next().map(|t| iso(&t)),
         })
     }
 }
@@ -128,8 +123,9 @@ pub struct Read {
     pub read_at: String,
     /// Whether this call read it (false: it was read already).
     pub changed: bool,
-    /// The user's unread notifications now.
-    pub unread: u64,
+    /// The user's unread notifications now; unknown when the application's read query marks
+    /// its own table.
+    pub unread: Option<u64>,
 }
 
 /// The notification store on the application's database.
@@ -137,15 +133,18 @@ pub struct Store {
     database: Database,
     settings: NotificationSettings,
     metrics: Metrics,
+    sql: Sql,
 }
 
 impl Store {
     /// A store on `database`; nothing connects until the first call.
     pub fn new(database: Database, settings: NotificationSettings, metrics: Metrics) -> Self {
+        let sql = Sql::new(database.dialect());
         Self {
             database,
             settings,
             metrics,
+            sql,
         }
     }
 
@@ -158,7 +157,7 @@ impl Store {
     async fn run<T>(
         &self,
         op: &'static str,
-        work: impl Future<Output = Result<T, mysql_async::Error>>,
+        work: impl Future<Output = Result<T, database::Error>>,
     ) -> Result<T, StoreError> {
         let metrics = &self.metrics;
         metrics.database_in_use.inc();
@@ -180,10 +179,10 @@ impl Store {
     }
 
     /// A pooled connection that answers: one a database restart left broken is replaced.
-    async fn conn(&self) -> Result<Conn, mysql_async::Error> {
+    async fn conn(&self) -> Result<Conn, database::Error> {
         let mut last = None;
         for _ in 0..3 {
-            let mut conn = self.database.pool().get_conn().await?;
+            let mut conn = self.database.pool().conn().await?;
             match conn.ping().await {
                 Ok(()) => return Ok(conn),
                 Err(e) => last = Some(e),
@@ -191,23 +190,38 @@ impl Store {
         }
         match last {
             Some(e) => Err(e),
-            None => self.database.pool().get_conn().await,
+            None => self.database.pool().conn().await,
         }
     }
 
-    /// Recipient ids from the sector or role query.
+    /// Recipient ids from the sector query, or the role query run once per role (a user with
+    /// two of the roles comes twice: the caller removes repeats).
     pub async fn recipients(&self, target: Target<'_>) -> Result<Vec<String>, StoreError> {
-        let (op, query, value) = match target {
-            Target::Sector(sector) => ("sector_recipients", &self.settings.sector_query, sector),
-            Target::Role(role) => ("role_recipients", &self.settings.role_query, role),
+        let (op, query, values) = match target {
+            Target::Sector(sector) => (
+                "sector_recipients",
+                &self.settings.sector_query,
+                vec![sector],
+            ),
+            Target::Roles(roles) => (
+                "role_recipients",
+                &self.settings.role_query,
+                roles.iter().map(String::as_str).collect(),
+            ),
         };
         self.run(op, async {
             let mut conn = self.conn().await?;
-            let rows: Vec<Row> = conn.exec(query.as_str(), (value,)).await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|mut row| text(&mut row, 0))
-                .collect())
+            let mut ids = Vec::new();
+            for value in values {
+                let rows = match conn.rows(query, &[Param::Text(value)]).await {
+                    // A value the column cannot hold (a PostgreSQL enum's unknown label)
+                    // matches nobody.
+                    Err(e) if e.is_bad_value() => continue,
+                    other => other?,
+                };
+                ids.extend(rows.into_iter().filter_map(first_column));
+            }
+            Ok(ids)
         })
         .await
     }
@@ -222,53 +236,45 @@ impl Store {
         key: Option<&str>,
     ) -> Result<Created, StoreError> {
         let data = new.data.map(|d| d.get().to_owned());
+        let sql = &self.sql;
         self.run("create", async {
             let mut conn = self.conn().await?;
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            let now: Option<String> = tx.query_first("SELECT CAST(UTC_TIMESTAMP(3) AS CHAR)").await?;
-            let now = now.unwrap_or_default();
+            let mut tx = conn.transaction().await?;
+            let now = tx.first(&sql.now, &[]).await?;
+            let now = now.and_then(first_column).unwrap_or_default();
             if let Some(key) = key {
-                tx.exec_drop(
-                    "DELETE FROM notification_requests WHERE created_at < ? - INTERVAL 1 DAY LIMIT 100",
-                    (now.as_str(),),
-                )
-                .await?;
+                tx.exec(&sql.purge_keys, &[Param::Text(&now)]).await?;
                 let claimed = tx
-                    .exec_drop(
-                        "INSERT INTO notification_requests (idempotency_key, created_at) VALUES (?, ?)",
-                        (key, now.as_str()),
-                    )
+                    .exec(&sql.claim_key, &[Param::Text(key), Param::Text(&now)])
                     .await;
                 match claimed {
                     // A concurrent first call holds the key's row lock until it commits, so
                     // the repeat waits here and then reads the committed answer.
-                    Err(mysql_async::Error::Server(e)) if e.code == DUPLICATE_KEY => {
+                    Err(e) if e.is_duplicate_key() => {
                         tx.rollback().await?;
-                        let first: Option<Option<String>> = conn
-                            .exec_first(
-                                "SELECT CAST(notifications AS CHAR) FROM notification_requests WHERE idempotency_key = ?",
-                                (key,),
-                            )
-                            .await?;
+                        let first = conn.first(&sql.first_answer, &[Param::Text(key)]).await?;
                         let pairs = first
-                            .flatten()
+                            .and_then(first_column)
                             .and_then(|json| serde_json::from_str(&json).ok())
                             .unwrap_or_default();
                         return Ok(Created::Repeated(pairs));
                     }
                     other => other?,
-                }
+                };
             }
             let mut created = Vec::with_capacity(recipients.len());
             for user in recipients {
-                tx.exec_drop(
-                    "INSERT INTO notifications (user_id, type, title, message, data, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                    (user, new.kind, new.title, new.message, data.as_deref(), now.as_str()),
-                )
-                .await?;
+                let data = data.as_deref().map_or(Param::Null, Param::Text);
+                let args = [
+                    Param::Text(user),
+                    Param::Text(new.kind),
+                    Param::Text(new.title),
+                    Param::Text(new.message),
+                    data,
+                    Param::Text(&now),
+                ];
                 created.push(Notification {
-                    id: tx.last_insert_id().unwrap_or_default(),
+                    id: tx.insert(&sql.insert_notification, &args).await?,
                     user_id: user.clone(),
                     kind: new.kind.to_owned(),
                     title: new.title.to_owned(),
@@ -280,27 +286,21 @@ impl Store {
             }
             for chunk in created.chunks(CHUNK) {
                 let rows = vec!["(?, ?, 'IN_APP', 'PENDING')"; chunk.len()].join(", ");
-                let params: Vec<Value> = chunk
+                let insert = own(&format!(
+                    "INSERT INTO notification_deliveries (notification_id, user_id, channel, status) VALUES {rows}"
+                ));
+                let args: Vec<Param<'_>> = chunk
                     .iter()
-                    .flat_map(|n| [Value::from(n.id), Value::from(n.user_id.as_str())])
+                    .flat_map(|n| [Param::Int(n.id), Param::Text(&n.user_id)])
                     .collect();
-                tx.exec_drop(
-                    format!(
-                        "INSERT INTO notification_deliveries (notification_id, user_id, channel, status) VALUES {rows}"
-                    ),
-                    params,
-                )
-                .await?;
+                tx.exec(&insert, &args).await?;
             }
             if let Some(key) = key {
                 let pairs: Vec<(u64, &str)> =
                     created.iter().map(|n| (n.id, n.user_id.as_str())).collect();
                 let pairs = serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into());
-                tx.exec_drop(
-                    "UPDATE notification_requests SET notifications = ? WHERE idempotency_key = ?",
-                    (pairs, key),
-                )
-                .await?;
+                tx.exec(&sql.answer_key, &[Param::Text(&pairs), Param::Text(key)])
+                    .await?;
             }
             tx.commit().await?;
             Ok(Created::New(created))
@@ -320,16 +320,17 @@ impl Store {
             let mut counts = Vec::with_capacity(users.len());
             for chunk in users.chunks(CHUNK) {
                 let marks = vec!["?"; chunk.len()].join(", ");
-                let rows: Vec<(String, u64)> = conn
-                    .exec(
-                        format!(
-                            "SELECT user_id, COUNT(*) FROM notifications \
-                             WHERE read_at IS NULL AND user_id IN ({marks}) GROUP BY user_id"
-                        ),
-                        chunk.to_vec(),
-                    )
-                    .await?;
-                counts.extend(rows);
+                let query = own(&format!(
+                    "SELECT user_id, COUNT(*) FROM notifications \
+                     WHERE read_at IS NULL AND user_id IN ({marks}) GROUP BY user_id"
+                ));
+                let args: Vec<Param<'_>> = chunk.iter().map(|u| Param::Text(u)).collect();
+                for row in conn.rows(&query, &args).await? {
+                    let mut columns = row.into_iter().flatten();
+                    if let (Some(user), Some(count)) = (columns.next(), columns.next()) {
+                        counts.push((user, count.parse().unwrap_or_default()));
+                    }
+                }
             }
             Ok(counts)
         })
@@ -340,7 +341,7 @@ impl Store {
     pub async fn unread_count(&self, user: &str) -> Result<u64, StoreError> {
         self.run("unread_count", async {
             let mut conn = self.conn().await?;
-            unread(&mut conn, user).await
+            self.sql.unread(&mut conn, user).await
         })
         .await
     }
@@ -349,16 +350,25 @@ impl Store {
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.run("user", async {
             let mut conn = self.conn().await?;
-            let row: Option<Row> = conn
-                .exec_first(self.settings.user_query.as_str(), (id,))
-                .await?;
-            Ok(row.map(|mut row| User {
-                id: text(&mut row, 0).unwrap_or_else(|| id.to_owned()),
-                name: text(&mut row, 1).unwrap_or_default(),
-                email: text(&mut row, 2),
-                role: text(&mut row, 3),
-                sector_id: text(&mut row, 4),
-                active: text(&mut row, 5).is_some_and(|v| truthy(&v)),
+            let row = match conn
+                .first(&self.settings.user_query, &[Param::Text(id)])
+                .await
+            {
+                // An id the column cannot hold (`abc` for a bigint) is nobody's.
+                Err(e) if e.is_bad_value() => None,
+                other => other?,
+            };
+            Ok(row.map(|row| {
+                let mut columns = row.into_iter();
+                let mut next = || columns.next().flatten();
+                User {
+                    id: next().unwrap_or_else(|| id.to_owned()),
+                    name: next().unwrap_or_default(),
+                    email: next(),
+                    role: next(),
+                    sector_id: next(),
+                    active: next().is_some_and(|v| truthy(&v)),
+                }
             }))
         })
         .await
@@ -369,24 +379,15 @@ impl Store {
     pub async fn pending(&self, user: &str) -> Result<Vec<Notification>, StoreError> {
         self.run("pending", async {
             let mut conn = self.conn().await?;
-            let rows: Vec<Row> = conn
-                .exec(
-                    format!(
-                        "SELECT {COLUMNS} FROM notification_deliveries d \
-                         JOIN notifications n ON n.id = d.notification_id \
-                         WHERE d.user_id = ? AND d.channel = 'IN_APP' AND d.status = 'PENDING' \
-                         ORDER BY d.notification_id LIMIT {MAX_PENDING}"
-                    ),
-                    (user,),
-                )
-                .await?;
-            let pending: Vec<Notification> =
-                rows.into_iter().filter_map(Notification::from_row).collect();
+            let rows = conn.rows(&self.sql.pending, &[Param::Text(user)]).await?;
+            let pending: Vec<Notification> = rows
+                .into_iter()
+                .filter_map(Notification::from_row)
+                .collect();
             if let Some(last) = pending.last() {
-                conn.exec_drop(
-                    "UPDATE notification_deliveries SET attempts = attempts + 1 \
-                     WHERE user_id = ? AND channel = 'IN_APP' AND status = 'PENDING' AND notification_id <= ?",
-                    (user, last.id),
+                conn.exec(
+                    &self.sql.attempted,
+                    &[Param::Text(user), Param::Int(last.id)],
                 )
                 .await?;
             }
@@ -401,7 +402,7 @@ impl Store {
         let first = self
             .run("delivered", async {
                 let mut conn = self.conn().await?;
-                mark_delivered(&mut conn, user, id).await
+                self.sql.mark_delivered(&mut conn, user, id).await
             })
             .await?;
         match first {
@@ -413,7 +414,7 @@ impl Store {
                 let exists = self
                     .run("delivered", async {
                         let mut conn = self.conn().await?;
-                        owned(&mut conn, user, id).await
+                        self.sql.owned(&mut conn, user, id).await
                     })
                     .await?;
                 if exists.is_some() {
@@ -425,29 +426,27 @@ impl Store {
         }
     }
 
-    /// Marks a user's notification read (and delivered, if it was not yet).
+    /// Marks a user's notification read: in Switchboard's table (and delivered, if it was
+    /// not yet), or with the application's read query when one is set.
     pub async fn read(&self, user: &str, id: u64) -> Result<Read, StoreError> {
+        if let Some(query) = &self.settings.read_query {
+            return self.read_in_app(query, user, id).await;
+        }
+        let sql = &self.sql;
         let (read, delay) = self
             .run("read", async {
                 let mut conn = self.conn().await?;
-                let changed = conn
-                    .exec_iter(
-                        "UPDATE notifications SET read_at = UTC_TIMESTAMP(3) \
-                         WHERE id = ? AND user_id = ? AND read_at IS NULL",
-                        (id, user),
-                    )
-                    .await?
-                    .affected_rows()
-                    > 0;
-                let Some(read_at) = owned(&mut conn, user, id).await? else {
+                let args = [Param::Int(id), Param::Text(user)];
+                let changed = conn.exec(&sql.read, &args).await? > 0;
+                let Some(read_at) = sql.owned(&mut conn, user, id).await? else {
                     return Ok((None, None));
                 };
-                let delay = mark_delivered(&mut conn, user, id).await?;
-                let unread = unread(&mut conn, user).await?;
+                let delay = sql.mark_delivered(&mut conn, user, id).await?;
+                let unread = sql.unread(&mut conn, user).await?;
                 let read = Read {
                     read_at: read_at.map(|t| iso(&t)).unwrap_or_default(),
                     changed,
-                    unread,
+                    unread: Some(unread),
                 };
                 Ok((Some(read), delay))
             })
@@ -460,6 +459,47 @@ impl Store {
             self.metrics.notifications_read.inc();
         }
         Ok(read)
+    }
+
+    /// The application's read query (`:id`, `:user_id`): a row it changed is a read now; none
+    /// is not found (or read before: the query says only how many rows it changed).
+    async fn read_in_app(
+        &self,
+        query: &Statement,
+        user: &str,
+        id: u64,
+    ) -> Result<Read, StoreError> {
+        let id_text = id.to_string();
+        let args: Vec<Param<'_>> = query
+            .names()
+            .iter()
+            .map(|name| match name.as_str() {
+                "user_id" => Param::Text(user),
+                _ => Param::Text(&id_text),
+            })
+            .collect();
+        let read_at = self
+            .run("read", async {
+                let mut conn = self.conn().await?;
+                let changed = match conn.exec(query, &args).await {
+                    Err(e) if e.is_bad_value() => 0,
+                    other => other?,
+                };
+                if changed == 0 {
+                    return Ok(None);
+                }
+                // The database's clock, as for a read in Switchboard's table.
+                let now = conn.first(&self.sql.now, &[]).await?;
+                Ok(Some(now.and_then(first_column).unwrap_or_default()))
+            })
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        self.metrics.notifications_read.inc();
+        Ok(Read {
+            read_at: iso(&read_at),
+            changed: true,
+            unread: None,
+        })
     }
 
     fn observe_delivery(&self, delay: Duration) {
@@ -475,79 +515,162 @@ impl Store {
 pub enum Target<'a> {
     /// Every user the sector query returns.
     Sector(&'a str),
-    /// Every user the role query returns.
-    Role(&'a str),
+    /// Every user the role query returns for any of these roles.
+    Roles(&'a [String]),
 }
 
-/// Marks a pending in-app delivery delivered; returns the delay since creation when it was
-/// pending.
-async fn mark_delivered(
-    conn: &mut Conn,
-    user: &str,
-    id: u64,
-) -> Result<Option<Duration>, mysql_async::Error> {
-    let changed = conn
-        .exec_iter(
-            "UPDATE notification_deliveries SET status = 'DELIVERED', delivered_at = UTC_TIMESTAMP(3) \
-             WHERE notification_id = ? AND user_id = ? AND channel = 'IN_APP' AND status = 'PENDING'",
-            (id, user),
-        )
-        .await?
-        .affected_rows()
-        > 0;
-    if !changed {
-        return Ok(None);
+/// Switchboard's own statements on its tables, in the database's dialect.
+struct Sql {
+    /// The database's time now (UTC), as text.
+    now: Statement,
+    /// Forgets up to 100 idempotency keys older than a day before `?` (now).
+    purge_keys: Statement,
+    /// Claims an idempotency key: (key, now).
+    claim_key: Statement,
+    /// The first call's answer of a key.
+    first_answer: Statement,
+    /// Records the answer of a key: (pairs, key).
+    answer_key: Statement,
+    /// One notification: (user, type, title, message, data, now); gives its id.
+    insert_notification: Statement,
+    /// A user's undelivered in-app notifications, oldest first.
+    pending: Statement,
+    /// Counts a delivery attempt of the pending ones up to an id: (user, id).
+    attempted: Statement,
+    /// Marks a pending in-app delivery delivered: (id, user).
+    delivered: Statement,
+    /// The delay from creation to delivery of a notification, in microseconds: (id).
+    delay: Statement,
+    /// A notification's read time, if it is the user's: (id, user).
+    owned: Statement,
+    /// Marks it read unless it was: (id, user).
+    read: Statement,
+    /// A user's unread count: (user).
+    unread: Statement,
+}
+
+impl Sql {
+    fn new(dialect: Dialect) -> Self {
+        // What differs between the two: the time now (UTC, in `DATETIME`/`TIMESTAMP` columns
+        // without a zone), a time as text, and the few statements below.
+        let (now, text) = match dialect {
+            Dialect::MySql => ("UTC_TIMESTAMP(3)", "CAST({} AS CHAR)"),
+            Dialect::Postgres => (
+                "(now() AT TIME ZONE 'UTC')",
+                "to_char({}, 'YYYY-MM-DD HH24:MI:SS.MS')",
+            ),
+        };
+        let time = |column: &str| text.replace("{}", column);
+        let (purge_keys, insert_notification, delay) = match dialect {
+            Dialect::MySql => (
+                "DELETE FROM notification_requests WHERE created_at < ? - INTERVAL 1 DAY LIMIT 100",
+                "INSERT INTO notifications (user_id, type, title, message, data, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                "TIMESTAMPDIFF(MICROSECOND, n.created_at, d.delivered_at)",
+            ),
+            Dialect::Postgres => (
+                "DELETE FROM notification_requests WHERE idempotency_key IN (\
+                 SELECT idempotency_key FROM notification_requests \
+                 WHERE created_at < ?::timestamp - INTERVAL '1 day' LIMIT 100)",
+                "INSERT INTO notifications (user_id, type, title, message, data, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                "CAST(EXTRACT(EPOCH FROM d.delivered_at - n.created_at) * 1000000 AS BIGINT)",
+            ),
+        };
+        Self {
+            now: own(&format!("SELECT {}", time(now))),
+            purge_keys: own(purge_keys),
+            claim_key: own(
+                "INSERT INTO notification_requests (idempotency_key, created_at) VALUES (?, ?)",
+            ),
+            first_answer: own(
+                "SELECT notifications FROM notification_requests WHERE idempotency_key = ?",
+            ),
+            answer_key: own(
+                "UPDATE notification_requests SET notifications = ? WHERE idempotency_key = ?",
+            ),
+            insert_notification: own(insert_notification),
+            pending: own(&format!(
+                "SELECT n.id, n.user_id, n.type, n.title, n.message, n.data, {}, {} \
+                 FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id \
+                 WHERE d.user_id = ? AND d.channel = 'IN_APP' AND d.status = 'PENDING' \
+                 ORDER BY d.notification_id LIMIT {MAX_PENDING}",
+                time("n.created_at"),
+                time("n.read_at"),
+            )),
+            attempted: own(
+                "UPDATE notification_deliveries SET attempts = attempts + 1 \
+                 WHERE user_id = ? AND channel = 'IN_APP' AND status = 'PENDING' AND notification_id <= ?",
+            ),
+            delivered: own(&format!(
+                "UPDATE notification_deliveries SET status = 'DELIVERED', delivered_at = {now} \
+                 WHERE notification_id = ? AND user_id = ? AND channel = 'IN_APP' AND status = 'PENDING'"
+            )),
+            delay: own(&format!(
+                "SELECT {delay} FROM notifications n JOIN notification_deliveries d \
+                 ON d.notification_id = n.id AND d.channel = 'IN_APP' WHERE n.id = ?"
+            )),
+            owned: own(&format!(
+                "SELECT {} FROM notifications WHERE id = ? AND user_id = ?",
+                time("read_at")
+            )),
+            read: own(&format!(
+                "UPDATE notifications SET read_at = {now} WHERE id = ? AND user_id = ? AND read_at IS NULL"
+            )),
+            unread: own("SELECT COUNT(*) FROM notifications WHERE user_id = ? AND read_at IS NULL"),
+        }
     }
-    let micros: Option<Option<i64>> = conn
-        .exec_first(
-            "SELECT TIMESTAMPDIFF(MICROSECOND, n.created_at, d.delivered_at) \
-             FROM notifications n JOIN notification_deliveries d \
-             ON d.notification_id = n.id AND d.channel = 'IN_APP' WHERE n.id = ?",
-            (id,),
-        )
-        .await?;
-    let micros = micros.flatten().unwrap_or_default().max(0);
-    Ok(Some(Duration::from_micros(micros as u64)))
-}
 
-/// `Some(read_at)` when the notification exists and belongs to `user`.
-async fn owned(
-    conn: &mut Conn,
-    user: &str,
-    id: u64,
-) -> Result<Option<Option<String>>, mysql_async::Error> {
-    conn.exec_first(
-        "SELECT CAST(read_at AS CHAR) FROM notifications WHERE id = ? AND user_id = ?",
-        (id, user),
-    )
-    .await
-}
-
-async fn unread(conn: &mut Conn, user: &str) -> Result<u64, mysql_async::Error> {
-    let count: Option<u64> = conn
-        .exec_first(
-            "SELECT COUNT(*) FROM notifications WHERE user_id = ? AND read_at IS NULL",
-            (user,),
-        )
-        .await?;
-    Ok(count.unwrap_or_default())
-}
-
-/// Column `index` as text, whatever its SQL type; `None` for NULL or a missing column.
-fn text(row: &mut Row, index: usize) -> Option<String> {
-    match row.take::<Value, usize>(index)? {
-        Value::NULL => None,
-        Value::Bytes(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::UInt(u) => Some(u.to_string()),
-        Value::Float(f) => Some(f.to_string()),
-        Value::Double(d) => Some(d.to_string()),
-        Value::Date(y, m, d, h, mi, s, us) => Some(format!(
-            "{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{:03}",
-            us / 1000
-        )),
-        Value::Time(..) => None,
+    /// Marks a pending in-app delivery delivered; returns the delay since creation when it was
+    /// pending.
+    async fn mark_delivered(
+        &self,
+        conn: &mut Conn,
+        user: &str,
+        id: u64,
+    ) -> Result<Option<Duration>, database::Error> {
+        let args = [Param::Int(id), Param::Text(user)];
+        if conn.exec(&self.delivered, &args).await? == 0 {
+            return Ok(None);
+        }
+        let micros = conn.first(&self.delay, &[Param::Int(id)]).await?;
+        let micros: i64 = micros
+            .and_then(first_column)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_default();
+        Ok(Some(Duration::from_micros(micros.max(0) as u64)))
     }
+
+    /// `Some(read_at)` when the notification exists and belongs to `user`.
+    async fn owned(
+        &self,
+        conn: &mut Conn,
+        user: &str,
+        id: u64,
+    ) -> Result<Option<Option<String>>, database::Error> {
+        let row = conn
+            .first(&self.owned, &[Param::Int(id), Param::Text(user)])
+            .await?;
+        Ok(row.map(first_column))
+    }
+
+    async fn unread(&self, conn: &mut Conn, user: &str) -> Result<u64, database::Error> {
+        let count = conn.first(&self.unread, &[Param::Text(user)]).await?;
+        Ok(count
+            .and_then(first_column)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_default())
+    }
+}
+
+/// One of Switchboard's own statements, which all parse (the unit tests build every one).
+fn own(text: &str) -> Statement {
+    Statement::parse(text).unwrap_or_else(|e| unreachable!("Switchboard's own SQL: {e}: {text}"))
+}
+
+/// The first column of a row, `None` for NULL.
+fn first_column(row: Row) -> Option<String> {
+    row.into_iter().next().flatten()
 }
 
 /// Whether an `is_active` value is true (`1`, `true`, `yes`; anything else is not).
@@ -569,6 +692,27 @@ fn iso(database_time: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_statements_parse_in_both_dialects() {
+        for dialect in [Dialect::MySql, Dialect::Postgres] {
+            let sql = Sql::new(dialect);
+            assert_eq!(sql.insert_notification.arity(), 6);
+            assert_eq!(sql.purge_keys.arity(), 1);
+            assert_eq!(sql.delivered.arity(), 2);
+        }
+        let pg = Sql::new(Dialect::Postgres);
+        assert!(
+            pg.purge_keys
+                .text(Dialect::Postgres)
+                .contains("$1::timestamp")
+        );
+        assert!(
+            pg.read
+                .text(Dialect::Postgres)
+                .contains("id = $1 AND user_id = $2")
+        );
+    }
 
     #[test]
     fn times_and_flags() {

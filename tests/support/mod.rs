@@ -1,8 +1,9 @@
 //! Test support for Switchboard's integration tests.
 //!
 //! Everything here runs the real thing on loopback addresses: the switchboard
-//! binary ([`Node`]), a throwaway `redis-server` ([`RedisServer`]) and MariaDB
-//! ([`MariaDb`]), nginx in front of several nodes ([`Nginx`]), and real
+//! binary ([`Node`]), a throwaway `redis-server` ([`RedisServer`]), MariaDB
+//! ([`MariaDb`]) and PostgreSQL ([`Postgres`]; [`Db`] is either, for tests written once for
+//! both), nginx in front of several nodes ([`Nginx`]), and real
 //! socket.io-client and Laravel Echo instances scripted over JSON lines
 //! ([`Agent`], `tests/js/agent.mjs`; [`EchoAgent`], `tests/js/echo-agent.mjs`).
 //! [`http`] is a small raw HTTP/1.1 client that can pick its source address, so
@@ -18,6 +19,7 @@
 
 mod agent;
 mod app_server;
+mod database;
 mod echo;
 mod http;
 mod json_lines;
@@ -25,6 +27,7 @@ mod jwt;
 mod mariadb;
 mod nginx;
 mod node;
+mod postgres;
 mod process;
 mod prometheus;
 mod redis_server;
@@ -36,6 +39,8 @@ use std::time::Duration;
 
 pub use agent::Agent;
 pub use app_server::{Answer, AppServer, Received};
+pub(crate) use database::on_both_databases;
+pub use database::{Db, Engine};
 pub use echo::{ChannelKind, EchoAgent};
 pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
 pub use json_lines::JsonLinesProcess;
@@ -43,6 +48,7 @@ pub use jwt::{jwt_hs256, jwt_none, openssl_rsa_key};
 pub use mariadb::MariaDb;
 pub use nginx::Nginx;
 pub use node::{Node, run_switchboard, switchboard_output};
+pub use postgres::Postgres;
 pub(crate) use process::LoggedChild;
 pub use prometheus::Prometheus;
 pub use redis_server::RedisServer;
