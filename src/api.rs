@@ -358,6 +358,48 @@ pub async fn room_broadcast(
     do_room_broadcast(&node, &room, request).await.map(respond)
 }
 
+/// `POST /api/users/{id}/channels/{channel}`: adds every socket of the user to the channel, on
+/// every node, without asking the channel's policy (the back-end is trusted).
+pub async fn subscribe_user(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path((user, channel)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    user_channel_command(&node, &user, &channel, true)
+        .await
+        .map(respond)
+}
+
+/// `DELETE /api/users/{id}/channels/{channel}`: removes every socket of the user from the
+/// channel, on every node.
+pub async fn unsubscribe_user(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path((user, channel)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    user_channel_command(&node, &user, &channel, false)
+        .await
+        .map(respond)
+}
+
+async fn user_channel_command(
+    node: &Node,
+    user: &str,
+    channel: &str,
+    subscribe: bool,
+) -> Result<Done, ApiError> {
+    check_channel(node, &channel::user_channel(user))?;
+    check_channel(node, channel)?;
+    let connections = node.cluster.user_connections(user).await?;
+    node.subscribe_user(user, channel, subscribe)
+        .await
+        .map_err(bus_unavailable)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        json!({"user_id": user, "channel": channel, "subscribed": subscribe, "connections": connections}),
+    ))
+}
+
 /// `POST /api/users/{id}/disconnect`: closes that user's sockets on every node.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,

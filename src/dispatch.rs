@@ -24,6 +24,25 @@ pub const CONTROL_CHANNEL: &str = "switchboard.control";
 /// user room): a kicked user's sockets are found through every one of them.
 pub type UserRoom = fn(&str) -> String;
 
+/// What a node-to-node command asks of the node beyond the hub: it is handed upwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Add the user's sockets on this node to the channel (`subscribe_user`).
+    Subscribe {
+        /// The user.
+        user: String,
+        /// The channel.
+        channel: String,
+    },
+    /// Remove the user's sockets on this node from the channel (`unsubscribe_user`).
+    Unsubscribe {
+        /// The user.
+        user: String,
+        /// The channel.
+        channel: String,
+    },
+}
+
 /// The bus → hub path of one node.
 pub struct Dispatch {
     hub: Arc<Hub>,
@@ -37,6 +56,8 @@ pub struct Dispatch {
     chat: mpsc::UnboundedSender<ChatMessage>,
     /// Chat messages sent to that queue and not yet delivered.
     chat_waiting: AtomicUsize,
+    /// Commands for the node.
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Dispatch {
@@ -48,6 +69,7 @@ impl Dispatch {
         metrics: Metrics,
         user_rooms: Vec<UserRoom>,
         reconnected: Arc<Notify>,
+        commands: mpsc::UnboundedSender<Command>,
     ) -> Arc<Self> {
         let (chat, queue) = mpsc::unbounded_channel();
         let dispatch = Arc::new(Self {
@@ -58,6 +80,7 @@ impl Dispatch {
             reconnected,
             chat,
             chat_waiting: AtomicUsize::new(0),
+            commands,
         });
         tokio::spawn(deliver_chat(Arc::downgrade(&dispatch), queue));
         dispatch
@@ -172,14 +195,28 @@ impl Dispatch {
 
     /// A command from another node (or this one) on the control channel.
     fn on_control(&self, command: &str, data: &RawValue) {
-        match (command, crate::protocol::id_field(data, "userId")) {
+        let user = crate::protocol::id_field(data, "userId");
+        let channel = || crate::protocol::id_field(data, "channel");
+        let for_node = match (command, user) {
             ("disconnect_user", Some(user)) => {
                 let closed = self.kick(&user);
                 if closed > 0 {
                     tracing::info!(user, sockets = closed, "closed a user's sockets on request");
                 }
+                return;
             }
-            _ => tracing::warn!(command, "ignoring an unknown control command"),
+            ("subscribe_user", Some(user)) => {
+                channel().map(|channel| Command::Subscribe { user, channel })
+            }
+            ("unsubscribe_user", Some(user)) => {
+                channel().map(|channel| Command::Unsubscribe { user, channel })
+            }
+            _ => None,
+        };
+        match for_node {
+            // The node outlives its dispatch's use; once it is gone nothing is left to join.
+            Some(command) => drop(self.commands.send(command)),
+            None => tracing::warn!(command, "ignoring an unknown control command"),
         }
     }
 
@@ -294,18 +331,21 @@ mod tests {
         bus: MemoryBus,
         reconnected: Arc<Notify>,
         dispatch: Arc<Dispatch>,
+        commands: mpsc::UnboundedReceiver<Command>,
     }
 
     fn rig(user_rooms: Vec<UserRoom>) -> Rig {
         let hub = Arc::new(Hub::new(Pacing::new(0.0, Duration::ZERO)));
         let metrics = Metrics::new().expect("metrics");
         let reconnected = Arc::new(Notify::new());
+        let (commands, received) = mpsc::unbounded_channel();
         let dispatch = Dispatch::start(
             hub.clone(),
             Arc::new(Blocks::new(None, String::new())),
             metrics.clone(),
             user_rooms,
             reconnected.clone(),
+            commands,
         );
         let bus = MemoryBus::new(dispatch.clone());
         Rig {
@@ -314,6 +354,7 @@ mod tests {
             bus,
             reconnected,
             dispatch,
+            commands: received,
         }
     }
 
@@ -398,6 +439,36 @@ mod tests {
             None,
             "unknown commands do nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn subscription_commands_go_to_the_node() {
+        let mut rig = rig(vec![]);
+        rig.bus.publish(
+            CONTROL_CHANNEL,
+            br#"{"event":"subscribe_user","data":{"userId":7,"channel":"team.1"}}"#,
+        );
+        rig.bus.publish(
+            CONTROL_CHANNEL,
+            br#"{"event":"unsubscribe_user","data":{"userId":"7","channel":"team.1"}}"#,
+        );
+        rig.bus.publish(
+            CONTROL_CHANNEL,
+            br#"{"event":"subscribe_user","data":{"userId":"7"}}"#,
+        );
+        let (user, channel) = ("7".to_owned(), "team.1".to_owned());
+        assert_eq!(
+            rig.commands.try_recv().ok(),
+            Some(Command::Subscribe {
+                user: user.clone(),
+                channel: channel.clone()
+            })
+        );
+        assert_eq!(
+            rig.commands.try_recv().ok(),
+            Some(Command::Unsubscribe { user, channel })
+        );
+        assert!(rig.commands.try_recv().is_err(), "no channel, no command");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use crate::bus::{Bus, BusError, Envelope, Receiver};
 use crate::channel::{self, Refusal, WhisperRefusal};
 use crate::cluster::{self as cluster_state, Census, Cluster, ClusterError};
 use crate::config::Config;
-use crate::dispatch::{CONTROL_CHANNEL, Dispatch, UserRoom};
+use crate::dispatch::{CONTROL_CHANNEL, Command, Dispatch, UserRoom};
 use crate::engine::Sessions;
 use crate::hub::{Hub, JoinError, Member, SocketId};
 use crate::limit::{
@@ -158,6 +158,7 @@ impl Node {
         ));
         // The bus's reconnects wake the shared state's heartbeat: Redis may be back empty.
         let beat_now = Arc::new(Notify::new());
+        let (commands, command_queue) = mpsc::unbounded_channel();
         let dispatch = Dispatch::start(
             hub.clone(),
             blocks.clone(),
@@ -167,6 +168,7 @@ impl Node {
                 crate::notifications::user_room,
             ],
             beat_now.clone(),
+            commands,
         );
         let receiver = dispatch as Arc<dyn Receiver>;
         let bus = match &redis {
@@ -241,6 +243,7 @@ impl Node {
             let _ = node.bus.subscribe(Arc::from(blocks::CHANGED_CHANNEL));
         }
         tokio::spawn(on_cluster_events(Arc::downgrade(&node), cluster_reports));
+        tokio::spawn(on_commands(Arc::downgrade(&node), command_queue));
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -341,6 +344,51 @@ impl Node {
             .map_err(|e| BusError(e.to_string()))?;
         self.publish(CONTROL_CHANNEL, "disconnect_user", &data, None)
             .await
+    }
+
+    /// Adds (`subscribe`) or removes every socket of `user` to or from `channel` on every
+    /// node, for the back-end: the channel's policy is not asked.
+    pub async fn subscribe_user(
+        &self,
+        user: &str,
+        channel: &str,
+        subscribe: bool,
+    ) -> Result<(), BusError> {
+        let data = serde_json::value::to_raw_value(&serde_json::json!({
+            "userId": user,
+            "channel": channel,
+        }))
+        .map_err(|e| BusError(e.to_string()))?;
+        let command = if subscribe {
+            "subscribe_user"
+        } else {
+            "unsubscribe_user"
+        };
+        self.publish(CONTROL_CHANNEL, command, &data, None).await
+    }
+
+    /// Carries out a command from the control channel on this node's sockets of the user
+    /// (those on `/` and the JSON endpoint: every one of them is in its user channel).
+    async fn on_command(&self, command: Command) {
+        let (Command::Subscribe { user, channel } | Command::Unsubscribe { user, channel }) =
+            &command;
+        let sockets = self.hub.members(&channel::user_channel(user));
+        for socket in &sockets {
+            if matches!(command, Command::Unsubscribe { .. }) {
+                self.leave(socket, channel);
+                continue;
+            }
+            if let Err(refusal) = self.join_granted(socket, channel, None).await {
+                tracing::warn!(user, channel, %refusal, "the back-end's subscription not made");
+            }
+        }
+        if !sockets.is_empty() {
+            tracing::debug!(
+                ?command,
+                sockets = sockets.len(),
+                "back-end subscription applied"
+            );
+        }
     }
 
     /// Forwards a client event to the back-end in its own task (the socket goes on meanwhile)
@@ -558,6 +606,17 @@ impl Node {
             auth,
         };
         let grant = self.config.policy.authorize(&request).await?;
+        self.join_granted(socket, channel, grant.member).await
+    }
+
+    /// Joins a socket the policy let in (or the back-end put in): hub, block list, presence
+    /// (as `member`, else as the token describes the user). Returns the presence members.
+    async fn join_granted(
+        &self,
+        socket: &Arc<Member>,
+        channel: &str,
+        member: Option<serde_json::Value>,
+    ) -> Result<Option<Vec<Box<RawValue>>>, Refusal> {
         let (name, _) = self.join(socket, channel).await?;
         if channel::allows_whispers(&name) {
             // Users reach each other here (chat, whispers, typing): the member's block list
@@ -567,9 +626,8 @@ impl Node {
         if !channel::has_presence(&name) {
             return Ok(None);
         }
-        let member = grant
-            .member
-            .unwrap_or_else(|| self.config.policy.member_from_token(&socket.principal));
+        let member =
+            member.unwrap_or_else(|| self.config.policy.member_from_token(&socket.principal));
         match self
             .presence_join(socket, &name, member.to_string().into())
             .await
@@ -773,6 +831,14 @@ impl Census for Node {
 
     fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
         self.hub.channel_counts()
+    }
+}
+
+/// Carries out node-to-node commands the dispatch hands up, one at a time, in order.
+async fn on_commands(node: Weak<Node>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    while let Some(command) = commands.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        node.on_command(command).await;
     }
 }
 

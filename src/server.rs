@@ -36,6 +36,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/notifications", post(api::notifications))
         .route("/api/users/{id}", get(api::user))
         .route("/api/users/{id}/disconnect", post(api::disconnect))
+        .route(
+            "/api/users/{id}/channels/{channel}",
+            post(api::subscribe_user).delete(api::unsubscribe_user),
+        )
         .route("/api/push", post(api::push))
         .route("/api/rooms/{room}/broadcast", post(api::room_broadcast))
         .route("/api/batch", post(api::batch))

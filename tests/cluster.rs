@@ -276,3 +276,126 @@ async fn the_nodes_own_channels_are_out_of_reach() {
         "io server disconnect"
     );
 }
+
+/// `POST`/`DELETE /api/users/{user}/channels/{channel}` with the API key.
+async fn user_channel(node: &Node, method: &str, user: u64, channel: &str) -> HttpResponse {
+    http(
+        method,
+        &format!("{}/api/users/{user}/channels/{channel}", node.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        b"",
+    )
+    .await
+}
+
+/// Waits until `channel` has `sockets` subscribed across the cluster (the shared counts).
+async fn until_subscribed(node: &Node, channel: &str, sockets: u64) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let info = http(
+            "GET",
+            &format!("{}/api/channels/{channel}", node.url()),
+            &[("authorization", &format!("Bearer {API_KEY}"))],
+            b"",
+        )
+        .await
+        .json();
+        if info["subscription_count"] == sockets {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel} never had {sockets} sockets: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next event an agent received: its name and arguments.
+async fn next_event(agent: &mut Agent) -> (String, Value) {
+    let line = agent.wait_for(|l| l["type"] == "event", TIMEOUT).await;
+    let name = line["event"].as_str().unwrap_or_default().to_owned();
+    (name, line["args"].clone())
+}
+
+#[tokio::test]
+async fn the_back_end_puts_a_users_sockets_in_a_channel_on_every_node() {
+    let redis = RedisServer::start().await;
+    let (one, two) = cluster(&redis).await;
+    // User 7 on both nodes, one of them a plain socket.io app's client (data-only arguments).
+    let (mut seven_a, _) = client(&one, 7, &["websocket"]).await;
+    let mut seven_b = Agent::spawn(json!({"url": two.url(), "transports": ["polling"],
+        "auth": {"token": token(7), "broadcastArgs": "data"}}));
+    seven_b.expect_connect(TIMEOUT).await;
+    seven_b.expect_event("subscribed", TIMEOUT).await;
+    let (mut nine, _) = client(&two, 9, &["websocket"]).await;
+    let team = "presence-team.1";
+    // No rule lets a client in by itself.
+    let refused = nine.emit_ack("subscribe", json!([{"channel": team}])).await;
+    assert_eq!(refused[0]["error"], "Unauthorized", "{refused}");
+
+    // The back-end puts user 9 in, through node one; their socket is on node two.
+    let answer = user_channel(&one, "POST", 9, team).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!({"user_id": "9", "channel": team, "subscribed": true, "connections": 1})
+    );
+    until_subscribed(&one, team, 1).await;
+    // Then user 7, both sockets: user 9 hears them join once, as a presence member.
+    assert_eq!(user_channel(&two, "POST", 7, team).await.status, 202);
+    let joining = nine.expect_event("presence:joining", TIMEOUT).await;
+    assert_eq!(joining[0], team);
+    assert_eq!(joining[1]["user_id"], "7", "{joining:?}");
+    until_subscribed(&one, team, 3).await;
+    let members = http(
+        "GET",
+        &format!("{}/api/channels/{team}/users", one.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(
+        members["users"].as_array().map(Vec::len),
+        Some(2),
+        "{members}"
+    );
+
+    let standup = json!({"channel": team, "event": "standup", "data": {"at": 9}});
+    assert_eq!(api_broadcast(&two, standup).await.status, 202);
+    assert_eq!(
+        next_event(&mut seven_a).await,
+        ("standup".to_owned(), json!([team, {"at": 9}]))
+    );
+    assert_eq!(
+        next_event(&mut seven_b).await,
+        ("standup".to_owned(), json!([{"at": 9}]))
+    );
+
+    // Out again: user 9 hears them leave, and they hear nothing more of the channel.
+    assert_eq!(user_channel(&one, "DELETE", 7, team).await.status, 202);
+    let leaving = nine.expect_event("presence:leaving", TIMEOUT).await;
+    assert_eq!(leaving[1]["user_id"], "7", "{leaving:?}");
+    until_subscribed(&one, team, 1).await;
+    let after = json!({"channel": team, "event": "after", "data": 1});
+    assert_eq!(api_broadcast(&one, after).await.status, 202);
+    let marker = json!({"channel": "private-user.7", "event": "marker", "data": 2});
+    assert_eq!(api_broadcast(&one, marker).await.status, 202);
+    for agent in [&mut seven_a, &mut seven_b] {
+        assert_eq!(
+            next_event(agent).await.0,
+            "marker",
+            "the channel's event never came"
+        );
+    }
+    let (event, _) = next_event(&mut nine).await;
+    assert_eq!(event, "standup");
+    assert_eq!(next_event(&mut nine).await.0, "after");
+
+    // Names the API refuses: the node's own channels, the namespace rooms, junk.
+    for bad in ["switchboard.control", "notifications|admin", "a%20b"] {
+        let refused = user_channel(&one, "POST", 7, bad).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+    }
+}
