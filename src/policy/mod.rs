@@ -364,7 +364,7 @@ mod tests {
         assert!(!allowed(&p, &user("1"), "private-user.10").await);
         assert!(!allowed(&p, &user("1"), "private-orders.1").await);
         assert!(!allowed(&p, &user("1"), "presence-chat.1").await);
-        assert_eq!(p.retained_claims(), ["name"]);
+        assert_eq!(p.retained_claims(), ["name", "picture"]);
     }
 
     #[tokio::test]
@@ -504,7 +504,7 @@ mod tests {
             claim = "teams"
             "#,
         );
-        assert_eq!(p.retained_claims(), ["channels", "name", "teams"]);
+        assert_eq!(p.retained_claims(), ["channels", "name", "picture", "teams"]);
         let admin = with_claims(
             "1",
             json!({"channels": ["admin.reports", "admin.logs.*", 5, "admin.{x}.audit"], "teams": ["private-team.{id}"]}),

@@ -213,7 +213,8 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             roles: DEFAULT_ROLES.iter().map(|r| (*r).to_owned()).collect(),
-            user_info: vec!["name".into()],
+            // `picture`: the OpenID Connect claim chat clients show as the user's image.
+            user_info: vec!["name".into(), "picture".into()],
             rules: built_in_rules(Unmatched::default()),
             unmatched: Unmatched::default(),
         }
@@ -563,7 +564,7 @@ mod tests {
         assert_eq!(config.rules.len(), 3);
         assert_eq!(config.unmatched, Unmatched::Conventional);
         assert_eq!(config.roles, DEFAULT_ROLES);
-        assert_eq!(config.user_info, ["name"]);
+        assert_eq!(config.user_info, ["name", "picture"]);
     }
 
     #[test]

@@ -151,7 +151,8 @@ pub fn member_summary(member: &RawValue) -> Value {
     let mut summary = Map::new();
     summary.insert("userId".into(), member["user_id"].clone());
     summary.insert("userName".into(), info["name"].clone());
-    if let Some(image) = ["image", "avatar", "userImage"]
+    // `picture` is the OpenID Connect claim a token carries the user's image in.
+    if let Some(image) = ["image", "avatar", "userImage", "picture"]
         .iter()
         .map(|key| &info[*key])
         .find(|v| !v.is_null())
@@ -163,7 +164,7 @@ pub fn member_summary(member: &RawValue) -> Value {
 
 /// A broadcast as this protocol shows it: `{"type": event, "channel", "payload": data}`, except
 /// presence changes, which become `USER_JOINED {userId, userName, userImage?, roomId}` and
-/// `USER_LEFT {userId, roomId}`.
+/// `USER_LEFT {userId, roomId}` (`groupId` instead of `roomId` for a `group:` channel).
 pub fn write_broadcast(out: &mut String, event: &str, channel: &str, data: &RawValue) {
     let presence = match event {
         "presence:joining" => Some("USER_JOINED"),
@@ -181,7 +182,12 @@ pub fn write_broadcast(out: &mut String, event: &str, channel: &str, data: &RawV
         }
         _ => Map::new(),
     };
-    payload.insert("roomId".into(), Value::from(room_id(channel)));
+    let key = if channel.starts_with("group:") {
+        "groupId"
+    } else {
+        "roomId"
+    };
+    payload.insert(key.into(), Value::from(room_id(channel)));
     let _ = write!(out, "{{\"type\":\"{kind}\",\"channel\":");
     super::write_json_str(out, channel);
     out.push_str(",\"payload\":");
@@ -274,10 +280,17 @@ mod tests {
             r#"{"type":"USER_JOINED","channel":"room:9","payload":{"roomId":"9","userId":"7","userImage":"a.png","userName":"Ann"}}"#
         );
         out.clear();
+        let pictured = raw(r#"{"user_id":"8","user_info":{"name":"Bo","picture":"b.png"}}"#);
+        write_broadcast(&mut out, "presence:joining", "group:4", &pictured);
+        assert_eq!(
+            out,
+            r#"{"type":"USER_JOINED","channel":"group:4","payload":{"groupId":"4","userId":"8","userImage":"b.png","userName":"Bo"}}"#
+        );
+        out.clear();
         write_broadcast(&mut out, "presence:leaving", "group:4", &member);
         assert_eq!(
             out,
-            r#"{"type":"USER_LEFT","channel":"group:4","payload":{"roomId":"4","userId":"7"}}"#
+            r#"{"type":"USER_LEFT","channel":"group:4","payload":{"groupId":"4","userId":"7"}}"#
         );
     }
 }
