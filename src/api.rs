@@ -400,6 +400,65 @@ async fn user_channel_command(
     ))
 }
 
+/// `POST /api/channels/{channel}/members/{id}`: makes the user a member of a room or group
+/// (its member set and the user's index) and puts the user's sockets in it on every node.
+pub async fn add_member(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path((channel, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    membership(&node, &channel, &user, true).await.map(respond)
+}
+
+/// `DELETE /api/channels/{channel}/members/{id}`: removes the user from a room or group and
+/// takes the user's sockets out of it on every node, at once.
+pub async fn remove_member(
+    State(node): State<Arc<Node>>,
+    _key: ApiKey,
+    Path((channel, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    membership(&node, &channel, &user, false).await.map(respond)
+}
+
+async fn membership(
+    node: &Node,
+    channel: &str,
+    user: &str,
+    member: bool,
+) -> Result<Done, ApiError> {
+    check_channel(node, &channel::user_channel(user))?;
+    check_channel(node, channel)?;
+    if !crate::members::is_membership_channel(channel) {
+        return Err(ApiError::bad_request(format!(
+            "channel `{channel}`: members are kept for room:{{id}} and group:{{id}} only"
+        )));
+    }
+    let changed = if member {
+        node.memberships.add(channel, user).await
+    } else {
+        node.memberships.remove(channel, user).await
+    };
+    changed.map_err(|e| match e {
+        crate::members::MembershipError::Disabled => ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "memberships_disabled",
+            e.to_string(),
+        ),
+        crate::members::MembershipError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memberships_unavailable",
+            e.to_string(),
+        ),
+    })?;
+    node.subscribe_user(user, channel, member)
+        .await
+        .map_err(bus_unavailable)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        json!({"channel": channel, "user_id": user, "member": member}),
+    ))
+}
+
 /// `POST /api/users/{id}/disconnect`: closes that user's sockets on every node.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,

@@ -1886,7 +1886,10 @@ mod tests {
 
         let from_config = args(&["--config", &config_arg]).expect("loads");
         let validated = from_config.validate().expect("valid");
-        assert_eq!(validated.policy.retained_claims(), ["name", "picture", "rights"]);
+        assert_eq!(
+            validated.policy.retained_claims(),
+            ["name", "picture", "rights"]
+        );
         let from_file = args(&["--dev", "--policy-file", &policy_arg]).expect("loads");
         assert!(from_file.validate().is_ok());
 

@@ -50,6 +50,7 @@ pub mod hub;
 pub mod id;
 pub mod jwks;
 pub mod limit;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod notifications;

@@ -27,6 +27,7 @@ use crate::hub::{Hub, JoinError, Member, SocketId};
 use crate::limit::{
     AddressCounts, AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, address_key, client_ip,
 };
+use crate::members::Memberships;
 use crate::metrics::{Limit, Metrics, PoolSample, Sample};
 use crate::outbox::CloseReason;
 use crate::pacing::Pacing;
@@ -50,6 +51,8 @@ pub struct Node {
     pub cluster: Cluster,
     /// Cached chat block lists.
     pub blocks: Arc<Blocks>,
+    /// Room and group memberships the back-end manages through the API.
+    pub memberships: Memberships,
     /// Connection attempts per client address.
     pub connect_limits: AddressLimits,
     /// Engine.IO sessions per client address that have not connected a namespace yet.
@@ -152,10 +155,8 @@ impl Node {
             (Some(client), Some(url)) => Some((client.clone(), crate::bus::redis::pool(url)?)),
             _ => None,
         };
-        let blocks = Arc::new(Blocks::new(
-            redis.as_ref().map(|(_, pool)| pool.clone()),
-            config.redis_prefix.clone(),
-        ));
+        let redis_pool = redis.as_ref().map(|(_, pool)| pool.clone());
+        let blocks = Arc::new(Blocks::new(redis_pool.clone(), config.redis_prefix.clone()));
         // The bus's reconnects wake the shared state's heartbeat: Redis may be back empty.
         let beat_now = Arc::new(Notify::new());
         let (commands, command_queue) = mpsc::unbounded_channel();
@@ -218,6 +219,7 @@ impl Node {
                 bus,
                 cluster,
                 blocks,
+                memberships: Memberships::new(redis_pool.clone(), config.redis_prefix.clone()),
                 connect_limits: AddressLimits::new(config.connect_rate),
                 unauthenticated: AddressCounts::new(config.max_unauthenticated_per_address),
                 api_limits: KeyedLimits::new(config.api_rate),
@@ -365,6 +367,43 @@ impl Node {
             "unsubscribe_user"
         };
         self.publish(CONTROL_CHANNEL, command, &data, None).await
+    }
+
+    /// Puts a socket in every room and group of its user's index, each checked by the policy
+    /// as a subscribe is; an entry the policy refuses (the back-end removed the member with a
+    /// plain `SREM`) is dropped from the index.
+    pub async fn join_memberships(&self, socket: &Arc<Member>) {
+        if !self.memberships.enabled() {
+            return;
+        }
+        let user = &socket.principal.user_id;
+        let channels = match self.memberships.of_user(user).await {
+            Ok(channels) => channels,
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "could not read the user's rooms and groups");
+                return;
+            }
+        };
+        for channel in channels {
+            let request = Request {
+                principal: &socket.principal,
+                channel: &channel,
+                socket_id: &socket.id,
+                auth: None,
+            };
+            let joined = match self.config.policy.authorize(&request).await {
+                Ok(grant) => self.join_granted(socket, &channel, grant.member).await,
+                Err(Refusal::Forbidden) => {
+                    // Best effort: a failure leaves the entry to be refused again next time.
+                    let _ = self.memberships.forget(user, &channel).await;
+                    continue;
+                }
+                Err(refusal) => Err(refusal),
+            };
+            if let Err(refusal) = joined {
+                tracing::warn!(user = %user, channel, %refusal, "could not join a member's room");
+            }
+        }
     }
 
     /// Carries out a command from the control channel on this node's sockets of the user

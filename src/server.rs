@@ -46,6 +46,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/channels", get(api::channels))
         .route("/api/channels/{name}", get(api::channel_info))
         .route("/api/channels/{name}/users", get(api::channel_users))
+        .route(
+            "/api/channels/{name}/members/{user}",
+            post(api::add_member).delete(api::remove_member),
+        )
         // Handlers take the `ApiKey` extractor, which checks the key from the head before any
         // body is read; `track` counts the refusals too.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -213,6 +213,8 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
     if let Err(e) = Box::pin(node.join(&conn.socket, &own)).await {
         tracing::warn!(socket = %conn.socket.id, error = %e, "could not join the user's own channel");
     }
+    // And its rooms and groups: a chat client need not subscribe to them.
+    Box::pin(node.join_memberships(&conn.socket)).await;
     let outbox = conn.socket.outbox.clone();
     let mut batch = VecDeque::new();
     attach(node, &outbox, &ws);

@@ -606,3 +606,148 @@ async fn a_configured_welcome_greets_every_new_socket() {
     assert_eq!(status.code(), Some(2), "{logs}");
     assert!(logs.contains("SWITCHBOARD_WELCOME"), "{logs}");
 }
+
+/// `POST`/`DELETE /api/channels/{channel}/members/{user}`, as the back-end calls it.
+async fn member(node: &Node, method: &str, channel: &str, user: &str) -> HttpResponse {
+    http(
+        method,
+        &format!("{}/api/channels/{channel}/members/{user}", node.url()),
+        &[("authorization", "Bearer back-end")],
+        b"",
+    )
+    .await
+}
+
+/// Waits until `channel` has `sockets` subscribed across the cluster.
+async fn until_subscribed(node: &Node, channel: &str, sockets: u64) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let info = http(
+            "GET",
+            &format!("{}/api/channels/{channel}", node.url()),
+            &[("authorization", "Bearer back-end")],
+            b"",
+        )
+        .await
+        .json();
+        if info["subscription_count"] == sockets {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel} never had {sockets} sockets: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// VELONX's chat client: a plain WebSocket at `/api/community/ws?token=` that never subscribes.
+#[tokio::test]
+async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--dev", "--redis-url", &url, "--api-keys", "back-end"];
+    let one = Node::spawn(&args, &[]).await;
+    let two = Node::spawn(&args, &[]).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    for (channel, user) in [("room:1", "alice"), ("room:1", "bob"), ("group:2", "alice")] {
+        let added = member(&one, "POST", channel, user).await;
+        assert_eq!(added.status, 202, "{}", added.text());
+    }
+    assert_eq!(
+        member(&one, "POST", "group:2", "bob").await.json(),
+        json!({"channel": "group:2", "user_id": "bob", "member": true})
+    );
+    let velonx = |user: &str, picture: &str| {
+        let token = jwt_hs256(
+            SECRET,
+            json!({"sub": user, "name": user, "picture": picture}),
+        );
+        format!("/api/community/ws?token={token}")
+    };
+    let mut alice = connect(&one, &velonx("alice", "a.png"), None)
+        .await
+        .expect("alice");
+    until_subscribed(&one, "group:2", 1).await;
+    let mut bob = connect(&two, &velonx("bob", "b.png"), None)
+        .await
+        .expect("bob");
+    // Alice hears Bob arrive in the room and in the group, each in its own words.
+    let mut joined = vec![
+        next_of(&mut alice, "USER_JOINED").await,
+        next_of(&mut alice, "USER_JOINED").await,
+    ];
+    joined.sort_by_key(|f| f["channel"].to_string());
+    assert_eq!(
+        joined,
+        [
+            json!({"type": "USER_JOINED", "channel": "group:2", "payload":
+                {"groupId": "2", "userId": "bob", "userName": "bob", "userImage": "b.png"}}),
+            json!({"type": "USER_JOINED", "channel": "room:1", "payload":
+                {"roomId": "1", "userId": "bob", "userName": "bob", "userImage": "b.png"}}),
+        ]
+    );
+    until_subscribed(&one, "room:1", 2).await;
+    chat(&redis, "1", 1, "carol").await;
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(next_chat(ws).await, 1);
+    }
+
+    // Alice joins room 3 while connected, on whichever node the call lands.
+    assert_eq!(member(&two, "POST", "room:3", "alice").await.status, 202);
+    until_subscribed(&one, "room:3", 1).await;
+    chat(&redis, "3", 2, "carol").await;
+    assert_eq!(next_chat(&mut alice).await, 2);
+
+    // Removed from room 1: she hears nothing more of it, at once; Bob still does.
+    assert_eq!(member(&two, "DELETE", "room:1", "alice").await.status, 202);
+    let left = next_of(&mut bob, "USER_LEFT").await;
+    assert_eq!(left["payload"], json!({"roomId": "1", "userId": "alice"}));
+    until_subscribed(&one, "room:1", 1).await;
+    chat(&redis, "1", 3, "carol").await;
+    chat(&redis, "3", 4, "carol").await;
+    assert_eq!(next_chat(&mut bob).await, 3);
+    assert_eq!(
+        next_chat(&mut alice).await,
+        4,
+        "room 1's message reached her"
+    );
+
+    // The back-end removes her from room 3 with a plain SREM: her next connection does not
+    // join it, and her index forgets it.
+    let mut conn = redis.connection().await;
+    let _: i64 = redis::cmd("SREM")
+        .arg("members:room:3")
+        .arg("alice")
+        .query_async(&mut conn)
+        .await
+        .expect("SREM");
+    drop(alice);
+    until_subscribed(&one, "room:3", 0).await;
+    let _again = connect(&one, &velonx("alice", "a.png"), None)
+        .await
+        .expect("alice again");
+    until_subscribed(&one, "group:2", 2).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let index: Vec<String> = redis::cmd("SMEMBERS")
+            .arg("members:user:alice")
+            .query_async(&mut conn)
+            .await
+            .expect("SMEMBERS");
+        if index == ["group:2"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{index:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_subscribed(&one, "room:3", 0).await;
+
+    // Only rooms and groups keep members.
+    for channel in ["news", "room:1:admins", "presence-team.1"] {
+        let refused = member(&one, "POST", channel, "alice").await;
+        assert_eq!(refused.status, 400, "{channel}: {}", refused.text());
+    }
+}

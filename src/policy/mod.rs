@@ -504,7 +504,10 @@ mod tests {
             claim = "teams"
             "#,
         );
-        assert_eq!(p.retained_claims(), ["channels", "name", "picture", "teams"]);
+        assert_eq!(
+            p.retained_claims(),
+            ["channels", "name", "picture", "teams"]
+        );
         let admin = with_claims(
             "1",
             json!({"channels": ["admin.reports", "admin.logs.*", 5, "admin.{x}.audit"], "teams": ["private-team.{id}"]}),
