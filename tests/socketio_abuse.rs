@@ -372,9 +372,7 @@ async fn an_event_flood_is_refused_then_closed_while_honest_clients_pass() {
     })
     .await;
     assert_eq!(honest.emit_ack("ping", json!([])).await, json!(["pong"]));
-    honest
-        .assert_no_event("error", Duration::from_millis(100))
-        .await;
+    honest.assert_no_event("error", Duration::ZERO).await;
 }
 
 /// A JSON-endpoint socket of `user`.
