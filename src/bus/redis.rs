@@ -24,11 +24,12 @@ use crate::outbox::Write;
 
 /// How long a command may wait for a pooled connection, or to connect.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnect backoff bounds.
+/// Reconnect backoff bounds: a node is back within about 2 s of Redis.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often the idle pub/sub connection is checked, so a silently dead one is replaced.
-const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often the pub/sub connection is checked, so a silently dead or stalled one is replaced
+/// and `/ready` turns 503 within this plus `COMMAND_TIMEOUT` of Redis no longer answering.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(3);
 /// Most channels in one SUBSCRIBE (after a reconnect, or batched from waiting commands).
 const BATCH: usize = 500;
 /// Messages delivered back to back before the subscriber looks at its commands and liveness.

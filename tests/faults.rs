@@ -1,0 +1,169 @@
+//! Faults with messages flowing (issue 19 §4): two nodes on one throwaway Redis, a Socket.IO
+//! client on each, and then Redis stops answering. The nodes stay up, `/ready` says so, a
+//! publish during the outage is refused out loud (never a silent 2xx), and delivery resumes
+//! within seconds of Redis coming back, with presence right afterwards.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use tokio::time::Instant;
+
+const SECRET: &str = "switchboard-dev-secret";
+const API_KEY: &str = "test-key";
+/// How long Redis is paused, as the issue asks.
+const PAUSE: Duration = Duration::from_secs(10);
+/// How soon after Redis is back delivery must resume.
+const RESUME: Duration = Duration::from_secs(5);
+
+async fn client(node: &Node, user: u64) -> Agent {
+    let token = jwt_hs256(SECRET, json!({"sub": user, "name": format!("U{user}")}));
+    let mut agent = Agent::spawn(
+        json!({"url": node.url(), "auth": {"token": token}, "transports": ["websocket"]}),
+    );
+    agent.expect_connect(TIMEOUT).await;
+    agent.expect_event("subscribed", TIMEOUT).await;
+    agent
+}
+
+async fn broadcast(node: &Node, event: &str) -> HttpResponse {
+    let body = json!({"channel": "news", "event": event, "data": {"e": event}});
+    http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn ready(node: &Node) -> u16 {
+    try_http("GET", &format!("{}/ready", node.url()), &[], b"")
+        .await
+        .map_or(0, |r| r.status)
+}
+
+/// The next event an agent received on `news`: its name and its data.
+async fn next_event(agent: &mut Agent) -> (String, Value) {
+    let line = agent
+        .wait_for(|l| l["type"] == "event" && l["args"][0] == "news", TIMEOUT)
+        .await;
+    let name = line["event"].as_str().unwrap_or_default().to_owned();
+    (name, line["args"][1].clone())
+}
+
+#[tokio::test]
+async fn a_paused_redis_is_reported_refused_and_recovered_from() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let (_dir, policy) =
+        policy_file("[[channel]]\npattern = \"presence-news.{id}\"\nallow = \"open\"\n");
+    let policy = policy.to_str().expect("utf-8 path").to_owned();
+    let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url];
+    let env = [("SWITCHBOARD_POLICY_FILE", policy.as_str())];
+    let one = Node::spawn(&args, &env).await;
+    let two = Node::spawn(&args, &env).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    let mut a = client(&one, 1).await;
+    let mut b = client(&two, 2).await;
+    for agent in [&mut a, &mut b] {
+        let answer = agent
+            .emit_ack("subscribe", json!([{"channel": "news"}]))
+            .await;
+        assert_eq!(answer[0]["status"], "success", "{answer}");
+        let answer = agent
+            .emit_ack("subscribe", json!([{"channel": "presence-news.1"}]))
+            .await;
+        assert_eq!(answer[0]["status"], "success", "{answer}");
+    }
+    assert_eq!(broadcast(&one, "before").await.status, 202);
+    for agent in [&mut a, &mut b] {
+        assert_eq!(next_event(agent).await.0, "before");
+    }
+
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(PAUSE.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT PAUSE");
+    let paused = Instant::now();
+
+    // A publish in the outage is answered, and not with a 2xx, well before Redis is back.
+    let refused = broadcast(&one, "during").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        paused.elapsed() < PAUSE / 2,
+        "answered after {:?}",
+        paused.elapsed()
+    );
+    // Both nodes say they are not ready while Redis does not answer.
+    for node in [&one, &two] {
+        while ready(node).await != 503 {
+            assert!(
+                paused.elapsed() < PAUSE,
+                "/ready still 200 while Redis is paused:\n{}",
+                node.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Nodes stay up: they answer their health check.
+    for node in [&one, &two] {
+        let health = http("GET", &format!("{}/health", node.url()), &[], b"").await;
+        assert_eq!(health.status, 200);
+    }
+
+    // Redis back: ready again, and a publish is delivered to both, within RESUME.
+    tokio::time::sleep_until(paused + PAUSE).await;
+    for node in [&one, &two] {
+        while ready(node).await != 200 {
+            assert!(
+                paused.elapsed() < PAUSE + RESUME,
+                "not ready {:?} after Redis came back:\n{}",
+                paused.elapsed() - PAUSE,
+                node.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(broadcast(&two, "after").await.status, 202);
+    for (who, agent) in [("a", &mut a), ("b", &mut b)] {
+        // The refused publish may still have reached Redis once it woke up; nothing else may
+        // come between `before` and `after`.
+        let mut next = next_event(agent).await;
+        if next.0 == "during" {
+            next = next_event(agent).await;
+        }
+        assert_eq!(next, ("after".to_owned(), json!({"e": "after"})), "{who}");
+    }
+    assert!(
+        paused.elapsed() < PAUSE + RESUME,
+        "delivery resumed {:?} after Redis came back",
+        paused.elapsed() - PAUSE
+    );
+
+    // Presence is right afterwards: both users, once each.
+    let members = http(
+        "GET",
+        &format!("{}/api/channels/presence-news.1/users", one.url()),
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        b"",
+    )
+    .await
+    .json();
+    let mut users: Vec<String> = members["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["user_id"].as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    assert_eq!(users, ["1", "2"], "{members}");
+}
