@@ -167,3 +167,54 @@ async fn a_paused_redis_is_reported_refused_and_recovered_from() {
     users.sort();
     assert_eq!(users, ["1", "2"], "{members}");
 }
+
+#[tokio::test]
+async fn a_node_killed_mid_broadcast_costs_the_other_nodes_clients_nothing() {
+    const MESSAGES: u64 = 200;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--dev", "--redis-url", &url];
+    let mut one = Node::spawn(&args, &[]).await;
+    let two = Node::spawn(&args, &[]).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    let mut doomed = client(&one, 1).await;
+    let mut survivors = vec![client(&two, 2).await, client(&two, 3).await];
+    for agent in survivors.iter_mut().chain([&mut doomed]) {
+        let answer = agent
+            .emit_ack("subscribe", json!([{"channel": "news"}]))
+            .await;
+        assert_eq!(answer[0]["status"], "success", "{answer}");
+    }
+    // Laravel publishes straight to Redis, a message every 2 ms; node one dies a quarter in.
+    let publisher = {
+        let mut conn = redis.connection().await;
+        tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                let envelope = json!({"event": "tick", "data": {"e": n}, "socket": null});
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg("news")
+                    .arg(envelope.to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .expect("PUBLISH");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let first = next_event(&mut doomed).await;
+    assert_eq!(first, ("tick".to_owned(), json!({"e": 0})));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    one.kill().await;
+    publisher.await.expect("publisher");
+    for (who, agent) in survivors.iter_mut().enumerate() {
+        for n in 0..MESSAGES {
+            assert_eq!(
+                next_event(agent).await,
+                ("tick".to_owned(), json!({"e": n})),
+                "survivor {who}"
+            );
+        }
+    }
+}
