@@ -180,7 +180,7 @@ async fn a_node_killed_mid_broadcast_costs_the_other_nodes_clients_nothing() {
         node.wait_ready(true).await;
     }
     let mut doomed = client(&one, 1).await;
-    let mut survivors = vec![client(&two, 2).await, client(&two, 3).await];
+    let mut survivors = [client(&two, 2).await, client(&two, 3).await];
     for agent in survivors.iter_mut().chain([&mut doomed]) {
         let answer = agent
             .emit_ack("subscribe", json!([{"channel": "news"}]))
