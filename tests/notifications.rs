@@ -16,6 +16,7 @@ on_both_databases!(
     read_on_one_device_reaches_the_others_on_every_node,
     the_apps_read_query_marks_its_own_table,
     database_outage_answers_503_and_loses_nothing,
+    a_database_killed_mid_burst_half_writes_nothing,
     nothing_is_lost_across_a_node_crash_and_a_redis_restart,
     a_repeated_idempotency_key_stores_nothing_twice,
     refused_connects_and_event_floods_stop_before_the_database,
@@ -921,6 +922,104 @@ async fn database_outage_answers_503_and_loses_nothing(engine: Engine) {
         [["2"]]
     );
     assert!(before[0] < after[0]);
+}
+
+/// Issue 19 §4: the database dies while four back-end workers post notifications for two users.
+/// Each call is answered 201 or 503; a notification is stored for both users or for neither;
+/// every accepted one reaches both users' devices; and posting works again after the restart.
+async fn a_database_killed_mid_burst_half_writes_nothing(engine: Engine) {
+    const WORKERS: usize = 4;
+    const CALLS: usize = 15;
+    let mut db = Db::alone(engine).await;
+    app_schema(&db).await;
+    let node = node(&db, None).await;
+    let mut devices = Vec::new();
+    for user in ["1", "2"] {
+        let mut device = notifications_socket(&node, user, true).await;
+        events_until_success(&mut device).await;
+        devices.push(device);
+    }
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let (url, answered) = (node.url(), answered.clone());
+        workers.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for call in 0..CALLS {
+                let title = format!("w{worker}c{call}");
+                let body = json!({"user_ids": [1, 2], "type": "info", "title": title,
+                    "message": "burst", "data": {}});
+                let response = http(
+                    "POST",
+                    &format!("{url}/api/notifications"),
+                    &[
+                        ("authorization", &format!("Bearer {API_KEY}")),
+                        ("content-type", "application/json"),
+                    ],
+                    body.to_string().as_bytes(),
+                )
+                .await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                outcomes.push((title, response.status));
+            }
+            outcomes
+        }));
+    }
+    // Killed a sixth into the burst, with calls in flight.
+    while answered.load(std::sync::atomic::Ordering::Acquire) < WORKERS * CALLS / 6 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    db.kill().await;
+    let mut outcomes = Vec::new();
+    for worker in workers {
+        outcomes.extend(worker.await.expect("worker"));
+    }
+    db.restart().await;
+    let accepted: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, status)| *status == 201)
+        .map(|(title, _)| title.as_str())
+        .collect();
+    for (title, status) in &outcomes {
+        assert!([201, 503].contains(status), "{title}: {status}");
+    }
+    assert!(
+        !accepted.is_empty(),
+        "some calls went through before the kill"
+    );
+    assert!(
+        accepted.len() < outcomes.len(),
+        "some calls met the dead database"
+    );
+    let stored = db
+        .query("SELECT title, COUNT(*) FROM notifications GROUP BY title")
+        .await;
+    for row in &stored {
+        assert_eq!(row[1], "2", "stored for both users or neither: {row:?}");
+    }
+    let stored: Vec<&str> = stored.iter().map(|row| row[0].as_str()).collect();
+    for title in &accepted {
+        assert!(
+            stored.contains(title),
+            "{title} was accepted but not stored"
+        );
+    }
+    // Every accepted notification reached both devices (one refused with 503 whose commit
+    // landed may come too: it is stored whole).
+    for device in &mut devices {
+        let mut missing: Vec<&str> = accepted.clone();
+        while !missing.is_empty() {
+            let line = device
+                .wait_for(|l| l["event"] == "notification:new", TIMEOUT)
+                .await;
+            let title = line["args"][0]["title"].as_str().unwrap_or_default();
+            assert!(stored.contains(&title), "{title} delivered, not stored");
+            missing.retain(|t| *t != title);
+        }
+    }
+    // And the back-end can post again.
+    let after = send(&node, note(1, "after")).await;
+    assert_eq!(after.status, 201, "{}", after.text());
 }
 
 async fn nothing_is_lost_across_a_node_crash_and_a_redis_restart(engine: Engine) {
