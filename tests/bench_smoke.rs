@@ -1,7 +1,9 @@
 //! A small run of each `switchboard-bench` scenario against a real node, so the load generator
 //! keeps working: its JSON summary parses and counts what happened. Nothing here is timed.
 //! The floor (`examples/floor.rs`, the benchmarks' minimal reference server) runs the same
-//! fanout, so it keeps working too.
+//! fanout, so it keeps working too. And the report `scripts/bench-compare` draws from the
+//! results (docs/BENCHMARKS.md's tables and targets, the charts in docs/bench/) checks itself
+//! and matches the checked-in results.
 
 mod support;
 
@@ -406,4 +408,37 @@ async fn the_floor_fans_out_through_redis() {
     assert_eq!(count(&summary, "/dropped"), 0, "{summary}");
     assert!(summary["server"]["cpu_seconds"].is_number(), "{summary}");
     idle(&floor.url(), &["--server-pid", &pid]).await;
+}
+
+/// Runs `scripts/bench-compare <args>` (Python, standard library only); panics with its output
+/// unless it succeeds.
+async fn bench_compare(args: &[&str]) {
+    let script = manifest_dir().join("scripts").join("bench-compare");
+    let output = tokio::time::timeout(BENCH_TIMEOUT, Command::new(&script).args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("bench-compare {args:?} ran longer than {BENCH_TIMEOUT:?}"))
+        .unwrap_or_else(|err| panic!("run {} {args:?}: {err}", script.display()));
+    assert!(
+        output.status.success(),
+        "bench-compare {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The report's own checks: the doctests of its formatting and chart helpers, and a report
+/// drawn from a synthetic results file of two runs (every scenario in the tables, one chart
+/// bar per figure, each earlier run's figures marked, one row per target).
+#[tokio::test]
+async fn the_benchmark_report_draws_what_it_should() {
+    bench_compare(&["--self-test"]).await;
+}
+
+/// docs/BENCHMARKS.md's generated sections and docs/bench/*.svg are what
+/// docs/bench-results.jsonl draws: not edited by hand, and drawn again
+/// (`scripts/bench-compare --render-only`) whenever the drawing changes.
+#[tokio::test]
+async fn the_checked_in_report_is_what_the_results_draw() {
+    bench_compare(&["--render-only", "--check"]).await;
 }
