@@ -2,13 +2,11 @@
 //! sessions by client address, websocket upgrades through the proxy, and a broadcast reaching
 //! clients on both nodes.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";

@@ -2,13 +2,11 @@
 //! one node and on two sharing Redis), and the page itself in a real headless Chromium
 //! (`tests/js/admin-browser.mjs`) seeing a client connect.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "api-key";

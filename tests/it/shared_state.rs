@@ -2,12 +2,10 @@
 //! channel and user counts across the cluster, and what happens when a node dies (SIGKILL).
 //! Also the per-address and per-socket rate limits, which are per node.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";

@@ -7,16 +7,14 @@
 //! types, so the test reads exactly what a real collector would; http/json is read as plain
 //! JSON.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "telemetry-key";

@@ -4,13 +4,11 @@
 //! and 7). New settings are given as environment variables, which an older binary ignores, so
 //! each test shows the attack working there.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

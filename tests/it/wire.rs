@@ -1,13 +1,11 @@
 //! Exact wire behaviour with raw clients: bad input, limits, slow consumers, heartbeats,
 //! origins and CORS, Engine.IO error answers, and the HTTP API's errors.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

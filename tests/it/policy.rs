@@ -2,12 +2,10 @@
 //! `callback` rule against a stand-in for Laravel's `/broadcasting/auth` (allow, deny, slow,
 //! failing, down, cached), and the `self`, `role` and `claim` rules from a policy file.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";

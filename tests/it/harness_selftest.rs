@@ -1,18 +1,16 @@
-//! Checks the test harness itself (tests/support) against real redis-server,
+//! Checks the test harness itself (tests/it/support) against real redis-server,
 //! MariaDB, nginx, socket.io-client and Laravel Echo: when a feature test
 //! fails, this says whether the harness is to blame. Only the Echo checks start
 //! a switchboard node, and they use nothing but what it has long done (connect,
 //! subscribe, `/api/broadcast`, whispers on the user's own private channel).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;

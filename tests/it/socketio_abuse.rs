@@ -3,13 +3,11 @@
 //! anyway. Raw Engine.IO frames, so each test controls exactly what goes on the wire, and the
 //! real socket.io-client for what an honest client does.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};

@@ -2,14 +2,12 @@
 //! subscribers come and go on two nodes and one node is killed, retries after failures, and
 //! the last events sent at shutdown.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const HOOK_SECRET: &str = "webhook-secret";

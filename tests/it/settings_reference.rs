@@ -1,6 +1,6 @@
 //! docs/SETTINGS.md is generated from the command-line definition (`Args`), so the reference
 //! and the code cannot drift: this test fails when the checked-in file is stale, and
-//! `SWITCHBOARD_BLESS=1 cargo test --test settings_reference` rewrites it.
+//! `SWITCHBOARD_BLESS=1 cargo test --test it settings_reference` rewrites it.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -62,8 +62,8 @@ fn reference() -> String {
     let mut out = String::from(
         "# Settings reference\n\n\
          Generated from the command-line definition (`src/config.rs`) by\n\
-         `tests/settings_reference.rs`; do not edit by hand. After changing a setting, run\n\
-         `SWITCHBOARD_BLESS=1 cargo test --test settings_reference`.\n\n\
+         `tests/it/settings_reference.rs`; do not edit by hand. After changing a setting, run\n\
+         `SWITCHBOARD_BLESS=1 cargo test --test it settings_reference`.\n\n\
          Every setting is a flag, an environment variable and a key of the TOML file named by\n\
          `--config`. Precedence: flag, variable, file, default. Durations take `ms`, `s`, `m`\n\
          or `h`. An invalid setting stops the process at start with one line naming it.\n",
@@ -111,7 +111,7 @@ fn the_settings_reference_is_current() {
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "{FILE} is stale: run `SWITCHBOARD_BLESS=1 cargo test --test settings_reference`"
+        "{FILE} is stale: run `SWITCHBOARD_BLESS=1 cargo test --test it settings_reference`"
     );
 }
 

@@ -5,14 +5,12 @@
 //! results (docs/BENCHMARKS.md's tables and targets, the charts in docs/bench/) checks itself
 //! and matches the checked-in results.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use tokio::process::Command;
 
 const API_KEY: &str = "k";
@@ -326,7 +324,7 @@ impl Floor {
 }
 
 /// `cargo build --example floor` with this test's profile and target directory (`cargo test
-/// --test bench_smoke` builds no example); returns the binary's path.
+/// --test it bench_smoke` builds no example); returns the binary's path.
 async fn build_floor() -> PathBuf {
     // This test runs as <target dir>/<profile dir>/deps/bench_smoke-<hash>.
     let exe = std::env::current_exe().expect("path of the test binary");

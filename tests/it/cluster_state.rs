@@ -3,18 +3,16 @@
 //! events. What Redis confirms must come out as `cluster::Event`s, and a node that stops
 //! heart-beating must be reported lost by the other, with its members and channels.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use switchboard::cluster::{Census, Cluster, Event, Links, RedisSettings};
 use switchboard::metrics::Metrics;
 use tokio::sync::{Notify, mpsc};
 
 /// How long a silent instance's share lives; heartbeats come four times per TTL.
-const TTL: Duration = Duration::from_millis(800);
+const TTL: Duration = Duration::from_secs(2);
 /// Longest wait for one event.
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -2,12 +2,10 @@
 //! a policy file: private channels by JWT claim, presence channels by role, whispers, and
 //! Laravel's own Redis publishing.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const PREFIX: &str = "laravel_database_";

@@ -3,12 +3,10 @@
 //! publish during the outage is refused out loud (never a silent 2xx), and delivery resumes
 //! within seconds of Redis coming back, with presence right afterwards.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 use tokio::time::Instant;
 
 const SECRET: &str = "switchboard-dev-secret";

@@ -4,13 +4,11 @@
 //! line run by the real curl; the event must appear on the page. And without `--dev` there is
 //! neither the page nor the public API key.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 /// Where scripts/test installs Debian's chromium.
 const CHROMIUM: &str = "/usr/bin/chromium";

@@ -4,10 +4,8 @@
 //! counts, and no credentialed CORS for origins nobody configured (checked with
 //! socket.io-client in headless Chromium too, `tests/js/cors-browser.mjs`).
 
-mod support;
-
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const API_KEY: &str = "the-api-key";
 

@@ -8,13 +8,11 @@
 //! The tools come from scripts/test: Debian's nginx, prometheus (promtool) and openssl, and
 //! tests/deploy/requirements.txt in `.tools/venv`.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{TempDir, manifest_dir, system_binary};
+use crate::support::{TempDir, manifest_dir, system_binary};
 
 /// A tool scripts/test installs into `.tools/venv/bin`.
 fn venv_tool(name: &str) -> PathBuf {

@@ -3,13 +3,11 @@
 //! and the back-end → clients API across two nodes: push, room broadcast counts, forced
 //! disconnect, batch, per-key rate limits.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "switchboard-dev-secret";

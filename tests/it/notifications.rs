@@ -3,9 +3,7 @@
 //! `/notifications` namespace, delivery and read tracking across devices and nodes, the
 //! application's own read query, and database outages.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 on_both_databases!(
     migrations_run_twice_safely,

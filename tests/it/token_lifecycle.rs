@@ -4,18 +4,16 @@
 //! time with a newer token of the same user (`auth:refresh`, `AUTH_REFRESH`); and RS256 keys from
 //! a JWKS URL, chosen by `kid`, fetched again on a key rotation but not for every made-up `kid`.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "switchboard-dev-secret";

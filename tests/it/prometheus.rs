@@ -3,12 +3,10 @@
 //! protocol and transport, follow a client leaving, and find the histograms dashboards use
 //! (handshake, bus-to-socket delivery, event-loop lag).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 

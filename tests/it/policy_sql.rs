@@ -3,12 +3,10 @@
 //! real socket.io-client sockets), and the same thread rule in PostgreSQL's dialect; parameters
 //! bound rather than spliced, and a database outage refusing, never allowing.
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 

@@ -1,10 +1,8 @@
 //! Real socket.io-client 4.x against one node: transports, the three token places, refused
 //! tokens, subscribe/unsubscribe, private-user isolation, acks, namespaces.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "switchboard-dev-secret";
 const API_KEY: &str = "test-key";

@@ -1,13 +1,11 @@
 //! The process as operators see it: configuration errors at start, the config file,
 //! public-key tokens, and graceful shutdown on SIGTERM.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn invalid_configuration_stops_with_one_clear_line() {

@@ -3,13 +3,11 @@
 //! USER_JOINED/USER_LEFT, typing across nodes and its timeout, one broadcast reaching a
 //! Socket.IO client and a JSON client alike, and the heartbeat.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
