@@ -70,8 +70,8 @@ pub struct Node {
     pub connect_refusals: LogBudget,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// Live Engine.IO sessions.
-    pub sessions: Sessions,
+    /// Live Engine.IO sessions (the Socket.IO engine's, shared with it).
+    pub sessions: Arc<Sessions<crate::socketio::Sockets>>,
     /// Live plain WebSocket sockets.
     pub plain: DashMap<SocketId, Arc<Member>>,
     /// The notification store, when a database is configured.
@@ -197,7 +197,7 @@ impl Node {
                 Bus::Memory(_) => None,
             };
             Self {
-                sessions: Sessions::default(),
+                sessions: Arc::default(),
                 plain: DashMap::new(),
                 notifications,
                 webhooks,
@@ -260,6 +260,14 @@ impl Node {
     /// Ready for traffic: the bus is reachable and the node is not shutting down.
     pub fn is_ready(&self) -> bool {
         self.bus.is_healthy() && !self.is_draining()
+    }
+
+    /// How queued frames reach this node's websockets.
+    pub fn writes(&self) -> crate::transport::Writes {
+        crate::transport::Writes {
+            delay: self.config.write_delay,
+            direct: self.hub.pacing().enabled(),
+        }
     }
 
     /// Client connections of every protocol on this node.

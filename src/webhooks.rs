@@ -161,7 +161,7 @@ impl Webhooks {
 
     /// Starts the sender task; must run inside a tokio runtime.
     pub fn start(settings: Settings, node_id: &str, metrics: Metrics) -> Result<Self, String> {
-        let suffix = crate::socketio::random_id()
+        let suffix = crate::transport::random_id()
             .map_err(|e| format!("no randomness for webhook ids: {e}"))?;
         let client = crate::http_client::build("webhooks", settings.timeout)?;
         let (queue, waiting) = mpsc::channel(settings.queue.max(1));

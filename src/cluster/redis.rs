@@ -480,7 +480,7 @@ impl RedisState {
         node: Weak<Node>,
         health: RedisHealth,
     ) -> Result<Self, ClusterError> {
-        let suffix = crate::socketio::random_id()
+        let suffix = crate::transport::random_id()
             .map_err(|e| ClusterError(format!("no randomness for the instance id: {e}")))?;
         let redis = Arc::new(Redis {
             pool,
