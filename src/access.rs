@@ -3,7 +3,7 @@
 //!
 //! A handler that takes one of them runs only for an authorized caller, and since these
 //! extractors read only the request's head, no body is read for anyone else. After
-//! [`FAILED_ATTEMPTS`]' burst of wrong keys or tokens, an address gets 429 with
+//! [`FAILED_ATTEMPTS`](crate::limit::FAILED_ATTEMPTS)' burst of wrong keys or tokens, an address gets 429 with
 //! `Retry-After`, without its credential even being compared, until its budget refills.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,17 +15,8 @@ use axum::http::{StatusCode, header};
 
 use crate::auth::{bearer, find_key};
 use crate::error::ApiError;
-use crate::limit::Rate;
 use crate::metrics::Limit;
 use crate::node::Node;
-
-/// Wrong API keys, admin keys or admin tokens one client address may present: a burst of 10,
-/// then one a second. An honest client with a stale key notices long before; a guesser gets
-/// 86,400 tries a day, nothing against a key of 128 bits or more.
-pub const FAILED_ATTEMPTS: Rate = Rate {
-    per_second: 1.0,
-    burst: 10.0,
-};
 
 /// A caller of the HTTP API with a valid API key, within that key's rate.
 #[derive(Debug, Clone, Copy)]

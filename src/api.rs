@@ -85,7 +85,7 @@ fn json_body<'a, T: Deserialize<'a>>(
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return Err(too_large());
         }
-        Err(rejection) if crate::server::is_body_timeout(rejection) => {
+        Err(rejection) if crate::transport::http::is_body_timeout(rejection) => {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",

@@ -13,8 +13,10 @@
 //!
 //! - [`config`]: every setting, its default and validation.
 //! - [`server`]: the router and the serve loop with graceful drain.
-//! - [`engine`]: Engine.IO sessions over polling and websocket; [`socketio`] on top of it.
-//! - [`websocket`]: the upgrade and websocket I/O; [`ws`]: the plain JSON endpoint on it.
+//! - [`engine`]: Engine.IO sessions over polling and websocket, handing their messages to a
+//!   handler: [`socketio`] in the node (`examples/conformance.rs` has another).
+//! - [`transport`]: the HTTP serve loop, the websocket upgrade and I/O, and the writes, origin
+//!   check and close every websocket shares; [`ws`]: the plain JSON endpoint on it.
 //! - [`protocol`]: pure codecs (Engine.IO, Socket.IO, JSON, websocket framing).
 //! - [`auth`]: JWT → [`auth::Principal`]; [`channel`]: names and kinds of channels.
 //! - [`policy`]: who may join which channel (rules, auth callback, SQL); [`database`]: the MySQL or PostgreSQL pool.
@@ -62,6 +64,6 @@ pub mod server;
 pub mod socketio;
 pub mod telemetry;
 pub mod token;
+pub mod transport;
 pub mod webhooks;
-pub mod websocket;
 pub mod ws;

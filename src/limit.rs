@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use dashmap::DashMap;
 
+/// Wrong API keys, admin keys or admin tokens one client address may present: a burst of 10,
+/// then one a second. An honest client with a stale key notices long before; a guesser gets
+/// 86,400 tries a day, nothing against a key of 128 bits or more.
+pub const FAILED_ATTEMPTS: Rate = Rate {
+    per_second: 1.0,
+    burst: 10.0,
+};
+
 /// A rate and a burst; a rate of 0 means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {

@@ -22,7 +22,7 @@ use crate::channel::{self, Refusal, WhisperRefusal};
 use crate::cluster::{self as cluster_state, Census, Cluster, ClusterError};
 use crate::config::Config;
 use crate::dispatch::{CONTROL_CHANNEL, Command, Dispatch, UserRoom};
-use crate::engine::Sessions;
+use crate::engine::SessionTable;
 use crate::hub::{Hub, JoinError, Member, SocketId};
 use crate::limit::{
     AddressCounts, AddressLimits, KeyedLimits, LogBudget, SWEEP_INTERVAL, address_key, client_ip,
@@ -65,8 +65,8 @@ pub struct Node {
     pub connect_refusals: LogBudget,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// Live Engine.IO sessions.
-    pub sessions: Sessions,
+    /// Live Engine.IO sessions (the Socket.IO engine's, shared with it).
+    pub sessions: Arc<dyn SessionTable>,
     /// Live plain WebSocket sockets.
     pub plain: DashMap<SocketId, Arc<Member>>,
     /// The notification store, when a database is configured.
@@ -133,7 +133,7 @@ pub enum StartError {
 
 impl Node {
     /// Builds the node and starts its bus; must run inside a tokio runtime.
-    pub fn start(config: Config) -> Result<Arc<Self>, StartError> {
+    pub fn start(config: Config, sessions: Arc<dyn SessionTable>) -> Result<Arc<Self>, StartError> {
         let metrics = Metrics::new()?;
         let webhooks = match &config.webhooks {
             Some(settings) => Webhooks::start(settings.clone(), &config.node_id, metrics.clone())
@@ -166,7 +166,7 @@ impl Node {
             metrics.clone(),
             vec![
                 channel::user_channel as UserRoom,
-                crate::notifications::user_room,
+                crate::notifications::rooms::user_room,
             ],
             beat_now.clone(),
             commands,
@@ -211,7 +211,7 @@ impl Node {
                 None => Cluster::memory(per_user),
             };
             Self {
-                sessions: Sessions::default(),
+                sessions,
                 plain: DashMap::new(),
                 notifications,
                 webhooks,
@@ -223,7 +223,7 @@ impl Node {
                 connect_limits: AddressLimits::new(config.connect_rate),
                 unauthenticated: AddressCounts::new(config.max_unauthenticated_per_address),
                 api_limits: KeyedLimits::new(config.api_rate),
-                failed_auth: AddressLimits::new(crate::access::FAILED_ATTEMPTS),
+                failed_auth: AddressLimits::new(crate::limit::FAILED_ATTEMPTS),
                 connect_refusals: LogBudget::default(),
                 metrics,
                 config,
@@ -301,6 +301,14 @@ impl Node {
     /// Ready for traffic: the bus is reachable and the node is not shutting down.
     pub fn is_ready(&self) -> bool {
         self.bus.is_healthy() && !self.is_draining()
+    }
+
+    /// How queued frames reach this node's websockets.
+    pub fn writes(&self) -> crate::transport::Writes {
+        crate::transport::Writes {
+            delay: self.config.write_delay,
+            direct: self.hub.pacing().enabled(),
+        }
     }
 
     /// Client connections of every protocol on this node.

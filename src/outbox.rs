@@ -20,8 +20,9 @@ use tokio::sync::Notify;
 
 use crate::protocol::websocket;
 
-/// One text message, kept as its whole websocket frame (header and payload): a broadcast is
-/// encoded once, and every recipient's socket writes the same shared bytes.
+/// One message, kept as its whole websocket frame (header and payload): a broadcast is
+/// encoded once, and every recipient's socket writes the same shared bytes. Text, except the
+/// binary messages an Engine.IO handler may send.
 #[derive(Debug, Clone)]
 pub struct Frame(Bytes);
 
@@ -36,20 +37,30 @@ impl Frame {
         Self(websocket::encode(websocket::PONG, payload))
     }
 
+    /// A binary message.
+    pub fn binary(data: &[u8]) -> Self {
+        Self(websocket::encode(websocket::BINARY, data))
+    }
+
+    /// Whether this is a binary message.
+    pub fn is_binary(&self) -> bool {
+        websocket::opcode(&self.0) == Some(websocket::BINARY)
+    }
+
     /// What a direct write left of this frame: bytes for the wire only, never read as text
     /// (only websocket sessions write directly, and only polling reads frames as text).
     fn rest(&self, written: usize) -> Self {
         Self(self.0.slice(written..))
     }
 
-    /// The message's text.
+    /// The text of a text message.
     pub fn as_str(&self) -> &str {
-        // Frames are only built from text, so this never falls back.
+        // Text frames are only built from text, so this never falls back.
         std::str::from_utf8(self.payload()).unwrap_or_default()
     }
 
     /// The message's bytes, without the websocket header.
-    fn payload(&self) -> &[u8] {
+    pub fn payload(&self) -> &[u8] {
         websocket::payload(&self.0)
     }
 

@@ -1,14 +1,18 @@
 //! The Socket.IO layer: namespace connects with JWT authentication, and the events of
 //! Laravel Echo's socket.io conventions (`subscribe`, `unsubscribe`, `client event`, `ping`).
 //!
-//! It sits on an Engine.IO [`Session`]; each connected namespace (`/`, and `/notifications`,
+//! It is the node's Engine.IO [`Handler`] ([`SocketIo`]): it admits sessions, and each
+//! connected namespace (`/`, and `/notifications`,
 //! whose events live in [`crate::notifications::namespace`]) is a socket, which is a hub
 //! [`Member`]. Answers are queued on the session's outbox like any broadcast.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::extract::Query;
+use axum::http::header;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -16,11 +20,11 @@ use tracing::Instrument;
 
 use crate::auth::bearer;
 use crate::channel::{self, Refusal};
-use crate::engine::Session;
+use crate::engine::{self, Engine, Handler, Opening};
 use crate::hub::{Codec, Member};
 use crate::limit::{Rate, SocketLimit};
 use crate::metrics::{Limit, Protocol};
-use crate::node::Node;
+use crate::node::{Admission, Node};
 use crate::notifications::namespace::{self as notifications, Socket as NotificationSocket};
 use crate::notifications::store::{MAX_PENDING, User};
 use crate::outbox::{CloseReason, Frame};
@@ -29,6 +33,16 @@ use crate::protocol::socketio::{self as codec, Kind as PacketKind, Packet};
 
 /// The default namespace.
 pub const ROOT: &str = "/";
+
+/// Largest websocket message or polling payload a session takes before it has connected to a
+/// namespace. What it may send until then is small: a CONNECT packet with a token and auth
+/// payload (a JWT is rarely over 2 KiB), pings and the upgrade probe. A larger frame is refused
+/// from its header (close 1009), so a session without a token cannot make the node buffer a
+/// large message.
+const PRE_CONNECT_MAX_MESSAGE: usize = 8 * 1024;
+
+/// An Engine.IO session of the node: its Socket.IO sockets ride on it.
+pub type Session = engine::Session<Sockets>;
 
 /// A namespace's socket on a session: none, one being connected, or one connected.
 #[derive(Debug)]
@@ -123,6 +137,11 @@ impl<T> Drop for Claim<'_, T> {
 /// limits on what its client sends.
 #[derive(Debug, Default)]
 pub struct Sockets {
+    /// The token of the handshake request: `Authorization: Bearer`, else `?token=`.
+    token: Option<String>,
+    /// The client address this session counts against in `Node::unauthenticated`, until it
+    /// connects a namespace or ends.
+    unauthenticated: Mutex<Option<IpAddr>>,
     root: Slot<Member>,
     notifications: Slot<NotificationSocket>,
     ever_connected: AtomicBool,
@@ -156,6 +175,119 @@ impl Sockets {
     pub fn ever_connected(&self) -> bool {
         self.ever_connected.load(Ordering::Acquire)
     }
+
+    /// Gives back the session's place among its address's unauthenticated sessions, once.
+    fn authenticated(&self, node: &Node) {
+        let key = self
+            .unauthenticated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(key) = key {
+            node.unauthenticated.remove(key);
+        }
+    }
+}
+
+/// The query of a handshake request, for its token.
+#[derive(Debug, Deserialize)]
+struct HandshakeQuery {
+    token: Option<String>,
+}
+
+/// Socket.IO over the node's Engine.IO sessions.
+pub struct SocketIo {
+    node: Arc<Node>,
+}
+
+impl SocketIo {
+    /// The node's Engine.IO server, with Socket.IO on it, serving `sessions` (which the node
+    /// counts and drains).
+    pub fn engine(node: &Arc<Node>, sessions: Arc<engine::Sessions<Sockets>>) -> Engine<SocketIo> {
+        let config = &node.config;
+        let settings = engine::Settings {
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+            max_payload: config.max_message_size,
+            pre_connect_max_payload: PRE_CONNECT_MAX_MESSAGE,
+            connect_timeout: config.connect_timeout,
+            message_timeout: config.message_timeout,
+            send_queue_bytes: config.send_queue_bytes,
+            writes: node.writes(),
+            allowed_origins: config.allowed_origins.clone(),
+            // A poll that went away is not taken for a client that did; its ping times out.
+            close_abandoned_polls: false,
+        };
+        let handler = SocketIo { node: node.clone() };
+        Engine::new(handler, settings, sessions, node.metrics.clone())
+    }
+}
+
+impl From<Admission> for engine::Refusal {
+    fn from(admission: Admission) -> Self {
+        Self {
+            status: admission.status(),
+            message: admission.message(),
+        }
+    }
+}
+
+impl Handler for SocketIo {
+    type Sockets = Sockets;
+
+    /// Checks the node's admission (shutdown, connect rate, connection limit) and the client
+    /// address's unauthenticated sessions, and keeps the handshake's token.
+    fn open(&self, opening: &Opening<'_>) -> Result<Sockets, engine::Refusal> {
+        let node = &self.node;
+        let key = node.admit(opening.remote, opening.headers)?;
+        // Until it connects a namespace a session is a stranger's: each address may hold only a
+        // few, so strangers cannot take the places of users who sign in.
+        if !node.unauthenticated.try_add(key) {
+            node.metrics
+                .errors
+                .with_label_values(&["unauthenticated_limit"])
+                .inc();
+            return Err(Admission::Unauthenticated.into());
+        }
+        let token = opening
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .map(str::to_owned)
+            .or_else(|| {
+                Query::<HandshakeQuery>::try_from_uri(opening.uri)
+                    .ok()
+                    .and_then(|Query(query)| query.token)
+                    .filter(|t| !t.is_empty())
+            });
+        Ok(Sockets {
+            token,
+            unauthenticated: Mutex::new(Some(key)),
+            ..Sockets::default()
+        })
+    }
+
+    fn connected(&self, sockets: &Sockets) -> bool {
+        sockets.ever_connected()
+    }
+
+    async fn on_message(&self, session: &Session, text: &str) -> Result<(), CloseReason> {
+        let result = on_message(&self.node, session, text).await;
+        if session.sockets.ever_connected() {
+            session.sockets.authenticated(&self.node);
+        }
+        result
+    }
+
+    fn on_binary(&self, session: &Session, _data: Vec<u8>) -> Result<(), CloseReason> {
+        on_binary(&self.node, session)
+    }
+
+    fn on_close(&self, session: &Session) {
+        session.sockets.authenticated(&self.node);
+        on_close(&self.node, session);
+    }
 }
 
 /// Queues a Socket.IO packet built by `write`.
@@ -186,7 +318,7 @@ fn answer(session: &Session, ack: Option<u64>, event: &str, value: &Value) {
 }
 
 /// Handles one Socket.IO packet; an error closes the session.
-pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<(), CloseReason> {
+async fn on_message(node: &Node, session: &Session, text: &str) -> Result<(), CloseReason> {
     if session.outbox.close_reason().is_some() {
         // Read before the close took effect (a websocket's next frames): not for a closed session.
         return Ok(());
@@ -293,7 +425,7 @@ pub async fn on_message(node: &Node, session: &Session, text: &str) -> Result<()
 }
 
 /// Discards the attachments of a refused binary packet; any other binary is a protocol error.
-pub fn on_binary(node: &Node, session: &Session, _data: &[u8]) -> Result<(), CloseReason> {
+fn on_binary(node: &Node, session: &Session) -> Result<(), CloseReason> {
     let discard = &session.sockets.discard;
     if discard
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -345,7 +477,7 @@ fn refuse_over_rate(
     if refused > MAX_REFUSED {
         // Packets read before the close takes effect land here too: one line is enough.
         if refused == MAX_REFUSED + 1 {
-            tracing::info!(sid = %session.sid, remote = %session.handshake.remote, "closing session: too many packets over the rate");
+            tracing::info!(sid = %session.sid, remote = %session.remote, "closing session: too many packets over the rate");
         }
         return Err(CloseReason::ProtocolError);
     }
@@ -371,7 +503,7 @@ fn refuse_over_rate(
 
 fn protocol_error(node: &Node, session: &Session, problem: &str) -> Result<(), CloseReason> {
     node.metrics.errors.with_label_values(&["protocol"]).inc();
-    tracing::info!(sid = %session.sid, remote = %session.handshake.remote, problem, "closing session: malformed Socket.IO packet");
+    tracing::info!(sid = %session.sid, remote = %session.remote, problem, "closing session: malformed Socket.IO packet");
     Err(CloseReason::ProtocolError)
 }
 
@@ -398,7 +530,7 @@ fn find_token(auth: &ConnectAuth, session: &Session) -> Option<String> {
                 .and_then(|(_, value)| bearer(value))
         })
         .map(str::to_owned)
-        .or_else(|| session.handshake.token())
+        .or_else(|| session.sockets.token.clone())
 }
 
 async fn connect(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<(), CloseReason> {
@@ -419,7 +551,7 @@ fn refused_connect(session: &Session, namespace: &str, message: &str) -> Result<
             out,
             namespace,
             "Authentication failed",
-            &json!({"reason": message}),
+            Some(&json!({"reason": message})),
         )
     });
     let sockets = &session.sockets;
@@ -509,7 +641,7 @@ async fn authenticate(
                 .with_label_values(&[e.reason()])
                 .inc();
             if node.connect_refusals.admit() {
-                tracing::info!(sid = %session.sid, remote = %session.handshake.remote, reason = e.reason(), "connection refused: bad token");
+                tracing::info!(sid = %session.sid, remote = %session.remote, reason = e.reason(), "connection refused: bad token");
             }
             Err(e.to_string())
         }
@@ -869,7 +1001,7 @@ async fn whisper(
 }
 
 /// Releases the session's sockets when the session ends.
-pub fn on_close(node: &Node, session: &Session) {
+fn on_close(node: &Node, session: &Session) {
     if let Some(socket) = session.sockets.root.take() {
         node.disconnect(&socket);
         tracing::debug!(socket = %socket.id, "socket disconnected");

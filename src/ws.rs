@@ -24,7 +24,6 @@ use crate::auth::bearer;
 use crate::backend::ForwardError;
 use crate::channel::Refusal;
 use crate::cluster::ConnectRefusal;
-use crate::engine::{attach, close_websocket, origin_allowed, read_failed, write_queued};
 use crate::error::ApiError;
 use crate::hub::{Codec, JoinError, Member};
 use crate::limit::Bucket;
@@ -33,7 +32,8 @@ use crate::node::Node;
 use crate::outbox::{CloseReason, Drained, Frame, Outbox};
 use crate::protocol::json::{self, ErrorCode};
 use crate::protocol::websocket::Message;
-use crate::websocket::{NotAnUpgrade, Upgrade, WebSocket};
+use crate::transport::websocket::{NotAnUpgrade, Upgrade, WebSocket};
+use crate::transport::{close_websocket, origin_allowed, read_failed};
 /// The `transport` label of these sockets.
 const TRANSPORT: &str = "websocket";
 
@@ -76,7 +76,7 @@ async fn accept(
     ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    if !origin_allowed(node, headers) {
+    if !origin_allowed(&node.config.allowed_origins, headers, &node.metrics) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -217,14 +217,14 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
     Box::pin(node.join_memberships(&conn.socket)).await;
     let outbox = conn.socket.outbox.clone();
     let mut batch = VecDeque::new();
-    attach(node, &outbox, &ws);
+    node.writes().attach(&outbox, &ws);
     let timer = tokio::time::sleep_until(conn.deadline().into());
     tokio::pin!(timer);
     let reason = loop {
         tokio::select! {
             drained = outbox.drain(&mut batch) => match drained {
                 Drained::Frames => {
-                    if !write_queued(node, &outbox, &mut ws, &mut batch).await {
+                    if !node.writes().write_queued(&outbox, &mut ws, &mut batch).await {
                         break outbox.close_reason().unwrap_or(CloseReason::TransportError);
                     }
                 }

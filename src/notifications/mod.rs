@@ -24,7 +24,10 @@
 
 pub mod migrate;
 pub mod namespace;
+pub mod rooms;
 pub mod store;
+
+pub use rooms::{room, user_room};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -38,16 +41,6 @@ use store::Notification;
 pub const NAMESPACE: &str = "/notifications";
 /// The event that asks a device to acknowledge a notification.
 pub const NEW_EVENT: &str = "notification:new";
-
-/// The hub channel of a `/notifications` room (`user:5`, `sector:2`, `admin`).
-pub fn room(name: &str) -> String {
-    format!("notifications|{name}")
-}
-
-/// The room of every `/notifications` socket of a user.
-pub fn user_room(user: &str) -> String {
-    room(&format!("user:{user}"))
-}
 
 /// The hub channel of a room the HTTP API names in `/notifications`: `user:{id}`,
 /// `sector:{id}` or `admin`, the rooms its sockets join. Any other name is refused, since no

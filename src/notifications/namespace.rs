@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::store::{StoreError, User};
 use super::{NAMESPACE, NEW_EVENT, READ_EVENT, parse_id, publish_read, room, user_room};
 use crate::auth::Principal;
-use crate::engine::Session;
 use crate::hub::Member;
 use crate::metrics::Protocol;
 use crate::node::Node;
@@ -29,7 +28,7 @@ pub struct Socket {
 /// What the client is told when the connection is refused.
 pub type Refusal = &'static str;
 
-use crate::socketio::send;
+use crate::socketio::{Session, send};
 
 fn emit(session: &Session, event: &str, value: &Value) {
     crate::socketio::emit_in(session, NAMESPACE, event, value);

@@ -80,14 +80,29 @@ pub fn decode_payload(body: &str) -> impl Iterator<Item = Result<Packet<'_>, Dec
     body.split(RECORD_SEPARATOR).map(decode)
 }
 
-/// Encodes queued text packets as one long-polling payload.
-pub fn encode_payload<'a>(packets: impl IntoIterator<Item = &'a str>) -> String {
+/// A packet the server sends: text, or a binary message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing<'a> {
+    /// A text packet, as it is (`4hello`, `2`).
+    Text(&'a str),
+    /// A binary message, base64-encoded behind `b` in a long-polling payload.
+    Binary(&'a [u8]),
+}
+
+/// Encodes queued packets as one long-polling payload.
+pub fn encode_payload<'a>(packets: impl IntoIterator<Item = Outgoing<'a>>) -> String {
     let mut out = String::new();
     for (i, packet) in packets.into_iter().enumerate() {
         if i > 0 {
             out.push(RECORD_SEPARATOR);
         }
-        out.push_str(packet);
+        match packet {
+            Outgoing::Text(text) => out.push_str(text),
+            Outgoing::Binary(data) => {
+                out.push('b');
+                base64::engine::general_purpose::STANDARD.encode_string(data, &mut out);
+            }
+        }
     }
     out
 }
@@ -181,7 +196,7 @@ mod tests {
 
     #[test]
     fn payload_round_trip() {
-        let body = encode_payload(["2", "4hello", "40"]);
+        let body = encode_payload(["2", "4hello", "40"].map(Outgoing::Text));
         assert_eq!(body, "2\u{1e}4hello\u{1e}40");
         let packets: Vec<_> = decode_payload(&body).collect();
         assert_eq!(
@@ -193,6 +208,12 @@ mod tests {
             ]
         );
         assert_eq!(encode_payload([]), "");
+        let mixed = encode_payload([Outgoing::Text("4hello"), Outgoing::Binary(&[1, 2, 3, 4])]);
+        assert_eq!(mixed, "4hello\u{1e}bAQIDBA==");
+        assert_eq!(
+            decode_payload(&mixed).nth(1),
+            Some(Ok(Packet::Binary(vec![1, 2, 3, 4])))
+        );
     }
 
     #[test]

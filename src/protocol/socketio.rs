@@ -143,9 +143,23 @@ impl<'a> Packet<'a> {
     }
 }
 
-/// Writes the packet header: kind, namespace (when not `/`) and ack id.
-fn write_header(out: &mut String, kind: char, namespace: &str, ack: Option<u64>) {
-    out.push(kind);
+/// Writes the packet header: kind (the binary one when attachments follow, with their count),
+/// namespace (when not `/`) and ack id. `kind` is the text kind's digit.
+fn write_header(
+    out: &mut String,
+    kind: char,
+    attachments: usize,
+    namespace: &str,
+    ack: Option<u64>,
+) {
+    if attachments == 0 {
+        out.push(kind);
+    } else {
+        // BINARY_EVENT (5) and BINARY_ACK (6) are EVENT (2) and ACK (3) plus three.
+        out.push(if kind == '2' { '5' } else { '6' });
+        out.push_str(&attachments.to_string());
+        out.push('-');
+    }
     if namespace != "/" {
         out.push_str(namespace);
         out.push(',');
@@ -155,10 +169,21 @@ fn write_header(out: &mut String, kind: char, namespace: &str, ack: Option<u64>)
     }
 }
 
-/// Appends a JSON string literal.
 /// Appends an EVENT packet whose arguments are already JSON.
 pub fn write_event(out: &mut String, namespace: &str, event: &str, args: &[&RawValue]) {
-    write_header(out, '2', namespace, None);
+    write_event_args(out, namespace, 0, event, args);
+}
+
+/// Appends an EVENT packet whose arguments are already JSON, as a BINARY_EVENT when
+/// `attachments` binary messages follow it (each in `args` as `{"_placeholder":true,"num":N}`).
+pub fn write_event_args(
+    out: &mut String,
+    namespace: &str,
+    attachments: usize,
+    event: &str,
+    args: &[&RawValue],
+) {
+    write_header(out, '2', attachments, namespace, None);
     out.push('[');
     super::write_json_str(out, event);
     for arg in args {
@@ -168,9 +193,29 @@ pub fn write_event(out: &mut String, namespace: &str, event: &str, args: &[&RawV
     out.push(']');
 }
 
+/// Appends an ACK packet answering `ack` with arguments already JSON, as a BINARY_ACK when
+/// `attachments` binary messages follow it.
+pub fn write_ack_args(
+    out: &mut String,
+    namespace: &str,
+    ack: u64,
+    attachments: usize,
+    args: &[&RawValue],
+) {
+    write_header(out, '3', attachments, namespace, Some(ack));
+    out.push('[');
+    for (i, arg) in args.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(arg.get());
+    }
+    out.push(']');
+}
+
 /// Appends an EVENT packet `[event, value]` for a value we serialise ourselves.
 pub fn write_event_value(out: &mut String, namespace: &str, event: &str, value: &impl Serialize) {
-    write_header(out, '2', namespace, None);
+    write_header(out, '2', 0, namespace, None);
     out.push('[');
     super::write_json_str(out, event);
     out.push(',');
@@ -187,7 +232,7 @@ pub fn write_event_ack(
     event: &str,
     data: &RawValue,
 ) {
-    write_header(out, '2', namespace, ack);
+    write_header(out, '2', 0, namespace, ack);
     out.push('[');
     super::write_json_str(out, event);
     out.push(',');
@@ -203,7 +248,7 @@ pub fn write_broadcast(
     channel: &str,
     data: &RawValue,
 ) {
-    write_header(out, '2', namespace, None);
+    write_header(out, '2', 0, namespace, None);
     out.push('[');
     super::write_json_str(out, event);
     out.push(',');
@@ -215,7 +260,7 @@ pub fn write_broadcast(
 
 /// Appends an ACK packet answering `ack` with one argument.
 pub fn write_ack(out: &mut String, namespace: &str, ack: u64, value: &impl Serialize) {
-    write_header(out, '3', namespace, Some(ack));
+    write_header(out, '3', 0, namespace, Some(ack));
     out.push('[');
     out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
     out.push(']');
@@ -223,31 +268,33 @@ pub fn write_ack(out: &mut String, namespace: &str, ack: u64, value: &impl Seria
 
 /// Appends the server's acceptance of a namespace connection.
 pub fn write_connect(out: &mut String, namespace: &str, sid: &str) {
-    write_header(out, '0', namespace, None);
+    write_header(out, '0', 0, namespace, None);
     out.push_str("{\"sid\":");
     super::write_json_str(out, sid);
     out.push('}');
 }
 
-/// Appends a CONNECT_ERROR; socket.io-client surfaces `message` and `data` as the
+/// Appends a CONNECT_ERROR; socket.io-client surfaces `message` and `data` (when given) as the
 /// `connect_error`'s `err.message` and `err.data`.
 pub fn write_connect_error(
     out: &mut String,
     namespace: &str,
     message: &str,
-    data: &impl Serialize,
+    data: Option<&serde_json::Value>,
 ) {
-    write_header(out, '4', namespace, None);
+    write_header(out, '4', 0, namespace, None);
     out.push_str("{\"message\":");
     super::write_json_str(out, message);
-    out.push_str(",\"data\":");
-    out.push_str(&serde_json::to_string(data).unwrap_or_else(|_| "null".into()));
+    if let Some(data) = data {
+        out.push_str(",\"data\":");
+        out.push_str(&data.to_string());
+    }
     out.push('}');
 }
 
 /// Appends a DISCONNECT: the client leaves the namespace and does not reconnect on its own.
 pub fn write_disconnect(out: &mut String, namespace: &str) {
-    write_header(out, '1', namespace, None);
+    write_header(out, '1', 0, namespace, None);
 }
 
 #[cfg(test)]
@@ -388,14 +435,39 @@ mod tests {
 
         let mut out = String::new();
         let reason = serde_json::json!({"reason": "Invalid namespace"});
-        write_connect_error(&mut out, "/nope", "Authentication failed", &reason);
+        write_connect_error(&mut out, "/nope", "Authentication failed", Some(&reason));
         assert_eq!(
             out,
             r#"4/nope,{"message":"Authentication failed","data":{"reason":"Invalid namespace"}}"#
         );
+        out.clear();
+        write_connect_error(&mut out, "/nope", "Invalid namespace", None);
+        assert_eq!(out, r#"4/nope,{"message":"Invalid namespace"}"#);
 
         let mut out = String::new();
         write_disconnect(&mut out, "/");
         assert_eq!(out, "1");
+    }
+
+    #[test]
+    fn encodes_binary_events_and_acks_with_their_attachment_count() {
+        let placeholder = raw(r#"{"_placeholder":true,"num":0}"#);
+        let mut out = String::new();
+        write_event_args(&mut out, "/", 1, "back", &[&placeholder]);
+        assert_eq!(out, r#"51-["back",{"_placeholder":true,"num":0}]"#);
+
+        let mut out = String::new();
+        write_event_args(&mut out, "/custom", 0, "back", &[&raw("1")]);
+        assert_eq!(out, r#"2/custom,["back",1]"#);
+
+        let mut out = String::new();
+        write_ack_args(&mut out, "/custom", 789, 2, &[&placeholder, &raw("2")]);
+        assert_eq!(out, r#"62-/custom,789[{"_placeholder":true,"num":0},2]"#);
+
+        let mut out = String::new();
+        write_ack_args(&mut out, "/", 456, 0, &[&raw("1"), &raw(r#""2""#)]);
+        assert_eq!(out, r#"3456[1,"2"]"#);
+        let back = decode(&out).expect("an ack decodes");
+        assert_eq!((back.kind, back.ack), (Kind::Ack, Some(456)));
     }
 }

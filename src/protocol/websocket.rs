@@ -12,7 +12,7 @@ const CONTINUATION: u8 = 0x0;
 /// A UTF-8 text message.
 pub const TEXT: u8 = 0x1;
 /// A binary message.
-const BINARY: u8 = 0x2;
+pub const BINARY: u8 = 0x2;
 /// Close.
 pub const CLOSE: u8 = 0x8;
 /// Ping.
@@ -79,6 +79,11 @@ fn header_len(len: usize) -> usize {
         126..=0xFFFF => 4,
         _ => 10,
     }
+}
+
+/// The opcode of a frame [`encode`] built.
+pub fn opcode(frame: &[u8]) -> Option<u8> {
+    frame.first().map(|b| b & 0x0F)
 }
 
 /// The payload of a frame [`encode`] built.

@@ -6,7 +6,6 @@
 //! and matches the checked-in results.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::*;
@@ -299,7 +298,7 @@ impl Floor {
     /// Builds the floor and runs it against `redis_url` with `--redis-prefix <prefix>` and
     /// `extra` flags; returns once `GET /health` answers 200.
     async fn spawn(redis_url: &str, prefix: &str, extra: &[&str]) -> Floor {
-        let binary = build_floor().await;
+        let binary = build_example("floor").await;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = TempDir::new("floor");
         let mut command = Command::new(&binary);
@@ -321,63 +320,6 @@ impl Floor {
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
-}
-
-/// `cargo build --example floor` with this test's profile and target directory (`cargo test
-/// --test it bench_smoke` builds no example); returns the binary's path.
-async fn build_floor() -> PathBuf {
-    // This test runs as <target dir>/<profile dir>/deps/bench_smoke-<hash>.
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} is not in <target>/<profile>/deps", exe.display()));
-    let target_dir = profile_dir.parent().expect("target directory");
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => panic!("no profile directory above {}", exe.display()),
-    };
-    let mut cargo = Command::new(env!("CARGO"));
-    // What cargo set for running this test describes this crate, not the build: left in, it
-    // would dirty the fingerprints of build scripts that watch it (ring's watches
-    // CARGO_MANIFEST_DIR) and rebuild them here and again in the next `cargo test`.
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("CARGO_PKG_")
-            || matches!(
-                &*text,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            )
-        {
-            cargo.env_remove(name);
-        }
-    }
-    let status = cargo
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "floor",
-            "--profile",
-            profile,
-        ])
-        .arg("--manifest-path")
-        .arg(manifest_dir().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .await
-        .expect("run cargo build --example floor");
-    assert!(status.success(), "cargo build --example floor: {status}");
-    profile_dir.join("examples").join("floor")
 }
 
 /// The floor runs the bench's fanout through Redis (with Engine.IO pings every 100 ms among

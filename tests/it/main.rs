@@ -9,6 +9,7 @@ mod bench_smoke;
 mod bridge;
 mod cluster;
 mod cluster_state;
+mod conformance;
 mod deploy;
 mod echo;
 mod faults;

@@ -9,6 +9,7 @@
 //! [`http`] is a small raw HTTP/1.1 client that can pick its source address, so
 //! a test can look like several distinct clients to nginx's `hash $remote_addr`.
 //! [`Prometheus`] is a real Prometheus scraping nodes, queried over its HTTP API.
+//! [`build_example`] builds one of the package's examples (the floor, the conformance server).
 //!
 //! Use it from a test file with `mod support;` and `use support::*;`.
 //! Every process is killed when its handle drops; when that drop happens because
@@ -21,6 +22,7 @@ mod agent;
 mod app_server;
 mod database;
 mod echo;
+mod example;
 mod http;
 mod json_lines;
 mod jwt;
@@ -42,6 +44,7 @@ pub use app_server::{Answer, AppServer, Received};
 pub(crate) use database::on_both_databases;
 pub use database::{Db, Engine};
 pub use echo::{ChannelKind, EchoAgent};
+pub use example::build_example;
 pub use http::{HttpResponse, http, http_from, try_http, try_http_from};
 pub use json_lines::JsonLinesProcess;
 pub use jwt::{jwt_hs256, jwt_none, openssl_rsa_key};

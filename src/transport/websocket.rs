@@ -160,7 +160,7 @@ impl WebSocket {
     /// The TCP stream hyper upgraded, and the bytes it had already read past the request.
     fn new(upgraded: Upgraded, max_message: usize) -> io::Result<Self> {
         let parts = upgraded
-            .downcast::<TokioIo<crate::server::ClientStream>>()
+            .downcast::<TokioIo<super::http::ClientStream>>()
             .map_err(|_| io::Error::other("the upgraded connection is not a TCP stream"))?;
         let mut reader = Reader::new(max_message);
         reader.extend(&parts.read_buf);
