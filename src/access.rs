@@ -117,7 +117,7 @@ impl ApiKey {
     /// Checks the request's API key and its rate.
     pub fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
         let given = presented(node, parts, Realm::Api)?;
-        let verdict = match find_key(&node.config.api_keys, given) {
+        let verdict = match find_key(&node.config.auth.api_keys, given) {
             Some(key) => Verdict::Valid(key),
             None => Verdict::Wrong("invalid API key"),
         };
@@ -142,10 +142,10 @@ impl AdminAccess {
     /// Checks the request's admin key or admin JWT.
     pub async fn check(node: &Node, parts: &Parts) -> Result<Self, ApiError> {
         let given = presented(node, parts, Realm::Admin)?;
-        let verdict = if find_key(&node.config.admin_keys, given).is_some() {
+        let verdict = if find_key(&node.config.auth.admin_keys, given).is_some() {
             Verdict::Valid(Self)
         } else {
-            match node.config.jwt.verify(given).await {
+            match node.config.auth.jwt.verify(given).await {
                 Ok(principal)
                     if principal
                         .role

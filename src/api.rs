@@ -71,7 +71,7 @@ fn json_body<'a, T: Deserialize<'a>>(
     node: &Node,
     body: &'a Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let limit = node.config.max_message_size;
+    let limit = node.config.limits.max_message_size;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,7 +89,7 @@ fn json_body<'a, T: Deserialize<'a>>(
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
-                format!("body not sent within {:?}", node.config.body_timeout),
+                format!("body not sent within {:?}", node.config.limits.body_timeout),
             ));
         }
         Err(rejection) => return Err(ApiError::bad_request(rejection.body_text())),
@@ -173,7 +173,7 @@ fn check_event(event: &str) -> Result<(), ApiError> {
 }
 
 fn check_channel(node: &Node, name: &str) -> Result<(), ApiError> {
-    channel::validate(name, node.config.max_channel_length)
+    channel::validate(name, node.config.limits.max_channel_length)
         .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))
 }
 
@@ -245,7 +245,7 @@ fn notifications_rooms(
     rooms
         .iter()
         .map(|name| {
-            crate::notifications::api_room(name, node.config.max_channel_length)
+            crate::notifications::api_room(name, node.config.limits.max_channel_length)
                 .map_err(|e| ApiError::bad_request(format!("channel `{name}`: {e}")))
         })
         .collect()
@@ -660,7 +660,7 @@ impl HealthQuery {
 
 /// The public answer of `GET /health`: the process is up, and nothing about its clients.
 fn minimal_health(node: &Node) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "node_id": node.config.node_id}))
+    Json(json!({"status": "ok", "node_id": node.config.server.node_id}))
 }
 
 /// `GET /health` on the client port: the process is up. `?verbose=1` adds the connection
@@ -671,7 +671,7 @@ pub async fn health(
     Query(query): Query<HealthQuery>,
     parts: Parts,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !query.verbose() || node.config.admin_listen.is_some() {
+    if !query.verbose() || node.config.server.admin_listen.is_some() {
         return Ok(minimal_health(&node));
     }
     AdminAccess::check(&node, &parts).await?;
@@ -740,7 +740,7 @@ fn verbose_health(node: &Node) -> serde_json::Value {
                 "subscribedChannels": node.hub.channel_count(),
                 "totalSubscriptions": node.metrics.subscriptions.get(),
             },
-            "node_id": node.config.node_id,
+            "node_id": node.config.server.node_id,
             "timestamp": timestamp,
         }
     })
@@ -752,7 +752,7 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
         "ready": node.is_ready(),
         "bus": if node.bus.is_healthy() { "up" } else { "down" },
         "draining": node.is_draining(),
-        "node_id": node.config.node_id,
+        "node_id": node.config.server.node_id,
     });
     let status = if node.is_ready() {
         StatusCode::OK

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     match &args.command {
         Some(Command::Migrate) => {
-            if let Err(e) = Setup::logs(args.log_format).install() {
+            if let Err(e) = Setup::logs(args.telemetry.log_format).install() {
                 eprintln!("switchboard: {e}");
                 return ExitCode::FAILURE;
             }
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
             .with_filter(LevelFilter::WARN)
             .boxed();
         match Setup::logs(config.log_format)
-            .traces(&config.node_id)
+            .traces(&config.server.node_id)
             .layer(recent)
             .install()
         {
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    raise_file_limit(config.max_connections);
+    raise_file_limit(config.limits.max_connections);
     if telemetry.traces() {
         tracing::info!("exporting traces over OTLP");
     }
@@ -86,12 +86,12 @@ fn main() -> ExitCode {
 /// Serves until a shutdown signal and the drain that follows.
 fn serve(runtime: &tokio::runtime::Runtime, config: switchboard::config::Config) -> ExitCode {
     runtime.block_on(async {
-        let listener = match listen(config.listen) {
+        let listener = match listen(config.server.listen) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!(
                     "switchboard: SWITCHBOARD_LISTEN: cannot listen on {}: {e}",
-                    config.listen
+                    config.server.listen
                 );
                 return ExitCode::FAILURE;
             }

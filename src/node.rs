@@ -136,8 +136,10 @@ impl Node {
     pub fn start(config: Config, sessions: Arc<dyn SessionTable>) -> Result<Arc<Self>, StartError> {
         let metrics = Metrics::new()?;
         let webhooks = match &config.webhooks {
-            Some(settings) => Webhooks::start(settings.clone(), &config.node_id, metrics.clone())
-                .map_err(StartError::Webhooks)?,
+            Some(settings) => {
+                Webhooks::start(settings.clone(), &config.server.node_id, metrics.clone())
+                    .map_err(StartError::Webhooks)?
+            }
             None => Webhooks::off(),
         };
         let notifications = config.database.clone().map(|database| {
@@ -148,15 +150,18 @@ impl Node {
             )
         });
         let hub = Arc::new(Hub::new(Pacing::new(
-            config.direct_write_share,
-            config.direct_write_budget,
+            config.limits.direct_write_share,
+            config.limits.direct_write_budget,
         )));
-        let redis = match (&config.redis, &config.redis_url) {
+        let redis = match (&config.redis.client, &config.redis.redis_url) {
             (Some(client), Some(url)) => Some((client.clone(), crate::bus::redis::pool(url)?)),
             _ => None,
         };
         let redis_pool = redis.as_ref().map(|(_, pool)| pool.clone());
-        let blocks = Arc::new(Blocks::new(redis_pool.clone(), config.redis_prefix.clone()));
+        let blocks = Arc::new(Blocks::new(
+            redis_pool.clone(),
+            config.redis.redis_prefix.clone(),
+        ));
         // The bus's reconnects wake the shared state's heartbeat: Redis may be back empty.
         let beat_now = Arc::new(Notify::new());
         let (commands, command_queue) = mpsc::unbounded_channel();
@@ -176,23 +181,23 @@ impl Node {
             Some((client, pool)) => Bus::Redis(RedisBus::start(
                 client.clone(),
                 pool.clone(),
-                config.redis_prefix.clone(),
+                config.redis.redis_prefix.clone(),
                 receiver,
                 &metrics,
             )),
             None => Bus::Memory(MemoryBus::new(receiver)),
         };
         let (cluster_events, cluster_reports) = mpsc::unbounded_channel();
-        let per_user = config.max_connections_per_user;
+        let per_user = config.limits.max_connections_per_user;
         let mut cluster_error = None;
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let cluster = match redis {
                 Some((_, pool)) => match Cluster::redis(
                     pool,
                     cluster_state::RedisSettings {
-                        prefix: config.redis_prefix.clone(),
-                        node_id: config.node_id.clone(),
-                        ttl: config.presence_ttl,
+                        prefix: config.redis.redis_prefix.clone(),
+                        node_id: config.server.node_id.clone(),
+                        ttl: config.limits.presence_ttl,
                         max_per_user: per_user,
                     },
                     cluster_state::Links {
@@ -219,10 +224,13 @@ impl Node {
                 bus,
                 cluster,
                 blocks,
-                memberships: Memberships::new(redis_pool.clone(), config.redis_prefix.clone()),
-                connect_limits: AddressLimits::new(config.connect_rate),
-                unauthenticated: AddressCounts::new(config.max_unauthenticated_per_address),
-                api_limits: KeyedLimits::new(config.api_rate),
+                memberships: Memberships::new(
+                    redis_pool.clone(),
+                    config.redis.redis_prefix.clone(),
+                ),
+                connect_limits: AddressLimits::new(config.limits.connect_rate),
+                unauthenticated: AddressCounts::new(config.limits.max_unauthenticated_per_address),
+                api_limits: KeyedLimits::new(config.limits.api_rate),
                 failed_auth: AddressLimits::new(crate::limit::FAILED_ATTEMPTS),
                 connect_refusals: LogBudget::default(),
                 metrics,
@@ -306,7 +314,7 @@ impl Node {
     /// How queued frames reach this node's websockets.
     pub fn writes(&self) -> crate::transport::Writes {
         crate::transport::Writes {
-            delay: self.config.write_delay,
+            delay: self.config.limits.write_delay,
             direct: self.hub.pacing().enabled(),
         }
     }
@@ -319,7 +327,11 @@ impl Node {
     /// The key every per-client limit counts by: the client's address (behind trusted proxies,
     /// the forwarded one), an IPv6 address by its /64.
     pub fn client_key(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        address_key(client_ip(peer, headers, &self.config.trusted_proxies))
+        address_key(client_ip(
+            peer,
+            headers,
+            &self.config.limits.trusted_proxies,
+        ))
     }
 
     /// Checks a new connection against shutdown, the client address's rate and the node's
@@ -331,7 +343,7 @@ impl Node {
         } else if !self.connect_limits.take(&key) {
             self.metrics.rate_limited(Limit::ConnectIp);
             Admission::RateLimited
-        } else if self.connection_count() >= self.config.max_connections {
+        } else if self.connection_count() >= self.config.limits.max_connections {
             self.metrics
                 .errors
                 .with_label_values(&["connection_limit"])
@@ -464,7 +476,7 @@ impl Node {
                     &data,
                     &socket.principal.user_id,
                     &socket.id,
-                    &node.config.node_id,
+                    &node.config.server.node_id,
                 )
                 .await;
             socket.forwards.fetch_sub(1, Ordering::AcqRel);
@@ -493,16 +505,19 @@ impl Node {
     ) -> Result<(Arc<str>, bool), JoinError> {
         let joined = {
             let _change = self.cluster.change();
-            let joined = self
-                .hub
-                .join(member, channel, self.config.max_subscriptions, |name| {
+            let joined = self.hub.join(
+                member,
+                channel,
+                self.config.limits.max_subscriptions,
+                |name| {
                     self.metrics.channels.inc();
                     if !self.cluster.is_shared() {
                         // This node is the whole cluster; with Redis, its writer decides.
                         self.webhooks.channel(name, true);
                     }
                     self.bus.subscribe(name.clone())
-                })?;
+                },
+            )?;
             if !joined.already {
                 self.cluster.subscribed(&joined.name);
             }
@@ -550,13 +565,19 @@ impl Node {
         sockets: &[&Member],
         token: Option<String>,
     ) -> Result<Option<u64>, String> {
-        let principal = self.config.jwt.verify_found(token).await.map_err(|e| {
-            self.metrics
-                .auth_failures
-                .with_label_values(&[e.reason()])
-                .inc();
-            e.to_string()
-        })?;
+        let principal = self
+            .config
+            .auth
+            .jwt
+            .verify_found(token)
+            .await
+            .map_err(|e| {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                e.to_string()
+            })?;
         let mut expires = None;
         for socket in sockets {
             expires = socket.refresh(&principal).map_err(str::to_owned)?;
@@ -641,11 +662,15 @@ impl Node {
         channel: &str,
         auth: Option<&serde_json::Value>,
     ) -> Result<Option<Vec<Box<RawValue>>>, Refusal> {
-        if !socket.subscribe_limit.take(self.config.subscribe_rate) {
+        if !socket
+            .subscribe_limit
+            .take(self.config.limits.subscribe_rate)
+        {
             self.metrics.rate_limited(Limit::Subscribe);
             return Err(Refusal::RateLimited);
         }
-        channel::validate(channel, self.config.max_channel_length).map_err(Refusal::InvalidName)?;
+        channel::validate(channel, self.config.limits.max_channel_length)
+            .map_err(Refusal::InvalidName)?;
         let request = Request {
             principal: &socket.principal,
             channel,
@@ -838,12 +863,12 @@ impl Node {
     pub async fn drain(&self) {
         self.draining.store(true, Ordering::Release);
         let open = self.sessions.len();
-        tracing::info!(sessions = open, drain_time = ?self.config.drain_time, "draining: asking clients to reconnect");
+        tracing::info!(sessions = open, drain_time = ?self.config.limits.drain_time, "draining: asking clients to reconnect");
         self.sessions.close_all(CloseReason::ShuttingDown);
         for socket in self.plain.iter() {
             socket.outbox.close(CloseReason::ShuttingDown);
         }
-        let deadline = tokio::time::Instant::now() + self.config.drain_time;
+        let deadline = tokio::time::Instant::now() + self.config.limits.drain_time;
         while self.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -21,7 +21,7 @@ use crate::{admin, api, dev, engine, socketio, ws};
 /// Every route of a node's client port; with no admin listener, the admin routes too.
 pub fn router(node: Arc<Node>, sessions: Arc<engine::Sessions<socketio::Sockets>>) -> Router {
     // Bodies are read whole, then checked against the limit to answer 413 with our own error.
-    let body_limit = DefaultBodyLimit::max(node.config.max_message_size + 1);
+    let body_limit = DefaultBodyLimit::max(node.config.limits.max_message_size + 1);
     let engine_routes = engine::routes(Arc::new(socketio::SocketIo::engine(&node, sessions)));
     let api_routes = Router::new()
         .route("/api/broadcast", post(api::broadcast))
@@ -49,7 +49,7 @@ pub fn router(node: Arc<Node>, sessions: Arc<engine::Sessions<socketio::Sockets>
             api::track,
         ));
     let mut router = Router::new();
-    for path in &node.config.ws_paths {
+    for path in &node.config.json.ws_paths {
         router = router.route(path, get(ws::upgrade));
     }
     let mut router = router
@@ -59,12 +59,12 @@ pub fn router(node: Arc<Node>, sessions: Arc<engine::Sessions<socketio::Sockets>
         .route("/health", get(api::health))
         .route("/api/community/ws/health", get(api::ws_health))
         .route("/ready", get(api::ready));
-    if node.config.admin_listen.is_none() {
+    if node.config.server.admin_listen.is_none() {
         router = router
             .merge(admin::routes(node.clone()))
             .route("/metrics", get(api::metrics));
     }
-    if node.config.dev {
+    if node.config.server.dev {
         router = router.merge(dev::routes());
     }
     router.layer(body_limit).with_state(node)
@@ -89,7 +89,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if config.dev {
+    if config.server.dev {
         tracing::warn!(
             "DEVELOPMENT MODE: tokens are checked with the public development secret; never run --dev in production"
         );
@@ -103,7 +103,7 @@ pub async fn run(
         tracing::info!(applied = applied.len(), "migrations up to date");
     }
     // Bound before the node starts, so a taken port fails the start, not a task later.
-    let admin_listener = match config.admin_listen {
+    let admin_listener = match config.server.admin_listen {
         Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
             anyhow::anyhow!("SWITCHBOARD_ADMIN_LISTEN: cannot listen on {address}: {e}")
         })?),
@@ -113,9 +113,15 @@ pub async fn run(
     let sessions = Arc::new(engine::Sessions::<socketio::Sockets>::default());
     let node = Node::start(config, sessions.clone())?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, node_id = %node.config.node_id, bus = node.bus.kind(), "switchboard listening");
-    if node.config.dev {
-        if node.config.api_keys.iter().any(|key| key == DEV_API_KEY) {
+    tracing::info!(%address, node_id = %node.config.server.node_id, bus = node.bus.kind(), "switchboard listening");
+    if node.config.server.dev {
+        if node
+            .config
+            .auth
+            .api_keys
+            .iter()
+            .any(|key| key == DEV_API_KEY)
+        {
             tracing::warn!(
                 "DEVELOPMENT MODE: the HTTP API accepts the public key {DEV_API_KEY}; never run --dev in production"
             );
@@ -208,16 +214,19 @@ impl ConnectionLimits {
         let config = &node.config;
         // A polling client holds up to two connections (its long poll and a send).
         let total = config
+            .limits
             .max_connections
             .saturating_mul(2)
             .min(Semaphore::MAX_PERMITS);
         Self {
             total: Arc::new(Semaphore::new(total)),
-            per_address: Arc::new(AddressCounts::new(config.max_http_connections_per_address)),
-            exempt: config.trusted_proxies.clone(),
+            per_address: Arc::new(AddressCounts::new(
+                config.limits.max_http_connections_per_address,
+            )),
+            exempt: config.limits.trusted_proxies.clone(),
             timeouts: Timeouts {
-                body: config.body_timeout,
-                write: config.write_timeout,
+                body: config.limits.body_timeout,
+                write: config.limits.write_timeout,
             },
             refused: node
                 .metrics

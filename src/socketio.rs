@@ -206,15 +206,15 @@ impl SocketIo {
     pub fn engine(node: &Arc<Node>, sessions: Arc<engine::Sessions<Sockets>>) -> Engine<SocketIo> {
         let config = &node.config;
         let settings = engine::Settings {
-            ping_interval: config.ping_interval,
-            ping_timeout: config.ping_timeout,
-            max_payload: config.max_message_size,
+            ping_interval: config.engine.ping_interval,
+            ping_timeout: config.engine.ping_timeout,
+            max_payload: config.limits.max_message_size,
             pre_connect_max_payload: PRE_CONNECT_MAX_MESSAGE,
-            connect_timeout: config.connect_timeout,
-            message_timeout: config.message_timeout,
-            send_queue_bytes: config.send_queue_bytes,
+            connect_timeout: config.engine.connect_timeout,
+            message_timeout: config.limits.message_timeout,
+            send_queue_bytes: config.limits.send_queue_bytes,
             writes: node.writes(),
-            allowed_origins: config.allowed_origins.clone(),
+            allowed_origins: config.auth.allowed_origins.clone(),
             // A poll that went away is not taken for a client that did; its ping times out.
             close_abandoned_polls: false,
         };
@@ -452,7 +452,7 @@ const FAILED_CONNECTS: Rate = Rate {
 /// Whether a packet of `kind` is within the session's rate. Acknowledgements have their own
 /// bucket, large enough for the notifications a `/notifications` connect sends at once.
 fn within_rate(node: &Node, session: &Session, kind: PacketKind) -> bool {
-    let rate = node.config.event_rate;
+    let rate = node.config.limits.event_rate;
     match kind {
         PacketKind::Connect | PacketKind::Event => session.sockets.events.take(rate),
         PacketKind::Ack => session.sockets.acks.take(Rate {
@@ -572,7 +572,7 @@ async fn attempt(node: &Node, session: &Session, packet: &Packet<'_>) -> Result<
                 return Ok(());
             };
             let (principal, args) = authenticate(node, session, packet).await?;
-            let codec = match args.unwrap_or(node.config.broadcast_args) {
+            let codec = match args.unwrap_or(node.config.server.broadcast_args) {
                 crate::config::BroadcastArgs::ChannelData => Codec::SocketIo,
                 crate::config::BroadcastArgs::Data => Codec::SocketIoData,
             };
@@ -627,6 +627,7 @@ async fn authenticate(
     };
     match node
         .config
+        .auth
         .jwt
         .verify_found(find_token(&auth, session))
         .await
@@ -706,7 +707,7 @@ async fn connect_root(
         return;
     }
     send(session, |out| codec::write_connect(out, ROOT, &socket.id));
-    if let Some(welcome) = &node.config.welcome {
+    if let Some(welcome) = &node.config.server.welcome {
         send(session, |out| {
             codec::write_event(out, ROOT, "welcome", &[welcome])
         });

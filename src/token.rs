@@ -65,7 +65,12 @@ mod tests {
     /// What a node started with `args`' settings makes of `token`.
     async fn verify(args: Args, token: &str) -> crate::auth::Principal {
         let config = args.validate().expect("valid settings");
-        config.jwt.verify(token).await.expect("the node accepts it")
+        config
+            .auth
+            .jwt
+            .verify(token)
+            .await
+            .expect("the node accepts it")
     }
 
     #[tokio::test]
@@ -75,7 +80,7 @@ mod tests {
         assert!(key.development);
         let minted = mint(&key, &token).expect("signs");
         let mut dev = args;
-        dev.dev = true;
+        dev.server.dev = true;
         let user = verify(dev, &minted).await;
         assert_eq!(&*user.user_id, "1");
     }
@@ -108,7 +113,7 @@ mod tests {
         // Another secret's node refuses it: the token really is signed with the configured one.
         let (other, _) = parse(&["--jwt-secret", "another", "token", "--sub", "7"]);
         let config = other.validate().expect("valid settings");
-        assert!(config.jwt.verify(&minted).await.is_err());
+        assert!(config.auth.jwt.verify(&minted).await.is_err());
     }
 
     #[test]

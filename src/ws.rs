@@ -76,7 +76,7 @@ async fn accept(
     ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    if !origin_allowed(&node.config.allowed_origins, headers, &node.metrics) {
+    if !origin_allowed(&node.config.auth.allowed_origins, headers, &node.metrics) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -99,13 +99,19 @@ async fn accept(
         .and_then(bearer)
         .map(str::to_owned)
         .or_else(|| query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()));
-    let principal = node.config.jwt.verify_found(token).await.map_err(|e| {
-        node.metrics
-            .auth_failures
-            .with_label_values(&[e.reason()])
-            .inc();
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-    })?;
+    let principal = node
+        .config
+        .auth
+        .jwt
+        .verify_found(token)
+        .await
+        .map_err(|e| {
+            node.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        })?;
     tracing::Span::current().record("enduser.id", &*principal.user_id);
     node.cluster
         .connect(&principal.user_id)
@@ -131,8 +137,8 @@ async fn accept(
             "no randomness available",
         )
     })?;
-    let outbox = Arc::new(Outbox::new(node.config.send_queue_bytes));
-    if let Some(welcome) = &node.config.welcome {
+    let outbox = Arc::new(Outbox::new(node.config.limits.send_queue_bytes));
+    if let Some(welcome) = &node.config.server.welcome {
         let mut out = String::with_capacity(welcome.get().len() + 32);
         crate::protocol::json::write_frame(&mut out, "welcome", None, welcome, None);
         // The first frame of a new, empty queue: it cannot overflow.
@@ -147,12 +153,12 @@ async fn accept(
 
     let node = node.clone();
     Ok(
-        ws.accept(node.config.max_message_size, move |ws| async move {
+        ws.accept(node.config.limits.max_message_size, move |ws| async move {
             match ws {
                 Ok(mut ws) => {
                     // Frames over the JSON limit get an ERROR and are not buffered meanwhile.
-                    ws.discard_over(node.config.ws_max_frame_size);
-                    ws.set_message_timeout(node.config.message_timeout);
+                    ws.discard_over(node.config.json.ws_max_frame_size);
+                    ws.set_message_timeout(node.config.limits.message_timeout);
                     Box::pin(run(&node, socket, Box::new(ws))).await
                 }
                 Err(e) => {
@@ -198,10 +204,10 @@ struct Conn {
 async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
     let now = Instant::now();
     let mut conn = Conn {
-        frames: Bucket::new(node.config.ws_frame_rate, now),
-        typing_rate: Bucket::new(node.config.typing_rate, now),
+        frames: Bucket::new(node.config.json.ws_frame_rate, now),
+        typing_rate: Bucket::new(node.config.json.typing_rate, now),
         errors: 0,
-        next_ping: now + node.config.ws_ping_interval,
+        next_ping: now + node.config.json.ws_ping_interval,
         pong_due: None,
         typing: Vec::new(),
         socket,
@@ -260,8 +266,8 @@ async fn run(node: &Node, socket: Arc<Member>, mut ws: Box<WebSocket>) {
                 } else if conn.next_ping <= now {
                     // A refused push has closed the outbox already.
                     let _ = outbox.push(Frame::ping());
-                    conn.next_ping = now + node.config.ws_ping_interval;
-                    conn.pong_due = Some(now + node.config.ws_ping_timeout);
+                    conn.next_ping = now + node.config.json.ws_ping_interval;
+                    conn.pong_due = Some(now + node.config.json.ws_ping_timeout);
                 }
                 if conn.typing.iter().any(|t| t.until <= now) {
                     Box::pin(conn.end_typing(node, |t| t.until <= now)).await;
@@ -343,7 +349,7 @@ impl Conn {
         }
         self.send(|out| json::write_error(out, code, message, reference));
         self.errors += 1;
-        if self.errors > node.config.ws_max_errors {
+        if self.errors > node.config.json.ws_max_errors {
             tracing::info!(socket = %self.socket.id, errors = self.errors, "closing a json socket: too many bad frames");
             return Err(CloseReason::ProtocolError);
         }
@@ -352,7 +358,10 @@ impl Conn {
 
     /// Counts a frame against the frame rate; the answer to give instead when it is over.
     fn over_rate(&mut self, node: &Node) -> Option<Result<(), CloseReason>> {
-        if self.frames.take(node.config.ws_frame_rate, Instant::now()) {
+        if self
+            .frames
+            .take(node.config.json.ws_frame_rate, Instant::now())
+        {
             return None;
         }
         node.metrics.rate_limited(Limit::WsFrame);
@@ -369,7 +378,10 @@ impl Conn {
         if let Some(answer) = self.over_rate(node) {
             return answer;
         }
-        let message = format!("frame larger than {} bytes", node.config.ws_max_frame_size);
+        let message = format!(
+            "frame larger than {} bytes",
+            node.config.json.ws_max_frame_size
+        );
         self.error(node, ErrorCode::FrameTooLarge, &message, None)
     }
 
@@ -602,7 +614,7 @@ impl Conn {
             if known.is_none()
                 && !self
                     .typing_rate
-                    .take(node.config.typing_rate, Instant::now())
+                    .take(node.config.json.typing_rate, Instant::now())
             {
                 node.metrics.rate_limited(Limit::Typing);
                 return self.error(
@@ -612,7 +624,7 @@ impl Conn {
                     reference,
                 );
             }
-            let until = Instant::now() + node.config.typing_timeout;
+            let until = Instant::now() + node.config.json.typing_timeout;
             match known {
                 Some(index) => self.typing[index].until = until,
                 None => {

@@ -119,7 +119,7 @@ async fn overview(State(admin): State<Admin>, _: AdminAccess) -> Result<Response
     let connections = node.connection_count() as u64;
     let metrics = &node.metrics;
     let this = json!({
-        "id": node.config.node_id,
+        "id": node.config.server.node_id,
         "uptime_seconds": admin.started.elapsed().as_secs(),
         "connections": connections,
         "connections_by": by_labels(metrics.connections()),
@@ -134,7 +134,11 @@ async fn overview(State(admin): State<Admin>, _: AdminAccess) -> Result<Response
         "memory_rss_bytes": rss_bytes(),
     });
     let now = crate::cluster::now_ms();
-    let cluster = match node.cluster.nodes(&node.config.node_id, connections).await {
+    let cluster = match node
+        .cluster
+        .nodes(&node.config.server.node_id, connections)
+        .await
+    {
         Ok(nodes) => {
             let live_connections: u64 =
                 nodes.iter().filter(|n| n.live).map(|n| n.connections).sum();
