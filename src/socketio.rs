@@ -807,7 +807,7 @@ async fn on_event(
         "client event" => "client_event",
         "ping" => "ping",
         "register" => "register",
-        "notification_read" => "notification_read",
+        crate::notifications::READ_EVENT => "notification_read",
         _ => "other",
     };
     node.metrics.messages_in.inc(Protocol::SocketIo, kind);
@@ -822,7 +822,7 @@ async fn on_event(
             answer(session, ack, "unsubscribed", &json!({"channel": channel}));
         }
         "client event" => whisper(node, session, socket, args, ack).await,
-        "notification_read" => {
+        crate::notifications::READ_EVENT => {
             notifications::read_from_root(node, session, socket, args, ack).await
         }
         "auth:refresh" => {
