@@ -557,6 +557,24 @@ impl Node {
         );
     }
 
+    /// Verifies a client's token (`None`: it sent none); a refusal is counted by its reason.
+    pub async fn verify_token(
+        &self,
+        token: Option<String>,
+    ) -> Result<crate::auth::Principal, crate::auth::TokenError> {
+        self.config
+            .auth
+            .jwt
+            .verify_found(token)
+            .await
+            .inspect_err(|e| {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+            })
+    }
+
     /// A client's token refresh: verifies `token` and, when it is the same user's, takes its
     /// expiry for each of `sockets` (a Socket.IO session's `/` and `/notifications` sockets).
     /// Returns the new expiry (seconds since the Unix epoch; `None`: never), or why it was refused.
@@ -565,19 +583,7 @@ impl Node {
         sockets: &[&Member],
         token: Option<String>,
     ) -> Result<Option<u64>, String> {
-        let principal = self
-            .config
-            .auth
-            .jwt
-            .verify_found(token)
-            .await
-            .map_err(|e| {
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&[e.reason()])
-                    .inc();
-                e.to_string()
-            })?;
+        let principal = self.verify_token(token).await.map_err(|e| e.to_string())?;
         let mut expires = None;
         for socket in sockets {
             expires = socket.refresh(&principal).map_err(str::to_owned)?;

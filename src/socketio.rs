@@ -625,22 +625,12 @@ async fn authenticate(
             return Err("invalid auth payload".to_owned());
         }
     };
-    match node
-        .config
-        .auth
-        .jwt
-        .verify_found(find_token(&auth, session))
-        .await
-    {
+    match node.verify_token(find_token(&auth, session)).await {
         Ok(principal) => {
             tracing::Span::current().record("enduser.id", &*principal.user_id);
             Ok((principal, auth.broadcast_args))
         }
         Err(e) => {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[e.reason()])
-                .inc();
             if node.connect_refusals.admit() {
                 tracing::info!(sid = %session.sid, remote = %session.remote, reason = e.reason(), "connection refused: bad token");
             }

@@ -100,18 +100,9 @@ async fn accept(
         .map(str::to_owned)
         .or_else(|| query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()));
     let principal = node
-        .config
-        .auth
-        .jwt
-        .verify_found(token)
+        .verify_token(token)
         .await
-        .map_err(|e| {
-            node.metrics
-                .auth_failures
-                .with_label_values(&[e.reason()])
-                .inc();
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-        })?;
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
     tracing::Span::current().record("enduser.id", &*principal.user_id);
     node.cluster
         .connect(&principal.user_id)

@@ -286,29 +286,6 @@ async fn user_channel(node: &Node, method: &str, user: u64, channel: &str) -> Ht
     .await
 }
 
-/// Waits until `channel` has `sockets` subscribed across the cluster (the shared counts).
-async fn until_subscribed(node: &Node, channel: &str, sockets: u64) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let info = http(
-            "GET",
-            &format!("{}/api/channels/{channel}", node.url()),
-            &[("authorization", &format!("Bearer {API_KEY}"))],
-            b"",
-        )
-        .await
-        .json();
-        if info["subscription_count"] == sockets {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} never had {sockets} sockets: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The next event an agent received, presence announcements aside: its name and arguments.
 /// (A user's other socket may hear the user's own `presence:joining`, depending on which of
 /// its sockets joined first.)
@@ -351,13 +328,13 @@ async fn the_back_end_puts_a_users_sockets_in_a_channel_on_every_node() {
         answer.json(),
         json!({"user_id": "9", "channel": team, "subscribed": true, "connections": 1})
     );
-    until_subscribed(&one, team, 1).await;
+    one.until_subscribed(API_KEY, team, 1).await;
     // Then user 7, both sockets: user 9 hears them join once, as a presence member.
     assert_eq!(user_channel(&two, "POST", 7, team).await.status, 202);
     let joining = nine.expect_event("presence:joining", TIMEOUT).await;
     assert_eq!(joining[0], team);
     assert_eq!(joining[1]["user_id"], "7", "{joining:?}");
-    until_subscribed(&one, team, 3).await;
+    one.until_subscribed(API_KEY, team, 3).await;
     let members = http(
         "GET",
         &format!("{}/api/channels/{team}/users", one.url()),
@@ -387,7 +364,7 @@ async fn the_back_end_puts_a_users_sockets_in_a_channel_on_every_node() {
     assert_eq!(user_channel(&one, "DELETE", 7, team).await.status, 202);
     let leaving = nine.expect_event("presence:leaving", TIMEOUT).await;
     assert_eq!(leaving[1]["user_id"], "7", "{leaving:?}");
-    until_subscribed(&one, team, 1).await;
+    one.until_subscribed(API_KEY, team, 1).await;
     let after = json!({"channel": team, "event": "after", "data": 1});
     assert_eq!(api_broadcast(&one, after).await.status, 202);
     let marker = json!({"channel": "private-user.7", "event": "marker", "data": 2});

@@ -604,29 +604,6 @@ async fn member(node: &Node, method: &str, channel: &str, user: &str) -> HttpRes
     .await
 }
 
-/// Waits until `channel` has `sockets` subscribed across the cluster.
-async fn until_subscribed(node: &Node, channel: &str, sockets: u64) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let info = http(
-            "GET",
-            &format!("{}/api/channels/{channel}", node.url()),
-            &[("authorization", "Bearer back-end")],
-            b"",
-        )
-        .await
-        .json();
-        if info["subscription_count"] == sockets {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} never had {sockets} sockets: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// VELONX's chat client: a plain WebSocket at `/api/community/ws?token=` that never subscribes.
 #[tokio::test]
 async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
@@ -656,7 +633,7 @@ async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
     let mut alice = connect(&one, &velonx("alice", "a.png"), None)
         .await
         .expect("alice");
-    until_subscribed(&one, "group:2", 1).await;
+    one.until_subscribed("back-end", "group:2", 1).await;
     let mut bob = connect(&two, &velonx("bob", "b.png"), None)
         .await
         .expect("bob");
@@ -675,7 +652,7 @@ async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
                 {"roomId": "1", "userId": "bob", "userName": "bob", "userImage": "b.png"}}),
         ]
     );
-    until_subscribed(&one, "room:1", 2).await;
+    one.until_subscribed("back-end", "room:1", 2).await;
     chat(&redis, "1", 1, "carol").await;
     for ws in [&mut alice, &mut bob] {
         assert_eq!(next_chat(ws).await, 1);
@@ -683,7 +660,7 @@ async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
 
     // Alice joins room 3 while connected, on whichever node the call lands.
     assert_eq!(member(&two, "POST", "room:3", "alice").await.status, 202);
-    until_subscribed(&one, "room:3", 1).await;
+    one.until_subscribed("back-end", "room:3", 1).await;
     chat(&redis, "3", 2, "carol").await;
     assert_eq!(next_chat(&mut alice).await, 2);
 
@@ -691,7 +668,7 @@ async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
     assert_eq!(member(&two, "DELETE", "room:1", "alice").await.status, 202);
     let left = next_of(&mut bob, "USER_LEFT").await;
     assert_eq!(left["payload"], json!({"roomId": "1", "userId": "alice"}));
-    until_subscribed(&one, "room:1", 1).await;
+    one.until_subscribed("back-end", "room:1", 1).await;
     chat(&redis, "1", 3, "carol").await;
     chat(&redis, "3", 4, "carol").await;
     assert_eq!(next_chat(&mut bob).await, 3);
@@ -711,11 +688,11 @@ async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
         .await
         .expect("SREM");
     drop(alice);
-    until_subscribed(&one, "room:3", 0).await;
+    one.until_subscribed("back-end", "room:3", 0).await;
     let _again = connect(&one, &velonx("alice", "a.png"), None)
         .await
         .expect("alice again");
-    until_subscribed(&one, "group:2", 2).await;
+    one.until_subscribed("back-end", "group:2", 2).await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let index: Vec<String> = redis::cmd("SMEMBERS")
@@ -729,7 +706,7 @@ async fn a_chat_client_is_put_in_its_rooms_and_groups_without_subscribing() {
         assert!(tokio::time::Instant::now() < deadline, "{index:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    until_subscribed(&one, "room:3", 0).await;
+    one.until_subscribed("back-end", "room:3", 0).await;
 
     // Only rooms and groups keep members.
     for channel in ["news", "room:1:admins", "presence-team.1"] {

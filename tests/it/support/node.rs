@@ -17,6 +17,30 @@ pub struct Node {
 }
 
 impl Node {
+    /// Waits until `channel` has `sockets` subscribed across the cluster, as the shared counts
+    /// report it (`GET /api/channels/{channel}` with `api_key`).
+    pub async fn until_subscribed(&self, api_key: &str, channel: &str, sockets: u64) {
+        let deadline = tokio::time::Instant::now() + super::TIMEOUT;
+        loop {
+            let info = super::http(
+                "GET",
+                &format!("{}/api/channels/{channel}", self.url()),
+                &[("authorization", &format!("Bearer {api_key}"))],
+                b"",
+            )
+            .await
+            .json();
+            if info["subscription_count"] == sockets {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{channel} never had {sockets} sockets: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs `switchboard <args> --listen 127.0.0.1:<free port>` with `envs`
     /// added, and returns once `GET /health` answers 200.
     pub async fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Node {
