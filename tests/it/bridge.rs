@@ -119,6 +119,30 @@ async fn client_events_are_forwarded_signed_and_answered() {
     client.emit("fail", json!([{}])).await;
     let error = client.expect_event("error", TIMEOUT).await;
     assert_eq!(error[0]["event"], "fail");
+    // A hanging back-end slows nothing else: a broadcast sent while `slow` waits for its
+    // timeout reaches the same socket before the timeout's error does.
+    client.emit("slow", json!([{}])).await;
+    let news = json!({"channel": "private-user.u1", "event": "news", "data": 1});
+    let sent = http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &[("authorization", "Bearer switchboard-dev-key")],
+        news.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(sent.status, 202, "{}", sent.text());
+    let first = client
+        .wait_for(
+            |l| l["type"] == "event" && (l["event"] == "news" || l["event"] == "error"),
+            TIMEOUT,
+        )
+        .await;
+    assert_eq!(first["event"], "news", "{first}");
+    let error = client.expect_event("error", TIMEOUT).await;
+    assert_eq!(
+        error[0],
+        json!({"event": "slow", "error": "back-end timed out"})
+    );
 
     // register: only as oneself.
     let mine = client.emit_ack("register", json!([{"userId": "u1"}])).await;
