@@ -216,3 +216,64 @@ async fn a_node_killed_mid_broadcast_costs_the_other_nodes_clients_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_slow_redis_costs_a_refused_publish_not_a_silent_one() {
+    const SLEEP: Duration = Duration::from_secs(4);
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url];
+    let one = Node::spawn(&args, &[]).await;
+    let two = Node::spawn(&args, &[]).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    let mut a = client(&one, 1).await;
+    let mut b = client(&two, 2).await;
+    for agent in [&mut a, &mut b] {
+        let answer = agent
+            .emit_ack("subscribe", json!([{"channel": "news"}]))
+            .await;
+        assert_eq!(answer[0]["status"], "success", "{answer}");
+    }
+    // Redis stalls every client for SLEEP (a slow command, a fork on a big dataset).
+    // Over a raw connection: a client library would time the command out.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", redis.port()))
+        .await
+        .expect("connect to Redis");
+    let sleeper = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let command = format!("DEBUG SLEEP {}\r\n", SLEEP.as_secs());
+        raw.write_all(command.as_bytes()).await.expect("send");
+        let mut answer = [0u8; 5];
+        raw.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer, b"+OK\r\n");
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stalled = Instant::now();
+    let refused = broadcast(&one, "during").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        stalled.elapsed() < SLEEP,
+        "answered after {:?}",
+        stalled.elapsed()
+    );
+    sleeper.await.expect("sleeper");
+    // The nodes stayed up and deliver again within RESUME of Redis answering.
+    let deadline = Instant::now() + RESUME;
+    loop {
+        let sent = broadcast(&two, "after").await;
+        if sent.status == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", sent.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for agent in [&mut a, &mut b] {
+        let mut next = next_event(agent).await;
+        if next.0 == "during" {
+            next = next_event(agent).await;
+        }
+        assert_eq!(next.0, "after");
+    }
+}

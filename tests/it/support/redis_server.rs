@@ -102,6 +102,8 @@ impl RedisServer {
         command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
         // Nothing on disk: tests start from empty, and a restart is a clean slate.
         command.args(["--save", "", "--appendonly", "no"]);
+        // DEBUG SLEEP makes a slow Redis for the fault tests; a throwaway server may allow it.
+        command.args(["--enable-debug-command", "yes"]);
         command.arg("--dir").arg(self.dir.path());
         let mut process = LoggedChild::spawn("redis-server", command, &self.log_path());
         process
