@@ -11,8 +11,15 @@ if (!Number.isInteger(port) || port <= 0) {
   process.exit(2);
 }
 
-// The same limit as our /echo (examples/conformance.rs): Autobahn's largest messages are 16 MiB.
-const server = new WebSocketServer({ host: '127.0.0.1', port, maxPayload: 16 * 1024 * 1024 });
+// The same limits as our /echo (examples/conformance.rs): messages up to 16 MiB, Autobahn's
+// largest, in any number of fragments (ws 8.21 refuses more than 16,384 by default, and
+// 9.3.1 and 9.4.1 send 65,536).
+const server = new WebSocketServer({
+  host: '127.0.0.1',
+  port,
+  maxPayload: 16 * 1024 * 1024,
+  maxFragments: 0,
+});
 server.on('connection', (socket) => {
   socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
   // ws closes the connection itself (1002, 1007, ...) after a client's protocol error; the
