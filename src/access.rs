@@ -145,7 +145,7 @@ impl AdminAccess {
         let verdict = if find_key(&node.config.auth.admin_keys, given).is_some() {
             Verdict::Valid(Self)
         } else {
-            match node.config.auth.jwt.verify(given).await {
+            match node.jwt.verify(given).await {
                 Ok(principal)
                     if principal
                         .role

@@ -44,8 +44,8 @@ fn main() -> ExitCode {
         Some(Command::Token(token)) => return print_token(&args, token),
         None => {}
     }
-    let config = match args.validate() {
-        Ok(config) => config,
+    let (config, clients) = match args.build() {
+        Ok(built) => built,
         Err(e) => {
             eprintln!("switchboard: invalid configuration: {e}");
             return ExitCode::from(2);
@@ -77,14 +77,18 @@ fn main() -> ExitCode {
     if telemetry.traces() {
         tracing::info!("exporting traces over OTLP");
     }
-    let code = serve(&runtime, config);
+    let code = serve(&runtime, config, clients);
     // Outside the runtime's tasks, which must still run to send the last spans.
     Telemetry::shutdown(telemetry);
     code
 }
 
 /// Serves until a shutdown signal and the drain that follows.
-fn serve(runtime: &tokio::runtime::Runtime, config: switchboard::config::Config) -> ExitCode {
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    config: switchboard::config::Config,
+    clients: switchboard::config::Clients,
+) -> ExitCode {
     runtime.block_on(async {
         let listener = match listen(config.server.listen) {
             Ok(listener) => listener,
@@ -96,7 +100,7 @@ fn serve(runtime: &tokio::runtime::Runtime, config: switchboard::config::Config)
                 return ExitCode::FAILURE;
             }
         };
-        match switchboard::server::run(config, listener, shutdown_signal()).await {
+        match switchboard::server::run(config, clients, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchboard: {e:#}");

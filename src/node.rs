@@ -20,7 +20,7 @@ use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError, Envelope, Receiver};
 use crate::channel::{self, Refusal, WhisperRefusal};
 use crate::cluster::{self as cluster_state, Census, Cluster, ClusterError};
-use crate::config::Config;
+use crate::config::{Clients, Config};
 use crate::dispatch::{CONTROL_CHANNEL, Command, Dispatch, UserRoom};
 use crate::engine::SessionTable;
 use crate::hub::{Hub, JoinError, Member, SocketId};
@@ -43,6 +43,14 @@ const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
 pub struct Node {
     /// Checked configuration.
     pub config: Config,
+    /// Token verification.
+    pub jwt: crate::auth::JwtVerifier,
+    /// Who may join which channel.
+    pub policy: Arc<crate::policy::Policy>,
+    /// The back-end bridge, when configured.
+    pub backend: Option<Arc<crate::backend::Backend>>,
+    /// The application's database, when configured (connects on first use).
+    pub database: Option<crate::database::Database>,
     /// Local channel memberships.
     pub hub: Arc<Hub>,
     /// The way to the other nodes.
@@ -133,7 +141,18 @@ pub enum StartError {
 
 impl Node {
     /// Builds the node and starts its bus; must run inside a tokio runtime.
-    pub fn start(config: Config, sessions: Arc<dyn SessionTable>) -> Result<Arc<Self>, StartError> {
+    pub fn start(
+        config: Config,
+        clients: Clients,
+        sessions: Arc<dyn SessionTable>,
+    ) -> Result<Arc<Self>, StartError> {
+        let Clients {
+            redis: redis_client,
+            jwt,
+            backend,
+            database,
+            policy,
+        } = clients;
         let metrics = Metrics::new()?;
         let webhooks = match &config.webhooks {
             Some(settings) => {
@@ -142,7 +161,7 @@ impl Node {
             }
             None => Webhooks::off(),
         };
-        let notifications = config.database.clone().map(|database| {
+        let notifications = database.clone().map(|database| {
             crate::notifications::store::Store::new(
                 database,
                 config.notifications.clone(),
@@ -153,7 +172,7 @@ impl Node {
             config.limits.direct_write_share,
             config.limits.direct_write_budget,
         )));
-        let redis = match (&config.redis.client, &config.redis.redis_url) {
+        let redis = match (&redis_client, &config.redis.redis_url) {
             (Some(client), Some(url)) => Some((client.clone(), crate::bus::redis::pool(url)?)),
             _ => None,
         };
@@ -235,6 +254,10 @@ impl Node {
                 connect_refusals: LogBudget::default(),
                 metrics,
                 config,
+                jwt,
+                policy,
+                backend,
+                database,
                 draining: AtomicBool::new(false),
                 this: weak.clone(),
             }
@@ -295,7 +318,7 @@ impl Node {
                 max: status.max_size,
             });
         }
-        if let Some(database) = &self.config.database {
+        if let Some(database) = &self.database {
             let pool = database.pool().status();
             sample.database_pool = Some(PoolSample {
                 in_use: pool.in_use,
@@ -411,7 +434,7 @@ impl Node {
                 socket_id: &socket.id,
                 auth: None,
             };
-            let joined = match self.config.policy.authorize(&request).await {
+            let joined = match self.policy.authorize(&request).await {
                 Ok(grant) => self.join_granted(socket, &channel, grant.member).await,
                 Err(Refusal::Forbidden) => {
                     // Best effort: a failure leaves the entry to be refused again next time.
@@ -459,7 +482,7 @@ impl Node {
         data: Box<RawValue>,
         reply: impl FnOnce(Result<Box<RawValue>, ForwardError>) + Send + 'static,
     ) {
-        let (Some(node), Some(backend)) = (self.this.upgrade(), self.config.backend.clone()) else {
+        let (Some(node), Some(backend)) = (self.this.upgrade(), self.backend.clone()) else {
             return reply(Err(ForwardError::Unreachable));
         };
         let in_flight = socket.forwards.fetch_add(1, Ordering::AcqRel);
@@ -562,17 +585,12 @@ impl Node {
         &self,
         token: Option<String>,
     ) -> Result<crate::auth::Principal, crate::auth::TokenError> {
-        self.config
-            .auth
-            .jwt
-            .verify_found(token)
-            .await
-            .inspect_err(|e| {
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&[e.reason()])
-                    .inc();
-            })
+        self.jwt.verify_found(token).await.inspect_err(|e| {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+        })
     }
 
     /// A client's token refresh: verifies `token` and, when it is the same user's, takes its
@@ -683,7 +701,7 @@ impl Node {
             socket_id: &socket.id,
             auth,
         };
-        let grant = self.config.policy.authorize(&request).await?;
+        let grant = self.policy.authorize(&request).await?;
         self.join_granted(socket, channel, grant.member).await
     }
 
@@ -704,8 +722,7 @@ impl Node {
         if !channel::has_presence(&name) {
             return Ok(None);
         }
-        let member =
-            member.unwrap_or_else(|| self.config.policy.member_from_token(&socket.principal));
+        let member = member.unwrap_or_else(|| self.policy.member_from_token(&socket.principal));
         match self
             .presence_join(socket, &name, member.to_string().into())
             .await

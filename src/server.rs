@@ -12,7 +12,7 @@ use prometheus::IntCounter;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::config::{Config, DEV_API_KEY};
+use crate::config::{Clients, Config, DEV_API_KEY};
 use crate::limit::{AddressCounts, Network, address_key};
 use crate::node::Node;
 use crate::transport::http::{Timeouts, serve};
@@ -86,6 +86,7 @@ pub fn admin_router(node: Arc<Node>) -> Router {
 /// Runs a node on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(
     config: Config,
+    clients: Clients,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -95,7 +96,7 @@ pub async fn run(
         );
     }
     if config.migrate
-        && let Some(database) = &config.database
+        && let Some(database) = &clients.database
     {
         let applied = crate::notifications::migrate::migrate(database.pool())
             .await
@@ -111,7 +112,7 @@ pub async fn run(
     };
     // Engine.IO's sessions: Socket.IO's engine serves them, the node counts and drains them.
     let sessions = Arc::new(engine::Sessions::<socketio::Sockets>::default());
-    let node = Node::start(config, sessions.clone())?;
+    let node = Node::start(config, clients, sessions.clone())?;
     let address = listener.local_addr()?;
     tracing::info!(%address, node_id = %node.config.server.node_id, bus = node.bus.kind(), "switchboard listening");
     if node.config.server.dev {

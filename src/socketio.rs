@@ -842,7 +842,7 @@ async fn on_event(
             };
             answer(session, ack, "registered", &answer_value);
         }
-        _ => match &node.config.backend {
+        _ => match &node.backend {
             Some(_) => forward(node, socket, name, args, ack),
             None => {
                 node.metrics

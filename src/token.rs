@@ -64,9 +64,8 @@ mod tests {
 
     /// What a node started with `args`' settings makes of `token`.
     async fn verify(args: Args, token: &str) -> crate::auth::Principal {
-        let config = args.validate().expect("valid settings");
-        config
-            .auth
+        let (_, clients) = args.build().expect("valid settings");
+        clients
             .jwt
             .verify(token)
             .await
@@ -112,8 +111,8 @@ mod tests {
         assert_eq!(user.role.as_deref(), Some("admin"));
         // Another secret's node refuses it: the token really is signed with the configured one.
         let (other, _) = parse(&["--jwt-secret", "another", "token", "--sub", "7"]);
-        let config = other.validate().expect("valid settings");
-        assert!(config.auth.jwt.verify(&minted).await.is_err());
+        let (_, clients) = other.build().expect("valid settings");
+        assert!(clients.jwt.verify(&minted).await.is_err());
     }
 
     #[test]

@@ -484,7 +484,7 @@ impl Conn {
         payload: Payload<'_>,
         reference: Option<&RawValue>,
     ) -> Result<(), CloseReason> {
-        if node.config.backend.is_none() {
+        if node.backend.is_none() {
             return self.error(
                 node,
                 ErrorCode::UnknownType,

@@ -101,8 +101,6 @@ pub struct AuthArgs {
 /// Authentication's checked settings.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
-    /// Token verification.
-    pub jwt: JwtVerifier,
     /// Accepted API keys.
     pub api_keys: Vec<String>,
     /// Keys accepted by the admin endpoints (the API keys when none are configured).
@@ -112,9 +110,9 @@ pub struct AuthSettings {
 }
 
 impl AuthArgs {
-    /// Resolves the keys and the origins; `jwt` is the verifier these settings make, `dev`
-    /// whether the node runs in development mode (a public API key when it has none).
-    pub fn validate(&self, jwt: JwtVerifier, dev: bool) -> AuthSettings {
+    /// Resolves the keys and the origins; `dev`: whether the node runs in development mode
+    /// (a public API key when it has none). The token verifier is built apart.
+    pub fn validate(&self, dev: bool) -> AuthSettings {
         let keys = |keys: Vec<String>| -> Vec<String> {
             keys.into_iter()
                 .map(|k| k.trim().to_owned())
@@ -140,7 +138,6 @@ impl AuthArgs {
             .filter(|o| !o.is_empty())
             .collect();
         AuthSettings {
-            jwt,
             api_keys,
             admin_keys,
             allowed_origins,

@@ -215,12 +215,28 @@ impl ConfigError {
     }
 }
 
-/// Checked configuration of a node.
+/// The clients a node's settings describe, made by [`Args::build`]; none connects until used.
+/// The composition root hands each to the parts that use it.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// The Redis bus's client, when clustered.
+    pub redis: Option<::redis::Client>,
+    /// Token verification (with its JWKS fetcher, when keys come from a URL).
+    pub jwt: JwtVerifier,
+    /// The back-end bridge, when configured.
+    pub backend: Option<Arc<Backend>>,
+    /// The application's database, when configured.
+    pub database: Option<Database>,
+    /// Who may join which channel.
+    pub policy: Arc<Policy>,
+}
+
+/// Checked configuration of a node: plain settings, grouped.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The server's checked settings.
     pub server: server::ServerSettings,
-    /// Redis's checked settings: the client, its URL for logs, the key prefix.
+    /// Redis's checked settings: its URL and the key prefix.
     pub redis: redis::RedisSettings,
     /// Authentication's checked settings.
     pub auth: auth::AuthSettings,
@@ -230,20 +246,14 @@ pub struct Config {
     pub limits: limits::LimitSettings,
     /// The JSON endpoint's checked settings.
     pub json: json::JsonSettings,
-    /// The back-end bridge, when configured.
-    pub backend: Option<Arc<Backend>>,
     /// Webhooks, when configured.
     pub webhooks: Option<WebhookSettings>,
     /// Log format.
     pub log_format: LogFormat,
-    /// The application's database, when configured; connects on first use.
-    pub database: Option<Database>,
     /// Whether to apply the migrations at start.
     pub migrate: bool,
     /// Notification settings.
     pub notifications: NotificationSettings,
-    /// Who may join which channel.
-    pub policy: Arc<Policy>,
 }
 
 /// The settings of the notification store and the `/notifications` namespace.
@@ -362,6 +372,12 @@ impl Args {
 
     /// Checks every setting, group by group, and resolves keys, URLs and names.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        self.build().map(|(config, _)| config)
+    }
+
+    /// Checks every setting and makes the clients they describe (none connects until used):
+    /// the plain settings for the parts, the clients for the composition root to hand out.
+    pub fn build(self) -> Result<(Config, Clients), ConfigError> {
         let server = self.server.validate()?;
         let database = self.database()?;
         if self.database.migrate && database.is_none() {
@@ -371,13 +387,13 @@ impl Args {
             ));
         }
         let notifications = self.notification_settings()?;
-        let redis = self.redis.validate()?;
+        let (redis, redis_client) = self.redis.validate()?;
         if self.policy.auth_timeout.is_zero() {
             return Err(ConfigError::new("auth_timeout", "must be greater than 0"));
         }
-        let policy = Arc::new(self.policy(database.clone(), redis.client.clone())?);
+        let policy = Arc::new(self.policy(database.clone(), redis_client.clone())?);
         let jwt = self.jwt()?.with_retained_claims(policy.retained_claims());
-        let auth = self.auth.validate(jwt, server.dev);
+        let auth = self.auth.validate(server.dev);
         let limits = self.limits.validate()?;
         let engine = self.engine.validate()?;
         let json = self.json.validate(server.dev)?;
@@ -388,21 +404,26 @@ impl Args {
             .as_deref()
             .filter(|s| !s.is_empty());
         let webhooks = self.webhooks.validate(backend_secret)?;
-        Ok(Config {
+        let config = Config {
             server,
             redis,
             auth,
             engine,
             limits,
             json,
-            backend,
             webhooks,
             log_format: self.telemetry.log_format,
-            database,
             migrate: self.database.migrate,
             notifications,
+        };
+        let clients = Clients {
+            redis: redis_client,
+            jwt,
+            backend,
+            database,
             policy,
-        })
+        };
+        Ok((config, clients))
     }
 
     /// The database pool of `--database-url`, if one is given (connects on first use).
@@ -954,9 +975,9 @@ mod tests {
         std::fs::write(&policy, rule).expect("write");
 
         let from_config = args(&["--config", &config_arg]).expect("loads");
-        let validated = from_config.validate().expect("valid");
+        let (_, clients) = from_config.build().expect("valid");
         assert_eq!(
-            validated.policy.retained_claims(),
+            clients.policy.retained_claims(),
             ["name", "picture", "rights"]
         );
         let from_file = args(&["--dev", "--policy-file", &policy_arg]).expect("loads");

@@ -23,8 +23,6 @@ pub struct RedisArgs {
 /// Redis's checked settings: the client, its URL for logs, the key prefix.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// The Redis bus, when clustered.
-    pub client: Option<::redis::Client>,
     /// The Redis URL, kept for the command pool.
     pub redis_url: Option<String>,
     /// Prefix of Redis channel names.
@@ -32,8 +30,9 @@ pub struct RedisSettings {
 }
 
 impl RedisArgs {
-    /// Checks the URL (a client is made, which connects later) and the prefix.
-    pub fn validate(&self) -> Result<RedisSettings, ConfigError> {
+    /// Checks the URL and the prefix; returns the settings and a client for the URL (which
+    /// connects only when used).
+    pub fn validate(&self) -> Result<(RedisSettings, Option<::redis::Client>), ConfigError> {
         let redis_url = self.redis_url.clone().filter(|u| !u.trim().is_empty());
         let redis = redis_url
             .as_deref()
@@ -56,10 +55,10 @@ impl RedisArgs {
                 "must not contain spaces or control characters",
             ));
         }
-        Ok(RedisSettings {
-            client: redis,
+        let settings = RedisSettings {
             redis_url,
             redis_prefix: self.redis_prefix.clone(),
-        })
+        };
+        Ok((settings, redis))
     }
 }
