@@ -61,7 +61,7 @@ fn reference() -> String {
     }
     let mut out = String::from(
         "# Settings reference\n\n\
-         Generated from the command-line definition (`src/config.rs`) by\n\
+         Generated from the command-line definition (`src/config/`) by\n\
          `tests/it/settings_reference.rs`; do not edit by hand. After changing a setting, run\n\
          `SWITCHBOARD_BLESS=1 cargo test --test it settings_reference`.\n\n\
          Every setting is a flag, an environment variable and a key of the TOML file named by\n\
