@@ -41,8 +41,10 @@ const MASK: [u8; 4] = [0xa5, 0x17, 0x3c, 0xe8];
 /// Read in those chunks, the stream gives the same messages and the same error as read whole;
 /// after every read the reader holds at most one incomplete frame and the last chunk (a buffer
 /// may grow to twice what it needs) and no fragmented message over the limit, and nothing at all
-/// when nothing is pending; a discarded message was over the kept size; and each message the
-/// server frames ([`websocket::encode`]) and a client masks reads back as itself.
+/// when nothing is pending; a discarded message was over the kept size; the longest message
+/// read is read the same with the limit at its length and refused (`TooLarge`, before anything
+/// after it) with the limit one byte lower; and each message the server frames
+/// ([`websocket::encode`]) and a client masks reads back as itself.
 pub fn websocket_frames(input: &[u8]) {
     let Some(setup) = Setup::parse(input) else {
         return;
@@ -50,6 +52,9 @@ pub fn websocket_frames(input: &[u8]) {
     let whole = setup.read([setup.stream]);
     let chunked = setup.read(setup.chunks());
     assert_eq!(whole, chunked, "read in chunks as read whole");
+    if setup.max_kept.is_none() && setup.raise == 0 {
+        setup.check_limit_edge(&whole);
+    }
     for message in &whole.messages {
         let Some(frame) = server_frame(message) else {
             continue;
@@ -166,6 +171,48 @@ impl<'a> Setup<'a> {
         }
     }
 
+    /// With the limit at the longest message's length, the same messages, unless a frame over
+    /// it (of a message never finished) is refused first; one byte lower, the same messages up
+    /// to that one at most, then a refusal. `reading` was read with this setup.
+    fn check_limit_edge(&self, reading: &Reading) {
+        let Some(longest) = reading.messages.iter().filter_map(kept_len).max() else {
+            return;
+        };
+        let at = Self {
+            max_message: longest,
+            ..*self
+        };
+        let edge = at.read(at.chunks());
+        assert!(
+            reading.messages.starts_with(&edge.messages),
+            "limit at {longest}: {edge:?}"
+        );
+        if edge != *reading {
+            assert_eq!(edge.end, Err(websocket::FrameError::TooLarge(longest)));
+        }
+        let Some(below) = longest.checked_sub(1) else {
+            return;
+        };
+        let below = Self {
+            max_message: below,
+            ..*self
+        };
+        let refused = below.read(below.chunks());
+        let before = reading
+            .messages
+            .iter()
+            .position(|m| kept_len(m) == Some(longest))
+            .unwrap_or_default();
+        assert!(
+            reading.messages[..before].starts_with(&refused.messages),
+            "limit at {longest} - 1: {refused:?}"
+        );
+        assert_eq!(
+            refused.end,
+            Err(websocket::FrameError::TooLarge(below.max_message))
+        );
+    }
+
     /// The bytes a message kept are within the limits; a discarded one was over the kept size.
     fn check_message(&self, message: &websocket::Message, limit: usize) {
         let kept = self.max_kept.unwrap_or(usize::MAX).min(limit);
@@ -211,6 +258,15 @@ fn server_frame(message: &websocket::Message) -> Option<bytes::Bytes> {
         Message::Close(None) => websocket::encode(websocket::CLOSE, b""),
         Message::Discarded(_) => return None,
     })
+}
+
+/// The length of a text or binary message.
+fn kept_len(message: &websocket::Message) -> Option<usize> {
+    match message {
+        websocket::Message::Text(text) => Some(text.len()),
+        websocket::Message::Binary(data) => Some(data.len()),
+        _ => None,
+    }
 }
 
 /// The data a text, binary or ping message carries.
