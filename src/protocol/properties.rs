@@ -44,7 +44,8 @@ const MASK: [u8; 4] = [0xa5, 0x17, 0x3c, 0xe8];
 /// when nothing is pending; a discarded message was over the kept size; the longest message
 /// read is read the same with the limit at its length and refused (`TooLarge`, before anything
 /// after it) with the limit one byte lower; and each message the server frames
-/// ([`websocket::encode`]) and a client masks reads back as itself.
+/// ([`websocket::encode`]) and a client masks reads back as itself, and a text as the reason
+/// of a close frame ([`websocket::encode_close`]) leaves a close frame a client accepts.
 pub fn websocket_frames(input: &[u8]) {
     let Some(setup) = Setup::parse(input) else {
         return;
@@ -66,16 +67,22 @@ pub fn websocket_frames(input: &[u8]) {
                 "payload of the server's frame"
             );
         }
-        let mut reader = websocket::Reader::new(usize::MAX);
-        reader.extend(&masked(&frame));
-        let back = reader.next_message();
-        assert_eq!(
-            back.as_ref().map(Option::as_ref),
-            Ok(Some(message)),
-            "reframed"
-        );
-        assert!(!reader.pending(), "one frame, read whole");
+        assert_eq!(read_back(&frame).as_ref(), Ok(message), "reframed");
+        if let websocket::Message::Text(reason) = message {
+            let close = websocket::encode_close(websocket::NORMAL, reason);
+            let back = read_back(&close);
+            assert_eq!(back, Ok(websocket::Message::Close(Some(websocket::NORMAL))));
+        }
     }
+}
+
+/// A frame the server built, masked as a client sends it and read by a new reader.
+fn read_back(frame: &[u8]) -> Result<websocket::Message, websocket::FrameError> {
+    let mut reader = websocket::Reader::new(usize::MAX);
+    reader.extend(&masked(frame));
+    let message = reader.next_message()?;
+    assert!(!reader.pending(), "one frame, read whole");
+    Ok(message.expect("a whole frame is a message"))
 }
 
 /// How [`websocket_frames`] reads its input.
