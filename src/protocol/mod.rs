@@ -3,6 +3,8 @@
 
 pub mod engineio;
 pub mod json;
+#[cfg(any(test, fuzzing))]
+pub mod properties;
 pub mod socketio;
 pub mod websocket;
 

@@ -26,7 +26,7 @@ const RESERVED: u8 = 0x70;
 /// The mask bit of the second byte.
 const MASKED: u8 = 0x80;
 /// The longest control frame payload.
-const MAX_CONTROL: u64 = 125;
+pub(super) const MAX_CONTROL: u64 = 125;
 
 /// Close code: a normal close.
 pub const NORMAL: u16 = 1000;
@@ -217,6 +217,14 @@ impl Reader {
     /// Adds bytes read from the socket.
     pub fn extend(&mut self, bytes: &[u8]) {
         self.unread.extend_from_slice(bytes);
+    }
+
+    /// The memory the reader holds, in bytes: the capacity of its unread input and of the
+    /// fragmented message so far (for the properties the fuzz targets check).
+    #[cfg(any(test, fuzzing))]
+    pub fn held(&self) -> (usize, usize) {
+        let fragments = self.fragments.as_ref().map_or(0, |(_, p)| p.capacity());
+        (self.unread.capacity(), fragments)
     }
 
     /// Whether part of a frame or of a fragmented message has arrived and the rest has not.
