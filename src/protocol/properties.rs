@@ -324,7 +324,11 @@ pub fn engineio_packets(input: &[u8]) {
     if texts.is_empty() {
         return;
     }
-    let again = engineio::encode_payload(texts.iter().map(String::as_str));
+    let again = engineio::encode_payload(
+        texts
+            .iter()
+            .map(|text| engineio::Outgoing::Text(text.as_str())),
+    );
     let decoded: Vec<_> = packets.iter().filter_map(|p| p.as_ref().ok()).collect();
     let redecoded: Vec<_> = engineio::decode_payload(&again).collect();
     assert_eq!(
