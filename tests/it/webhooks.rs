@@ -312,3 +312,65 @@ async fn a_webhook_url_needs_the_secret() {
     assert_eq!(status.code(), Some(2), "{output}");
     assert!(output.contains("SWITCHBOARD_BACKEND_SECRET"), "{output}");
 }
+
+#[tokio::test]
+async fn a_hanging_receiver_is_given_up_on_and_slows_nothing_else() {
+    // The application takes every webhook and never answers.
+    let server = AppServer::start(|_request: Received| -> Answer {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            (200, "{}".to_owned())
+        })
+    })
+    .await;
+    let url = server.url("/hooks");
+    let node = Node::spawn(
+        &["--dev", "--api-keys", "k"],
+        &[
+            ("SWITCHBOARD_WEBHOOK_URL", url.as_str()),
+            ("SWITCHBOARD_BACKEND_SECRET", HOOK_SECRET),
+            ("SWITCHBOARD_WEBHOOK_TIMEOUT", "300ms"),
+            ("SWITCHBOARD_WEBHOOK_RETRIES", "1"),
+            ("SWITCHBOARD_WEBHOOK_BATCH_WAIT", "10ms"),
+        ],
+    )
+    .await;
+    // Each connect and subscribe makes webhooks the receiver sits on; clients do not wait.
+    let mut erin = client(&node, "erin").await;
+    subscribe(&mut erin, "news").await;
+    let body = json!({"channel": "news", "event": "flash", "data": {"n": 1}});
+    let sent = http(
+        "POST",
+        &format!("{}/api/broadcast", node.url()),
+        &[("authorization", "Bearer k")],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(sent.status, 202, "{}", sent.text());
+    assert_eq!(
+        erin.expect_event("flash", TIMEOUT).await,
+        [json!("news"), json!({"n": 1})]
+    );
+    // Timed out, retried once, then dropped and counted.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let metrics = http("GET", &format!("{}/metrics", node.url()), &[], b"")
+            .await
+            .text();
+        let counted = |kind: &str| {
+            metrics.lines().any(|l| {
+                l.starts_with(&format!(
+                    "switchboard_webhook_failures_total{{kind=\"{kind}\"}}"
+                )) && !l.ends_with(" 0")
+            })
+        };
+        if counted("retry") && counted("given_up") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry and give-up counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
