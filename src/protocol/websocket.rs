@@ -147,6 +147,17 @@ fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// A fragmented message so far.
+#[derive(Debug)]
+struct Partial {
+    /// `TEXT` or `BINARY`.
+    opcode: u8,
+    /// The fragments' payloads, joined.
+    payload: Vec<u8>,
+    /// How much of a text payload is known to be UTF-8 (a cut character may follow).
+    valid: usize,
+}
+
 /// What a frame header says.
 struct Header {
     fin: bool,
@@ -180,8 +191,8 @@ struct Discard {
 pub struct Reader {
     /// Bytes received and not yet taken as whole frames.
     unread: Vec<u8>,
-    /// A fragmented message so far: its opcode and payload.
-    fragments: Option<(u8, Vec<u8>)>,
+    /// A fragmented message so far.
+    fragments: Option<Partial>,
     /// A message over `max_kept` whose bytes are being dropped.
     discard: Option<Discard>,
     /// Over this a message is an error (close 1009).
@@ -223,7 +234,7 @@ impl Reader {
     /// fragmented message so far (for the properties the fuzz targets check).
     #[cfg(any(test, fuzzing))]
     pub fn held(&self) -> (usize, usize) {
-        let fragments = self.fragments.as_ref().map_or(0, |(_, p)| p.capacity());
+        let fragments = self.fragments.as_ref().map_or(0, |p| p.payload.capacity());
         (self.unread.capacity(), fragments)
     }
 
@@ -264,7 +275,7 @@ impl Reader {
                         "a message began before the previous one ended",
                     ));
                 }
-                (CONTINUATION, Some((_, payload)), _) => payload.len(),
+                (CONTINUATION, Some(partial), _) => partial.payload.len(),
                 (CONTINUATION, None, Some(discard)) => discard.len,
                 (CONTINUATION, None, None) => {
                     return Err(FrameError::Protocol(
@@ -298,17 +309,35 @@ impl Reader {
             let Some(payload) = self.take_payload(&header) else {
                 return Ok(None);
             };
-            let (opcode, payload) = match self.fragments.take() {
-                Some((opcode, mut so_far)) => {
-                    so_far.extend_from_slice(&payload);
-                    (opcode, so_far)
+            let mut partial = match self.fragments.take() {
+                Some(mut partial) => {
+                    partial.payload.extend_from_slice(&payload);
+                    partial
                 }
-                None => (header.opcode, payload),
+                None => Partial {
+                    opcode: header.opcode,
+                    payload,
+                    valid: 0,
+                },
             };
             if !header.fin {
-                self.fragments = Some((opcode, payload));
+                // A text message is refused at its first invalid byte, not at its end: only
+                // the bytes since the last check are read, and a character cut between two
+                // fragments waits for the next one.
+                if partial.opcode == TEXT {
+                    let unchecked = &partial.payload[partial.valid..];
+                    partial.valid += match std::str::from_utf8(unchecked) {
+                        Ok(_) => unchecked.len(),
+                        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                        Err(_) => return Err(FrameError::NotUtf8),
+                    };
+                }
+                self.fragments = Some(partial);
                 continue;
             }
+            let Partial {
+                opcode, payload, ..
+            } = partial;
             return match opcode {
                 TEXT => String::from_utf8(payload)
                     .map(|text| Some(Message::Text(text)))
@@ -594,6 +623,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fragmented_text_is_refused_at_its_first_invalid_fragment() {
+        // Autobahn 6.4.1: the second fragment is invalid UTF-8 and the message goes on after
+        // it: refused at once, not when its last fragment arrives.
+        let mut reader = Reader::new(1000);
+        reader.extend(&client_frame(TEXT, "κόσμε".as_bytes()));
+        reader.extend(&client_frame(CONTINUATION, &[0xf4, 0x90, 0x80, 0x80]));
+        assert_eq!(reader.next_message(), Err(FrameError::NotUtf8));
+        // A character cut between two fragments is fine.
+        let euro = "€".as_bytes();
+        let mut reader = Reader::new(1000);
+        reader.extend(&client_frame(TEXT, &euro[..1]));
+        reader.extend(&client_frame(CONTINUATION, &euro[1..2]));
+        reader.extend(&client_frame(FIN | CONTINUATION, &euro[2..]));
+        assert_eq!(
+            reader.next_message(),
+            Ok(Some(Message::Text("€".to_owned())))
+        );
+    }
+
+    #[test]
     fn a_close_reason_that_is_not_utf8_is_invalid_payload() {
         // Autobahn 7.5.1: a UTF-8 sequence cut by a surrogate.
         let mut payload = 1000u16.to_be_bytes().to_vec();
@@ -625,7 +674,7 @@ mod tests {
                 reader
                     .fragments
                     .as_ref()
-                    .is_none_or(|(_, p)| p.len() <= 100)
+                    .is_none_or(|p| p.payload.len() <= 100)
             );
         }
         assert_eq!(
