@@ -67,7 +67,7 @@ impl MariaDb {
             process: None,
             dir: TempDir::new("mariadb"),
         };
-        copy_dir(template().await, &server.data_dir()).await;
+        super::template::copy(template().await, &server.data_dir()).await;
         server.launch().await;
         server
     }
@@ -262,12 +262,7 @@ async fn find_or_make_template() -> PathBuf {
         return template;
     }
 
-    // Built beside its final name and renamed into place, so that a test
-    // binary running at the same time never sees half of one.
-    let building = root.join(format!("mariadb-template-building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    std::fs::create_dir_all(&building)
-        .unwrap_or_else(|err| panic!("create {}: {err}", building.display()));
+    let building = super::template::building_dir(root, "mariadb");
     let init_path = building.join("init.sql");
     std::fs::write(&init_path, init)
         .unwrap_or_else(|err| panic!("write {}: {err}", init_path.display()));
@@ -287,22 +282,7 @@ async fn find_or_make_template() -> PathBuf {
         .arg(format!("--tmpdir={}", building.display()))
         .args(SHARED_ARGS)
         .kill_on_drop(true);
-    let output = command.output().await.unwrap_or_else(|err| {
-        panic!("run {command:?}: {err}; is mariadb-server installed? (scripts/test installs it)")
-    });
-    assert!(
-        output.status.success(),
-        "mariadb-install-db failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if std::fs::rename(&data, &template).is_err() && !template.is_dir() {
-        panic!("move {} to {}", data.display(), template.display());
-    }
-    // Another test binary may have won the race; its template is as good.
-    let _ = std::fs::remove_dir_all(&building);
-    template
+    super::template::finish(command, "mariadb-server", &data, &template, &building).await
 }
 
 /// Run once, by the bootstrap. It runs with the grant tables off; FLUSH
@@ -316,23 +296,6 @@ fn init_sql() -> String {
         db = MariaDb::DATABASE,
         user = MariaDb::USER
     )
-}
-
-/// `cp -a from to`: keeps owners and modes, which mariadbd checks.
-async fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .await
-        .unwrap_or_else(|err| panic!("run cp -a: {err}"));
-    assert!(
-        status.success(),
-        "cp -a {} {} failed: {status}",
-        from.display(),
-        to.display()
-    );
 }
 
 /// Undoes `--batch` escaping of one field: `\t`, `\n`, `\0` and `\\`.

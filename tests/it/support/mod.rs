@@ -33,6 +33,7 @@ mod postgres;
 mod process;
 mod prometheus;
 mod redis_server;
+mod template;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -375,19 +375,7 @@ async fn create_role(dir: &Path, port: u16) {
 
 /// `cp -a` of the template data directory to `dir/data`, `dir` owned by the server's user.
 async fn copy_template(dir: &Path) {
-    let template = template().await;
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(template)
-        .arg(dir.join("data"))
-        .status()
-        .await
-        .unwrap_or_else(|err| panic!("run cp -a: {err}"));
-    assert!(
-        status.success(),
-        "cp -a {} failed: {status}",
-        template.display()
-    );
+    super::template::copy(template().await, &dir.join("data")).await;
     own_dir(dir).await;
 }
 
@@ -426,12 +414,7 @@ async fn find_or_make_template() -> PathBuf {
     if template.is_dir() {
         return template;
     }
-    // Built beside its final name and renamed into place, so that a test binary running at
-    // the same time never sees half of one.
-    let building = root.join(format!("postgres-template-building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    std::fs::create_dir_all(&building)
-        .unwrap_or_else(|err| panic!("create {}: {err}", building.display()));
+    let building = super::template::building_dir(&root, "postgres");
     own_dir(&building).await;
     let data = building.join("data");
     let mut parts = as_server_user();
@@ -443,22 +426,7 @@ async fn find_or_make_template() -> PathBuf {
         .arg(format!("--pgdata={}", data.display()))
         .args(INITDB_ARGS)
         .kill_on_drop(true);
-    let output = command.output().await.unwrap_or_else(|err| {
-        panic!("run {command:?}: {err}; is postgresql installed? (scripts/test installs it)")
-    });
-    assert!(
-        output.status.success(),
-        "initdb failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if std::fs::rename(&data, &template).is_err() && !template.is_dir() {
-        panic!("move {} to {}", data.display(), template.display());
-    }
-    // Another test binary may have won the race; its template is as good.
-    let _ = std::fs::remove_dir_all(&building);
-    template
+    super::template::finish(command, "postgresql", &data, &template, &building).await
 }
 
 /// A `psql` run over the server's Unix socket in `dir`.
