@@ -11,8 +11,9 @@ use deadpool_redis::Pool;
 /// How long one membership read or write may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The channel kinds whose membership is kept here.
-const KINDS: [&str; 2] = ["room:", "group:"];
+/// The channel kinds whose membership is kept here; the member set of `room:42` is
+/// `members:room:42`, the key the policy's built-in `set` rules read.
+pub const KINDS: [&str; 2] = ["room:", "group:"];
 
 /// Membership could not be read or written.
 #[derive(Debug, thiserror::Error)]

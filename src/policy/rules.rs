@@ -344,16 +344,14 @@ fn built_in_rules(unmatched: Unmatched) -> Vec<Rule> {
     };
     let mut rules = vec![placeholder(USER_CHANNEL, "private-user.", Check::SelfUser)];
     if unmatched == Unmatched::Conventional {
-        rules.push(placeholder(
-            "room:{id}",
-            "room:",
-            Check::Set("members:room:{id}".into()),
-        ));
-        rules.push(placeholder(
-            "group:{id}",
-            "group:",
-            Check::Set("members:group:{id}".into()),
-        ));
+        // The same kinds and keys the members API writes (`members:room:{id}`, …).
+        for kind in crate::members::KINDS {
+            rules.push(placeholder(
+                &format!("{kind}{{id}}"),
+                kind,
+                Check::Set(format!("members:{kind}{{id}}")),
+            ));
+        }
     }
     rules
 }
