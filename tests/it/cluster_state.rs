@@ -93,15 +93,8 @@ impl Instance {
 
     /// Waits for the first event `wanted` accepts, skipping the others; panics on timeout.
     async fn expect(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(event)) if wanted(&event) => return event,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the event channel closed while waiting for {what}"),
-                Err(_) => panic!("no {what} within {WAIT:?}"),
-            }
-        }
+        let mut seen = self.until(what, wanted).await;
+        seen.pop().expect("until returns the event it waited for")
     }
 
     /// Every event up to and including the first `last` accepts; panics on timeout.
