@@ -67,3 +67,6 @@ pub mod token;
 pub mod transport;
 pub mod webhooks;
 pub mod ws;
+
+#[cfg(test)]
+mod fuzz_replay;

@@ -15,7 +15,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::outbox::CloseReason;
+use crate::outbox::{CloseReason, Queued};
 
 /// How often the event-loop watch wakes to measure its own lateness.
 const LAG_INTERVAL: Duration = Duration::from_millis(100);
@@ -207,6 +207,8 @@ pub struct Metrics {
     pub direct_writes: IntCounter,
     slow_consumers: IntCounter,
     outgoing_queue_frames: IntGauge,
+    outgoing_queue_bytes: IntGauge,
+    runtime_alive_tasks: IntGauge,
     rate_limited: [IntCounter; Limit::ALL.len()],
     /// Refused tokens, by reason.
     pub auth_failures: IntCounterVec,
@@ -409,6 +411,14 @@ impl Metrics {
                 "outgoing_queue_frames",
                 "Frames waiting in all sockets' send queues",
             )?,
+            outgoing_queue_bytes: b.gauge(
+                "outgoing_queue_bytes",
+                "Bytes of the frames waiting in all sockets' send queues",
+            )?,
+            runtime_alive_tasks: b.gauge(
+                "runtime_alive_tasks",
+                "Tasks alive in the node's runtime (a leak shows as growth at a steady load)",
+            )?,
             auth_failures: b.counters("auth_failures_total", "Refused tokens", &["reason"])?,
             errors: b.counters("errors_total", "Protocol and input errors", &["kind"])?,
             api_requests: b.counters(
@@ -562,7 +572,12 @@ impl Metrics {
     /// Records what is read rather than maintained (`sample`, read by the node from its
     /// parts), then renders every metric in the Prometheus text format.
     pub fn scrape(&self, sample: &Sample) -> String {
-        self.outgoing_queue_frames.set(sample.queued_frames as i64);
+        self.outgoing_queue_frames.set(sample.queued.frames as i64);
+        self.outgoing_queue_bytes.set(sample.queued.bytes as i64);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_alive_tasks
+                .set(runtime.metrics().num_alive_tasks() as i64);
+        }
         if let Some(healthy) = sample.bus_healthy {
             self.redis_up
                 .with_label_values(&["bus"])
@@ -619,8 +634,8 @@ impl Metrics {
 /// What a scrape reads from the node's parts at that moment.
 #[derive(Debug, Default)]
 pub struct Sample {
-    /// Frames waiting in every socket's outbox.
-    pub queued_frames: usize,
+    /// What waits in every socket's outbox.
+    pub queued: Queued,
     /// Whether the Redis bus is connected, when there is one.
     pub bus_healthy: Option<bool>,
     /// The Redis pool's connections, when there is one.

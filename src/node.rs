@@ -299,14 +299,12 @@ impl Node {
     /// The Prometheus text of every metric, with what is read rather than maintained
     /// sampled from the parts now.
     pub fn scrape(&self) -> String {
-        let queued_frames = self.sessions.queued_frames()
-            + self
-                .plain
-                .iter()
-                .map(|socket| socket.outbox.queued_frames())
-                .sum::<usize>();
+        let queued = [self.sessions.queued()]
+            .into_iter()
+            .chain(self.plain.iter().map(|socket| socket.outbox.queued()))
+            .sum();
         let mut sample = Sample {
-            queued_frames,
+            queued,
             ..Sample::default()
         };
         if let Bus::Redis(bus) = &self.bus {

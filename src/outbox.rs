@@ -164,6 +164,24 @@ pub enum PushError {
     Closed,
 }
 
+/// What waits in one or more queues.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    /// Frames.
+    pub frames: usize,
+    /// Their bytes on the wire.
+    pub bytes: usize,
+}
+
+impl std::iter::Sum for Queued {
+    fn sum<I: Iterator<Item = Queued>>(iter: I) -> Self {
+        iter.fold(Queued::default(), |all, one| Queued {
+            frames: all.frames + one.frames,
+            bytes: all.bytes + one.bytes,
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Frame>,
@@ -289,6 +307,15 @@ impl Outbox {
         self.lock().frames.len()
     }
 
+    /// Frames and bytes waiting to be written (sampled for metrics).
+    pub fn queued(&self) -> Queued {
+        let state = self.lock();
+        Queued {
+            frames: state.frames.len(),
+            bytes: state.bytes,
+        }
+    }
+
     /// The reason the queue was closed, if it was.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.lock().closed
@@ -374,9 +401,16 @@ pub(crate) mod tests {
         outbox.push("a".into()).expect("push");
         outbox.push("b".into()).expect("push");
         assert_eq!(outbox.queued_frames(), 2);
+        // Each a one-byte text behind a two-byte websocket header.
+        let queued = Queued {
+            frames: 2,
+            bytes: 6,
+        };
+        assert_eq!(outbox.queued(), queued);
+        assert_eq!([queued, queued].into_iter().sum::<Queued>().bytes, 12);
         let mut out = VecDeque::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
-        assert_eq!(outbox.queued_frames(), 0);
+        assert_eq!(outbox.queued(), Queued::default());
         let texts: Vec<_> = out.iter().map(Frame::as_str).collect();
         assert_eq!(texts, ["a", "b"]);
         assert_eq!(outbox.try_drain(&mut out), None);

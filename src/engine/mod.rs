@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::id::random_id;
 use crate::metrics::{Metrics, Protocol};
-use crate::outbox::{CloseReason, Frame, Outbox};
+use crate::outbox::{CloseReason, Frame, Outbox, Queued};
 use crate::protocol::engineio::{self, ErrorCode, Handshake, Packet};
 use crate::transport::Writes;
 use heartbeat::{Beat, Heartbeat};
@@ -205,8 +205,8 @@ pub trait SessionTable: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Frames waiting in every session's queue.
-    fn queued_frames(&self) -> usize;
+    /// What waits in every session's queue.
+    fn queued(&self) -> Queued;
     /// Closes every session (shutdown).
     fn close_all(&self, reason: CloseReason);
 }
@@ -220,8 +220,8 @@ impl<S: Send + Sync + 'static> SessionTable for Sessions<S> {
         self.map.len()
     }
 
-    fn queued_frames(&self) -> usize {
-        self.map.iter().map(|s| s.outbox.queued_frames()).sum()
+    fn queued(&self) -> Queued {
+        self.map.iter().map(|s| s.outbox.queued()).sum()
     }
 
     fn close_all(&self, reason: CloseReason) {

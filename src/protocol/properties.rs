@@ -3,10 +3,9 @@
 //! hold before anything is buffered, and a message read in pieces reads as the whole one.
 //!
 //! One function per fuzz target of the same name (`fuzz/fuzz_targets/`); each panics when its
-//! property fails. The unit test below replays the committed seeds (`fuzz/corpus/<target>/seed-*`)
-//! and every input a fuzzer found failing (`fuzz/regressions/<target>/`) through them, on stable
-//! Rust. Compiled for tests and for fuzzing only (cargo-fuzz sets `--cfg fuzzing`): the node
-//! never runs them.
+//! property fails. The unit tests of `fuzz_replay` replay the committed seeds and every input a
+//! fuzzer found failing through them, on stable Rust. Compiled for tests and for fuzzing only
+//! (cargo-fuzz sets `--cfg fuzzing`): the node never runs them.
 
 use std::borrow::Cow;
 
@@ -15,17 +14,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{engineio, json, socketio, websocket};
-
-/// A property: panics when `input` breaks it.
-pub type Property = fn(input: &[u8]);
-
-/// Every property, by the name of its fuzz target.
-pub const TARGETS: [(&str, Property); 4] = [
-    ("websocket_frames", websocket_frames),
-    ("engineio_packets", engineio_packets),
-    ("socketio_packets", socketio_packets),
-    ("json_frames", json_frames),
-];
 
 /// The longest header of a client frame: two bytes, a 64-bit length and the masking key.
 const MAX_HEADER: usize = 14;
@@ -577,60 +565,4 @@ struct ErrorPayload<'a> {
 struct Channel<'a> {
     #[serde(borrow)]
     channel: Cow<'a, str>,
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::{Path, PathBuf};
-
-    use super::*;
-
-    /// The files of `dir`, sorted; none when it does not exist.
-    fn files(dir: &Path) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        let mut files: Vec<PathBuf> = entries
-            .map(|entry| entry.expect("a directory entry").path())
-            .filter(|path| path.is_file())
-            .collect();
-        files.sort();
-        files
-    }
-
-    #[test]
-    fn the_fuzz_targets_are_the_properties() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets");
-        let mut targets: Vec<String> = files(&dir)
-            .iter()
-            .filter_map(|path| Some(path.file_stem()?.to_str()?.to_owned()))
-            .collect();
-        targets.sort();
-        let mut properties: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();
-        properties.sort();
-        assert_eq!(targets, properties);
-    }
-
-    #[test]
-    fn seeds_and_regressions_keep_their_properties() {
-        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-        for (target, property) in TARGETS {
-            let seeds = files(&fuzz.join("corpus").join(target))
-                .into_iter()
-                .filter(|path| {
-                    path.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
-                });
-            let seeds: Vec<PathBuf> = seeds.collect();
-            assert!(!seeds.is_empty(), "{target} has seeds");
-            for path in seeds
-                .iter()
-                .chain(&files(&fuzz.join("regressions").join(target)))
-            {
-                // Printed before the property runs: a failing test shows which input broke it.
-                println!("{target}: {}", path.display());
-                property(&std::fs::read(path).expect("read a fuzz input"));
-            }
-        }
-    }
 }

@@ -30,7 +30,7 @@ pub struct Timeouts {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (request line and headers): far above what browsers and back-ends
 /// send, and small enough that a slow sender holds little memory with it.
-const MAX_HEAD_SIZE: usize = 64 * 1024;
+pub(super) const MAX_HEAD_SIZE: usize = 64 * 1024;
 /// Pause after an accept error that is not one connection's (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -69,6 +69,11 @@ pub async fn serve<G, A>(
                     tracing::debug!(%remote, "HTTP connection refused");
                     continue;
                 };
+                // Small frames go out at once: with Nagle, a second frame waits for the peer's
+                // delayed ACK.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
                 tokio::spawn(serve_connection(
                     ClientStream::new(tcp, timeouts.write),
                     remote,
@@ -254,19 +259,18 @@ impl tokio::io::AsyncWrite for ClientStream {
 }
 
 /// Serves one connection's requests, upgrades included; on shutdown, finishes the request in
-/// flight and closes.
-async fn serve_connection<G>(
-    tcp: ClientStream,
+/// flight and closes. Any stream will do (the fuzz property of `super::properties` serves an
+/// in-memory one); only a [`ClientStream`] can be upgraded to a websocket.
+pub(super) async fn serve_connection<S, G>(
+    stream: S,
     remote: SocketAddr,
     app: Router,
     body_timeout: Duration,
     mut closing: watch::Receiver<bool>,
     admitted: G,
-) {
-    // Small frames go out at once: with Nagle, a second frame waits for the peer's delayed ACK.
-    if let Err(e) = tcp.tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let (mut parts, inner) = request.into_parts();
         parts.extensions.insert(ConnectInfo(remote));
@@ -281,7 +285,7 @@ async fn serve_connection<G>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_header_size(MAX_HEAD_SIZE)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {

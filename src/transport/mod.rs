@@ -5,6 +5,8 @@
 //! plain JSON endpoint ([`crate::ws`]) both run on it; it knows neither.
 
 pub mod http;
+#[cfg(any(test, fuzzing))]
+pub mod properties;
 pub mod websocket;
 
 use std::collections::{HashSet, VecDeque};

@@ -859,6 +859,8 @@ async fn health_ready_and_metrics() {
         "switchboard_bus_publishes_total 0",
         "switchboard_handshake_duration_seconds_count{protocol=\"socketio\"} 1",
         "switchboard_outgoing_queue_frames 0",
+        "switchboard_outgoing_queue_bytes 0",
+        "switchboard_runtime_alive_tasks ",
         "switchboard_cluster_nodes 1",
         "switchboard_rate_limited_total{limit=\"connect_ip\"} 0",
         "switchboard_runtime_busy_ratio ",
