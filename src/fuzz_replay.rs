@@ -9,8 +9,11 @@ use crate::protocol::properties::{
 };
 use crate::transport::properties::http_head;
 
+/// A property: panics when its input breaks it.
+type Property = fn(input: &[u8]);
+
 /// Every property, by the name of its fuzz target (`fuzz/fuzz_targets/<name>.rs`).
-const TARGETS: [(&str, fn(&[u8])); 5] = [
+const TARGETS: [(&str, Property); 5] = [
     ("websocket_frames", websocket_frames),
     ("engineio_packets", engineio_packets),
     ("socketio_packets", socketio_packets),
