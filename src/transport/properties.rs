@@ -40,7 +40,8 @@ const MAX_HEADERS: usize = 100;
 /// order and the rest is one last chunk. With `pad` above 0, a header of `2 × pad` bytes
 /// of padding follows the stream's first line, so heads reach past the limit.
 ///
-/// Read in those chunks, the stream is answered exactly as when it is read whole; everything
+/// Read in those chunks, the stream is answered as when it is read whole, but for how a broken
+/// one is refused (see [`answered`]); everything
 /// written is a well-formed response; the connection ends; every request echoed is the one
 /// the client sent in that place (method, target, body), none is answered that the client did
 /// not finish, and a request that is not answered follows one that closed the connection or
@@ -51,16 +52,27 @@ pub fn http_head(input: &[u8]) {
         return;
     };
     let stream = padded(stream, usize::from(pad) * 2);
-    let whole = serve(&[&stream]);
-    let answers = read_answers(&whole);
+    let answers = read_answers(&serve(&[&stream]));
+    let in_chunks = read_answers(&serve(&chunks(&stream, sizes)));
     assert_eq!(
-        answers,
-        read_answers(&serve(&chunks(&stream, sizes))),
+        answered(&answers),
+        answered(&in_chunks),
         "answered in chunks as whole"
     );
     check_echoes(&answers, &sent(&stream));
     if pad == 0 {
         check_head_limit(&stream);
+    }
+}
+
+/// The answers but a last refusal. Only how a connection ends may depend on how its bytes
+/// arrive: a broken head read whole is refused (400) at once, while in pieces hyper parses a head
+/// only once its end has arrived, so the same bytes end in the head timeout (no answer) or, past
+/// the limit, in 431.
+fn answered(answers: &[Answer]) -> &[Answer] {
+    match answers.split_last() {
+        Some((last, rest)) if last.status >= 400 && last.echoed().is_none() => rest,
+        _ => answers,
     }
 }
 
@@ -348,9 +360,11 @@ fn check_echoes(answers: &[Answer], (sent, rest_unknown): &(Vec<Sent>, bool)) {
             continue;
         }
         let (target, body) = echo.target_and_body.expect("an echo's line");
-        // Only an origin-form target is echoed as sent: the URI type writes others its way.
+        // Only an origin-form target is echoed as sent, without a fragment (which has no place
+        // in a request): the URI type writes other forms its way.
         if request.target.starts_with('/') {
-            assert_eq!(target, request.target, "request {i}'s target");
+            let sent = request.target.split('#').next().unwrap_or_default();
+            assert_eq!(target, sent, "request {i}'s target");
         }
         assert_eq!(
             body,
