@@ -173,7 +173,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// VmRSS in bytes from /proc/<pid>/status.
-fn rss_bytes(status: &str) -> Option<u64> {
+pub fn rss_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
