@@ -70,7 +70,7 @@ impl Sample {
     }
 
     /// Softirq seconds on the processes' cores between `earlier` and this sample.
-    fn softirq_seconds_since(&self, earlier: &Sample) -> Option<f64> {
+    pub fn softirq_seconds_since(&self, earlier: &Sample) -> Option<f64> {
         let ticks = self.softirq_ticks?.saturating_sub(earlier.softirq_ticks?);
         Some(ticks as f64 / CLOCK_TICKS_PER_SEC)
     }

@@ -104,6 +104,11 @@ pub struct Sample {
     queue_bytes: Option<u64>,
     queue_frames: Option<u64>,
     node_connections: Option<u64>,
+    /// The node's CPU time over the window, in cores (1.0 = one core busy).
+    node_cpu: Option<f64>,
+    /// Softirq time on the node's cores over the window, in cores, when the bench runs on
+    /// other cores: the kernel's network work Linux charges to no process.
+    node_softirq: Option<f64>,
     /// Clients with a session, as the bench sees them.
     clients_connected: i64,
     delivered: u64,
@@ -324,6 +329,7 @@ pub async fn run(args: SoakArgs) -> Result<Summary> {
     let mut previous = Snapshot::of(&shared.counters);
     let mut previous_at = load_started;
     let mut last_metrics = metrics_before.clone();
+    let mut previous_cpu: Option<stats::Sample> = None;
     let steps = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
     for step in 0..=steps {
         let at = load_started + (interval * step).min(duration);
@@ -360,12 +366,14 @@ pub async fn run(args: SoakArgs) -> Result<Summary> {
             at.duration_since(load_started),
             elapsed,
             resources,
+            previous_cpu.as_ref(),
             &metrics,
             &window,
             &previous,
             &now,
             shared.counters.connected.load(Ordering::Relaxed),
         );
+        previous_cpu = Some(resources.cpu);
         eprintln!("switchboard-bench: soak: {}", progress(&sample));
         samples.push(sample);
         previous = now;
@@ -633,6 +641,7 @@ fn sample(
     t: Duration,
     elapsed: Duration,
     resources: Resources,
+    cpu_before: Option<&stats::Sample>,
     metrics: &NodeMetrics,
     window: &Histogram<u64>,
     before: &Snapshot,
@@ -642,6 +651,8 @@ fn sample(
     let ms = |us: u64| us as f64 / 1000.0;
     let seen = !window.is_empty();
     let delivered = now.delivered - before.delivered;
+    let secs = elapsed.as_secs_f64();
+    let per_core = |seconds: f64| (secs > 0.0).then(|| seconds / secs);
     Sample {
         t_s: t.as_secs_f64(),
         rss_bytes: resources.rss_bytes,
@@ -650,6 +661,10 @@ fn sample(
         queue_bytes: metrics.queue_bytes,
         queue_frames: metrics.queue_frames,
         node_connections: metrics.connections,
+        node_cpu: cpu_before.and_then(|b| per_core(resources.cpu.cpu_seconds_since(b))),
+        node_softirq: cpu_before
+            .and_then(|b| resources.cpu.softirq_seconds_since(b))
+            .and_then(per_core),
         clients_connected: connected,
         delivered,
         deliveries_per_sec: (!elapsed.is_zero()).then(|| stats::per_sec(delivered, elapsed)),
@@ -670,13 +685,16 @@ fn sample(
 fn progress(s: &Sample) -> String {
     let opt = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
     let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
+    let cores = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}"));
     format!(
-        "{:.1} min: rss {:.1} MiB, fds {}, tasks {}, queue {} B, connections {} (bench {}), {:.0} deliveries/s, p50 {}, p99 {}, lost {}, reconnects {}, failures {}, dropped {}",
+        "{:.1} min: rss {:.1} MiB, fds {}, tasks {}, queue {} B, cpu {} (softirq {}), connections {} (bench {}), {:.0} deliveries/s, p50 {}, p99 {}, lost {}, reconnects {}, failures {}, dropped {}",
         s.t_s / 60.0,
         s.rss_bytes as f64 / (1 << 20) as f64,
         s.fds,
         opt(s.tasks),
         opt(s.queue_bytes),
+        cores(s.node_cpu),
+        cores(s.node_softirq),
         opt(s.node_connections),
         s.clients_connected,
         s.deliveries_per_sec.unwrap_or(0.0),

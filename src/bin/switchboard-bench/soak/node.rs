@@ -10,28 +10,30 @@ use crate::http1;
 use crate::stats;
 use crate::target::Target;
 
-/// Resident memory and open descriptors of the node's processes, summed.
+/// Resident memory, open descriptors and CPU time of the node's processes, summed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resources {
     pub rss_bytes: u64,
     pub fds: u64,
+    /// CPU time, and the softirq time of the node's cores when the bench runs on others.
+    pub cpu: stats::Sample,
 }
 
 /// Reads /proc for `pids` (blocking: the fd directory of a loaded node has ~20,000 entries).
 pub fn resources(pids: &[u32]) -> Result<Resources> {
-    let mut total = Resources::default();
+    let cpu = stats::sample_pids(pids)?.context("no --server-pid to measure")?;
+    let mut fds = 0;
     for pid in pids {
-        let status_path = format!("/proc/{pid}/status");
-        let status = std::fs::read_to_string(&status_path)
-            .with_context(|| format!("--server-pid {pid}: cannot read {status_path}"))?;
-        total.rss_bytes += stats::rss_bytes(&status)
-            .with_context(|| format!("--server-pid {pid}: no VmRSS in {status_path}"))?;
         let fd_path = format!("/proc/{pid}/fd");
-        total.fds += std::fs::read_dir(&fd_path)
+        fds += std::fs::read_dir(&fd_path)
             .with_context(|| format!("--server-pid {pid}: cannot list {fd_path}"))?
             .count() as u64;
     }
-    Ok(total)
+    Ok(Resources {
+        rss_bytes: cpu.rss_bytes,
+        fds,
+        cpu,
+    })
 }
 
 /// The node's metrics the soak records (`None`: not on the page).
