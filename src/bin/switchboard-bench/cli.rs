@@ -28,6 +28,8 @@ pub enum Scenario {
     Connect(ConnectArgs),
     /// Hold N subscribed clients open for a while, measure drops and server memory
     Idle(IdleArgs),
+    /// Long run of mixed clients with churn, presence and steady deliveries; samples the node's memory, fds and latency
+    Soak(SoakArgs),
 }
 
 /// Settings shared by every scenario.
@@ -135,6 +137,76 @@ pub struct IdleArgs {
     pub duration: f64,
 }
 
+/// Settings of the `soak` scenario.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("connections", |a| a.default_value("19000")),
+    mut_arg("channels", |a| a.default_value("100")),
+    mut_arg("concurrency", |a| a.default_value("200")),
+    // The mix decides what each client speaks.
+    mut_arg("protocol", |a| a.hide(true)),
+)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Shares of Socket.IO-over-websocket, JSON and Socket.IO-over-polling clients (a polling client holds two connections)
+    #[arg(long, default_value = "60,37,3")]
+    pub mix: crate::soak::Mix,
+
+    /// Seconds of load once every client has connected
+    #[arg(long, default_value_t = 1800.0)]
+    pub duration: f64,
+
+    /// Seconds at the start the verdict does not judge growth on
+    #[arg(long, default_value_t = 300.0)]
+    pub warmup: f64,
+
+    /// Seconds between samples
+    #[arg(long, default_value_t = 60.0)]
+    pub sample_interval: f64,
+
+    /// Share of the connected clients that close politely and reconnect each second
+    #[arg(long, default_value_t = 0.02)]
+    pub churn: f64,
+
+    /// Share of the clients that each second subscribe to a new channel `soak.extra.N` and leave the one they held
+    #[arg(long, default_value_t = 0.01)]
+    pub resubscribe: f64,
+
+    /// Share of the clients that also join one of the presence channels `presence-soak.K` (needs a policy allowing them)
+    #[arg(long, default_value_t = 0.1)]
+    pub presence: f64,
+
+    /// Presence channels
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub presence_channels: u32,
+
+    /// Deliveries per second to aim for (messages × subscribers of their channel)
+    #[arg(long, default_value_t = 50_000.0)]
+    pub deliveries: f64,
+
+    /// Approximate size of each message's JSON data, in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+
+    /// Redis URL to PUBLISH to
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Prefix of the Redis channel names (the server's --redis-prefix)
+    #[arg(long, default_value = "")]
+    pub redis_prefix: String,
+
+    /// Seconds to wait after the last publish before the still-connected clients count what they miss
+    #[arg(long, default_value_t = 5.0)]
+    pub grace: f64,
+
+    /// Growth of RSS and open fds after the warm-up that still passes (0.05 = 5%)
+    #[arg(long, default_value_t = 0.05)]
+    pub tolerance: f64,
+}
+
 /// What the clients speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -172,6 +244,15 @@ impl Scenario {
             Scenario::Fanout(args) => &args.common,
             Scenario::Connect(args) => &args.common,
             Scenario::Idle(args) => &args.common,
+            Scenario::Soak(args) => &args.common,
+        }
+    }
+
+    /// Client sockets the scenario opens at most, for the file limit.
+    pub fn sockets(&self) -> usize {
+        match self {
+            Scenario::Soak(args) => crate::soak::sockets(args),
+            other => other.common().connections,
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::cli::{Common, Protocol};
 use crate::target::{self, Target};
@@ -95,7 +95,8 @@ pub struct HandshakeError {
 }
 
 impl HandshakeError {
-    fn new(failure: Failure, detail: impl Into<String>) -> Self {
+    /// A failure of kind `failure`, with its detail.
+    pub fn new(failure: Failure, detail: impl Into<String>) -> Self {
         Self {
             failure,
             detail: detail.into(),
@@ -157,7 +158,16 @@ impl ClientContext {
 
     /// Runs the full handshake of connection `index`, within the timeout.
     pub async fn open(&self, index: usize) -> Result<Session, HandshakeError> {
-        match tokio::time::timeout(self.timeout, self.handshake(index)).await {
+        self.open_as(index, self.protocol).await
+    }
+
+    /// Runs the full handshake of connection `index` in `protocol`, within the timeout.
+    pub async fn open_as(
+        &self,
+        index: usize,
+        protocol: Protocol,
+    ) -> Result<Session, HandshakeError> {
+        match tokio::time::timeout(self.timeout, self.handshake(index, protocol)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(HandshakeError::new(
                 Failure::Timeout,
@@ -166,10 +176,24 @@ impl ClientContext {
         }
     }
 
-    async fn handshake(&self, index: usize) -> Result<Session, HandshakeError> {
-        let protocol = self.protocol;
-        let target = &self.targets[index % self.targets.len()];
-        let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+    /// How long one handshake may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The server connection `index` goes to.
+    pub fn target_of(&self, index: usize) -> &Target {
+        &self.targets[index % self.targets.len()]
+    }
+
+    /// The source address connection `index` binds to, if any.
+    pub fn source_of(&self, index: usize) -> Option<Ipv4Addr> {
+        (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()])
+    }
+
+    async fn handshake(&self, index: usize, protocol: Protocol) -> Result<Session, HandshakeError> {
+        let target = self.target_of(index);
+        let source = self.source_of(index);
         let token = self.token(index)?;
         let stream = target::connect(target.addr, source).await.map_err(|e| {
             HandshakeError::new(Failure::Tcp, format!("connect to {}: {e}", target.addr))
@@ -209,7 +233,8 @@ impl ClientContext {
         Ok(session)
     }
 
-    fn token(&self, index: usize) -> Result<String, HandshakeError> {
+    /// A token for user `index`, valid for an hour.
+    pub fn token(&self, index: usize) -> Result<String, HandshakeError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -222,7 +247,8 @@ impl ClientContext {
     }
 }
 
-fn protocol_error(detail: String) -> HandshakeError {
+/// A handshake that broke off or carried something unexpected.
+pub fn protocol_error(detail: String) -> HandshakeError {
     HandshakeError::new(Failure::Protocol, detail)
 }
 
@@ -252,6 +278,16 @@ pub struct Session {
     ws: WebSocketStream<TcpStream>,
     channel: u32,
     protocol: Protocol,
+}
+
+/// One read of a subscribed session.
+pub enum Read {
+    /// A text message (Socket.IO: the whole packet, `42…` for an event).
+    Text(Utf8Bytes),
+    /// An Engine.IO ping: send [`wire::ENGINEIO_PONG`].
+    Ping,
+    /// The server or the network ended the session.
+    Closed,
 }
 
 /// How a held session ended.
@@ -319,11 +355,51 @@ impl Session {
         }
     }
 
-    async fn close(mut self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(None)).await;
+    /// Closes the connection politely: a close frame, then reading until the server's close
+    /// answers it or the connection ends, at most a second in all. Waiting for the answer (as
+    /// RFC 6455 asks) lets the server close the TCP connection first, so the TIME_WAIT stays on
+    /// its side rather than taking the bench's ports, which matters when clients churn.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if self.ws.send(Message::Close(None)).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
     }
 
-    async fn send(&mut self, text: String) -> Result<(), HandshakeError> {
+    /// The next message; cancel-safe (nothing is lost if the future is dropped), so it can be
+    /// raced against commands.
+    pub async fn read(&mut self) -> Read {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return match wire::incoming(self.protocol, &text) {
+                        Incoming::Ping => Read::Ping,
+                        Incoming::Close => Read::Closed,
+                        Incoming::Event(_) | Incoming::Other => Read::Text(text),
+                    };
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return Read::Closed,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Sends `text` and reads until `answer` accepts or refuses a message (skipping others);
+    /// a refusal is a `refused` failure.
+    pub async fn request(
+        &mut self,
+        text: String,
+        refused: Failure,
+        answer: impl Fn(&str) -> Answer,
+    ) -> Result<(), HandshakeError> {
+        self.send(text).await?;
+        self.expect(refused, answer).await
+    }
+
+    /// Sends one text message.
+    pub async fn send(&mut self, text: String) -> Result<(), HandshakeError> {
         self.ws
             .send(Message::text(text))
             .await

@@ -7,7 +7,10 @@
 //! - `fanout`: subscribed clients, messages published at a fixed rate (Redis or HTTP API),
 //!   delivery counts and publish-to-receive latency;
 //! - `connect`: handshake rate, failures by kind and handshake latency;
-//! - `idle`: clients held open, drops, and the server's memory per connection.
+//! - `idle`: clients held open, drops, and the server's memory per connection;
+//! - `soak`: a long run of mixed clients (Socket.IO over websocket and long-polling, JSON) with
+//!   churn, presence, subscription traffic and steady deliveries; the node's memory, fds,
+//!   tasks, queue and latency sampled every minute, loss counted, and a pass/fail verdict.
 //!
 //! With `--server-pid` it also reports the server's CPU and memory from /proc, beside its own.
 
@@ -16,9 +19,12 @@ mod client;
 mod connect;
 mod fanout;
 mod fleet;
+mod http1;
 mod idle;
+mod polling;
 mod publish;
 mod setup;
+mod soak;
 mod stats;
 mod target;
 mod wire;
@@ -47,7 +53,7 @@ fn main() -> ExitCode {
 /// Runs one scenario and returns its JSON summary line.
 fn run(scenario: Scenario) -> Result<String> {
     let common = scenario.common();
-    setup::raise_file_limit(common.connections)?;
+    setup::raise_file_limit(scenario.sockets())?;
     let threads = common.threads as usize;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -65,6 +71,7 @@ fn run(scenario: Scenario) -> Result<String> {
             Scenario::Fanout(args) => serde_json::to_string(&fanout::run(args).await?),
             Scenario::Connect(args) => serde_json::to_string(&connect::run(args).await?),
             Scenario::Idle(args) => serde_json::to_string(&idle::run(args).await?),
+            Scenario::Soak(args) => serde_json::to_string(&soak::run(args).await?),
         };
         line.context("cannot encode the summary")
     })

@@ -4,18 +4,17 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use anyhow::{Context, Result};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::http1;
 use crate::target::Target;
 
 /// The event name of every bench message.
 pub const EVENT: &str = "bench";
 /// Most HTTP requests written before their responses are read.
 const PIPELINE_DEPTH: usize = 64;
-/// Longest response header block accepted.
-const MAX_HEADER_LINES: usize = 64;
 
 /// One message to publish: the channel's index and the JSON data.
 pub struct Outgoing {
@@ -161,7 +160,7 @@ impl HttpPublisher {
             .context("write HTTP request")?;
         let mut keep_alive = true;
         for _ in chunk {
-            let (status, close) = read_response(connection, &mut self.body)
+            let http1::Head { status, close } = http1::read_response(connection, &mut self.body)
                 .await
                 .context("read HTTP response")?;
             let ok = (200..300).contains(&status);
@@ -179,48 +178,4 @@ impl HttpPublisher {
         }
         Ok(())
     }
-}
-
-/// Reads one response into `body`; returns its status and whether the server closes.
-async fn read_response(
-    connection: &mut BufReader<TcpStream>,
-    body: &mut Vec<u8>,
-) -> Result<(u16, bool)> {
-    let mut line = String::new();
-    if connection.read_line(&mut line).await? == 0 {
-        bail!("the server closed the connection");
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {line:?}"))?;
-    let mut length = 0usize;
-    let mut close = false;
-    for _ in 0..MAX_HEADER_LINES {
-        line.clear();
-        if connection.read_line(&mut line).await? == 0 {
-            bail!("the server closed the connection in the headers");
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            body.resize(length, 0);
-            connection.read_exact(body).await?;
-            return Ok((status, close));
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            bail!("bad header line {header:?}");
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value
-                .parse()
-                .with_context(|| format!("bad Content-Length {value:?}"))?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            bail!("unsupported Transfer-Encoding {value:?}");
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        }
-    }
-    bail!("more than {MAX_HEADER_LINES} header lines")
 }

@@ -70,7 +70,7 @@ impl Sample {
     }
 
     /// Softirq seconds on the processes' cores between `earlier` and this sample.
-    fn softirq_seconds_since(&self, earlier: &Sample) -> Option<f64> {
+    pub fn softirq_seconds_since(&self, earlier: &Sample) -> Option<f64> {
         let ticks = self.softirq_ticks?.saturating_sub(earlier.softirq_ticks?);
         Some(ticks as f64 / CLOCK_TICKS_PER_SEC)
     }
@@ -173,7 +173,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// VmRSS in bytes from /proc/<pid>/status.
-fn rss_bytes(status: &str) -> Option<u64> {
+pub fn rss_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)

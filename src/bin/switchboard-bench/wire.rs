@@ -23,9 +23,14 @@ const ENGINEIO_PING: &str = "2";
 pub const ENGINEIO_PONG: &str = "3";
 
 /// The name of the channel with index `channel`.
-fn channel_name(channel: u32) -> String {
+pub fn channel_name(channel: u32) -> String {
     format!("bench.{channel}")
 }
+
+/// Engine.IO's close packet: a client leaving politely, or the server ending the session.
+pub const ENGINEIO_CLOSE: &str = "1";
+/// The separator of the packets of one Engine.IO polling payload.
+pub const PAYLOAD_SEPARATOR: char = '\x1e';
 
 /// What a server text means once the client is subscribed.
 #[derive(Debug, PartialEq, Eq)]
@@ -127,10 +132,24 @@ pub fn socketio_connect_answer(text: &str) -> Answer {
 
 /// The subscribe request for channel index `channel`.
 pub fn subscribe(protocol: Protocol, channel: u32) -> String {
-    let name = channel_name(channel);
+    subscribe_to(protocol, &channel_name(channel))
+}
+
+/// The subscribe request for the channel `name` (a name needing no JSON escape).
+pub fn subscribe_to(protocol: Protocol, name: &str) -> String {
     match protocol {
         Protocol::Socketio => format!(r#"42["subscribe",{{"channel":"{name}"}}]"#),
         Protocol::Json => format!(r#"{{"type":"SUBSCRIBE","payload":{{"channel":"{name}"}}}}"#),
+    }
+}
+
+/// The unsubscribe request for the channel `name` (a name needing no JSON escape).
+pub fn unsubscribe_from(protocol: Protocol, name: &str) -> String {
+    match protocol {
+        Protocol::Socketio => format!(r#"42["unsubscribe",{{"channel":"{name}"}}]"#),
+        Protocol::Json => {
+            format!(r#"{{"type":"UNSUBSCRIBE","payload":{{"channel":"{name}"}}}}"#)
+        }
     }
 }
 
@@ -153,7 +172,11 @@ struct JsonReply<'a> {
 
 /// The answer to [`subscribe`] for channel index `channel`, if `text` is it.
 pub fn subscribe_answer(protocol: Protocol, text: &str, channel: u32) -> Answer {
-    let name = channel_name(channel);
+    subscribe_answer_for(protocol, text, &channel_name(channel))
+}
+
+/// The answer to [`subscribe_to`] for the channel `name`, if `text` is it.
+pub fn subscribe_answer_for(protocol: Protocol, text: &str, name: &str) -> Answer {
     match protocol {
         Protocol::Socketio => {
             let Some(args) = text.strip_prefix("42") else {
@@ -177,13 +200,72 @@ pub fn subscribe_answer(protocol: Protocol, text: &str, channel: u32) -> Answer 
                 return Answer::Other;
             };
             match &*reply.kind {
-                "SUBSCRIBED" if reply.channel.as_deref() == Some(name.as_str()) => Answer::Accepted,
+                "SUBSCRIBED" if reply.channel.as_deref() == Some(name) => Answer::Accepted,
                 // The client sent nothing else: an error answers the subscribe.
                 "ERROR" => Answer::Refused,
                 _ => Answer::Other,
             }
         }
     }
+}
+
+/// What a server text that is not a broadcast says, once the client is subscribed and sends
+/// subscribe and unsubscribe requests of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// A subscription to this channel is confirmed.
+    Subscribed(Cow<'a, str>),
+    /// An unsubscription from this channel is confirmed.
+    Unsubscribed(Cow<'a, str>),
+    /// A subscribe was refused (Socket.IO's `subscription_error`, a JSON `ERROR`).
+    Refused(String),
+    /// A presence change or member list: `presence:subscribed`, `presence:joining`,
+    /// `presence:leaving`; `USER_JOINED`, `USER_LEFT`.
+    Presence,
+    /// Anything else.
+    Other,
+}
+
+/// Reads a server text that is not a broadcast the client counts (Socket.IO: the whole text
+/// with its `42`).
+pub fn reply(protocol: Protocol, text: &str) -> Reply<'_> {
+    match protocol {
+        Protocol::Socketio => {
+            let Some(args) = text.strip_prefix("42") else {
+                return Reply::Other;
+            };
+            if args.starts_with(r#"["presence:"#) {
+                return Reply::Presence;
+            }
+            let Ok((event, reply)) = serde_json::from_str::<(Cow<'_, str>, SocketioReply)>(args)
+            else {
+                return Reply::Other;
+            };
+            match &*event {
+                "subscribed" => Reply::Subscribed(reply.channel),
+                "unsubscribed" => Reply::Unsubscribed(reply.channel),
+                "subscription_error" => Reply::Refused(text.to_owned()),
+                _ => Reply::Other,
+            }
+        }
+        Protocol::Json => {
+            let Ok(reply) = serde_json::from_str::<JsonReply>(text) else {
+                return Reply::Other;
+            };
+            match (&*reply.kind, reply.channel) {
+                ("SUBSCRIBED", Some(channel)) => Reply::Subscribed(channel),
+                ("UNSUBSCRIBED", Some(channel)) => Reply::Unsubscribed(channel),
+                ("ERROR", _) => Reply::Refused(text.to_owned()),
+                ("USER_JOINED" | "USER_LEFT", _) => Reply::Presence,
+                _ => Reply::Other,
+            }
+        }
+    }
+}
+
+/// The packets of an Engine.IO polling payload.
+pub fn payload_packets(payload: &str) -> impl Iterator<Item = &str> {
+    payload.split(PAYLOAD_SEPARATOR).filter(|p| !p.is_empty())
 }
 
 /// The body of an HTTP refusal: `{"error": {"code": …}}`.
@@ -286,6 +368,57 @@ mod tests {
             br#"{"error":{"code":"origin_not_allowed","message":"no"}}"#
         ));
         assert!(!refuses_client(b"<html>"));
+    }
+
+    #[test]
+    fn reads_replies_of_both_protocols() {
+        let io = |text| reply(Protocol::Socketio, text);
+        assert_eq!(
+            io(r#"42["subscribed",{"channel":"soak.extra.4","status":"success"}]"#),
+            Reply::Subscribed("soak.extra.4".into())
+        );
+        assert_eq!(
+            io(r#"42["unsubscribed",{"channel":"soak.extra.3"}]"#),
+            Reply::Unsubscribed("soak.extra.3".into())
+        );
+        assert!(matches!(
+            io(
+                r#"42["subscription_error",{"channel":"x","error":"Unauthorized","details":"forbidden"}]"#
+            ),
+            Reply::Refused(_)
+        ));
+        assert_eq!(
+            io(r#"42["presence:joining","presence-soak.1",{"user_id":"7","user_info":{}}]"#),
+            Reply::Presence
+        );
+        assert_eq!(io("3"), Reply::Other);
+        let json = |text| reply(Protocol::Json, text);
+        assert_eq!(
+            json(
+                r#"{"type":"UNSUBSCRIBED","channel":"soak.extra.3","payload":{"channel":"soak.extra.3"}}"#
+            ),
+            Reply::Unsubscribed("soak.extra.3".into())
+        );
+        assert_eq!(
+            json(
+                r#"{"type":"USER_LEFT","channel":"presence-soak.1","payload":{"userId":"7","roomId":"1"}}"#
+            ),
+            Reply::Presence
+        );
+        assert!(matches!(
+            json(r#"{"type":"ERROR","payload":{"code":"FORBIDDEN","message":"no"}}"#),
+            Reply::Refused(_)
+        ));
+        assert_eq!(
+            unsubscribe_from(Protocol::Socketio, "soak.extra.3"),
+            r#"42["unsubscribe",{"channel":"soak.extra.3"}]"#
+        );
+        assert_eq!(
+            unsubscribe_from(Protocol::Json, "a"),
+            r#"{"type":"UNSUBSCRIBE","payload":{"channel":"a"}}"#
+        );
+        let packets: Vec<_> = payload_packets("2\x1e42[\"a\"]\x1e").collect();
+        assert_eq!(packets, ["2", r#"42["a"]"#]);
     }
 
     #[test]
