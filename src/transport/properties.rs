@@ -242,7 +242,7 @@ fn read_answers(mut written: &[u8]) -> Vec<Answer> {
         };
         let status = response.code.expect("a complete response has a status");
         let mut length = None;
-        let mut to_head = false;
+        let mut method = None;
         let mut kept = Vec::new();
         for header in response.headers.iter() {
             let name = header.name.to_ascii_lowercase();
@@ -252,12 +252,14 @@ fn read_answers(mut written: &[u8]) -> Vec<Answer> {
                     let text = std::str::from_utf8(header.value).expect("a length in digits");
                     length = Some(text.parse::<usize>().expect("a length in digits"));
                 }
-                ECHO_METHOD => to_head = header.value == b"HEAD",
+                ECHO_METHOD => method = Some(header.value),
                 _ => {}
             }
             kept.push((name, String::from_utf8_lossy(header.value).into_owned()));
         }
-        let length = if (100..200).contains(&status) || to_head {
+        // A 2xx to CONNECT opens a tunnel: no body, and no HTTP after it.
+        let tunnel = method == Some(b"CONNECT") && (200..300).contains(&status);
+        let length = if (100..200).contains(&status) || method == Some(b"HEAD") || tunnel {
             0
         } else {
             length.expect("every response the server writes has a length")
@@ -271,6 +273,12 @@ fn read_answers(mut written: &[u8]) -> Vec<Answer> {
             body: String::from_utf8_lossy(body).into_owned(),
         });
         written = &written[head + length..];
+        if tunnel {
+            assert!(
+                written.is_empty(),
+                "nothing follows the start of a tunnel that no one took"
+            );
+        }
     }
     answers
 }
