@@ -105,23 +105,26 @@ async fn fanout_through_the_http_api() {
     assert!(count(&summary, "/server/rss_bytes") > 0, "{summary}");
 }
 
+/// A `--dev` node on `redis_url` with the bench's API key and Laravel's Redis prefix.
+async fn redis_node(redis_url: &str, args: &[&str], envs: &[(&str, &str)]) -> Node {
+    let mut all = vec![
+        "--dev",
+        "--api-keys",
+        API_KEY,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        "laravel_database_",
+    ];
+    all.extend_from_slice(args);
+    Node::spawn(&all, envs).await
+}
+
 #[tokio::test]
 async fn fanout_through_redis() {
     let redis = RedisServer::start().await;
     let redis_url = redis.url();
-    let node = Node::spawn(
-        &[
-            "--dev",
-            "--api-keys",
-            API_KEY,
-            "--redis-url",
-            &redis_url,
-            "--redis-prefix",
-            "laravel_database_",
-        ],
-        &[],
-    )
-    .await;
+    let node = redis_node(&redis_url, &[], &[]).await;
     let summary = fanout(
         &node.url(),
         &[
@@ -350,17 +353,17 @@ async fn the_floor_fans_out_through_redis() {
     idle(&floor.url(), &["--server-pid", &pid]).await;
 }
 
-/// Runs `scripts/bench-compare <args>` (Python, standard library only); panics with its output
-/// unless it succeeds.
-async fn bench_compare(args: &[&str]) {
-    let script = manifest_dir().join("scripts").join("bench-compare");
+/// Runs `scripts/<name> <args>` (Python, standard library only); panics with its output unless
+/// it succeeds.
+async fn script(name: &str, args: &[&str]) {
+    let script = manifest_dir().join("scripts").join(name);
     let output = tokio::time::timeout(BENCH_TIMEOUT, Command::new(&script).args(args).output())
         .await
-        .unwrap_or_else(|_| panic!("bench-compare {args:?} ran longer than {BENCH_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("{name} {args:?} ran longer than {BENCH_TIMEOUT:?}"))
         .unwrap_or_else(|err| panic!("run {} {args:?}: {err}", script.display()));
     assert!(
         output.status.success(),
-        "bench-compare {args:?} failed ({}):\n{}{}",
+        "{name} {args:?} failed ({}):\n{}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
@@ -372,7 +375,7 @@ async fn bench_compare(args: &[&str]) {
 /// bar per figure, each earlier run's figures marked, one row per target).
 #[tokio::test]
 async fn the_benchmark_report_draws_what_it_should() {
-    bench_compare(&["--self-test"]).await;
+    script("bench-compare", &["--self-test"]).await;
 }
 
 /// docs/BENCHMARKS.md's generated sections and docs/bench/*.svg are what
@@ -380,5 +383,125 @@ async fn the_benchmark_report_draws_what_it_should() {
 /// (`scripts/bench-compare --render-only`) whenever the drawing changes.
 #[tokio::test]
 async fn the_checked_in_report_is_what_the_results_draw() {
-    bench_compare(&["--render-only", "--check"]).await;
+    script("bench-compare", &["--render-only", "--check"]).await;
+}
+
+/// A few seconds of the soak (`scripts/soak`): every kind of client, churn, presence,
+/// subscribe/unsubscribe traffic and Redis deliveries against a node with the soak's policy; the
+/// scenario keeps working, loses nothing and samples the node. Its growth verdict needs minutes
+/// and is not judged here; `scripts/soak --self-test` checks the report it draws.
+#[tokio::test]
+async fn soak_runs_every_kind_of_client() {
+    let redis = RedisServer::start().await;
+    let redis_url = redis.url();
+    let policy = manifest_dir().join("bench").join("soak-policy.toml");
+    let node = redis_node(
+        &redis_url,
+        &["--policy-file", policy.to_str().expect("a UTF-8 path")],
+        &[
+            // As scripts/soak: every client comes from one loopback address.
+            ("SWITCHBOARD_CONNECT_RATE_PER_IP", "0"),
+            ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "1000"),
+            ("SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_ADDRESS", "1000"),
+        ],
+    )
+    .await;
+    let pid = node.pid().to_string();
+    let summary = bench(&[
+        "soak",
+        "--url",
+        &node.url(),
+        "--server-pid",
+        &pid,
+        "--redis-url",
+        &redis_url,
+        "--redis-prefix",
+        "laravel_database_",
+        "--connections",
+        "100",
+        "--mix",
+        "50,30,20",
+        "--channels",
+        "4",
+        "--presence-channels",
+        "2",
+        "--deliveries",
+        "400",
+        "--churn",
+        "0.05",
+        "--resubscribe",
+        "0.05",
+        "--duration",
+        "6",
+        "--sample-interval",
+        "2",
+        "--warmup",
+        "2",
+        "--grace",
+        "1",
+    ])
+    .await;
+    assert_eq!(summary["scenario"], "soak", "{summary}");
+    for kind in [
+        "socketio_websocket",
+        "json",
+        "socketio_polling",
+        "presence_members",
+    ] {
+        assert!(
+            count(&summary, &format!("/clients/{kind}")) > 0,
+            "{kind}: {summary}"
+        );
+    }
+    assert_eq!(count(&summary, "/ramp/connected"), 100, "{summary}");
+    for none in [
+        "lost",
+        "duplicated",
+        "misrouted",
+        "dropped",
+        "refused",
+        "publish_errors",
+    ] {
+        assert_eq!(
+            count(&summary, &format!("/totals/{none}")),
+            0,
+            "{none}: {summary}"
+        );
+    }
+    let failures = &summary["totals"]["handshake_failures"];
+    let failed: u64 = failures
+        .as_object()
+        .expect("failures by kind")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(failed, 0, "{summary}");
+    for some in [
+        "delivered",
+        "reconnects",
+        "subscribes",
+        "unsubscribes",
+        "presence_events",
+    ] {
+        assert!(
+            count(&summary, &format!("/totals/{some}")) > 0,
+            "{some}: {summary}"
+        );
+    }
+    let samples = summary["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 3, "{summary}");
+    for sample in samples {
+        for measured in ["rss_bytes", "fds", "tasks"] {
+            assert!(
+                sample[measured].as_u64().is_some_and(|v| v > 0),
+                "{measured}: {sample}"
+            );
+        }
+    }
+}
+
+/// The soak's report draws what it should from a synthetic run (its own checks).
+#[tokio::test]
+async fn the_soak_report_draws_what_it_should() {
+    script("soak", &["--self-test"]).await;
 }

@@ -174,7 +174,15 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 
 /// VmRSS in bytes from /proc/<pid>/status.
 pub fn rss_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    status_bytes(status, "VmRSS")
+}
+
+/// A field of /proc/<pid>/status given in kB (`VmRSS`, `RssAnon`, …), in bytes.
+pub fn status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -275,6 +283,10 @@ mod tests {
             rss_bytes("Name:\tx\nVmRSS:\t    2048 kB\nThreads: 1\n"),
             Some(2048 * 1024)
         );
+        let status = "VmRSS:\t 3 kB\nRssAnon:\t 2 kB\nRssFile:\t 1 kB\n";
+        assert_eq!(status_bytes(status, "RssAnon"), Some(2048));
+        assert_eq!(status_bytes(status, "RssFile"), Some(1024));
+        assert_eq!(status_bytes(status, "Rss"), None);
     }
 
     #[test]

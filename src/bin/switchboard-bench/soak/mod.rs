@@ -99,6 +99,9 @@ pub struct Sample {
     /// Seconds since the load started.
     t_s: f64,
     rss_bytes: u64,
+    /// Of `rss_bytes`: anonymous memory and mapped files.
+    rss_anon_bytes: u64,
+    rss_file_bytes: u64,
     fds: u64,
     tasks: Option<u64>,
     queue_bytes: Option<u64>,
@@ -656,6 +659,8 @@ fn sample(
     Sample {
         t_s: t.as_secs_f64(),
         rss_bytes: resources.rss_bytes,
+        rss_anon_bytes: resources.rss_anon_bytes,
+        rss_file_bytes: resources.rss_file_bytes,
         fds: resources.fds,
         tasks: metrics.tasks,
         queue_bytes: metrics.queue_bytes,
@@ -686,10 +691,13 @@ fn progress(s: &Sample) -> String {
     let opt = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
     let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
     let cores = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}"));
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     format!(
-        "{:.1} min: rss {:.1} MiB, fds {}, tasks {}, queue {} B, cpu {} (softirq {}), connections {} (bench {}), {:.0} deliveries/s, p50 {}, p99 {}, lost {}, reconnects {}, failures {}, dropped {}",
+        "{:.1} min: rss {:.1} MiB (anon {:.1}, file {:.1}), fds {}, tasks {}, queue {} B, cpu {} (softirq {}), connections {} (bench {}), {:.0} deliveries/s, p50 {}, p99 {}, lost {}, reconnects {}, failures {}, dropped {}",
         s.t_s / 60.0,
-        s.rss_bytes as f64 / (1 << 20) as f64,
+        mib(s.rss_bytes),
+        mib(s.rss_anon_bytes),
+        mib(s.rss_file_bytes),
         s.fds,
         opt(s.tasks),
         opt(s.queue_bytes),

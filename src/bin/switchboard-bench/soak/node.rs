@@ -14,6 +14,10 @@ use crate::target::Target;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resources {
     pub rss_bytes: u64,
+    /// Of `rss_bytes`, anonymous memory (the heap) and mapped files (the binary's pages): a
+    /// growth tells which it is.
+    pub rss_anon_bytes: u64,
+    pub rss_file_bytes: u64,
     pub fds: u64,
     /// CPU time, and the softirq time of the node's cores when the bench runs on others.
     pub cpu: stats::Sample,
@@ -23,7 +27,13 @@ pub struct Resources {
 pub fn resources(pids: &[u32]) -> Result<Resources> {
     let cpu = stats::sample_pids(pids)?.context("no --server-pid to measure")?;
     let mut fds = 0;
+    let (mut rss_anon_bytes, mut rss_file_bytes) = (0, 0);
     for pid in pids {
+        let status_path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&status_path)
+            .with_context(|| format!("--server-pid {pid}: cannot read {status_path}"))?;
+        rss_anon_bytes += stats::status_bytes(&status, "RssAnon").unwrap_or(0);
+        rss_file_bytes += stats::status_bytes(&status, "RssFile").unwrap_or(0);
         let fd_path = format!("/proc/{pid}/fd");
         fds += std::fs::read_dir(&fd_path)
             .with_context(|| format!("--server-pid {pid}: cannot list {fd_path}"))?
@@ -31,6 +41,8 @@ pub fn resources(pids: &[u32]) -> Result<Resources> {
     }
     Ok(Resources {
         rss_bytes: cpu.rss_bytes,
+        rss_anon_bytes,
+        rss_file_bytes,
         fds,
         cpu,
     })
