@@ -43,6 +43,24 @@ async fn ready(node: &Node) -> u16 {
         .map_or(0, |r| r.status)
 }
 
+/// Two nodes started with the same `args` and `env` (one Redis), both ready.
+async fn two_ready_nodes(args: &[&str], env: &[(&str, &str)]) -> (Node, Node) {
+    let one = Node::spawn(args, env).await;
+    let two = Node::spawn(args, env).await;
+    for node in [&one, &two] {
+        node.wait_ready(true).await;
+    }
+    (one, two)
+}
+
+/// Subscribes `agent` to `channel`; panics unless the node grants it.
+async fn subscribe(agent: &mut Agent, channel: &str) {
+    let answer = agent
+        .emit_ack("subscribe", json!([{"channel": channel}]))
+        .await;
+    assert_eq!(answer[0]["status"], "success", "{channel}: {answer}");
+}
+
 /// The next event an agent received on `news`: its name and its data.
 async fn next_event(agent: &mut Agent) -> (String, Value) {
     let line = agent
@@ -61,22 +79,12 @@ async fn a_paused_redis_is_reported_refused_and_recovered_from() {
     let policy = policy.to_str().expect("utf-8 path").to_owned();
     let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url];
     let env = [("SWITCHBOARD_POLICY_FILE", policy.as_str())];
-    let one = Node::spawn(&args, &env).await;
-    let two = Node::spawn(&args, &env).await;
-    for node in [&one, &two] {
-        node.wait_ready(true).await;
-    }
+    let (one, two) = two_ready_nodes(&args, &env).await;
     let mut a = client(&one, 1).await;
     let mut b = client(&two, 2).await;
     for agent in [&mut a, &mut b] {
-        let answer = agent
-            .emit_ack("subscribe", json!([{"channel": "news"}]))
-            .await;
-        assert_eq!(answer[0]["status"], "success", "{answer}");
-        let answer = agent
-            .emit_ack("subscribe", json!([{"channel": "presence-news.1"}]))
-            .await;
-        assert_eq!(answer[0]["status"], "success", "{answer}");
+        subscribe(agent, "news").await;
+        subscribe(agent, "presence-news.1").await;
     }
     assert_eq!(broadcast(&one, "before").await.status, 202);
     for agent in [&mut a, &mut b] {
@@ -172,18 +180,11 @@ async fn a_node_killed_mid_broadcast_costs_the_other_nodes_clients_nothing() {
     let redis = RedisServer::start().await;
     let url = redis.url();
     let args = ["--dev", "--redis-url", &url];
-    let mut one = Node::spawn(&args, &[]).await;
-    let two = Node::spawn(&args, &[]).await;
-    for node in [&one, &two] {
-        node.wait_ready(true).await;
-    }
+    let (mut one, two) = two_ready_nodes(&args, &[]).await;
     let mut doomed = client(&one, 1).await;
     let mut survivors = [client(&two, 2).await, client(&two, 3).await];
     for agent in survivors.iter_mut().chain([&mut doomed]) {
-        let answer = agent
-            .emit_ack("subscribe", json!([{"channel": "news"}]))
-            .await;
-        assert_eq!(answer[0]["status"], "success", "{answer}");
+        subscribe(agent, "news").await;
     }
     // Laravel publishes straight to Redis, a message every 2 ms; node one dies a quarter in.
     let publisher = {
@@ -223,18 +224,11 @@ async fn a_slow_redis_costs_a_refused_publish_not_a_silent_one() {
     let redis = RedisServer::start().await;
     let url = redis.url();
     let args = ["--dev", "--api-keys", API_KEY, "--redis-url", &url];
-    let one = Node::spawn(&args, &[]).await;
-    let two = Node::spawn(&args, &[]).await;
-    for node in [&one, &two] {
-        node.wait_ready(true).await;
-    }
+    let (one, two) = two_ready_nodes(&args, &[]).await;
     let mut a = client(&one, 1).await;
     let mut b = client(&two, 2).await;
     for agent in [&mut a, &mut b] {
-        let answer = agent
-            .emit_ack("subscribe", json!([{"channel": "news"}]))
-            .await;
-        assert_eq!(answer[0]["status"], "success", "{answer}");
+        subscribe(agent, "news").await;
     }
     // Redis stalls every client for SLEEP (a slow command, a fork on a big dataset).
     // Over a raw connection: a client library would time the command out.
