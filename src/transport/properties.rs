@@ -71,7 +71,7 @@ pub fn http_head(input: &[u8]) {
 /// the limit, in 431.
 fn answered(answers: &[Answer]) -> &[Answer] {
     match answers.split_last() {
-        Some((last, rest)) if last.status >= 400 && last.echoed().is_none() => rest,
+        Some((last, rest)) if last.is_refusal() => rest,
         _ => answers,
     }
 }
@@ -210,6 +210,16 @@ struct Echo<'a> {
 }
 
 impl Answer {
+    /// A 1xx: written before the request's own answer.
+    fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+
+    /// An error the server wrote instead of the echo's answer.
+    fn is_refusal(&self) -> bool {
+        self.status >= 400 && self.echoed().is_none()
+    }
+
     /// What the echo answered, if this is one of its answers.
     fn echoed(&self) -> Option<Echo<'_>> {
         let method = self
@@ -401,8 +411,8 @@ fn check_echoes(answers: &[Answer], (sent, rest_unknown): &(Vec<Sent>, bool)) {
             answers
                 .iter()
                 .rev()
-                .find(|answer| !(100..200).contains(&answer.status))
-                .is_some_and(|last| last.echoed().is_none() && last.status >= 400)
+                .find(|answer| !answer.is_interim())
+                .is_some_and(Answer::is_refusal)
         };
         assert!(
             closed
@@ -439,7 +449,7 @@ fn check_head_limit(stream: &[u8]) {
         let answers = read_answers(&serve(&[&padded(stream, pad)]));
         answers
             .iter()
-            .find(|answer| !(100..200).contains(&answer.status))
+            .find(|answer| !answer.is_interim())
             .map(|answer| answer.status)
     };
     assert_ne!(
