@@ -6,7 +6,8 @@
 //! waits on a socket.
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -241,11 +242,13 @@ impl Ready {
 }
 
 /// The local members of a channel. A channel with one local member (typically a user's own
-/// `private-user.{id}`) keeps it inline: one hash map less per connected user.
+/// `private-user.{id}`) keeps it inline: one map less per connected user.
+/// The map is a B-tree: its memory follows the members there are now, where a hash table
+/// under the churn of reconnecting sockets doubles long after (see `Hub::keep_sparse`).
 #[derive(Debug)]
 enum Members {
     One(Arc<Member>),
-    Many(HashMap<SocketId, Arc<Member>>),
+    Many(BTreeMap<SocketId, Arc<Member>>),
 }
 
 impl Members {
@@ -254,7 +257,7 @@ impl Members {
         match self {
             Self::One(existing) if existing.id == member.id => true,
             Self::One(existing) => {
-                let mut map = HashMap::with_capacity(2);
+                let mut map = BTreeMap::new();
                 map.insert(existing.id.clone(), existing.clone());
                 map.insert(member.id.clone(), member.clone());
                 *self = Self::Many(map);
@@ -413,6 +416,16 @@ pub struct Fanout {
     pub written: usize,
 }
 
+/// How many items hashbrown fits in `buckets` before it must grow or clean up (its
+/// `bucket_mask_to_capacity`).
+fn hashbrown_capacity(buckets: usize) -> usize {
+    if buckets <= 8 {
+        buckets.saturating_sub(1)
+    } else {
+        buckets / 8 * 7
+    }
+}
+
 /// Local sockets and channel memberships.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -461,19 +474,46 @@ impl Hub {
             }
         };
         let mut already = false;
-        let entry = self
+        let mut created = false;
+        let ready = self
             .channels
             .entry(name.clone())
             .and_modify(|entry| already = entry.members.insert(member))
-            .or_insert_with(|| Channel {
-                members: Members::One(member.clone()),
-                ready: on_first(&name),
-            });
+            .or_insert_with(|| {
+                created = true;
+                Channel {
+                    members: Members::One(member.clone()),
+                    ready: on_first(&name),
+                }
+            })
+            .ready
+            .clone();
+        if created {
+            self.keep_sparse(&name);
+        }
         Ok(Joined {
             already,
-            ready: entry.ready.clone(),
+            ready,
             name,
         })
+    }
+
+    /// Doubles the table shard holding `name` once it is more than 7/16 full, where hashbrown
+    /// itself waits for 7/8. Channels come and go, and each removal may leave a tombstone;
+    /// when the tombstones use up the free slots, hashbrown cleans them in place if at most
+    /// half its capacity is live, and doubles otherwise. A shard left more than half full by
+    /// its own growth thus doubles hours later, under churn alone: a step in a node's memory
+    /// long after it reached its size (the soak's, docs/BENCHMARKS.md). Growing here pays that
+    /// step while the channels arrive, and churn never grows the table again.
+    fn keep_sparse(&self, name: &Arc<str>) {
+        let shard = &self.channels.shards()[self.channels.determine_map(name)];
+        let mut table = shard.write();
+        let (len, capacity) = (table.len(), hashbrown_capacity(table.buckets()));
+        if len > capacity / 2 {
+            let hasher = self.channels.hasher();
+            // More than the free slots: hashbrown moves to a table of twice the buckets.
+            table.reserve(capacity + 1 - len, |(key, _)| hasher.hash_one(key));
+        }
     }
 
     /// Removes `member` from `channel`; `on_last` runs, under the lock, when the channel
@@ -628,6 +668,53 @@ mod tests {
             codec,
             Arc::new(Outbox::new(1 << 20)),
         ))
+    }
+
+    /// The buckets of the hub's channel table, all shards together.
+    fn buckets(hub: &Hub) -> usize {
+        hub.channels
+            .shards()
+            .iter()
+            .map(|s| s.read().buckets())
+            .sum()
+    }
+
+    #[test]
+    fn channels_coming_and_going_never_grow_the_table() {
+        // One socket per channel, as for users' own channels. Each step one channel is left
+        // and a new one joined in the same shard, so that every shard keeps its count and
+        // only tombstones could grow it: without `keep_sparse` the table doubles.
+        let hub = Hub::default();
+        let live = 3_000;
+        let mut names: Vec<String> = (0..live).map(|i| format!("c{i}")).collect();
+        let mut members: Vec<Arc<Member>> = (0..live).map(|i| member(&format!("s{i}"))).collect();
+        let ready = |_: &Arc<str>| Arc::new(Ready::default());
+        for (name, m) in names.iter().zip(&members) {
+            assert!(hub.join(m, name, 10, ready).is_ok());
+        }
+        let after_joins = buckets(&hub);
+        let mut next = live;
+        for step in 0..live * 100 {
+            let slot = step % live;
+            let shard = hub.channels.determine_map(names[slot].as_str());
+            let name = loop {
+                next += 1;
+                let name = format!("c{next}");
+                if hub.channels.determine_map(name.as_str()) == shard {
+                    break name;
+                }
+            };
+            assert!(hub.leave(&members[slot], &names[slot], |_| ()).is_some());
+            members[slot] = member(&format!("s{next}"));
+            assert!(hub.join(&members[slot], &name, 10, ready).is_ok());
+            names[slot] = name;
+            assert_eq!(
+                buckets(&hub),
+                after_joins,
+                "the table grew after {step} moves"
+            );
+        }
+        assert_eq!(hub.channel_count(), live);
     }
 
     /// The frames queued, as text.

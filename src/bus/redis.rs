@@ -5,7 +5,7 @@
 //! backoff, re-subscribes every channel still wanted and logs each step. Messages published
 //! while it was away are lost, as with any Redis pub/sub consumer.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -106,7 +106,7 @@ impl RedisBus {
             prefix: prefix.clone(),
             receiver,
             healthy: healthy.clone(),
-            wanted: HashMap::new(),
+            wanted: BTreeMap::new(),
             failures: failures.clone(),
         };
         tokio::spawn(subscriber.run(rx));
@@ -178,8 +178,10 @@ struct Subscriber {
     prefix: String,
     receiver: Arc<dyn Receiver>,
     healthy: Arc<AtomicBool>,
-    /// Channels wanted, with the handle of the latest subscribe waiting for confirmation.
-    wanted: HashMap<Arc<str>, Arc<Ready>>,
+    /// Channels wanted, with the handle of the latest subscribe waiting for confirmation. A
+    /// B-tree, not a hash table: its memory follows the channels wanted now, where a hash
+    /// table under churn doubles long after (see `Hub::keep_sparse`).
+    wanted: BTreeMap<Arc<str>, Arc<Ready>>,
     failures: Failures,
 }
 
