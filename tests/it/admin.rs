@@ -82,16 +82,6 @@ async fn client(node: &Node, user: &str) -> Agent {
     Agent::connected(&node.url(), &token).await
 }
 
-async fn subscribe(agent: &mut Agent, channel: &str) {
-    let answer = agent
-        .emit_ack("subscribe", json!([{"channel": channel}]))
-        .await;
-    assert_eq!(
-        answer[0]["status"], "success",
-        "subscribe {channel}: {answer}"
-    );
-}
-
 const ENDPOINTS: [&str; 4] = [
     "/admin/api/overview",
     "/admin/api/channels",
@@ -197,11 +187,11 @@ async fn overview_channels_presence_and_logs_of_one_node() {
     let mut b = client(&node, "b").await;
     let mut c = client(&node, "c").await;
     for agent in [&mut a, &mut b, &mut c] {
-        subscribe(agent, "busy").await;
+        agent.subscribe_ok("busy").await;
     }
-    subscribe(&mut a, "presence-room.1").await;
-    subscribe(&mut b, "presence-room.1").await;
-    subscribe(&mut c, "quiet").await;
+    a.subscribe_ok("presence-room.1").await;
+    b.subscribe_ok("presence-room.1").await;
+    c.subscribe_ok("quiet").await;
     let sent = http(
         "POST",
         &format!("{}/api/broadcast", node.url()),
@@ -342,8 +332,8 @@ async fn two_nodes_sharing_redis_list_each_other_with_their_connections() {
     // A client on node two: node one sees it in the cluster total at two's next heartbeat.
     let mut alice = client(&two, "alice").await;
     let mut bob = client(&two, "bob").await;
-    subscribe(&mut alice, "presence-room.7").await;
-    subscribe(&mut bob, "presence-room.7").await;
+    alice.subscribe_ok("presence-room.7").await;
+    bob.subscribe_ok("presence-room.7").await;
     let overview = admin_until(&one, "/admin/api/overview", API_KEY, TIMEOUT, |o| {
         o["cluster"]["connections"] == 2
     })
@@ -455,7 +445,7 @@ async fn the_page_in_a_real_browser_follows_a_client_connecting() {
     assert!(waited < Duration::from_secs(5), "the page took {waited:?}");
 
     // A presence channel appears in the top channels; clicking it lists its members.
-    subscribe(&mut client, "presence-room.3").await;
+    client.subscribe_ok("presence-room.3").await;
     let line = step(
         &mut browser,
         json!({"cmd": "presence", "channel": "presence-room.3"}),

@@ -42,13 +42,6 @@ async fn client(node: &Node, user: u64, transports: &[&str]) -> (Agent, String) 
     (agent, id)
 }
 
-async fn subscribe(agent: &mut Agent, channel: &str) {
-    let answer = agent
-        .emit_ack("subscribe", json!([{"channel": channel}]))
-        .await;
-    assert_eq!(answer[0]["status"], "success", "{answer}");
-}
-
 async fn api_broadcast(node: &Node, body: Value) -> HttpResponse {
     http(
         "POST",
@@ -65,8 +58,8 @@ async fn laravel_publish_reaches_both_nodes_and_respects_socket_exclusion() {
     let (one, two) = cluster(&redis).await;
     let (mut a, a_id) = client(&one, 1, &["websocket"]).await;
     let (mut b, _) = client(&two, 2, &["polling"]).await;
-    subscribe(&mut a, "orders").await;
-    subscribe(&mut b, "orders").await;
+    a.subscribe_ok("orders").await;
+    b.subscribe_ok("orders").await;
 
     // Exactly what Laravel's RedisBroadcaster writes (data keeps its own `socket` key).
     let payload = json!({"event": "App\\Events\\OrderShipped", "data": {"id": 5, "socket": null}, "socket": null});
@@ -191,8 +184,8 @@ async fn redis_restart_is_survived() {
     let (one, two) = cluster(&redis).await;
     let (mut a, _) = client(&one, 1, &["websocket"]).await;
     let (mut b, _) = client(&two, 2, &["polling"]).await;
-    subscribe(&mut a, "news").await;
-    subscribe(&mut b, "news").await;
+    a.subscribe_ok("news").await;
+    b.subscribe_ok("news").await;
 
     redis.kill().await;
     one.wait_ready(false).await;

@@ -53,14 +53,6 @@ async fn two_ready_nodes(args: &[&str], env: &[(&str, &str)]) -> (Node, Node) {
     (one, two)
 }
 
-/// Subscribes `agent` to `channel`; panics unless the node grants it.
-async fn subscribe(agent: &mut Agent, channel: &str) {
-    let answer = agent
-        .emit_ack("subscribe", json!([{"channel": channel}]))
-        .await;
-    assert_eq!(answer[0]["status"], "success", "{channel}: {answer}");
-}
-
 /// The next event an agent received on `news`: its name and its data.
 async fn next_event(agent: &mut Agent) -> (String, Value) {
     let line = agent
@@ -83,8 +75,8 @@ async fn a_paused_redis_is_reported_refused_and_recovered_from() {
     let mut a = client(&one, 1).await;
     let mut b = client(&two, 2).await;
     for agent in [&mut a, &mut b] {
-        subscribe(agent, "news").await;
-        subscribe(agent, "presence-news.1").await;
+        agent.subscribe_ok("news").await;
+        agent.subscribe_ok("presence-news.1").await;
     }
     assert_eq!(broadcast(&one, "before").await.status, 202);
     for agent in [&mut a, &mut b] {
@@ -184,7 +176,7 @@ async fn a_node_killed_mid_broadcast_costs_the_other_nodes_clients_nothing() {
     let mut doomed = client(&one, 1).await;
     let mut survivors = [client(&two, 2).await, client(&two, 3).await];
     for agent in survivors.iter_mut().chain([&mut doomed]) {
-        subscribe(agent, "news").await;
+        agent.subscribe_ok("news").await;
     }
     // Laravel publishes straight to Redis, a message every 2 ms; node one dies a quarter in.
     let publisher = {
@@ -228,7 +220,7 @@ async fn a_slow_redis_costs_a_refused_publish_not_a_silent_one() {
     let mut a = client(&one, 1).await;
     let mut b = client(&two, 2).await;
     for agent in [&mut a, &mut b] {
-        subscribe(agent, "news").await;
+        agent.subscribe_ok("news").await;
     }
     // Redis stalls every client for SLEEP (a slow command, a fork on a big dataset).
     // Over a raw connection: a client library would time the command out.

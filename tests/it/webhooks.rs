@@ -88,13 +88,6 @@ async fn client(node: &Node, user: &str) -> Agent {
     Agent::connected(&node.url(), &token(user)).await
 }
 
-async fn subscribe(agent: &mut Agent, channel: &str) {
-    let answer = agent
-        .emit_ack("subscribe", json!([{"channel": channel}]))
-        .await;
-    assert_eq!(answer[0]["status"], "success", "{answer}");
-}
-
 async fn node(hooks: &Hooks, redis: Option<&RedisServer>, extra: &[(&str, &str)]) -> Node {
     let (_dir, policy) = policy_file(POLICY);
     let url = hooks.url();
@@ -141,11 +134,11 @@ async fn each_event_is_sent_once_per_cluster() {
     let room = "presence-chat.1";
 
     let mut alice = client(&one, "alice").await;
-    subscribe(&mut alice, room).await;
+    alice.subscribe_ok(room).await;
     let mut bob = client(&two, "bob").await;
-    subscribe(&mut bob, room).await;
+    bob.subscribe_ok(room).await;
     let mut bob_tab = client(&one, "bob").await;
-    subscribe(&mut bob_tab, room).await;
+    bob_tab.subscribe_ok(room).await;
     hooks
         .until("three sockets, two members, one occupied room", |h| {
             h.count("connected", "user_id", "alice") == 1
@@ -199,7 +192,7 @@ async fn each_event_is_sent_once_per_cluster() {
 
     // Carol is on node two when it is killed: node one reports what died with it, once.
     let mut carol = client(&two, "carol").await;
-    subscribe(&mut carol, "presence-chat.2").await;
+    carol.subscribe_ok("presence-chat.2").await;
     hooks
         .until("carol joined", |h| {
             h.count("member_added", "channel", "presence-chat.2") == 1
@@ -267,7 +260,7 @@ async fn failed_batches_are_retried_and_shutdown_sends_the_last() {
     let hooks = Hooks::start(2).await;
     let mut node = node(&hooks, None, &[]).await;
     let mut dana = client(&node, "dana").await;
-    subscribe(&mut dana, "news").await;
+    dana.subscribe_ok("news").await;
     hooks
         .until("connected and occupied after two failures", |h| {
             h.count("connected", "user_id", "dana") == 1
@@ -337,7 +330,7 @@ async fn a_hanging_receiver_is_given_up_on_and_slows_nothing_else() {
     .await;
     // Each connect and subscribe makes webhooks the receiver sits on; clients do not wait.
     let mut erin = client(&node, "erin").await;
-    subscribe(&mut erin, "news").await;
+    erin.subscribe_ok("news").await;
     let body = json!({"channel": "news", "event": "flash", "data": {"n": 1}});
     let sent = http(
         "POST",

@@ -89,6 +89,17 @@ impl Agent {
         }
     }
 
+    /// Subscribes to `channel`; panics unless the server grants it.
+    pub async fn subscribe_ok(&mut self, channel: &str) {
+        let answer = self
+            .emit_ack("subscribe", json!([{"channel": channel}]))
+            .await;
+        assert_eq!(
+            answer[0]["status"], "success",
+            "subscribe {channel}: {answer}"
+        );
+    }
+
     /// Like [`Agent::emit_ack`], but returns the agent's error ("timeout", or
     /// "socket has been disconnected") instead of panicking.
     pub async fn try_emit_ack(&mut self, event: &str, args: Value) -> Result<Value, String> {
